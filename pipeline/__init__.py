@@ -1,0 +1,1 @@
+"""Stages (prepare, embed, fit, route, eval) and data recipes."""
