@@ -17,8 +17,134 @@ app.add_typer(data_app, name="data")
 
 # --- data prepare -------------------------------------------------------------------------------
 
+def _parse_opt(text: str) -> tuple[str, object]:
+    """'KEY=VALUE' -> (key, bool | int | float | str)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise MicroError(f"--opt expects KEY=VALUE, got {text!r}")
+    low = raw.strip().lower()
+    if low in ("true", "false"):
+        return key.strip().replace("-", "_"), low == "true"
+    for cast in (int, float):
+        try:
+            return key.strip().replace("-", "_"), cast(raw)
+        except ValueError:
+            pass
+    return key.strip().replace("-", "_"), raw
+
+
+@data_app.command("prepare")
+def data_prepare(
+    recipe: str = typer.Argument(..., help="generic, hh-rlhf, hh-relabeled, dsp, pandalm, helpsteer2 or rpr"),
+    inputs: List[Path] = typer.Argument(..., help="input files (JSONL[.gz], JSON, Parquet, CSV)"),
+    out: Path = typer.Option(..., "-o", "--out", help="output pair table (.parquet)"),
+    test_size: float = typer.Option(0.2, help="fraction of prompts in the test split (grouped by prompt)"),
+    seed: int = typer.Option(0, help="seed of the prompt-hash split"),
+    strict: bool = typer.Option(False, "--strict", help="stop at the first bad row instead of skipping it"),
+    prompt_col: Optional[str] = typer.Option(None, help="generic: prompt column"),
+    chosen_col: Optional[str] = typer.Option(None, help="generic: chosen column"),
+    rejected_col: Optional[str] = typer.Option(None, help="generic: rejected column"),
+    group_col: Optional[str] = typer.Option(None, help="generic: group column"),
+    context_col: Optional[str] = typer.Option(None, help="generic: context column"),
+    split_col: Optional[str] = typer.Option(None, help="generic: split column (kept instead of hashing)"),
+    a_col: Optional[str] = typer.Option(None, help="generic: first response column (two responses + label)"),
+    b_col: Optional[str] = typer.Option(None, help="generic: second response column"),
+    label_col: Optional[str] = typer.Option(None, help="generic: label column"),
+    label_a: Optional[str] = typer.Option(None, help="generic: label value meaning 'a better' (default a)"),
+    label_b: Optional[str] = typer.Option(None, help="generic: label value meaning 'b better' (default b)"),
+    label_tie: Optional[str] = typer.Option(None, help="generic: label value meaning a tie (default tie)"),
+    opt: List[str] = typer.Option([], "--opt", help="recipe option KEY=VALUE, e.g. min_gap=2 (repeatable)"),
+) -> None:
+    """Prepare preference data into the canonical pair table (one row per pair, train/test split)."""
+    from pipeline.prepare import prepare
+
+    columns = dict(prompt_col=prompt_col, chosen_col=chosen_col, rejected_col=rejected_col, group_col=group_col,
+                   context_col=context_col, split_col=split_col, a_col=a_col, b_col=b_col, label_col=label_col,
+                   label_a=label_a, label_b=label_b, label_tie=label_tie)
+    options = {k: v for k, v in columns.items() if v is not None}
+    options.update(_parse_opt(o) for o in opt)
+    prepare(recipe, inputs, out, test_size=test_size, seed=seed, strict=strict, **options)
+
 
 # --- embed --------------------------------------------------------------------------------------
+def _progress_factory(console):
+    """A rich progress bar (texts, texts/s, ETA) that the embed loop advances."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    holder = {}
+
+    def factory(total: int):
+        if total == 0:
+            return None
+        prog = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]} texts/s"), TimeRemainingColumn(), console=console,
+                        transient=False)
+        prog.start()
+        task = prog.add_task("embed", total=total, rate="-")
+        holder["prog"], holder["t0"], holder["done"] = prog, __import__("time").perf_counter(), 0
+
+        def advance(n: int) -> None:
+            holder["done"] += n
+            rate = holder["done"] / max(1e-9, __import__("time").perf_counter() - holder["t0"])
+            prog.update(task, advance=n, rate=f"{rate:.1f}")
+            if holder["done"] >= total:
+                prog.stop()
+
+        return advance
+
+    return factory, holder
+
+
+@app.command()
+def embed(
+    pairs: Path = typer.Argument(..., help="Pair table from `micro data prepare`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (pairs, cache keys, run.json)."),
+    backend: str = typer.Option("sentence-transformers", help="sentence-transformers | transformers | vllm"),
+    model: Optional[str] = typer.Option(None, help="Local model folder (default: bundled all-MiniLM-L6-v2)."),
+    batch_size: int = typer.Option(32, help="Texts per forward pass."),
+    max_length: Optional[int] = typer.Option(None, help="Max tokens per text (default: the model's)."),
+    dtype: Optional[str] = typer.Option(None, help="Model compute dtype (default: fp32 on CPU, bf16 on GPU)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Embedding cache root (default ~/.cache/micro/embeddings)."),
+    cache_dtype: str = typer.Option("float32", help="Stored vector dtype: float32 | float16."),
+    overlong: str = typer.Option("truncate", help="Texts over max length: truncate | skip (counted either way)."),
+    tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs per model replica."),
+    trust_remote_code: bool = typer.Option(False, help="transformers/vLLM: run the model repo's own code."),
+) -> None:
+    """Stage 0: embed every unique prompt+response, prompt and context+prompt once into the cache."""
+    from rich.console import Console
+
+    from pipeline.embed import embed_pairs
+    from pipeline.backends import get_backend
+
+    console = Console(stderr=True)
+    kw = {"batch_size": batch_size, "max_length": max_length}
+    if dtype:
+        kw["dtype"] = dtype
+    if backend in ("transformers", "vllm") and trust_remote_code:
+        kw["trust_remote_code"] = True
+    if backend == "vllm":
+        kw["tensor_parallel_size"] = tensor_parallel_size
+    be = get_backend(backend, model, **kw)
+    factory, holder = _progress_factory(console)
+    try:
+        s = embed_pairs(pairs, out, be, cache_dir=cache_dir, dtype=cache_dtype, overlong=overlong,
+                        progress_factory=factory)
+    except KeyboardInterrupt:
+        if "prog" in holder:
+            holder["prog"].stop()
+        console.print(f"interrupted: {holder.get('done', 0)} new texts were saved to the cache; "
+                      "rerun the same command to resume")
+        raise typer.Exit(130)
+    finally:
+        be.close()
+    for d in s.damaged_shards:
+        console.print(f"[yellow]damaged cache shard quarantined[/]: {d}")
+    console.print(
+        f"pairs {s.pairs} (kept {s.pairs_kept}, skipped {s.skipped_pairs}) | unique texts {s.unique_texts} | "
+        f"cache hits {s.cache_hits} | newly embedded {s.embedded} | truncated {s.truncated} | "
+        f"skipped texts {s.skipped_texts} | {s.seconds:.1f} s"
+        + (f" ({s.texts_per_second:.1f} texts/s)" if s.embedded else ""))
+    console.print(f"run folder: {out}")
 
 
 # --- fit ----------------------------------------------------------------------------------------

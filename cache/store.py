@@ -1,0 +1,304 @@
+"""Content-addressed Parquet embedding cache.
+
+Layout, one folder per embedder (fingerprint) and storage dtype::
+
+    ROOT/<fingerprint_id>-<f16|f32>/
+        manifest.json         fingerprint, dim, dtype, rows, shards [{file, rows, bytes}]
+        shards/part-*.parquet key: fixed_size_binary(16), vec: fixed_size_list<float16|float32>[dim]
+        quarantine/           damaged shards moved aside (reported, never read)
+
+Keys are sha256(fingerprint_id + NUL + exact model input)[:16]. Shards are append-only and written atomically
+(temp file + rename, page checksums on); the manifest is rewritten atomically under a file lock after each shard,
+so a kill loses at most the shard in flight. On open, shards missing from the manifest (a kill between the shard
+rename and the manifest write) are verified and adopted, leftover temp files are removed, and shards whose size
+or checksums do not match are moved to ``quarantine/`` and reported; their keys count as missing.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cache.atomic import atomic_path, write_json_atomic
+
+KEY_BYTES = 16
+DTYPES = {"float16": (np.float16, pa.float16(), "f16"), "float32": (np.float32, pa.float32(), "f32")}
+
+
+class CacheDamaged(UserWarning):
+    """A shard failed verification and was moved to quarantine."""
+
+
+def text_keys(fingerprint_id: str, texts: Sequence[str]) -> np.ndarray:
+    """(n,) |S16 content keys: sha256(fingerprint_id + NUL + text)[:16]."""
+    prefix = hashlib.sha256(fingerprint_id.encode() + b"\0")
+    out = np.empty(len(texts), dtype=f"S{KEY_BYTES}")
+    for i, t in enumerate(texts):
+        h = prefix.copy()
+        h.update(t.encode("utf-8", "surrogatepass"))
+        out[i] = h.digest()[:KEY_BYTES]
+    return out
+
+
+def _key_u64(keys: np.ndarray) -> np.ndarray:
+    """First 8 bytes of each |S16 key as big-endian uint64 (sortable, for searchsorted)."""
+    return np.ascontiguousarray(keys).view(np.uint8).reshape(-1, KEY_BYTES)[:, :8].copy().view(">u8").ravel()
+
+
+@dataclass
+class _Index:
+    keys: np.ndarray                     # (M,) |S16, all stored keys in load order
+    vecs: np.ndarray                     # (M, d) stored dtype
+    order: np.ndarray = field(init=False)  # argsort of the u64 prefix
+    sorted_u64: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        u = _key_u64(self.keys)
+        self.order = np.argsort(u, kind="stable")
+        self.sorted_u64 = u[self.order]
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """(n,) row into ``vecs`` for each key, -1 where absent."""
+        if len(self.keys) == 0 or len(keys) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        u = _key_u64(keys)
+        pos = np.searchsorted(self.sorted_u64, u)
+        pos = np.minimum(pos, len(self.order) - 1)
+        rows = self.order[pos]
+        ok = (self.sorted_u64[pos] == u) & (self.keys[rows] == keys)
+        return np.where(ok, rows, -1)
+
+
+class EmbeddingStore:
+    """The cache of one embedder (fingerprint) in one storage dtype.
+
+    ``lookup(keys)`` returns vectors, ``missing(keys)`` says which keys still need embedding,
+    ``append(keys, vectors)`` stores a new shard atomically, ``compact()`` merges shards.
+    """
+
+    def __init__(self, root: str | os.PathLike, fingerprint: dict, fingerprint_id: str, dtype: str = "float32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.fingerprint = fingerprint
+        self.fingerprint_id = fingerprint_id
+        self.dtype = dtype
+        self.np_dtype, self.pa_dtype, tag = DTYPES[dtype]
+        self.dir = Path(root).expanduser().resolve() / f"{fingerprint_id}-{tag}"
+        self.shard_dir = self.dir / "shards"
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        self.damaged: list[tuple[str, str]] = []  # (file, reason) found on open
+        self._index: _Index | None = None
+        self._lock_depth = 0
+        with self._lock():
+            self.manifest = self._recover()
+
+    # --- manifest and recovery ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Exclusive inter-process lock on the manifest (re-entrant within this object)."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        with open(self.dir / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _read_manifest(self) -> dict:
+        import json
+
+        path = self.dir / "manifest.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        return {"version": 1, "fingerprint": self.fingerprint, "fingerprint_id": self.fingerprint_id,
+                "dtype": self.dtype, "dim": None, "rows": 0, "shards": []}
+
+    def _write_manifest(self, manifest: dict) -> None:
+        manifest["rows"] = int(sum(s["rows"] for s in manifest["shards"]))
+        write_json_atomic(self.dir / "manifest.json", manifest)
+        self.manifest = manifest
+
+    def _quarantine(self, name: str, reason: str) -> None:
+        qdir = self.dir / "quarantine"
+        qdir.mkdir(exist_ok=True)
+        src = self.shard_dir / name
+        if src.exists():
+            os.replace(src, qdir / name)
+        self.damaged.append((name, reason))
+        warnings.warn(f"cache shard {self.shard_dir / name} is damaged ({reason}); moved to {qdir}, "
+                      "its vectors will be embedded again", CacheDamaged, stacklevel=3)
+
+    def _check_shard(self, name: str, dim: int | None) -> tuple[int, int] | str:
+        """(rows, bytes) of a readable shard with the right schema, or the reason it is unusable."""
+        path = self.shard_dir / name
+        try:
+            meta = pq.read_metadata(path)
+            schema = meta.schema.to_arrow_schema()
+        except Exception as exc:  # noqa: BLE001 - any read failure means damaged
+            return f"unreadable footer: {exc}"
+        if schema.names != ["key", "vec"]:
+            return f"unexpected columns {schema.names}"
+        vt = schema.field("vec").type
+        if not pa.types.is_fixed_size_list(vt) or vt.value_type != self.pa_dtype:
+            return f"unexpected vector type {vt}"
+        if dim is not None and vt.list_size != dim:
+            return f"vector width {vt.list_size} != {dim}"
+        return meta.num_rows, path.stat().st_size
+
+    def _recover(self) -> dict:
+        manifest = self._read_manifest()
+        for tmp in self.dir.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        on_disk = {p.name for p in self.shard_dir.glob("part-*.parquet")}
+        kept = []
+        for s in manifest["shards"]:
+            if s["file"] not in on_disk:
+                self.damaged.append((s["file"], "listed in manifest but missing"))
+                warnings.warn(f"cache shard {s['file']} listed in {self.dir}/manifest.json is missing; "
+                              "its vectors will be embedded again", CacheDamaged, stacklevel=2)
+                continue
+            size = (self.shard_dir / s["file"]).stat().st_size
+            if size != s["bytes"]:
+                self._quarantine(s["file"], f"size {size} != {s['bytes']} bytes in manifest")
+                continue
+            kept.append(s)
+        listed = {s["file"] for s in kept}
+        for name in sorted(on_disk - listed - {d[0] for d in self.damaged}):
+            got = self._check_shard(name, manifest["dim"])
+            if isinstance(got, str):
+                self._quarantine(name, got)
+                continue
+            rows, nbytes = got
+            kept.append({"file": name, "rows": rows, "bytes": nbytes})
+            if manifest["dim"] is None:
+                manifest["dim"] = pq.read_metadata(self.shard_dir / name).schema.to_arrow_schema().field(
+                    "vec").type.list_size
+        if kept != manifest["shards"] or not (self.dir / "manifest.json").exists():
+            manifest["shards"] = kept
+            self._write_manifest(manifest)
+        return manifest
+
+    # --- reading --------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int | None:
+        return self.manifest["dim"]
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest["rows"])
+
+    def _read_shard(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            table = pq.read_table(self.shard_dir / name, memory_map=True, page_checksum_verification=True)
+            keys = np.frombuffer(table.column("key").combine_chunks().buffers()[1], dtype=f"S{KEY_BYTES}",
+                                 count=table.num_rows)
+            vec = table.column("vec").combine_chunks()
+            flat = vec.flatten().to_numpy(zero_copy_only=False)
+            return keys, flat.reshape(table.num_rows, vec.type.list_size)
+        except Exception as exc:  # noqa: BLE001 - checksum or decode failure means damaged
+            with self._lock():
+                self._quarantine(name, f"unreadable data: {exc}")
+                manifest = self._read_manifest()
+                manifest["shards"] = [s for s in manifest["shards"] if s["file"] != name]
+                self._write_manifest(manifest)
+            return None
+
+    def _load_index(self) -> _Index:
+        if self._index is None:
+            parts = [p for p in (self._read_shard(s["file"]) for s in list(self.manifest["shards"])) if p]
+            dim = self.dim or 0
+            if parts:
+                keys = np.concatenate([k for k, _ in parts]) if len(parts) > 1 else parts[0][0]
+                vecs = np.concatenate([v for _, v in parts]) if len(parts) > 1 else parts[0][1]
+            else:
+                keys, vecs = np.empty(0, f"S{KEY_BYTES}"), np.empty((0, dim), self.np_dtype)
+            self._index = _Index(keys, vecs)
+        return self._index
+
+    def missing(self, keys: np.ndarray) -> np.ndarray:
+        """(n,) bool: which keys are not in the cache."""
+        return self._load_index().find(keys) < 0
+
+    def lookup(self, keys: np.ndarray, dtype=None) -> np.ndarray:
+        """(n, dim) vectors for ``keys`` (all must be present), as ``dtype`` (default: stored dtype)."""
+        idx = self._load_index()
+        rows = idx.find(keys)
+        if (rows < 0).any():
+            raise KeyError(f"{int((rows < 0).sum())} of {len(keys)} keys are not in the cache {self.dir}")
+        out = idx.vecs[rows]
+        return out if dtype is None or out.dtype == dtype else out.astype(dtype)
+
+    # --- writing --------------------------------------------------------------------------------
+    def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> dict:
+        d = vectors.shape[1]
+        key_arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(KEY_BYTES), len(keys),
+                                                       [None, pa.py_buffer(np.ascontiguousarray(keys).tobytes())])
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=self.np_dtype).ravel(), type=self.pa_dtype)
+        vec_arr = pa.FixedSizeListArray.from_arrays(flat, d)
+        table = pa.table({"key": key_arr, "vec": vec_arr})
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        with atomic_path(self.shard_dir / name) as tmp:
+            pq.write_table(table, tmp, compression="none", use_dictionary=False, write_page_checksum=True,
+                           write_statistics=False)
+        return {"file": name, "rows": len(keys), "bytes": (self.shard_dir / name).stat().st_size}
+
+    def append(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Store one new shard (atomic) and record it in the manifest."""
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or len(vectors) != len(keys):
+            raise ValueError(f"vectors must be (n, d) with n = {len(keys)}, got {vectors.shape}")
+        if self.dim is not None and vectors.shape[1] != self.dim:
+            raise ValueError(f"vector width {vectors.shape[1]} != cache width {self.dim} in {self.dir}")
+        if not np.isfinite(vectors).all():
+            raise ValueError("refusing to cache non-finite embeddings")
+        if len(keys) == 0:
+            return
+        entry = self._write_shard(keys, vectors)
+        with self._lock():
+            manifest = self._read_manifest()
+            manifest["dim"] = int(vectors.shape[1])
+            manifest["shards"].append(entry)
+            self._write_manifest(manifest)
+        if self._index is not None:
+            cast = np.asarray(vectors, dtype=self.np_dtype)
+            self._index = _Index(np.concatenate([self._index.keys, keys]),
+                                 np.concatenate([self._index.vecs, cast]) if len(self._index.vecs) else cast)
+
+    def compact(self, min_shards: int = 2) -> int:
+        """Merge all shards into one (deduplicated); returns the number of shards merged."""
+        with self._lock():
+            manifest = self._read_manifest()
+            old = [s["file"] for s in manifest["shards"]]
+            if len(old) < min_shards:
+                return 0
+            self._index = None
+            self.manifest = manifest
+            idx = self._load_index()
+            _, first = np.unique(idx.keys, return_index=True)
+            first.sort()
+            entry = self._write_shard(idx.keys[first], idx.vecs[first])
+            manifest = self._read_manifest()
+            manifest["shards"] = [s for s in manifest["shards"] if s["file"] not in old] + [entry]
+            self._write_manifest(manifest)
+            for name in old:
+                (self.shard_dir / name).unlink(missing_ok=True)
+            self._index = None
+        return len(old)
