@@ -1,0 +1,162 @@
+"""Rendering and tokenisation shared by the decoder backends (transformers and vLLM).
+
+Both backends go through :class:`ChatRenderer`, so for one model they feed the network the *identical* token ids:
+
+* **Rendering.** When the tokenizer has a chat template, ``render_response(prompt, response)`` is
+  ``apply_chat_template(prompt + [assistant response], tokenize=False)`` and ``render_prompt(prompt)`` is
+  ``apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)``; for a causal model the last-token
+  state of the latter is the prompt/response boundary state. A template that rejects the system role gets the
+  system text folded into the first user message (``"<system>\\n\\n<user>"``). Without a template the
+  conversation is rendered with :func:`pipeline.backends.base.render_plain`.
+* **Tokenisation.** A template-rendered string already carries BOS and the other special tokens, so it is
+  tokenised with ``add_special_tokens=False``; a plain-rendered string with ``add_special_tokens=True``.
+* **Truncation.** Inputs longer than ``max_length`` tokens keep their FIRST ``max_length`` tokens (the tokenizer's
+  own right-side truncation, so an encoder keeps its closing special token). ``token_lengths`` reports the
+  untruncated counts, so the caller can see (or skip) what was cut.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.backends.base import Messages, render_plain
+
+DEFAULT_MAX_LENGTH = 4096
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' info/warning logging and progress bars (backends are used inside a CLI)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - very old/new transformers
+        pass
+
+
+def load_tokenizer(path, *, trust_remote_code: bool = False, gguf_file: str | None = None):
+    """The model's tokenizer from a local folder (never downloads)."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code, **kw)
+
+
+def default_max_length(tokenizer, config, cap: int = DEFAULT_MAX_LENGTH) -> int:
+    """min(tokenizer.model_max_length, config.max_position_embeddings, cap), ignoring unset/sentinel values."""
+    cands = [cap]
+    tml = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tml, int) and 0 < tml < 1_000_000:
+        cands.append(tml)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(config, key, None)
+        if isinstance(v, int) and v > 0:
+            cands.append(v)
+            break
+    return int(min(cands))
+
+
+def fold_system(messages: Messages) -> list[dict]:
+    """Merge system messages into the first user message (for templates that reject the system role)."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if not system:
+        return rest
+    sys_text = "\n\n".join(system)
+    for m in rest:
+        if m["role"] == "user":
+            m["content"] = f"{sys_text}\n\n{m['content']}"
+            return rest
+    return [{"role": "user", "content": sys_text}, *rest]
+
+
+class ChatRenderer:
+    """Renders conversations and turns rendered strings into (optionally truncated) token ids."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tok = tokenizer
+        self.max_length = int(max_length)
+        tmpl = getattr(tokenizer, "chat_template", None)
+        self.template = tmpl if tmpl else None
+        self._fold_system = False
+        # right-side truncation keeps the first max_length tokens; the model sees left padding
+        self.tok.truncation_side = "right"
+        self.tok.padding_side = "left"
+
+    # ---------- identity ----------
+    @property
+    def has_template(self) -> bool:
+        return self.template is not None
+
+    def template_hash(self) -> str | None:
+        """sha256[:16] of the chat template string (None without a template)."""
+        if self.template is None:
+            return None
+        blob = self.template if isinstance(self.template, str) else json.dumps(self.template, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # ---------- rendering ----------
+    def _apply(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        msgs = fold_system(messages) if self._fold_system else messages
+        try:
+            out = self.tok.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, tokenize=False)
+        except Exception:
+            if self._fold_system or not any(m["role"] == "system" for m in messages):
+                raise
+            # e.g. Gemma / Mistral templates: "System role not supported" -> fold it into the first user turn
+            out = self.tok.apply_chat_template(fold_system(messages), add_generation_prompt=add_generation_prompt,
+                                               tokenize=False)
+            self._fold_system = True
+        if not isinstance(out, str):  # some versions return a list for batched input
+            out = out[0]
+        return out
+
+    def render_response(self, prompt: Messages, response: str) -> str:
+        msgs = [dict(m) for m in prompt] + [{"role": "assistant", "content": response}]
+        if not self.has_template:
+            return render_plain(msgs)
+        return self._apply(msgs, add_generation_prompt=False)
+
+    def render_prompt(self, prompt: Messages) -> str:
+        msgs = [dict(m) for m in prompt]
+        if not self.has_template:
+            return render_plain(msgs)
+        return self._apply(msgs, add_generation_prompt=True)
+
+    # ---------- tokenisation ----------
+    @property
+    def add_special_tokens(self) -> bool:
+        return not self.has_template
+
+    def _encode(self, texts: list[str], **kw) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(x) for x in self.tok(texts, add_special_tokens=self.add_special_tokens,
+                                          return_attention_mask=False, **kw)["input_ids"]]
+
+    def token_lengths(self, inputs: Sequence[str]) -> np.ndarray:
+        """(n,) untruncated token counts."""
+        ids = self._encode(list(inputs), truncation=False)
+        return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+
+    def encode(self, inputs: Sequence[str]) -> list[list[int]]:
+        """Token ids of each input exactly as the model sees them (first ``max_length`` tokens kept)."""
+        texts = list(inputs)
+        ids = self._encode(texts, truncation=False)
+        long = [i for i, x in enumerate(ids) if len(x) > self.max_length]
+        if long:
+            cut = self._encode([texts[i] for i in long], truncation=True, max_length=self.max_length)
+            for i, x in zip(long, cut):
+                ids[i] = x
+        return ids
+
+    def pad_id(self) -> int:
+        for v in (self.tok.pad_token_id, self.tok.eos_token_id, self.tok.unk_token_id):
+            if v is not None:
+                return int(v)
+        return 0
