@@ -148,6 +148,74 @@ def embed(
 
 
 # --- fit ----------------------------------------------------------------------------------------
+def _print_fit_report(console, report) -> None:
+    """Closing table: mixture log-likelihood/accuracy per split, then head × group accuracy (Table 7/8 shape)."""
+    from rich.table import Table
+
+    t = Table(title="mixture")
+    for c in ("split", "n", "log-lik", "accuracy"):
+        t.add_column(c, justify="right")
+    for split, m in report.metrics.items():
+        t.add_row(split, str(m["n"]), f"{m['loglik']:.4f}", f"{m['accuracy']:.4f}")
+    console.print(t)
+    h = Table(title="accuracy of each head alone per group (test split)")
+    h.add_column("head")
+    for g, n in zip(report.groups, report.group_counts):
+        h.add_column(f"{g} (n={n})", justify="right")
+    best = report.head_group_accuracy.argmax(axis=0)
+    for k, row in enumerate(report.head_group_accuracy):
+        h.add_row(str(k), *[(f"[bold]{v:.3f}[/]" if best[j] == k else f"{v:.3f}") for j, v in enumerate(row)])
+    console.print(h)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    console.print(f"gate input: {report.gate_input} | {report.seconds:.1f} s"
+                  + (f" | bundle: {report.bundle}" if report.bundle else ""))
+
+
+@app.command()
+def fit(
+    run_dir: Path = typer.Argument(..., help="Run folder from `micro embed`."),
+    k: int = typer.Option(10, "--k", help="Number of reward heads K."),
+    gate: str = typer.Option("context", help="context (prompt-dependent gate) | static (one global mixture)."),
+    gate_input: str = typer.Option("auto", help="What the gate reads: prompt | context | auto (context if present)."),
+    gate_hidden: Optional[int] = typer.Option(None, help="Hidden units of an MLP gate (paper: 128); default linear."),
+    alpha: float = typer.Option(0.5, help="Weight of the gate-entropy term."),
+    l2: float = typer.Option(1e-3, help="L2 penalty on heads and gate."),
+    n_init: int = typer.Option(4, help="EM restarts (best objective kept)."),
+    max_iter: int = typer.Option(200, help="Max EM iterations per restart."),
+    tol: float = typer.Option(1e-6, help="Stop when the relative objective change is below this."),
+    seed: int = typer.Option(0, help="Random seed."),
+    dim: Optional[int] = typer.Option(None, help="Project features to this many PCA dims (fitted on train)."),
+    init: str = typer.Option("gate-kmeans", help="gate-kmeans | kmeans | random | split."),
+    optimizer: str = typer.Option("em", help="em (fast EM) | adamw (the paper's minibatch recipe)."),
+    epochs: int = typer.Option(1, help="adamw: epochs."),
+    baseline: Optional[str] = typer.Option(None, help="single (one BT head) | static (Static Mixture)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model bundle folder (default RUN_DIR/model)."),
+    quiet: bool = typer.Option(False, help="No per-iteration progress."),
+) -> None:
+    """Stage 1: fit K Bradley-Terry heads and a gate by EM on cached features; write a model bundle."""
+    import time as _time
+
+    from rich.console import Console
+
+    from pipeline.fit import fit_run
+
+    console = Console(stderr=True)
+    state = {"t": _time.perf_counter(), "prev": None}
+
+    def on_iter(it: int, obj: float) -> None:
+        if quiet:
+            return
+        prev, state["prev"] = state["prev"], obj
+        rel = "" if prev is None else f"  rel.change {abs(prev - obj) / max(abs(prev), 1e-12):.2e}"
+        console.print(f"  iter {it:4d}  objective {obj:.6f}{rel}  {_time.perf_counter() - state['t']:.1f} s",
+                      highlight=False)
+
+    report = fit_run(run_dir, k=k, gate=gate, gate_input=gate_input, baseline=baseline,
+                     out=out or Path(run_dir) / "model", on_iter=on_iter, alpha=alpha, l2=l2, n_init=n_init,
+                     max_iter=max_iter, tol=tol, random_state=seed, dim=dim, init=init, optimizer=optimizer,
+                     epochs=epochs, gate_hidden=gate_hidden)
+    _print_fit_report(console, report)
 
 
 # --- route / eval / score -----------------------------------------------------------------------
