@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+import numpy as np
+
 from pipeline.errors import MicroError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -219,6 +221,89 @@ def fit(
 
 
 # --- route / eval / score -----------------------------------------------------------------------
+def _seeds(seeds: int) -> tuple:
+    if seeds < 1:
+        raise MicroError(f"--seeds must be >= 1, got {seeds}")
+    return tuple(range(seeds))
+
+
+def _print_route(console, res) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"held-out accuracy per group: Stage-1 gate vs routed (B={res.budget}/group, "
+                    f"mean ± std over {len(res.seeds)} seeds)")
+    for c in ("group", "n", "before", "after"):
+        t.add_column(c, justify="right")
+    for j, g in enumerate(res.groups):
+        t.add_row(str(g), str(res.counts[j]), f"{res.before[j]:.4f}",
+                  f"{res.after_mean[j]:.4f} ± {res.after_std[j]:.4f}")
+    macro = res.after.mean(axis=1)
+    t.add_row("macro", str(sum(res.counts)), f"{np.nanmean(res.before):.4f}", f"{macro.mean():.4f} ± {macro.std():.4f}")
+    console.print(t)
+    for note in res.notes:
+        console.print(f"note: {note}")
+
+
+@app.command()
+def route(
+    model: Path = typer.Argument(..., help="Stage-1 model bundle from `micro fit`."),
+    user_data: Path = typer.Option(..., "--user-data", help="User pairs with contexts (any `data prepare` format)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Routed bundle folder (default MODEL-routed)."),
+    tau: float = typer.Option(1e-3, help="Temperature of the soft labels ω ∝ f·exp(−L/τ)."),
+    epochs: int = typer.Option(10, help="Router epochs."),
+    budget_per_group: int = typer.Option(50, help="Labelled pairs per group used to route (B)."),
+    seeds: int = typer.Option(5, help="Random draws of the B pairs (results are mean ± std)."),
+    lr: float = typer.Option(3e-2, help="Router learning rate (Adam)."),
+    user: Optional[str] = typer.Option(None, help="With --online: the user (group) whose profile to build."),
+    online: bool = typer.Option(False, help="Build a per-user Hedge profile instead of training a router."),
+    hedge_tau: float = typer.Option(1.0, help="--online: Hedge temperature (1 = Bayesian posterior over heads)."),
+) -> None:
+    """Stage 2: route mixture weights to user contexts from a few labelled pairs (paper Alg. 1)."""
+    from rich.console import Console
+
+    from pipeline import route as R
+
+    console = Console(stderr=True)
+    log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
+    if online:
+        from pipeline.profiles import build_profile
+
+        if not user:
+            raise MicroError("--online needs --user NAME (the group in the user data whose profile to build)")
+        prof = build_profile(model, user_data, user, out or model.parent / "profiles", tau=hedge_tau, log=log)
+        _print_profile(console, prof)
+        return
+    res = R.route(model, user_data, out or model.parent / f"{model.name}-routed", tau=tau, epochs=epochs,
+                  budget=budget_per_group, seeds=_seeds(seeds), lr=lr, log=log)
+    _print_route(console, res)
+    console.print(f"routed bundle: {out or model.parent / f'{model.name}-routed'}")
+
+
+def _print_profile(console, prof) -> None:
+    w = ", ".join(f"{v:.3f}" for v in prof.weights)
+    console.print(f"profile of '{prof.user}' after {prof.n_stream} pairs (prior: {prof.prior}): weights [{w}]")
+    if len(prof.curve):
+        marks = sorted({0, 1, 2, 5, 10, 20, 50, len(prof.curve) - 1} & set(range(len(prof.curve))))
+        console.print(f"learning curve, accuracy on {prof.n_heldout} held-out pairs after n pairs seen: "
+                      + "  ".join(f"n={n}: {prof.curve[n]:.3f}" for n in marks))
+    console.print(f"profile saved: {prof.path}")
+
+
+@app.command()
+def score(
+    model: Path = typer.Argument(..., help="Model bundle (Stage-1 or routed)."),
+    input: Path = typer.Option(..., "--input", "-i", help="Rows with 'prompt' and 'response' (jsonl/json/csv/parquet)."),
+    out: Path = typer.Option(Path("rewards.parquet"), "--out", "-o", help="Output .parquet or .jsonl."),
+    context: Optional[str] = typer.Option(None, help="User criterion the gate reads (context+prompt)."),
+    user: Optional[Path] = typer.Option(None, help="A profile JSON from `micro route --online`."),
+) -> None:
+    """Rewards per head and mixed (Σ_k f_k r_k) for (prompt, response) rows."""
+    from pipeline.score import score_file
+
+    if context and user:
+        raise MicroError("give either --context or --user, not both")
+    path = score_file(model, input, out, context=context, profile_path=user)
+    print(f"rewards written: {path}", file=sys.stderr)
 
 
 # --- demo ---------------------------------------------------------------------------------------

@@ -95,6 +95,17 @@ def embed_missing(store: EmbeddingStore, backend, texts: list[str], keys: np.nda
     return done
 
 
+def embed_texts(store: EmbeddingStore, backend, texts: list[str], dtype=np.float32) -> tuple[np.ndarray, int]:
+    """(n, d) vectors of exact model inputs ``texts`` (cached ones reused, missing ones embedded and stored)
+    and the number newly embedded."""
+    keys = text_keys(store.fingerprint_id, texts)
+    uniq, first = np.unique(keys, return_index=True)
+    miss = store.missing(uniq)
+    todo = first[miss]
+    n_new = embed_missing(store, backend, [texts[i] for i in todo], keys[todo])
+    return store.lookup(keys, dtype), n_new
+
+
 def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: str | Path | None = None,
                 dtype: str = "float32", overlong: str = "truncate",
                 progress_factory: Callable[[int], Callable[[int], None]] | None = None,

@@ -1,0 +1,151 @@
+"""Rewards for (prompt, response) rows: per head and mixed under a context or a user profile.
+
+Python API::
+
+    from pipeline.score import RewardModel
+    rm = RewardModel.load("runs/dsp/model-routed")
+    out = rm.rewards(prompts, responses, context="I am an academic ...")   # or profile="profiles/alice.json"
+    out["reward"]     # (N,) Σ_k f_k r_k, the mixed reward
+    out["per_head"]   # (N, K) r_k = w_k·φ(x, a)
+    out["weights"]    # (N, K) mixture weights f used for the mix
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.backends.base import with_context
+from pipeline.bundle import load_bundle
+from pipeline.errors import MicroError
+
+
+def as_messages(prompt) -> list[dict]:
+    """A prompt given as text or as a message list → message list."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) and "content" in m for m in prompt):
+        return [{"role": m.get("role", "user"), "content": m["content"]} for m in prompt]
+    raise MicroError(f"prompt must be a string or a list of {{role, content}} messages, got {type(prompt).__name__}")
+
+
+class RewardModel:
+    """A Stage-1 or routed bundle plus its embedder, ready to score responses."""
+
+    def __init__(self, model, meta: dict, path: Path):
+        self.model, self.meta, self.path = model, meta, path
+        self._backend = self._store = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RewardModel":
+        model, meta = load_bundle(path)
+        return cls(model, meta, Path(path))
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        from pipeline.embed import embed_texts, open_store
+        from pipeline.route import backend_from_meta
+
+        if self._backend is None:
+            self._backend = backend_from_meta(self.meta)
+            root = Path(self.meta["embedder"]["cache_dir"]).parent
+            self._store = open_store(root, self._backend, self.meta["embedder"]["cache_dtype"])
+        vecs, _ = embed_texts(self._store, self._backend, texts)
+        return vecs
+
+    def weights(self, prompts: list[list[dict]], context: str | None = None, profile=None) -> np.ndarray:
+        """(N, K) mixture weights: a profile's, or the gate's on context+prompt (prompt alone without context)."""
+        K = self.model.coef_.shape[0]
+        if profile is not None:
+            return np.tile(np.asarray(profile.weights_, dtype=np.float64), (len(prompts), 1))
+        if self.model.gate_kind_ == "static":
+            return np.tile(self.model.gate_weights(None)[0], (len(prompts), 1))
+        b = self._backend_for_render()
+        msgs = [with_context(p, context) if context else p for p in prompts]
+        x = self._embed([b.render_prompt(m) for m in msgs])
+        w = self.model.gate_weights(x)
+        assert w.shape[1] == K
+        return w
+
+    def _backend_for_render(self):
+        if self._backend is None:
+            self._embed([])
+        return self._backend
+
+    def rewards(self, prompts: Sequence, responses: Sequence[str], context: str | None = None,
+                profile=None) -> dict:
+        """Per-head rewards (N, K), weights (N, K) and the mixed reward (N,) for each (prompt, response)."""
+        if len(prompts) != len(responses):
+            raise MicroError(f"{len(prompts)} prompts but {len(responses)} responses")
+        msgs = [as_messages(p) for p in prompts]
+        b = self._backend_for_render()
+        feats = self._embed([b.render_response(m, r) for m, r in zip(msgs, responses)])
+        per_head = self.model.head_rewards(feats)
+        w = self.weights(msgs, context, profile)
+        return {"per_head": per_head, "weights": w, "reward": (per_head * w).sum(axis=1)}
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+
+
+def read_score_input(path: str | Path) -> tuple[list, list, pa.Table]:
+    """(prompts, responses, table) from a JSONL / JSON / CSV / Parquet file with prompt and response columns."""
+    import polars as pl
+
+    path = Path(path)
+    if not path.exists():
+        raise MicroError(f"{path}: no such file")
+    try:
+        if path.suffix == ".parquet":
+            df = pl.read_parquet(path)
+        elif path.suffix == ".csv":
+            df = pl.read_csv(path)
+        elif path.suffix in (".jsonl", ".ndjson"):
+            df = pl.read_ndjson(path)
+        elif path.suffix == ".json":
+            df = pl.read_json(path)
+        else:
+            raise MicroError(f"{path}: unsupported file type (use .jsonl, .json, .csv or .parquet)")
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        raise MicroError(f"{path}: cannot be read ({str(exc).splitlines()[0]})") from None
+    for col in ("prompt", "response"):
+        if col not in df.columns:
+            raise MicroError(f"{path}: missing column '{col}' (have: {', '.join(df.columns)})")
+    prompts, responses = df["prompt"].to_list(), df["response"].to_list()
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        if p is None or r is None or (isinstance(r, str) and not r.strip()):
+            raise MicroError(f"{path}: row {i}: empty 'prompt' or 'response'")
+    return prompts, responses, df.to_arrow()
+
+
+def score_file(bundle: str | Path, input_path: str | Path, out: str | Path, *, context: str | None = None,
+               profile_path: str | Path | None = None) -> Path:
+    """Write the input rows plus reward, per-head rewards and weights to ``out`` (.parquet or .jsonl)."""
+    import pyarrow.parquet as pq
+
+    from cache.atomic import atomic_path
+    from pipeline.profiles import load_profile
+
+    rm = RewardModel.load(bundle)
+    profile = load_profile(profile_path, rm.meta) if profile_path else None
+    prompts, responses, table = read_score_input(input_path)
+    try:
+        res = rm.rewards(prompts, responses, context=context, profile=profile)
+    finally:
+        rm.close()
+    K = res["per_head"].shape[1]
+    table = table.append_column("reward", pa.array(res["reward"]))
+    for k in range(K):
+        table = table.append_column(f"reward_head_{k}", pa.array(res["per_head"][:, k]))
+    table = table.append_column("weights", pa.array(res["weights"].tolist(), pa.list_(pa.float64())))
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        if out.suffix == ".jsonl":
+            import polars as pl
+
+            pl.from_arrow(table).write_ndjson(tmp)
+        else:
+            pq.write_table(table, tmp)
+    return out
