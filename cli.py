@@ -135,7 +135,7 @@ def embed(
         if "prog" in holder:
             holder["prog"].stop()
         console.print(f"interrupted: {holder.get('done', 0)} new texts were saved to the cache; "
-                      "rerun the same command to resume")
+                      "rerun the same command to resume", soft_wrap=True)
         raise typer.Exit(130)
     finally:
         be.close()
@@ -145,8 +145,8 @@ def embed(
         f"pairs {s.pairs} (kept {s.pairs_kept}, skipped {s.skipped_pairs}) | unique texts {s.unique_texts} | "
         f"cache hits {s.cache_hits} | newly embedded {s.embedded} | truncated {s.truncated} | "
         f"skipped texts {s.skipped_texts} | {s.seconds:.1f} s"
-        + (f" ({s.texts_per_second:.1f} texts/s)" if s.embedded else ""))
-    console.print(f"run folder: {out}")
+        + (f" ({s.texts_per_second:.1f} texts/s)" if s.embedded else ""), soft_wrap=True)
+    console.print(f"run folder: {out}", soft_wrap=True)
 
 
 # --- fit ----------------------------------------------------------------------------------------
@@ -306,13 +306,42 @@ def score(
     print(f"rewards written: {path}", file=sys.stderr)
 
 
+@app.command("eval")
+def eval_cmd(
+    model: Path = typer.Argument(..., help="Stage-1 model bundle from `micro fit`."),
+    run_dir: Path = typer.Argument(..., help="Run folder from `micro embed` (train split fits, test split scores)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write results.csv/.parquet/.md and figures here."),
+    budget_per_group: int = typer.Option(50, help="Labelled train pairs per group for the MiCRo router (B)."),
+    seeds: int = typer.Option(5, help="Seeds of the HyRe draws and router budgets (mean ± std)."),
+    hyre_n: int = typer.Option(16, help="Labelled test pairs per group that (MiCRo-)HyRe adapts on."),
+    budgets: str = typer.Option("5,10,25,50,100,150", help="Budgets B of the accuracy-vs-budget figure (--report)."),
+    tau: float = typer.Option(1e-3, help="Router soft-label temperature."),
+    epochs: int = typer.Option(10, help="Router epochs."),
+    lr: float = typer.Option(3e-2, help="Router learning rate (Adam)."),
+) -> None:
+    """Paper Table 2/3: single, static, shared-base, best head, (MiCRo-)HyRe, MiCRo and oracle per group."""
+    from pipeline.evaluate import evaluate
+
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    res = evaluate(model, run_dir, report=report, budget=budget_per_group, seeds=_seeds(seeds), hyre_n=hyre_n,
+                   budgets=budgets, tau=tau, epochs=epochs, lr=lr, log=log)
+    print(res.markdown())
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for p in [*res.files, *res.plots]:
+        print(f"written: {p}", file=sys.stderr)
+    print(f"eval: {res.seconds:.1f} s", file=sys.stderr)
+
+
 # --- demo ---------------------------------------------------------------------------------------
 
 
 def main() -> None:
     """Entry point: run the app; a MicroError becomes one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # a typer.Exit(code) is returned, not raised, without standalone mode
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except MicroError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

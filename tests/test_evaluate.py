@@ -1,0 +1,251 @@
+"""micro eval on a tiny synthetic run: three groups that prefer different directions, no model anywhere.
+
+The fake backend reads the numbers written into each text: a response "... attrs a0 a1 a2" gets (a0, a1, a2) in
+its first three coordinates, a context "criterion for gK" a one-hot of K, every text a small hash-seeded
+noise vector. Group g0 prefers high a0, g1 low a0, g2 high a1, so one BT head cannot serve all three, while the
+context tells the gate / router the group.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline.errors import MicroError
+
+DIM = 12
+GROUPS = ("g0", "g1", "g2")
+DIRECTIONS = {"g0": np.array([1.0, 0.0, 0.0]), "g1": np.array([-1.0, 0.0, 0.0]), "g2": np.array([0.0, 1.0, 0.0])}
+PNG = b"\x89PNG\r\n\x1a\n"
+FAST = dict(seeds=(0, 1, 2), budget=10, budgets=(5, 10), hyre_n=8, log=lambda m: None)
+
+
+class AttrBackend:
+    """Backend protocol stand-in whose vectors encode the attributes and group written in the text."""
+
+    name = "fake-attrs"
+    dim, max_length, chunk_size = DIM, 10_000, 256
+
+    def __init__(self, tag: str = "v1"):
+        self.tag = tag
+
+    def fingerprint(self) -> dict:
+        return {"backend": self.name, "model": "attrs", "tag": self.tag, "dim": DIM, "max_length": self.max_length,
+                "chat_template": None}
+
+    def render_response(self, prompt, response: str) -> str:
+        from pipeline.backends.base import render_plain
+
+        return render_plain([*prompt, {"role": "assistant", "content": response}])
+
+    def render_prompt(self, prompt) -> str:
+        from pipeline.backends.base import render_plain
+
+        return render_plain(prompt)
+
+    def token_lengths(self, inputs):
+        return np.array([len(t.split()) for t in inputs], dtype=np.int64)
+
+    def embed(self, inputs):
+        out = np.zeros((len(inputs), DIM), dtype=np.float32)
+        for i, t in enumerate(inputs):
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+            out[i, 6:] = 0.2 * np.random.default_rng(seed).standard_normal(DIM - 6)
+            m = re.search(r"attrs (\S+) (\S+) (\S+)", t)
+            if m:
+                out[i, :3] = [float(x) for x in m.groups()]
+            m = re.search(r"criterion for g(\d)", t)
+            if m:
+                out[i, 3 + int(m.group(1))] = 2.0
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def synthetic_rows(n_per_group: int = 120, test_frac: float = 0.35, seed: int = 0, groups=GROUPS,
+                   with_group: bool = True, split: str | None = None) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in groups:
+        for i in range(n_per_group):
+            a, b = rng.standard_normal(3), rng.standard_normal(3)
+            u = DIRECTIONS[g] @ (a - b) * 3.0
+            first = rng.random() < 1.0 / (1.0 + math.exp(-u))      # BT label noise
+            ch, rj = (a, b) if first else (b, a)
+            pid = f"{g}-{i}"
+            rows.append({
+                "pair_id": pid, "prompt": [{"role": "user", "content": f"question {pid}"}],
+                "chosen": f"answer {pid} one attrs {ch[0]:.4f} {ch[1]:.4f} {ch[2]:.4f}",
+                "rejected": f"answer {pid} two attrs {rj[0]:.4f} {rj[1]:.4f} {rj[2]:.4f}",
+                "group": g if with_group else None, "context": f"criterion for {g}",
+                "split": split or ("test" if i < test_frac * n_per_group else "train"), "source": "synthetic"})
+    return rows
+
+
+def make_run(root, rows, name: str, tag: str = "v1"):
+    from pipeline.embed import embed_pairs
+    from pipeline.schema import pairs_to_table, write_pairs
+
+    pairs = write_pairs(pairs_to_table(rows), root / f"{name}.parquet")
+    embed_pairs(pairs, root / name, AttrBackend(tag), cache_dir=root / "cache", log=lambda m: None)
+    return root / name
+
+
+def make_bundle(run, out, k: int = 3):
+    from pipeline.fit import fit_run
+
+    fit_run(run, k=k, alpha=0.0, n_init=2, max_iter=60, random_state=0, out=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    run = make_run(root, synthetic_rows(), "run")
+    return root, run, make_bundle(run, root / "bundle")
+
+
+@pytest.fixture(scope="module")
+def evaluated(synth):
+    from pipeline.evaluate import evaluate
+
+    root, run, bundle = synth
+    return evaluate(bundle, run, report=root / "report", **FAST), root / "report"
+
+
+def test_results_table_shape_and_columns(evaluated):
+    from pipeline.evaluate import METHODS
+
+    res, report = evaluated
+    df = pl.read_csv(report / "results.csv")
+    assert df.columns == ["method", "group", "accuracy", "accuracy_std", "nll", "ece", "n"]
+    assert df.height == 8 * (len(GROUPS) + 1)
+    assert sorted(set(df["method"].to_list())) == sorted(METHODS) and len(METHODS) == 8
+    for m in METHODS:
+        assert sorted(df.filter(pl.col("method") == m)["group"].to_list()) == sorted([*GROUPS, "macro"])
+    pq = pl.read_parquet(report / "results.parquet")
+    assert pq.columns == df.columns and pq.height == df.height
+    assert (report / "results.md").read_text().startswith("accuracy on the test split")
+    acc = df["accuracy"].to_numpy()
+    assert np.all((acc >= 0) & (acc <= 1))
+    assert np.all(np.isfinite(df["nll"].to_numpy())) and np.all(df["ece"].to_numpy() >= 0)
+    assert np.all(df["n"].to_numpy() > 0)
+
+
+def test_std_only_for_seeded_rows(evaluated):
+    res, report = evaluated
+    df = pl.read_csv(report / "results.csv")
+    for m in ("single", "static", "shared-base-best", "stage1-best-head", "oracle"):
+        assert df.filter(pl.col("method") == m)["accuracy_std"].null_count() == len(GROUPS) + 1, m
+    for m in ("hyre", "micro-hyre", "micro"):
+        std = df.filter(pl.col("method") == m)["accuracy_std"]
+        assert std.null_count() == 0 and (std.to_numpy() >= 0).all(), m
+
+
+def test_orderings_on_disagreeing_groups(evaluated):
+    res, _ = evaluated
+    macro = {m: res.cell(m, "macro")["accuracy"] for m in ("single", "oracle", "micro", "stage1-best-head")}
+    assert macro["oracle"] >= macro["single"]
+    assert macro["micro"] >= macro["single"] + 0.1, macro      # one head cannot serve g0 and g1 at once
+    assert macro["oracle"] > 0.8 and macro["stage1-best-head"] > 0.8
+    # macro = mean over groups; hyre rows score the pairs left after the hyre_n adaptation pairs
+    for m in ("single", "micro", "hyre"):
+        per = [res.cell(m, g)["accuracy"] for g in GROUPS]
+        assert res.cell(m, "macro")["accuracy"] == pytest.approx(np.mean(per))
+    n_test = res.cell("single", "g0")["n"]
+    assert res.cell("hyre", "g0")["n"] == n_test - FAST["hyre_n"]
+    # the micro row is route_seeds' after-routing accuracy
+    assert [res.cell("micro", g)["accuracy"] for g in GROUPS] == pytest.approx(res.budget_curve[10].mean(axis=0))
+    assert res.router_weights.shape == (3, 3) and np.allclose(res.router_weights.sum(axis=1), 1.0)
+
+
+def test_plots_are_pngs(evaluated):
+    res, report = evaluated
+    assert {p.name for p in res.plots} == {"head_group_accuracy.png", "router_weights.png", "accuracy_vs_budget.png"}
+    for p in res.plots:
+        data = p.read_bytes()
+        assert data[:8] == PNG and len(data) > 1024 and p.parent == report
+    assert sorted(res.budget_curve) == [5, 10]
+
+
+def test_no_report_writes_nothing_and_markdown(synth, tmp_path):
+    from pipeline.evaluate import evaluate
+
+    root, run, bundle = synth
+    res = evaluate(bundle, run, seeds=(0,), budget=10, hyre_n=8, log=lambda m: None)
+    assert res.plots == [] and res.files == []
+    md = res.markdown()
+    assert "| micro |" in md and "| oracle |" in md and "macro |" in md
+
+
+def test_fingerprint_mismatch(synth, tmp_path):
+    from pipeline.evaluate import evaluate
+
+    root, run, bundle = synth
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    meta = json.loads((other / "run.json").read_text())
+    meta["fingerprint_id"] = "0123456789abcdef"
+    (other / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(MicroError, match="embedder"):
+        evaluate(bundle, other, **FAST)
+
+
+def test_empty_test_split(synth):
+    from pipeline.evaluate import evaluate
+
+    root, run, bundle = synth
+    train_only = make_run(root, synthetic_rows(n_per_group=20, split="train"), "train_only")
+    with pytest.raises(MicroError, match="test split is empty"):
+        evaluate(bundle, train_only, **FAST)
+
+
+def test_bad_budgets(synth):
+    from pipeline.evaluate import evaluate
+
+    root, run, bundle = synth
+    with pytest.raises(MicroError, match="budgets"):
+        evaluate(bundle, run, **(FAST | {"budgets": "5,x"}))
+
+
+def test_run_without_groups_and_routed_bundle(synth, tmp_path):
+    from pipeline.bundle import load_bundle
+    from pipeline.evaluate import evaluate
+    from pipeline.features import load_features
+    from pipeline.route import route_seeds, save_routed_bundle
+
+    root, run, bundle = synth
+    nogroup = make_run(root, synthetic_rows(n_per_group=40, with_group=False), "nogroup")
+    res = evaluate(bundle, nogroup, seeds=(0,), budget=10, hyre_n=8, log=lambda m: None)
+    assert res.groups == ["all"] and any("no groups" in n for n in res.notes)
+    assert {r["group"] for r in res.rows} == {"all", "macro"} and len(res.rows) == 16
+
+    model, meta = load_bundle(bundle)
+    feats = load_features(run)
+    r = route_seeds(model, meta, feats.split_rows("train"), feats.split_rows("test"), budget=10, seeds=(0,))
+    routed = save_routed_bundle(model, meta, r.routers[0], tmp_path / "routed", {"bundle": bundle})
+    res = evaluate(routed, run, seeds=(0,), budget=10, hyre_n=8, log=lambda m: None)
+    assert any("routed bundle" in n for n in res.notes)
+    assert 0 <= res.cell("micro", "macro")["accuracy"] <= 1
+
+
+def test_cli_eval(synth, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    root, run, bundle = synth
+    out = tmp_path / "rep"
+    result = CliRunner().invoke(app, ["eval", str(bundle), str(run), "--report", str(out), "--seeds", "2",
+                                      "--budget-per-group", "10", "--budgets", "5,10", "--hyre-n", "8"])
+    assert result.exit_code == 0, result.output
+    assert "| method |" in result.stdout and "| micro |" in result.stdout and "| oracle |" in result.stdout
+    assert (out / "results.csv").exists() and (out / "accuracy_vs_budget.png").exists()
+    assert "accuracy_vs_budget.png" in result.output
