@@ -46,6 +46,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from pipeline import route as R
 from pipeline.errors import MicroError
 
 METHODS = ("single", "static", "shared-base-best", "stage1-best-head", "hyre", "micro-hyre", "micro", "oracle")
@@ -253,8 +254,8 @@ def _write_report(result: EvalResult, report: Path) -> list[Path]:
 
 def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | None = None, budget: int = 50,
              seeds: Sequence[int] = (0, 1, 2, 3, 4), hyre_n: int = 16,
-             budgets: Sequence[int] | str = (5, 10, 25, 50, 100, 150), tau: float = 1e-3, epochs: int = 10,
-             lr: float = 3e-2, log: Callable[[str], None] = print) -> EvalResult:
+             budgets: Sequence[int] | str = (5, 10, 25, 50, 100, 150), tau: float = R.TAU, epochs: int = R.EPOCHS,
+             lr: float = R.LR, log: Callable[[str], None] = print) -> EvalResult:
     """Evaluate every method of the module docstring on the test split of ``run_dir``; see the module docstring."""
     from heads.baselines import OracleBT, SharedBase
     from heads.hyre import gate_prior_fn

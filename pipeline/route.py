@@ -17,6 +17,12 @@ from pipeline.features import Features, load_features
 from pipeline.schema import write_pairs
 
 
+# Router defaults. The paper uses tau = 1e-3 (near-hard labels: the single best head per pair); on frozen linear
+# heads that makes the router chase per-pair winners (and dead heads at loss log 2), so the default is tau = 1,
+# where the soft labels are the heads' posterior responsibilities (README: "Routing temperature").
+TAU, EPOCHS, LR, BUDGET = 1.0, 10, 3e-2, 50
+
+
 @dataclass
 class RouteResult:
     """Held-out accuracy per group before (Stage-1 gate) and after routing (mean ± std over seeds)."""
@@ -62,8 +68,8 @@ def per_group_accuracy(p: np.ndarray, groups: np.ndarray, names: list) -> np.nda
     return np.array([float(np.mean(p[groups == g] > 0.5)) if (groups == g).any() else np.nan for g in names])
 
 
-def route_seeds(model, meta: dict, train: Features, test: Features, *, tau: float = 1e-3, epochs: int = 10,
-                budget: int = 50, seeds=(0, 1, 2, 3, 4), lr: float = 3e-2, batch_size: int = 32) -> RouteResult:
+def route_seeds(model, meta: dict, train: Features, test: Features, *, tau: float = TAU, epochs: int = EPOCHS,
+                budget: int = BUDGET, seeds=(0, 1, 2, 3, 4), lr: float = LR, batch_size: int = 32) -> RouteResult:
     """Train one router per seed on ``budget`` train pairs per group; score every router on ``test``."""
     from heads.router import Router, draw_budget
 
@@ -148,8 +154,8 @@ def save_routed_bundle(model, meta: dict, router, out: Path, params: dict) -> Pa
     return save_bundle(routed, out, new_meta)
 
 
-def route(bundle: str | Path, user_data: str | Path, out: str | Path, *, tau: float = 1e-3, epochs: int = 10,
-          budget: int = 50, seeds=(0, 1, 2, 3, 4), lr: float = 3e-2, log=print) -> RouteResult:
+def route(bundle: str | Path, user_data: str | Path, out: str | Path, *, tau: float = TAU, epochs: int = EPOCHS,
+          budget: int = BUDGET, seeds=(0, 1, 2, 3, 4), lr: float = LR, log=print) -> RouteResult:
     """``micro route``: fit routers on the user data, report held-out accuracy, save the seed-0 routed bundle."""
     model, meta = load_bundle(bundle)
     out = Path(out)

@@ -1,0 +1,83 @@
+"""Initialisation strategies for the mixture fit (they decide whether the heads specialise).
+
+Each returns ``(W0 (K, d), gate0 dict, r0 (n, K) or None)``; ``r0`` are the FIRST responsibilities the
+first M-step is fitted to (None: take the E-step at (W0, gate0)).
+
+* ``"gate-kmeans"``: k-means on the gate's input (prompt) features; hard assignments smoothed to
+  ``0.9`` on the own cluster and ``0.1 / (K - 1)`` elsewhere; heads and gate start at zero. On real DSP
+  data with MiniLM features this is what makes heads specialise (macro accuracy 0.77 vs 0.58).
+* ``"kmeans"``: the same on row-normalised Delta.
+* ``"random"``: small random heads (|w_k . Delta| ~ 0.1), uniform gate.
+* ``"split"``: perturb the single-BT solution w_1: w_k = w_1 + 0.3 |w_1| u_k, u_k random unit vectors.
+
+Wide features (> ``max_kmeans_dim`` columns) are clustered after a fixed Gaussian random projection to
+``max_kmeans_dim`` columns (Johnson-Lindenstrauss) so that k-means stays cheap for 3,072-d inputs.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+INITS = ("gate-kmeans", "kmeans", "random", "split")
+
+
+def sketch(X: np.ndarray, max_dim: int, rng: np.random.Generator) -> np.ndarray:
+    """X itself when narrow, else X @ R with R Gaussian (p, max_dim) / sqrt(max_dim), float32."""
+    if X.shape[1] <= max_dim:
+        return np.asarray(X, dtype=np.float32)
+    R = rng.standard_normal((X.shape[1], max_dim), dtype=np.float32) / np.float32(np.sqrt(max_dim))
+    return np.asarray(X, dtype=np.float32) @ R
+
+
+def kmeans_labels(X: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Hard k-means labels (sklearn Lloyd, one init, k-means++ seeding)."""
+    from sklearn.cluster import KMeans
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        km = KMeans(n_clusters=k, n_init=1, max_iter=100, random_state=seed)
+        return km.fit_predict(X)
+
+
+def smoothed(labels: np.ndarray, k: int, own: float = 0.9) -> np.ndarray:
+    """Responsibilities: ``own`` on the label, the rest spread evenly (k = 1: all ones)."""
+    if k == 1:
+        return np.ones((labels.shape[0], 1))
+    r = np.full((labels.shape[0], k), (1.0 - own) / (k - 1))
+    r[np.arange(labels.shape[0]), labels] = own
+    return r
+
+
+def initialise(method: str, k: int, d: int, seed: int, *, delta_sketch: Optional[np.ndarray] = None,
+               prompt_sketch: Optional[np.ndarray] = None, delta_rms: float = 1.0,
+               single_coef: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Initial heads W0 (k, d) and first responsibilities r0 (or None). Sketches are precomputed by the
+    caller once per fit (shared by restarts); ``delta_rms`` is the root-mean-square norm of Delta rows."""
+    rng = np.random.default_rng(seed)
+    W0 = np.zeros((k, d))
+    if k == 1:
+        return W0, None
+    if method == "gate-kmeans":
+        return W0, smoothed(kmeans_labels(prompt_sketch, k, seed), k)
+    if method == "kmeans":
+        return W0, smoothed(kmeans_labels(delta_sketch, k, seed), k)
+    if method == "random":
+        U = rng.standard_normal((k, d))
+        U *= 0.1 / (np.linalg.norm(U, axis=1, keepdims=True) * max(delta_rms, 1e-12))
+        return U, None
+    if method == "split":
+        w1 = np.asarray(single_coef, dtype=np.float64).reshape(-1)
+        U = rng.standard_normal((k, d))
+        U /= np.linalg.norm(U, axis=1, keepdims=True)
+        scale = 0.3 * max(float(np.linalg.norm(w1)), 0.1 / max(delta_rms, 1e-12))
+        return w1[None, :] + scale * U, None
+    raise ValueError(f"unknown init {method!r}; expected one of {INITS}")
+
+
+def normalised_rows(A: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm (zero rows stay zero), float32."""
+    A = np.asarray(A, dtype=np.float32)
+    nrm = np.linalg.norm(A, axis=1, keepdims=True)
+    return A / np.where(nrm > 0, nrm, 1.0)
