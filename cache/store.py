@@ -4,7 +4,9 @@ Layout, one folder per embedder (fingerprint) and storage dtype::
 
     ROOT/<fingerprint_id>-<f16|f32>/
         manifest.json         fingerprint, dim, dtype, rows, shards [{file, rows, bytes}]
-        shards/part-*.parquet key: fixed_size_binary(16), vec: fixed_size_list<float16|float32>[dim]
+        shards/part-*.parquet key: fixed_size_binary(16), vec: fixed_size_binary(dim * itemsize), the raw
+                              little-endian float16|float32 vector (field metadata dtype); shards written
+                              earlier with vec: fixed_size_list<float16|float32>[dim] are still read
         quarantine/           damaged shards moved aside (reported, never read)
 
 Keys are sha256(fingerprint_id + NUL + exact model input)[:16]. Shards are append-only and written atomically
@@ -48,6 +50,45 @@ def text_keys(fingerprint_id: str, texts: Sequence[str]) -> np.ndarray:
         h.update(t.encode("utf-8", "surrogatepass"))
         out[i] = h.digest()[:KEY_BYTES]
     return out
+
+
+@contextlib.contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the file at ``path`` (created if absent) while a shard is being written and
+    registered, so that another process's recovery neither deletes its temp file nor adopts it as an orphan."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # removed by a recovery between our open and our lock: take the new file
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _idle(path: Path, remove: bool = False) -> bool:
+    """True if no live writer holds ``path`` (see ``_held``); with ``remove``, unlink it while checking."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    try:
+        if remove:
+            path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+    return True
 
 
 def _key_u64(keys: np.ndarray) -> np.ndarray:
@@ -156,17 +197,30 @@ class EmbeddingStore:
             return f"unreadable footer: {exc}"
         if schema.names != ["key", "vec"]:
             return f"unexpected columns {schema.names}"
-        vt = schema.field("vec").type
-        if not pa.types.is_fixed_size_list(vt) or vt.value_type != self.pa_dtype:
-            return f"unexpected vector type {vt}"
-        if dim is not None and vt.list_size != dim:
-            return f"vector width {vt.list_size} != {dim}"
+        width = self._vec_dim(schema.field("vec"))
+        if isinstance(width, str):
+            return width
+        if dim is not None and width != dim:
+            return f"vector width {width} != {dim}"
         return meta.num_rows, path.stat().st_size
+
+    def _vec_dim(self, f: pa.Field) -> int | str:
+        """Vector width of a shard's ``vec`` field, or why it is not a vector of this store's dtype."""
+        t = f.type
+        if pa.types.is_fixed_size_binary(t):  # raw vector bytes per row: no list levels, reads at memcpy speed
+            tag = (f.metadata or {}).get(b"dtype")
+            item = np.dtype(self.np_dtype).itemsize
+            if tag != self.dtype.encode() or t.byte_width % item:
+                return f"unexpected vector type {t} (dtype {tag})"
+            return t.byte_width // item
+        if pa.types.is_fixed_size_list(t) and t.value_type == self.pa_dtype:  # the earlier layout
+            return t.list_size
+        return f"unexpected vector type {t}"
 
     def _recover(self) -> dict:
         manifest = self._read_manifest()
         for tmp in self.dir.rglob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+            _idle(tmp, remove=True)  # leftovers of dead writers; a live writer's temp file is locked
         on_disk = {p.name for p in self.shard_dir.glob("part-*.parquet")}
         kept = []
         for s in manifest["shards"]:
@@ -182,6 +236,8 @@ class EmbeddingStore:
             kept.append(s)
         listed = {s["file"] for s in kept}
         for name in sorted(on_disk - listed - {d[0] for d in self.damaged}):
+            if not _idle(self.shard_dir / name):
+                continue  # renamed by a live writer that is about to list it in the manifest
             got = self._check_shard(name, manifest["dim"])
             if isinstance(got, str):
                 self._quarantine(name, got)
@@ -189,8 +245,8 @@ class EmbeddingStore:
             rows, nbytes = got
             kept.append({"file": name, "rows": rows, "bytes": nbytes})
             if manifest["dim"] is None:
-                manifest["dim"] = pq.read_metadata(self.shard_dir / name).schema.to_arrow_schema().field(
-                    "vec").type.list_size
+                manifest["dim"] = self._vec_dim(
+                    pq.read_metadata(self.shard_dir / name).schema.to_arrow_schema().field("vec"))
         if kept != manifest["shards"] or not (self.dir / "manifest.json").exists():
             manifest["shards"] = kept
             self._write_manifest(manifest)
@@ -210,9 +266,16 @@ class EmbeddingStore:
             table = pq.read_table(self.shard_dir / name, memory_map=True, page_checksum_verification=True)
             keys = np.frombuffer(table.column("key").combine_chunks().buffers()[1], dtype=f"S{KEY_BYTES}",
                                  count=table.num_rows)
+            dim = self._vec_dim(table.schema.field("vec"))
+            if isinstance(dim, str):
+                raise ValueError(dim)
             vec = table.column("vec").combine_chunks()
-            flat = vec.flatten().to_numpy(zero_copy_only=False)
-            return keys, flat.reshape(table.num_rows, vec.type.list_size)
+            if pa.types.is_fixed_size_binary(vec.type):  # zero-copy view of the decoded column
+                flat = np.frombuffer(vec.buffers()[1], dtype=np.dtype(self.np_dtype).newbyteorder("<"),
+                                     count=table.num_rows * dim, offset=vec.offset * vec.type.byte_width)
+            else:
+                flat = vec.flatten().to_numpy(zero_copy_only=False)
+            return keys, flat.reshape(table.num_rows, dim)
         except Exception as exc:  # noqa: BLE001 - checksum or decode failure means damaged
             with self._lock():
                 self._quarantine(name, f"unreadable data: {exc}")
@@ -223,7 +286,9 @@ class EmbeddingStore:
 
     def _load_index(self) -> _Index:
         if self._index is None:
-            parts = [p for p in (self._read_shard(s["file"]) for s in list(self.manifest["shards"])) if p]
+            with self._lock():  # the current shard list (another process may have compacted since we opened)
+                self.manifest = self._read_manifest()
+                parts = [p for p in (self._read_shard(s["file"]) for s in list(self.manifest["shards"])) if p]
             dim = self.dim or 0
             if parts:
                 keys = np.concatenate([k for k, _ in parts]) if len(parts) > 1 else parts[0][0]
@@ -247,15 +312,20 @@ class EmbeddingStore:
         return out if dtype is None or out.dtype == dtype else out.astype(dtype)
 
     # --- writing --------------------------------------------------------------------------------
-    def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> dict:
+    def _write_shard(self, keys: np.ndarray, vectors: np.ndarray, hold: contextlib.ExitStack | None = None) -> dict:
         d = vectors.shape[1]
         key_arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(KEY_BYTES), len(keys),
                                                        [None, pa.py_buffer(np.ascontiguousarray(keys).tobytes())])
-        flat = pa.array(np.ascontiguousarray(vectors, dtype=self.np_dtype).ravel(), type=self.pa_dtype)
-        vec_arr = pa.FixedSizeListArray.from_arrays(flat, d)
-        table = pa.table({"key": key_arr, "vec": vec_arr})
+        v = np.ascontiguousarray(vectors, dtype=np.dtype(self.np_dtype).newbyteorder("<"))
+        vec_type = pa.binary(d * v.itemsize)
+        vec_arr = pa.FixedSizeBinaryArray.from_buffers(vec_type, len(v), [None, pa.py_buffer(v)])
+        schema = pa.schema([pa.field("key", pa.binary(KEY_BYTES), nullable=False),
+                            pa.field("vec", vec_type, nullable=False, metadata={"dtype": self.dtype})])
+        table = pa.Table.from_arrays([key_arr, vec_arr], schema=schema)
         name = f"part-{uuid.uuid4().hex}.parquet"
         with atomic_path(self.shard_dir / name) as tmp:
+            if hold is not None:
+                hold.enter_context(_held(tmp))  # kept (on the renamed file) until ``hold`` closes
             pq.write_table(table, tmp, compression="none", use_dictionary=False, write_page_checksum=True,
                            write_statistics=False)
         return {"file": name, "rows": len(keys), "bytes": (self.shard_dir / name).stat().st_size}
@@ -271,30 +341,37 @@ class EmbeddingStore:
             raise ValueError("refusing to cache non-finite embeddings")
         if len(keys) == 0:
             return
-        entry = self._write_shard(keys, vectors)
-        with self._lock():
-            manifest = self._read_manifest()
-            manifest["dim"] = int(vectors.shape[1])
-            manifest["shards"].append(entry)
-            self._write_manifest(manifest)
+        with contextlib.ExitStack() as hold:
+            entry = self._write_shard(keys, vectors, hold)
+            with self._lock():
+                manifest = self._read_manifest()
+                manifest["dim"] = int(vectors.shape[1])
+                if entry["file"] not in {s["file"] for s in manifest["shards"]}:
+                    manifest["shards"].append(entry)
+                self._write_manifest(manifest)
         if self._index is not None:
             cast = np.asarray(vectors, dtype=self.np_dtype)
             self._index = _Index(np.concatenate([self._index.keys, keys]),
                                  np.concatenate([self._index.vecs, cast]) if len(self._index.vecs) else cast)
 
-    def compact(self, min_shards: int = 2) -> int:
-        """Merge all shards into one (deduplicated); returns the number of shards merged."""
+    def compact(self, min_shards: int = 2, only: Sequence[str] | None = None) -> int:
+        """Merge shards into one (deduplicated): all of them, or just the files named in ``only`` (e.g. the
+        shards of one run, so that a run does not rewrite a large cache); returns the number of shards merged."""
         with self._lock():
             manifest = self._read_manifest()
-            old = [s["file"] for s in manifest["shards"]]
+            old = [s["file"] for s in manifest["shards"] if only is None or s["file"] in set(only)]
             if len(old) < min_shards:
                 return 0
             self._index = None
             self.manifest = manifest
-            idx = self._load_index()
-            _, first = np.unique(idx.keys, return_index=True)
+            parts = [p for p in (self._read_shard(name) for name in old) if p]  # damaged ones: quarantined
+            if not parts:
+                return 0
+            keys = np.concatenate([k for k, _ in parts])
+            vecs = np.concatenate([v for _, v in parts])
+            _, first = np.unique(keys, return_index=True)
             first.sort()
-            entry = self._write_shard(idx.keys[first], idx.vecs[first])
+            entry = self._write_shard(keys[first], vecs[first])
             manifest = self._read_manifest()
             manifest["shards"] = [s for s in manifest["shards"] if s["file"] not in old] + [entry]
             self._write_manifest(manifest)

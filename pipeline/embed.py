@@ -119,7 +119,6 @@ def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: 
         raise MicroError(f"{pairs_path}: the pair table is empty")
     summary = EmbedSummary(pairs=pairs.num_rows)
     store = open_store(cache_dir, backend, dtype)
-    summary.damaged_shards = [f"{f}: {r}" for f, r in store.damaged]
     inputs = render_inputs(pairs, backend)
     fid = store.fingerprint_id
 
@@ -127,28 +126,31 @@ def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: 
     ukeys = text_keys(fid, uniq)
     summary.unique_texts = len(uniq)
     miss = store.missing(ukeys)
+    summary.damaged_shards = [f"{f}: {r}" for f, r in store.damaged]  # after missing(): it reads (and checks) shards
     summary.cache_hits = int((~miss).sum())
     todo = [uniq[i] for i in np.flatnonzero(miss)]
     todo_keys = ukeys[miss]
 
     too_long: set[str] = set()
-    if todo:
-        lengths = backend.token_lengths(todo)
-        over = lengths > backend.max_length
-        summary.truncated = int(over.sum()) if overlong == "truncate" else 0
-        if overlong == "skip" and over.any():
-            too_long = {todo[i] for i in np.flatnonzero(over)}
-            keep = ~over
-            todo = [t for t, k in zip(todo, keep) if k]
-            todo_keys = todo_keys[keep]
+    if overlong == "skip" and uniq:
+        # every unique text, cached or not: a vector cached by a truncating run must not be used either
+        over_all = backend.token_lengths(uniq) > backend.max_length
+        too_long = {uniq[i] for i in np.flatnonzero(over_all)}
+        keep = ~over_all[miss]
+        todo = [t for t, k in zip(todo, keep) if k]
+        todo_keys = todo_keys[keep]
         summary.skipped_texts = len(too_long)
+    elif todo:
+        summary.truncated = int((backend.token_lengths(todo) > backend.max_length).sum())
     progress = progress_factory(len(todo)) if progress_factory else None
+    run_shards = {s["file"] for s in store.manifest["shards"]}
     t_embed = time.perf_counter()
     summary.embedded = embed_missing(store, backend, todo, todo_keys, progress)
     embed_secs = time.perf_counter() - t_embed
     summary.texts_per_second = summary.embedded / embed_secs if summary.embedded else 0.0
-    if len(store.manifest["shards"]) > 1:
-        store.compact()
+    new_shards = [s["file"] for s in store.manifest["shards"] if s["file"] not in run_shards]
+    if len(new_shards) > 1:
+        store.compact(only=new_shards)  # merge this run's chunk shards; never rewrite the whole cache
 
     keep = np.ones(pairs.num_rows, dtype=bool)
     if too_long:

@@ -53,3 +53,134 @@ def build_tiny_llama(path, seed: int = 0, chat_template: str | None = TINY_CHAT_
 def tiny_llama_dir(tmp_path_factory):
     """A tiny random Llama (hidden 64, 2 layers, 2 heads) with a chat-template tokenizer, saved to a tmp dir."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama") / "tiny-llama")
+
+
+# --- embedding cache / micro embed fixtures (tests/test_store.py, test_embed.py, test_features.py) ---------------
+
+class FakeBackend:
+    """Backend protocol stand-in: deterministic vectors from a hash of the exact input, no model.
+
+    ``calls`` records the inputs of every ``embed`` call.  ``die_after=N`` makes the (N+1)-th ``embed`` call
+    fail the way ``die_how`` says: 'sigkill' (SIGKILL to itself), 'exit' (os._exit(137)), 'sigint' (SIGINT to
+    itself, i.e. Ctrl-C) or 'keyboard' (raise KeyboardInterrupt).  ``token_lengths`` counts words.
+    """
+
+    name = "fake"
+
+    def __init__(self, dim: int = 8, max_length: int = 10_000, chunk_size: int = 4, die_after: int | None = None,
+                 die_how: str = "sigkill", tag: str = "v1"):
+        self.dim, self.max_length, self.chunk_size = dim, max_length, chunk_size
+        self.die_after, self.die_how, self.tag = die_after, die_how, tag
+        self.calls: list[list[str]] = []
+
+    @staticmethod
+    def vector(text: str, dim: int = 8):
+        """The vector this backend gives ``text``: uniform in [-1, 1), seeded by sha256(text)."""
+        import hashlib
+
+        import numpy as np
+
+        seed = int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:8], "little")
+        return np.random.default_rng(seed).uniform(-1.0, 1.0, dim).astype(np.float32)
+
+    @property
+    def embedded(self) -> list[str]:
+        return [t for c in self.calls for t in c]
+
+    def fingerprint(self) -> dict:
+        return {"backend": self.name, "model": "sha256-uniform", "tag": self.tag, "dim": self.dim,
+                "max_length": self.max_length, "chat_template": None}
+
+    def render_response(self, prompt, response: str) -> str:
+        from pipeline.backends.base import render_plain
+
+        return render_plain([*prompt, {"role": "assistant", "content": response}])
+
+    def render_prompt(self, prompt) -> str:
+        from pipeline.backends.base import render_plain
+
+        return render_plain(prompt)
+
+    def token_lengths(self, inputs):
+        import numpy as np
+
+        return np.array([len(t.split()) for t in inputs], dtype=np.int64)
+
+    def embed(self, inputs):
+        import os
+        import signal
+
+        import numpy as np
+
+        if self.die_after is not None and len(self.calls) >= self.die_after:
+            if self.die_how == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif self.die_how == "exit":
+                os._exit(137)
+            elif self.die_how == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)
+                import time
+
+                time.sleep(5)  # the KeyboardInterrupt arrives here
+            raise KeyboardInterrupt
+        self.calls.append(list(inputs))
+        return np.stack([self.vector(t, self.dim) for t in inputs]) if inputs else np.empty((0, self.dim), np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_backend():
+    """Factory for FakeBackend instances (see the class)."""
+    return FakeBackend
+
+
+def make_pair_rows(n_prompts: int = 3, *, context_every: int = 2) -> list[dict]:
+    """Small pair rows: per prompt two pairs sharing the prompt and the chosen response (one with a context)."""
+    rows = []
+    for p in range(n_prompts):
+        prompt = [{"role": "user", "content": f"question {p} about topic {p % 2}"}]
+        for j in range(2):
+            ctx = f"criterion {p % 2}: prefer short answers" if (p * 2 + j) % context_every == 0 else None
+            rows.append({"pair_id": f"p{p}-{j}", "prompt": prompt, "chosen": f"good answer {p}",
+                         "rejected": f"bad answer {p} variant {j} " + "word " * (3 * j + p),
+                         "group": f"g{p % 2}", "context": ctx, "split": "test" if p == 0 else "train",
+                         "source": "test"})
+    return rows
+
+
+@pytest.fixture
+def pair_table(tmp_path):
+    """Write pair rows (default: make_pair_rows()) as a pair table; returns its path."""
+    from pipeline.schema import pairs_to_table, write_pairs
+
+    def write(rows: list[dict] | None = None, name: str = "pairs.parquet"):
+        return write_pairs(pairs_to_table(make_pair_rows() if rows is None else rows), tmp_path / name)
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def dsp_sample_pairs(tmp_path_factory):
+    """The first 15 pairs of `micro data prepare dsp pipeline/sample/dsp_sample.json` as a pair table."""
+    from pathlib import Path
+
+    from pipeline.prepare import prepare
+    from pipeline.schema import read_pairs, write_pairs
+
+    d = tmp_path_factory.mktemp("dsp_sample")
+    sample = Path(__file__).resolve().parents[1] / "pipeline/sample/dsp_sample.json"
+    prepare("dsp", [sample], d / "all.parquet", verbose=False)
+    return write_pairs(read_pairs(d / "all.parquet").slice(0, 15), d / "pairs15.parquet")
+
+
+@pytest.fixture(scope="session")
+def st_backend():
+    """The default sentence-transformers backend (bundled all-MiniLM-L6-v2), weights loaded once per session."""
+    from pipeline.backends.st import SentenceTransformersBackend
+
+    be = SentenceTransformersBackend(batch_size=8)
+    be._load()
+    yield be
+    be.close()

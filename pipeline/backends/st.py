@@ -68,7 +68,8 @@ class SentenceTransformersBackend:
     @property
     def dim(self) -> int:
         if self._dim is None:
-            self._dim = int(self._load().get_sentence_embedding_dimension())
+            m = self._load()  # sentence-transformers >= 5.2 renamed get_sentence_embedding_dimension
+            self._dim = int((getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension)())
         return self._dim
 
     def _load(self):
