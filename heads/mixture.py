@@ -61,11 +61,14 @@ class MixtureBT:
     projection; the L2 term applies to the projected parameters); ``accept`` line-search criterion
     ("L" or "Q", see :mod:`heads.em`); ``m_steps`` / ``init_m_steps`` L-BFGS steps per M-step (later / first);
     ``on_iter(it, objective)`` callback; ``epochs``, ``batch_size``, ``lr`` for AdamW.
+    Defaults ``alpha=0`` and ``l2=1e-4`` were chosen on real data (README "Defaults"): the per-row entropy term
+    rewards a flat gate, and at alpha=0.5 (the paper's value) the K=10 heads on DSP/MiniLM collapse into one
+    (macro accuracy 0.59 instead of 0.76); l2=1e-3 also penalises the gate enough to merge heads.
     ``n_components=1`` is the single-reward BT model (its gate is static, and the fit is Newton-polished
     when d <= 1024).
     """
 
-    def __init__(self, n_components: int = 10, gate: str = "context", alpha: float = 0.5, l2: float = 1e-3,
+    def __init__(self, n_components: int = 10, gate: str = "context", alpha: float = 0.0, l2: float = 1e-4,
                  n_init: int = 4, max_iter: int = 200, tol: float = 1e-6, optimizer: str = "em",
                  init: str = "gate-kmeans", dim: Optional[int] = None, whiten: bool = False,
                  gate_hidden: Optional[int] = None, gate_dim: Optional[int] = None, m_steps: int = 1,

@@ -93,20 +93,23 @@ def test_rendering_uses_the_chat_template(backend):
         "<s><|system|> be brief </s> <|user|> hello world </s> <|assistant|> the fox </s> ")
 
 
-def test_truncation_keeps_first_tokens(tiny_llama_dir, reference):
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_truncation_keeps_last_tokens_by_default(tiny_llama_dir, reference, side):
     _, model = reference
-    be = TransformersBackend(str(tiny_llama_dir), batch_size=2, max_length=16)
-    assert be.max_length == 16
+    kw = {} if side == "left" else {"truncation": "right"}
+    be = TransformersBackend(str(tiny_llama_dir), batch_size=2, max_length=16, **kw)
+    assert be.max_length == 16 and be.fingerprint()["truncation"] == side
     texts = [be.render_response([{"role": "user", "content": "the sea"}], " ".join(["the sky"] * 20)),
              be.render_response([{"role": "user", "content": "hello"}], "fox")]
     lengths = be.token_lengths(texts)
     assert lengths[0] > 16 and lengths[1] <= 16  # untruncated counts are reported
     full = be.renderer.tok(texts[0], add_special_tokens=False)["input_ids"]
+    kept = full[-16:] if side == "left" else full[:16]
     ids = be.renderer.encode(texts)
-    assert ids[0] == full[:16] and len(ids[1]) == lengths[1]
+    assert ids[0] == kept and len(ids[1]) == lengths[1]
     emb = be.embed(texts)
     assert np.isfinite(emb).all()
-    np.testing.assert_allclose(emb[0], _hidden(model, full[:16])[-1], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(emb[0], _hidden(model, kept)[-1], atol=1e-5, rtol=0)
     be.close()
 
 
@@ -126,7 +129,8 @@ def test_fingerprint(backend, tiny_llama_dir, tmp_path):
     fp = backend.fingerprint()
     assert fp == {"backend": "transformers", "model": tiny_llama_dir.name, "weights_hash": fp["weights_hash"],
                   "pooling": "last", "dtype": "float32", "max_length": 512,
-                  "chat_template": hashlib.sha256(TINY_CHAT_TEMPLATE.encode()).hexdigest()[:16], "padding": "left"}
+                  "chat_template": hashlib.sha256(TINY_CHAT_TEMPLATE.encode()).hexdigest()[:16], "padding": "left",
+                  "truncation": "left"}
     other = build_tiny_llama(tmp_path / tiny_llama_dir.name, seed=1)  # same name and config, other weights
     be2 = TransformersBackend(str(other))
     fp2 = be2.fingerprint()

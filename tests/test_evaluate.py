@@ -101,7 +101,7 @@ def make_run(root, rows, name: str, tag: str = "v1"):
 def make_bundle(run, out, k: int = 3):
     from pipeline.fit import fit_run
 
-    fit_run(run, k=k, alpha=0.0, n_init=2, max_iter=60, random_state=0, out=out)
+    fit_run(run, k=k, alpha=0.0, l2=1e-3, n_init=2, max_iter=60, random_state=0, out=out)
     return out
 
 

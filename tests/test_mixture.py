@@ -99,7 +99,7 @@ def test_objective_and_gradient_match_autograd(small, kind, hidden):
 
 
 def test_fitted_objective_matches_autograd(small):
-    m = MixtureBT(n_components=3, n_init=1, max_iter=30, random_state=0)
+    m = MixtureBT(n_components=3, alpha=0.5, l2=1e-3, n_init=1, max_iter=30, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m.fit(small["delta"], small["prompt"])
@@ -175,7 +175,7 @@ def test_collapse_detected():
     # one true head, static gate, entropy bonus keeps pi uniform: small random initial heads give near-uniform
     # responsibilities and both heads converge to the single-BT solution (the failure mode to detect)
     d = make_mixture(n=4000, d=5, p=3, k=1, seed=0)
-    m = MixtureBT(n_components=2, gate="static", alpha=0.5, n_init=1, init="random", random_state=0)
+    m = MixtureBT(n_components=2, gate="static", alpha=0.5, l2=1e-3, n_init=1, init="random", random_state=0)
     with pytest.warns(UserWarning, match="collapsed"):
         m.fit(d["delta"])
     assert m.collapsed_pairs_ == [(0, 1)]

@@ -10,9 +10,10 @@ Both backends go through :class:`ChatRenderer`, so for one model they feed the n
   conversation is rendered with :func:`pipeline.backends.base.render_plain`.
 * **Tokenisation.** A template-rendered string already carries BOS and the other special tokens, so it is
   tokenised with ``add_special_tokens=False``; a plain-rendered string with ``add_special_tokens=True``.
-* **Truncation.** Inputs longer than ``max_length`` tokens keep their FIRST ``max_length`` tokens (the tokenizer's
-  own right-side truncation, so an encoder keeps its closing special token). ``token_lengths`` reports the
-  untruncated counts, so the caller can see (or skip) what was cut.
+* **Truncation.** Inputs longer than ``max_length`` tokens keep their LAST ``max_length`` tokens by default
+  (``truncation="left"``): a reward model must see the final response, and last-token pooling must read the end
+  of the conversation. ``truncation="right"`` keeps the first tokens. Special tokens are added after truncation.
+  ``token_lengths`` reports the untruncated counts, so the caller can see (or skip) what was cut.
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.backends.base import Messages, render_plain
+from pipeline.errors import MicroError
 
 DEFAULT_MAX_LENGTH = 4096
+TRUNCATION_SIDES = ("left", "right")
 
 
 def quiet_transformers() -> None:
@@ -78,14 +81,17 @@ def fold_system(messages: Messages) -> list[dict]:
 class ChatRenderer:
     """Renders conversations and turns rendered strings into (optionally truncated) token ids."""
 
-    def __init__(self, tokenizer, max_length: int):
+    def __init__(self, tokenizer, max_length: int, truncation: str = "left"):
+        if truncation not in TRUNCATION_SIDES:
+            raise MicroError(f"truncation must be one of {', '.join(TRUNCATION_SIDES)}, got {truncation!r}")
         self.tok = tokenizer
+        self.truncation = truncation
         self.max_length = int(max_length)
         tmpl = getattr(tokenizer, "chat_template", None)
         self.template = tmpl if tmpl else None
         self._fold_system = False
-        # right-side truncation keeps the first max_length tokens; the model sees left padding
-        self.tok.truncation_side = "right"
+        self.tok.truncation_side = truncation  # "left" keeps the last max_length tokens
+
         self.tok.padding_side = "left"
 
     # ---------- identity ----------
@@ -145,7 +151,7 @@ class ChatRenderer:
         return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
 
     def encode(self, inputs: Sequence[str]) -> list[list[int]]:
-        """Token ids of each input exactly as the model sees them (first ``max_length`` tokens kept)."""
+        """Token ids of each input exactly as the model sees them (truncated to ``max_length`` tokens)."""
         texts = list(inputs)
         ids = self._encode(texts, truncation=False)
         long = [i for i, x in enumerate(ids) if len(x) > self.max_length]

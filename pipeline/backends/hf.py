@@ -6,7 +6,7 @@
 * Inputs are sorted by token length into batches of ``batch_size`` and the vectors restored to input order.
 * Raw vectors (no normalisation); bf16 on GPU and fp32 on CPU unless ``dtype`` says otherwise.
 * Rendering/tokenisation/truncation: :mod:`pipeline.backends.chat` (shared with the vLLM backend). Inputs longer
-  than ``max_length`` tokens keep their first ``max_length`` tokens; ``token_lengths`` reports untruncated counts.
+  than ``max_length`` tokens keep their last ``max_length`` tokens (``truncation='right'``: first); ``token_lengths`` reports untruncated counts.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class TransformersBackend:
 
     def __init__(self, model: str | None = None, *, batch_size: int = 8, max_length: int | None = None,
                  device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False,
-                 gguf_file: str | None = None, chunk_size: int | None = None):
+                 gguf_file: str | None = None, chunk_size: int | None = None, truncation: str = "left"):
         import torch
         from transformers import AutoConfig, AutoModel
 
@@ -77,7 +77,7 @@ class TransformersBackend:
             raise MicroError(f"cannot load GGUF file '{self.gguf_file}' with transformers: {e}") from e
         self.model.to(self.device).eval()
         self.max_length = int(max_length) if max_length else default_max_length(self.tokenizer, config)
-        self.renderer = ChatRenderer(self.tokenizer, self.max_length)
+        self.renderer = ChatRenderer(self.tokenizer, self.max_length, truncation)
         self.batch_size = int(batch_size)
         self.chunk_size = int(chunk_size or max(256, 16 * self.batch_size))
         self.dim = int(getattr(config, "hidden_size", 0) or self.model.get_input_embeddings().embedding_dim)
@@ -90,7 +90,8 @@ class TransformersBackend:
             self._weights_hash = weights_hash(self.model_path)
         return {"backend": self.name, "model": self.model_path.name, "weights_hash": self._weights_hash,
                 "pooling": self.pooling, "dtype": self.dtype, "max_length": self.max_length,
-                "chat_template": self.renderer.template_hash(), "padding": self.padding}
+                "chat_template": self.renderer.template_hash(), "padding": self.padding,
+                "truncation": self.renderer.truncation}
 
     # ---------- rendering ----------
     def render_response(self, prompt: Messages, response: str) -> str:

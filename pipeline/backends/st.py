@@ -49,7 +49,13 @@ class SentenceTransformersBackend:
     name = "sentence-transformers"
 
     def __init__(self, model: str | None = None, *, batch_size: int = 32, max_length: int | None = None,
-                 device: str | None = None, dtype: str = "float32", normalize: bool = False):
+                 device: str | None = None, dtype: str = "float32", normalize: bool = False, truncation: str = "left"):
+        from pipeline.backends.chat import TRUNCATION_SIDES
+        from pipeline.errors import MicroError
+
+        if truncation not in TRUNCATION_SIDES:
+            raise MicroError(f"truncation must be one of {', '.join(TRUNCATION_SIDES)}, got {truncation!r}")
+        self.truncation = truncation
         default = default_model_path()
         self.model_path = resolve_model_path(model or default)
         self.model_id = DEFAULT_MODEL_ID if str(self.model_path) == str(Path(default).resolve()) \
@@ -81,6 +87,7 @@ class SentenceTransformersBackend:
             transformers.utils.logging.disable_progress_bar()
             self._model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
             self._model.max_seq_length = self.max_length
+            self._model.tokenizer.truncation_side = self.truncation  # "left": keep the final response
             if self.dtype in ("bfloat16", "float16"):
                 self._model = self._model.to(getattr(__import__("torch"), self.dtype))
         return self._model
@@ -88,7 +95,7 @@ class SentenceTransformersBackend:
     def fingerprint(self) -> dict:
         return {"backend": self.name, "model": self.model_id, "weights_hash": weights_hash(self.model_path),
                 "pooling": _pooling_name(self.model_path), "dtype": self.dtype, "max_length": self.max_length,
-                "normalize": self.normalize, "chat_template": None}
+                "normalize": self.normalize, "chat_template": None, "truncation": self.truncation}
 
     def render_response(self, prompt: Messages, response: str) -> str:
         return render_plain([*prompt, {"role": "assistant", "content": response}])

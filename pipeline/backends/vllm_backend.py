@@ -41,7 +41,7 @@ class VLLMBackend:
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
                  batch_size: int | None = None, chunk_size: int = 4096, trust_remote_code: bool = False,
                  gguf_file: str | None = None, device: str | None = None, enforce_eager: bool | None = None,
-                 **llm_kwargs):
+                 truncation: str = "left", **llm_kwargs):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vllm is imported; the user's value wins
         try:
             from vllm import LLM
@@ -64,7 +64,7 @@ class VLLMBackend:
         except (OSError, ValueError) as e:
             raise MicroError(f"cannot read the config of '{self.model_path}': {e}") from e
         self.max_length = int(max_length) if max_length else default_max_length(self.tokenizer, config)
-        self.renderer = ChatRenderer(self.tokenizer, self.max_length)
+        self.renderer = ChatRenderer(self.tokenizer, self.max_length, truncation)
         self.dim = int(getattr(config, "hidden_size", 0) or 0)
         self.batch_size = batch_size
         self.chunk_size = int(chunk_size)
@@ -101,7 +101,8 @@ class VLLMBackend:
             self._weights_hash = weights_hash(self.model_path)
         return {"backend": self.name, "model": self.model_path.name, "weights_hash": self._weights_hash,
                 "pooling": self.pooling, "dtype": self.dtype, "max_length": self.max_length,
-                "chat_template": self.renderer.template_hash(), "padding": self.padding}
+                "chat_template": self.renderer.template_hash(), "padding": self.padding,
+                "truncation": self.renderer.truncation}
 
     # ---------- rendering ----------
     def render_response(self, prompt: Messages, response: str) -> str:
