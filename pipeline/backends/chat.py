@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.backends.base import Messages, render_plain
+from pipeline.backends.base import Messages, render_plain, weights_hash
 from pipeline.errors import MicroError
 
 DEFAULT_MAX_LENGTH = 4096
@@ -166,3 +166,28 @@ class ChatRenderer:
             if v is not None:
                 return int(v)
         return 0
+
+
+class RenderedBackend:
+    """Identity, rendering and token counting shared by the decoder backends (transformers, vLLM).
+
+    Subclasses set ``name``, ``model_path``, ``pooling``, ``dtype``, ``max_length``, ``padding``, ``renderer``
+    (a :class:`ChatRenderer`) and ``_weights_hash = None``.
+    """
+
+    def fingerprint(self) -> dict:
+        if self._weights_hash is None:
+            self._weights_hash = weights_hash(self.model_path)
+        return {"backend": self.name, "model": self.model_path.name, "weights_hash": self._weights_hash,
+                "pooling": self.pooling, "dtype": self.dtype, "max_length": self.max_length,
+                "chat_template": self.renderer.template_hash(), "padding": self.padding,
+                "truncation": self.renderer.truncation}
+
+    def render_response(self, prompt: Messages, response: str) -> str:
+        return self.renderer.render_response(prompt, response)
+
+    def render_prompt(self, prompt: Messages) -> str:
+        return self.renderer.render_prompt(prompt)
+
+    def token_lengths(self, inputs: Sequence[str]) -> np.ndarray:
+        return self.renderer.token_lengths(inputs)

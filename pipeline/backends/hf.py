@@ -16,8 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.backends.base import Messages, resolve_model_path, weights_hash
-from pipeline.backends.chat import ChatRenderer, default_max_length, load_tokenizer, quiet_transformers
+from pipeline.backends.base import resolve_model_path
+from pipeline.backends.chat import (ChatRenderer, RenderedBackend, default_max_length, load_tokenizer,
+                                    quiet_transformers)
 from pipeline.errors import MicroError
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -41,7 +42,7 @@ def split_gguf(path: Path, gguf_file: str | None) -> tuple[Path, str | None]:
     return path, gguf_file
 
 
-class TransformersBackend:
+class TransformersBackend(RenderedBackend):
     """Embeds with a Hugging Face ``AutoModel``: last-token pooling of the final hidden layer."""
 
     name = "transformers"
@@ -83,25 +84,6 @@ class TransformersBackend:
         self.dim = int(getattr(config, "hidden_size", 0) or self.model.get_input_embeddings().embedding_dim)
         self._pass_positions = "position_ids" in inspect.signature(self.model.forward).parameters
         self._weights_hash = None
-
-    # ---------- identity ----------
-    def fingerprint(self) -> dict:
-        if self._weights_hash is None:
-            self._weights_hash = weights_hash(self.model_path)
-        return {"backend": self.name, "model": self.model_path.name, "weights_hash": self._weights_hash,
-                "pooling": self.pooling, "dtype": self.dtype, "max_length": self.max_length,
-                "chat_template": self.renderer.template_hash(), "padding": self.padding,
-                "truncation": self.renderer.truncation}
-
-    # ---------- rendering ----------
-    def render_response(self, prompt: Messages, response: str) -> str:
-        return self.renderer.render_response(prompt, response)
-
-    def render_prompt(self, prompt: Messages) -> str:
-        return self.renderer.render_prompt(prompt)
-
-    def token_lengths(self, inputs: Sequence[str]) -> np.ndarray:
-        return self.renderer.token_lengths(inputs)
 
     # ---------- embedding ----------
     def embed(self, inputs: Sequence[str]) -> np.ndarray:

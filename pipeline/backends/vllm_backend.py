@@ -15,8 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.backends.base import Messages, resolve_model_path, weights_hash
-from pipeline.backends.chat import ChatRenderer, default_max_length, load_tokenizer, quiet_transformers
+from pipeline.backends.base import resolve_model_path
+from pipeline.backends.chat import (ChatRenderer, RenderedBackend, default_max_length, load_tokenizer,
+                                    quiet_transformers)
 from pipeline.backends.hf import resolve_dtype, split_gguf
 from pipeline.errors import MicroError
 
@@ -30,7 +31,7 @@ def _on_gpu() -> bool:
         return False
 
 
-class VLLMBackend:
+class VLLMBackend(RenderedBackend):
     """Embeds with ``vllm.LLM.embed`` (LAST pooling, no activation) on pre-tokenised prompts."""
 
     name = "vllm"
@@ -94,25 +95,6 @@ class VLLMBackend:
         if not self.dim:
             self.dim = int(self.llm.llm_engine.model_config.get_hidden_size())
         self._weights_hash = None
-
-    # ---------- identity ----------
-    def fingerprint(self) -> dict:
-        if self._weights_hash is None:
-            self._weights_hash = weights_hash(self.model_path)
-        return {"backend": self.name, "model": self.model_path.name, "weights_hash": self._weights_hash,
-                "pooling": self.pooling, "dtype": self.dtype, "max_length": self.max_length,
-                "chat_template": self.renderer.template_hash(), "padding": self.padding,
-                "truncation": self.renderer.truncation}
-
-    # ---------- rendering ----------
-    def render_response(self, prompt: Messages, response: str) -> str:
-        return self.renderer.render_response(prompt, response)
-
-    def render_prompt(self, prompt: Messages) -> str:
-        return self.renderer.render_prompt(prompt)
-
-    def token_lengths(self, inputs: Sequence[str]) -> np.ndarray:
-        return self.renderer.token_lengths(inputs)
 
     # ---------- embedding ----------
     def embed(self, inputs: Sequence[str]) -> np.ndarray:
