@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from typing import Optional
+
 
 import numpy as np
 from scipy.optimize import minimize

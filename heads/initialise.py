@@ -16,7 +16,7 @@ Wide features (> ``max_kmeans_dim`` columns) are clustered after a fixed Gaussia
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 

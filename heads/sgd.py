@@ -9,7 +9,6 @@ an unbiased estimate of the full objective L.
 from __future__ import annotations
 
 import math
-import time
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
