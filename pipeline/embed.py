@@ -109,8 +109,11 @@ def embed_texts(store: EmbeddingStore, backend, texts: list[str], dtype=np.float
 def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: str | Path | None = None,
                 dtype: str = "float32", overlong: str = "truncate",
                 progress_factory: Callable[[int], Callable[[int], None]] | None = None,
-                log: Callable[[str], None] = print) -> EmbedSummary:
-    """Embed a pair table into the cache and write RUN_DIR (see module docstring)."""
+                log: Callable[[str], None] = print, embed_fn: Callable[..., int] | None = None) -> EmbedSummary:
+    """Embed a pair table into the cache and write RUN_DIR (see module docstring).
+
+    ``embed_fn`` replaces :func:`embed_missing` (same signature), e.g. a
+    :class:`pipeline.parallel_embed.ParallelEmbedder` that hands the missing texts to N worker processes."""
     if overlong not in ("truncate", "skip"):
         raise MicroError(f"--overlong must be 'truncate' or 'skip', got {overlong!r}")
     t0 = time.perf_counter()
@@ -145,7 +148,7 @@ def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: 
     progress = progress_factory(len(todo)) if progress_factory else None
     run_shards = {s["file"] for s in store.manifest["shards"]}
     t_embed = time.perf_counter()
-    summary.embedded = embed_missing(store, backend, todo, todo_keys, progress)
+    summary.embedded = (embed_fn or embed_missing)(store, backend, todo, todo_keys, progress)
     embed_secs = time.perf_counter() - t_embed
     summary.texts_per_second = summary.embedded / embed_secs if summary.embedded else 0.0
     new_shards = [s["file"] for s in store.manifest["shards"] if s["file"] not in run_shards]
