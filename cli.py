@@ -111,6 +111,11 @@ def embed(
     overlong: str = typer.Option("truncate", help="Texts over max length: truncate | skip (counted either way)."),
     tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs per model replica."),
     trust_remote_code: bool = typer.Option(False, help="transformers/vLLM: run the model repo's own code."),
+    workers: int = typer.Option(1, help="Worker processes embedding the missing texts in parallel (data parallel; "
+                                "GPU backends: one GPU, or vLLM one tensor-parallel group, per worker)."),
+    ray: bool = typer.Option(False, "--ray", help="Run the --workers shards as Ray tasks (needs the ray extra); "
+                             "the cache must be on a filesystem shared by every node."),
+    address: Optional[str] = typer.Option(None, help="--ray: cluster to join (default RAY_ADDRESS, else a local Ray)."),
 ) -> None:
     """Stage 0: embed every unique prompt+response, prompt and context+prompt once into the cache."""
     from rich.console import Console
@@ -126,17 +131,29 @@ def embed(
         kw["trust_remote_code"] = True
     if backend == "vllm":
         kw["tensor_parallel_size"] = tensor_parallel_size
-    be = get_backend(backend, model, **kw)
+    embed_fn = None
+    if workers != 1 or ray or address:
+        from pipeline.parallel_embed import BackendSpec, ParallelEmbedder, parent_backend
+
+        spec = BackendSpec(backend, model, kw, get_backend)  # each worker builds its own backend from this
+        embed_fn = ParallelEmbedder(spec, workers, use_ray=ray, address=address)
+        be = parent_backend(spec)  # plans only: transformers/vLLM models load in the workers, not here
+    else:
+        be = get_backend(backend, model, **kw)
     factory, holder = _progress_factory(console)
     try:
         s = embed_pairs(pairs, out, be, cache_dir=cache_dir, dtype=cache_dtype, overlong=overlong,
-                        progress_factory=factory)
+                        progress_factory=factory, embed_fn=embed_fn)
     except KeyboardInterrupt:
         if "prog" in holder:
             holder["prog"].stop()
         console.print(f"interrupted: {holder.get('done', 0)} new texts were saved to the cache; "
                       "rerun the same command to resume", soft_wrap=True)
         raise typer.Exit(130)
+    except MicroError:  # e.g. a parallel worker died: end the bar before the one-line error
+        if "prog" in holder:
+            holder["prog"].stop()
+        raise
     finally:
         be.close()
     for d in s.damaged_shards:
@@ -177,12 +194,15 @@ def _print_fit_report(console, report) -> None:
 @app.command()
 def fit(
     run_dir: Path = typer.Argument(..., help="Run folder from `micro embed`."),
-    k: int = typer.Option(10, "--k", help="Number of reward heads K."),
+    k: str = typer.Option("10", "--k", help="Number of reward heads K, or 'auto' (K sweep on held-out train prompts, "
+                          "one-SE rule; see --k-range)."),
+    k_range: str = typer.Option("1..16", "--k-range", help="--k auto: K range LOW..HIGH (≤ 8 values: all; else "
+                                "1, 2, 4, 6, 8, 10, 12, 16, … within it), 3 seeds."),
     gate: str = typer.Option("context", help="context (prompt-dependent gate) | static (one global mixture)."),
     gate_input: str = typer.Option("auto", help="What the gate reads: prompt | context | auto (context if present)."),
     gate_hidden: Optional[int] = typer.Option(None, help="Hidden units of an MLP gate (paper: 128); default linear."),
-    alpha: float = typer.Option(0.5, help="Weight of the gate-entropy term."),
-    l2: float = typer.Option(1e-3, help="L2 penalty on heads and gate."),
+    alpha: float = typer.Option(0.0, help="Weight of the per-row gate-entropy term (paper: 0.5; collapses heads here)."),
+    l2: float = typer.Option(1e-4, help="L2 penalty on heads and gate weights."),
     n_init: int = typer.Option(4, help="EM restarts (best objective kept)."),
     max_iter: int = typer.Option(200, help="Max EM iterations per restart."),
     tol: float = typer.Option(1e-6, help="Stop when the relative objective change is below this."),
@@ -213,8 +233,26 @@ def fit(
         console.print(f"  iter {it:4d}  objective {obj:.6f}{rel}  {_time.perf_counter() - state['t']:.1f} s",
                       highlight=False)
 
-    report = fit_run(run_dir, k=k, gate=gate, gate_input=gate_input, baseline=baseline,
-                     out=out or Path(run_dir) / "model", on_iter=on_iter, alpha=alpha, l2=l2, n_init=n_init,
+    out = out or Path(run_dir) / "model"
+    extra_meta = None
+    if k.strip().lower() == "auto":
+        from pipeline.sweep import auto_k
+
+        if optimizer != "em":
+            raise MicroError("--k auto fits with --optimizer em")
+        if baseline == "single":
+            raise MicroError("--k auto: the single baseline has one head")
+        sel = auto_k(run_dir, k_range, dict(gate="static" if baseline == "static" else gate, gate_input=gate_input,
+                                            gate_hidden=gate_hidden, alpha=alpha, l2=l2, n_init=n_init,
+                                            max_iter=max_iter, tol=tol, dim=dim, init=init),
+                     out_dir=out / "k_selection", log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+        console.print(f"chose {sel.reason}", highlight=False, soft_wrap=True)
+        console.print(f"K selection: {out / 'k_selection'} | fitting the final model with K={sel.chosen_k}")
+        k, extra_meta = str(sel.chosen_k), {"k_selection": sel.to_dict()}
+    if not k.strip().isdigit() or int(k) < 1:
+        raise MicroError(f"--k must be a positive integer or 'auto', got {k!r}")
+    report = fit_run(run_dir, k=int(k), gate=gate, gate_input=gate_input, baseline=baseline,
+                     out=out, on_iter=on_iter, extra_meta=extra_meta, alpha=alpha, l2=l2, n_init=n_init,
                      max_iter=max_iter, tol=tol, random_state=seed, dim=dim, init=init, optimizer=optimizer,
                      epochs=epochs, gate_hidden=gate_hidden)
     _print_fit_report(console, report)
@@ -331,6 +369,49 @@ def eval_cmd(
     for p in [*res.files, *res.plots]:
         print(f"written: {p}", file=sys.stderr)
     print(f"eval: {res.seconds:.1f} s", file=sys.stderr)
+
+
+# --- sweep --------------------------------------------------------------------------------------
+@app.command()
+def sweep(
+    run_dir: Path = typer.Argument(..., help="Run folder from `micro embed` (features are loaded once, never re-embedded)."),
+    grid: List[str] = typer.Option(..., "--grid", help="Search space, e.g. 'k=1,2,5,10; alpha=0,0.5; l2=1e-4,1e-3'; "
+                                   "with --samples also ranges: alpha=0..1, tau=log:1e-4..1e-2, k=int:1..16."),
+    seeds: int = typer.Option(3, help="Seeds per configuration (fit random_state, validation draw, router draw)."),
+    stage: str = typer.Option("fit", help="fit (Stage 1) | route / all (Stage 1 + one router per trial)."),
+    backend: str = typer.Option("local", help="local (process pool) | ray."),
+    jobs: Optional[int] = typer.Option(None, help="Trials in parallel (default: CPU cores)."),
+    samples: Optional[int] = typer.Option(None, help="Random search: draw N configurations from the space."),
+    sample_seed: int = typer.Option(0, help="Seed of the random-search draws."),
+    holdout: float = typer.Option(0.2, help="Fraction of the train prompts held out for val_* metrics / K selection."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results Parquet (default RUN_DIR/sweep/results.parquet)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)."),
+    rank_by: Optional[str] = typer.Option(None, help="Leaderboard column (default test_acc_macro; routed_acc_macro "
+                                          "with routing); e.g. test_loglik, val_loglik."),
+    top: int = typer.Option(10, help="Leaderboard rows."),
+    retry_errors: bool = typer.Option(False, help="Rerun trials that recorded an error."),
+) -> None:
+    """Grid / random hyperparameter search of fit (and route) on cached features; resumable Parquet results."""
+    from rich.console import Console
+
+    from pipeline.sweep import run_sweep
+    from pipeline.sweep_report import print_leaderboard
+
+    console = Console(stderr=True)
+    res = run_sweep(run_dir, grid, seeds=seeds, stage=stage, backend=backend, jobs=jobs, samples=samples,
+                    sample_seed=sample_seed, out=out or Path(run_dir) / "sweep" / "results.parquet", address=address,
+                    holdout=holdout, rank_by=rank_by, retry_errors=retry_errors,
+                    log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    if res.frame is not None and res.frame.height:
+        print_leaderboard(console, res.frame, res.rank_by, top)
+        n_err = res.frame["error"].is_not_null().sum()
+        if n_err:
+            console.print(f"{n_err} trial(s) failed (see the 'error' column)")
+    if res.k_selection is not None:
+        console.print(f"K selection (validation log-lik, one-SE rule): {res.k_selection.reason}", highlight=False)
+    for p in res.plots:
+        console.print(f"written: {p}")
+    console.print(f"results: {res.path} ({res.new} new, {res.skipped} already there) | {res.seconds:.1f} s")
 
 
 # --- demo ---------------------------------------------------------------------------------------

@@ -80,7 +80,8 @@ def build_model(k: int, gate: str, baseline: str | None, **params):
 
 def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_input: str | None = "auto",
             baseline: str | None = None, out: str | Path | None = None,
-            on_iter: Callable[[int, float], None] | None = None, **params) -> FitReport:
+            on_iter: Callable[[int, float], None] | None = None, extra_meta: dict | None = None,
+            **params) -> FitReport:
     """Fit on the train split of ``run_dir``; evaluate on train and test; save a bundle to ``out``."""
     t0 = time.perf_counter()
     feats = load_features(run_dir)
@@ -118,5 +119,6 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
             "gate_input": report.gate_input, "baseline": baseline, "train_run": str(Path(run_dir).resolve()),
             "metrics": metrics, "groups": names, "head_group_accuracy": acc.tolist(),
             "timings": {"fit_seconds": float(getattr(model, "fit_time_", 0.0)), "total_seconds": report.seconds},
+            **(extra_meta or {}),
         })
     return report
