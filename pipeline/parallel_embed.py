@@ -44,7 +44,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Callable, Sequence
 
@@ -53,7 +53,9 @@ import numpy as np
 from cache.store import EmbeddingStore, _key_u64
 from pipeline.errors import MicroError
 
-GPU_BACKENDS = ("vllm", "transformers")
+from pipeline.backends.planning import (GPU_BACKENDS, BackendSpec, PlanningBackend, parent_backend,  # noqa: F401
+                                        visible_gpus)
+
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
@@ -79,27 +81,6 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or available_cores()) // max(1, workers))
 
 
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use: the ``CUDA_VISIBLE_DEVICES`` entries if set, else 0..n-1 from torch."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        ids = [d.strip() for d in env.split(",") if d.strip()]
-        out = []
-        for d in ids:  # CUDA stops at the first invalid entry (e.g. -1)
-            if d.startswith("-"):
-                break
-            out.append(d)
-        return out
-    if importlib.util.find_spec("torch") is None:
-        return []
-    import torch
-
-    try:
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - no driver
-        return []
-
-
 def uses_gpu(name: str, kwargs: dict) -> bool:
     """Whether workers of this backend run on GPUs (and so get one GPU (group) each)."""
     device = kwargs.get("device")
@@ -120,99 +101,6 @@ def gpu_assignment(workers: int, gpus: Sequence[str], per_worker: int, exclusive
         groups = len(gpus) // per_worker  # round-robin over whole groups
         return [",".join(gpus[(i % groups) * per_worker:(i % groups + 1) * per_worker]) for i in range(workers)]
     return [",".join(gpus[i * per_worker:(i + 1) * per_worker]) for i in range(workers)]
-
-
-@dataclass
-class BackendSpec:
-    """How a worker builds its own backend: ``factory(name, model, **kwargs)`` (factory: an importable function)."""
-
-    name: str
-    model: str | None = None
-    kwargs: dict = field(default_factory=dict)
-    factory: Callable | None = None
-
-    def build(self):
-        if self.factory is None:
-            from pipeline.backends import get_backend
-
-            return get_backend(self.name, self.model, **self.kwargs)
-        return self.factory(self.name, self.model, **self.kwargs)
-
-
-class PlanningBackend:
-    """A chat-model backend's identity (fingerprint, rendering, token counts) without loading the model.
-
-    The parent of ``--workers N`` transformers / vLLM workers only plans (render, dedupe, count tokens) and writes
-    the run folder; the models (vLLM: the engines) live in the workers, which check that their fingerprint equals
-    this one. Rendering and the fingerprint are the backends' own code (:mod:`pipeline.backends.chat`,
-    ``<Backend>.fingerprint``), so the two cannot drift.
-    """
-
-    pooling = "last"
-    padding = "left"
-
-    def __init__(self, name: str, model: str | None = None, *, max_length: int | None = None,
-                 dtype: str | None = None, trust_remote_code: bool = False, gguf_file: str | None = None,
-                 device: str | None = None, chunk_size: int | None = None, **_runtime_kwargs):
-        from transformers import AutoConfig
-
-        from pipeline.backends.base import resolve_model_path
-        from pipeline.backends.chat import ChatRenderer, default_max_length, load_tokenizer, quiet_transformers
-        from pipeline.backends.hf import resolve_dtype, split_gguf
-
-        if name not in GPU_BACKENDS:
-            raise ValueError(f"no planning backend for {name!r}")
-        quiet_transformers()
-        self.name = name
-        self.model_path = resolve_model_path(model)
-        load_dir, self.gguf_file = split_gguf(self.model_path, gguf_file)
-        on_gpu = bool(visible_gpus()) if device is None else str(device).startswith("cuda")
-        self.dtype = resolve_dtype(dtype, on_gpu)
-        self.tokenizer = load_tokenizer(load_dir, trust_remote_code=trust_remote_code, gguf_file=self.gguf_file)
-        cfg_kw = {"gguf_file": self.gguf_file} if self.gguf_file else {}
-        try:
-            config = AutoConfig.from_pretrained(str(load_dir), local_files_only=True,
-                                                trust_remote_code=trust_remote_code, **cfg_kw)
-        except (OSError, ValueError) as e:
-            raise MicroError(f"cannot read the config of '{self.model_path}': {e}") from e
-        self.max_length = int(max_length) if max_length else default_max_length(self.tokenizer, config)
-        self.renderer = ChatRenderer(self.tokenizer, self.max_length)
-        self.dim = int(getattr(config, "hidden_size", 0) or 0)
-        self.chunk_size = int(chunk_size or 4096)
-        self._weights_hash = None
-
-    def fingerprint(self) -> dict:
-        if self.name == "vllm":
-            from pipeline.backends.vllm_backend import VLLMBackend as cls
-        else:
-            from pipeline.backends.hf import TransformersBackend as cls
-        return cls.fingerprint(self)
-
-    def render_response(self, prompt, response: str) -> str:
-        return self.renderer.render_response(prompt, response)
-
-    def render_prompt(self, prompt) -> str:
-        return self.renderer.render_prompt(prompt)
-
-    def token_lengths(self, inputs):
-        return self.renderer.token_lengths(inputs)
-
-    def embed(self, inputs):  # pragma: no cover - the workers embed
-        raise MicroError(f"the {self.name} planning backend does not embed; its workers do")
-
-    def close(self) -> None:
-        pass
-
-
-def parent_backend(spec: BackendSpec):
-    """The backend the parent plans with (fingerprint, rendering, token counts, run.json). transformers and vLLM
-    built by the stock factory would load the model (vLLM: start an engine on a GPU) in the parent as well:
-    :class:`PlanningBackend` instead. Other backends are built as usual (sentence-transformers loads its weights
-    on first use only, so the parent never does)."""
-    stock = spec.factory is None or getattr(spec.factory, "__module__", None) == "pipeline.backends"
-    if spec.name in GPU_BACKENDS and stock:
-        return PlanningBackend(spec.name, spec.model, **spec.kwargs)
-    return spec.build()
 
 
 # --- worker side --------------------------------------------------------------------------------------------------
