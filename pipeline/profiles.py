@@ -35,7 +35,7 @@ def build_profile(bundle: str | Path, user_data: str | Path, user: str, out_dir:
 
     model, meta = load_bundle(bundle)
     out_dir = Path(out_dir)
-    feats = embed_user_data(meta, user_data, out_dir / "work" / user, log=log)
+    feats = embed_user_data(meta, user_data, out_dir / "work" / user, log=log, user=user)
     groups, names = group_names(feats.group)
     if user not in names:
         raise MicroError(f"{user_data}: user '{user}' not found in the 'group' column; users present: "
@@ -45,9 +45,10 @@ def build_profile(bundle: str | Path, user_data: str | Path, user: str, out_dir:
     if stream.n == 0:
         raise MicroError(f"{user_data}: user '{user}' has no pairs to learn from (split == 'train')")
     gate_x = stage1_gate_input(meta, stream)
-    if gate_x is not None and stream.has_context.any():
+    reads = "contexts" if meta.get("gate_input") == "context" else "prompts"
+    if gate_x is not None and (reads == "prompts" or stream.has_context.any()):
         prior = model.gate_weights(gate_x).mean(axis=0)
-        prior_name = "Stage-1 gate on the user's contexts"
+        prior_name = f"Stage-1 gate on the user's {reads}"
     else:
         prior, prior_name = None, "uniform"
     prof = HedgeProfile(tau=tau, prior=prior, n_heads=model.coef_.shape[0])

@@ -120,14 +120,23 @@ def backend_from_meta(meta: dict):
 
 
 def embed_user_data(meta: dict, user_data: str | Path, workdir: Path, test_size: float = 0.2,
-                    log=print) -> Features:
-    """Pair table of ``user_data`` embedded with the bundle's embedder (cache reused), as Features."""
+                    log=print, user: str | None = None) -> Features:
+    """Pair table of ``user_data`` (only group ``user``'s pairs if given) embedded with the bundle's embedder
+    (cache reused), as Features."""
+    import pyarrow as pa
+
     from pipeline.embed import embed_pairs
     from pipeline.prepare import load_user_pairs
 
     table = load_user_pairs(user_data, test_size=test_size)
     if table.num_rows == 0:
         raise MicroError(f"{user_data}: no preference pairs in the user data")
+    if user is not None:  # check the user before embedding anything, and embed only their pairs
+        groups, names = group_names(np.array(table.column("group").to_pylist(), dtype=object))
+        if user not in names:
+            raise MicroError(f"{user_data}: user '{user}' not found in the 'group' column; users present: "
+                             f"{', '.join(map(str, names[:20]))}")
+        table = table.filter(pa.array(groups == user))
     workdir.mkdir(parents=True, exist_ok=True)
     write_pairs(table, workdir / "user_pairs.parquet")
     backend = backend_from_meta(meta)

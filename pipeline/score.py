@@ -115,7 +115,7 @@ def read_score_input(path: str | Path) -> tuple[list, list, pa.Table]:
             raise MicroError(f"{path}: missing column '{col}' (have: {', '.join(df.columns)})")
     prompts, responses = df["prompt"].to_list(), df["response"].to_list()
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        if p is None or r is None or (isinstance(r, str) and not r.strip()):
+        if p is None or r is None or not p or any(isinstance(x, str) and not x.strip() for x in (p, r)):
             raise MicroError(f"{path}: row {i}: empty 'prompt' or 'response'")
     return prompts, responses, df.to_arrow()
 
@@ -128,6 +128,9 @@ def score_file(bundle: str | Path, input_path: str | Path, out: str | Path, *, c
     from cache.atomic import atomic_path
     from pipeline.profiles import load_profile
 
+    out = Path(out)
+    if out.suffix not in (".parquet", ".jsonl"):
+        raise MicroError(f"{out}: the output must be a .parquet or .jsonl file")
     rm = RewardModel.load(bundle)
     profile = load_profile(profile_path, rm.meta) if profile_path else None
     prompts, responses, table = read_score_input(input_path)
@@ -136,11 +139,13 @@ def score_file(bundle: str | Path, input_path: str | Path, out: str | Path, *, c
     finally:
         rm.close()
     K = res["per_head"].shape[1]
+    # re-scoring an output file: replace its reward columns instead of writing duplicate column names
+    table = table.drop_columns([c for c in table.column_names
+                                if c in ("reward", "weights") or c.startswith("reward_head_")])
     table = table.append_column("reward", pa.array(res["reward"]))
     for k in range(K):
         table = table.append_column(f"reward_head_{k}", pa.array(res["per_head"][:, k]))
     table = table.append_column("weights", pa.array(res["weights"].tolist(), pa.list_(pa.float64())))
-    out = Path(out)
     with atomic_path(out) as tmp:
         if out.suffix == ".jsonl":
             import polars as pl
