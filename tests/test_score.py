@@ -1,0 +1,195 @@
+"""Scoring (pipeline/score.py, `micro score`): per-head and mixed rewards under a context, a gate or a profile.
+
+Synthetic, no model: see tests/_stage2.py. Expected values are recomputed from AttrBackend's vectors and the
+bundle's safetensors arrays read directly, not through the model class.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+
+from _stage2 import AttrBackend, make_bundle, patch_backend, synthetic_rows, write_jsonl
+from pipeline.backends.base import render_plain, with_context
+from pipeline.errors import MicroError
+
+PROMPTS = ["question one", "question two", "question three"]
+RESPONSES = ["answer attrs 1.5 0 0", "answer attrs -1 0.5 0", "answer attrs 0 2 0.3"]
+CONTEXT = "criterion for g1"
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """(root, prompt-gate bundle, static-gate bundle)."""
+    root = tmp_path_factory.mktemp("score")
+    rows = synthetic_rows(n_per_group=60, topic=True)
+    gated = make_bundle(root, rows, gate_input="prompt", name="gated")
+    static = make_bundle(root, rows, name="static", baseline="static", max_iter=300)
+    return root, gated, static
+
+
+def arrays(bundle):
+    from safetensors.numpy import load_file
+
+    t = load_file(str(bundle / "model.safetensors"))
+    return t["coef"].astype(np.float64), {k[5:]: v.astype(np.float64) for k, v in t.items() if k.startswith("gate.")}
+
+
+def vec(text):
+    return AttrBackend.vector(text).astype(np.float64)
+
+
+def per_head_expected(bundle, prompts=PROMPTS, responses=RESPONSES):
+    coef, _ = arrays(bundle)
+    feats = np.stack([vec(render_plain([{"role": "user", "content": p}, {"role": "assistant", "content": r}]))
+                      for p, r in zip(prompts, responses)])
+    return feats @ coef.T
+
+
+def test_rewards_with_context(bundles, monkeypatch):
+    from pipeline.score import RewardModel
+
+    root, gated, _ = bundles
+    built = patch_backend(monkeypatch)
+    rm = RewardModel.load(gated)
+    out = rm.rewards(PROMPTS, RESPONSES, context=CONTEXT)
+    per_head = per_head_expected(gated)
+    np.testing.assert_allclose(out["per_head"], per_head, rtol=1e-5, atol=1e-6)
+    x = np.stack([vec(render_plain(with_context([{"role": "user", "content": p}], CONTEXT))) for p in PROMPTS])
+    w = rm.model.gate_weights(x)
+    np.testing.assert_allclose(out["weights"], w, rtol=1e-6)
+    assert out["weights"].shape == (3, 3) and np.allclose(out["weights"].sum(axis=1), 1.0)
+    np.testing.assert_allclose(out["reward"], (w * per_head).sum(axis=1), rtol=1e-5, atol=1e-6)
+    # the context changes the weights (the gate reads context+prompt features), the prompt alone differs
+    plain = rm.rewards(PROMPTS, RESPONSES)
+    xp = np.stack([vec(render_plain([{"role": "user", "content": p}])) for p in PROMPTS])
+    np.testing.assert_allclose(plain["weights"], rm.model.gate_weights(xp), rtol=1e-6)
+    assert not np.allclose(plain["weights"], out["weights"])
+    np.testing.assert_allclose(plain["per_head"], out["per_head"])
+    # message-list prompts are the same prompts; everything is cached now, one backend was built
+    msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
+    again = rm.rewards(msgs, RESPONSES, context=CONTEXT)
+    np.testing.assert_allclose(again["reward"], out["reward"])
+    assert len(built) == 1 and len(built[0].embedded) == 9        # 3 responses, 3 context+prompts, 3 prompts
+    rm.close()
+    assert built[0].closed == 1
+    with pytest.raises(MicroError, match="2 prompts but 3 responses"):
+        rm.rewards(PROMPTS[:2], RESPONSES)
+    with pytest.raises(MicroError, match="prompt must be a string"):
+        rm.rewards([1, 2, 3], RESPONSES)
+
+
+def test_static_gate_and_profile_weights(bundles, monkeypatch):
+    from heads.profile import HedgeProfile
+    from pipeline.score import RewardModel
+
+    root, gated, static = bundles
+    built = patch_backend(monkeypatch)
+    rm = RewardModel.load(static)
+    assert rm.model.gate_kind_ == "static"
+    _, gate = arrays(static)
+    responses = [r + " static" for r in RESPONSES]         # not cached yet
+    out = rm.rewards(PROMPTS, responses, context=CONTEXT)
+    assert set(gate) == {"logits"}
+    w = np.exp(gate["logits"] - np.logaddexp.reduce(gate["logits"]))
+    np.testing.assert_allclose(out["weights"], np.tile(w, (3, 1)), rtol=1e-6)
+    np.testing.assert_allclose(w, json.loads((static / "model.json").read_text())["fitted"]["mixture_weights_"],
+                               rtol=1e-5)
+    np.testing.assert_allclose(out["per_head"], per_head_expected(static, responses=responses), rtol=1e-5, atol=1e-6)
+    assert len(built[0].embedded) == 3                     # the responses only: a static gate reads no prompt
+
+    prof = HedgeProfile(prior=[0.2, 0.3, 0.5])
+    res = RewardModel.load(gated).rewards(PROMPTS, RESPONSES, profile=prof)
+    np.testing.assert_allclose(res["weights"], np.tile([0.2, 0.3, 0.5], (3, 1)))
+    np.testing.assert_allclose(res["reward"], res["per_head"] @ np.array([0.2, 0.3, 0.5]))
+
+
+def test_read_score_input(tmp_path):
+    from pipeline.score import read_score_input
+
+    rows = [{"prompt": p, "response": r, "id": i} for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))]
+    df = pl.DataFrame(rows)
+    paths = [write_jsonl(rows, tmp_path / "in.jsonl"), tmp_path / "in.csv", tmp_path / "in.parquet",
+             tmp_path / "in.json"]
+    df.write_csv(paths[1])
+    df.write_parquet(paths[2])
+    paths[3].write_text(json.dumps(rows))
+    for path in paths:
+        prompts, responses, table = read_score_input(path)
+        assert prompts == PROMPTS and responses == RESPONSES and table.column("id").to_pylist() == [0, 1, 2], path
+
+    cases = {
+        "nocol.jsonl": ('{"prompt": "q", "answer": "a"}\n', r"missing column 'response' \(have: prompt, answer\)"),
+        "empty_resp.jsonl": ('{"prompt": "q", "response": "a"}\n{"prompt": "q", "response": "  "}\n', "row 1: empty"),
+        "null_resp.jsonl": ('{"prompt": "q", "response": null}\n', "row 0: empty"),
+        "empty_prompt.jsonl": ('{"prompt": "q", "response": "a"}\n{"prompt": "", "response": "a"}\n', "row 1: empty"),
+        "in.txt": ("prompt,response\nq,a\n", "unsupported file type"),
+        "broken.parquet": ("not parquet", "cannot be read"),
+    }
+    for name, (text, pattern) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(MicroError, match=pattern):
+            read_score_input(tmp_path / name)
+    with pytest.raises(MicroError, match="no such file"):
+        read_score_input(tmp_path / "nope.jsonl")
+
+
+def test_score_file_parquet_and_jsonl(bundles, tmp_path, monkeypatch):
+    from pipeline.score import RewardModel, score_file
+
+    root, gated, _ = bundles
+    patch_backend(monkeypatch)
+    inp = write_jsonl([{"prompt": p, "response": r, "id": i} for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))],
+                      tmp_path / "in.jsonl")
+    want = RewardModel.load(gated).rewards(PROMPTS, RESPONSES, context=CONTEXT)
+    cols = ["prompt", "response", "id", "reward", "reward_head_0", "reward_head_1", "reward_head_2", "weights"]
+    frames = {}
+    for suffix, read in ((".parquet", pl.read_parquet), (".jsonl", pl.read_ndjson)):
+        out = score_file(gated, inp, tmp_path / f"out{suffix}", context=CONTEXT)
+        assert out == tmp_path / f"out{suffix}"
+        df = frames[suffix] = read(out)
+        assert df.columns == cols and df["id"].to_list() == [0, 1, 2]
+        np.testing.assert_allclose(df["reward"].to_numpy(), want["reward"])
+        np.testing.assert_allclose(df.select(cols[4:7]).to_numpy(), want["per_head"])
+        np.testing.assert_allclose(np.array(df["weights"].to_list()), want["weights"])
+    # re-scoring an output file under another context replaces its reward columns
+    again = score_file(gated, tmp_path / "out.parquet", tmp_path / "again.jsonl", context="criterion for g2")
+    df = pl.read_ndjson(again)
+    assert df.columns == cols
+    assert not np.allclose(np.array(df["weights"].to_list()), want["weights"])
+    with pytest.raises(MicroError, match="must be a .parquet or .jsonl"):
+        score_file(gated, inp, tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def run_cli(monkeypatch, capsys, *args):
+    import cli
+
+    monkeypatch.setattr(sys, "argv", ["micro", *map(str, args)])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_score(bundles, tmp_path, monkeypatch, capsys):
+    root, gated, _ = bundles
+    patch_backend(monkeypatch)
+    inp = write_jsonl([{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES)], tmp_path / "in.jsonl")
+    out = tmp_path / "r.jsonl"
+    code, _, err = run_cli(monkeypatch, capsys, "score", gated, "--input", inp, "--out", out, "--context", CONTEXT)
+    assert code == 0, err
+    assert f"rewards written: {out}" in err and pl.read_ndjson(out).height == 3
+    code, _, err = run_cli(monkeypatch, capsys, "score", gated, "-i", inp, "--context", CONTEXT,
+                           "--user", tmp_path / "p.json")
+    assert code == 2 and err == "error: give either --context or --user, not both\n"
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "q"}\n')
+    code, _, err = run_cli(monkeypatch, capsys, "score", gated, "-i", tmp_path / "bad.jsonl",
+                           "-o", tmp_path / "o.parquet")
+    assert code == 2 and err.startswith("error: ") and "missing column 'response'" in err, err
