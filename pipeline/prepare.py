@@ -209,6 +209,8 @@ def load_user_pairs(path: str | Path, *, test_size: float = 0.0, seed: int = 0, 
         return read_pairs(path)
     if not Path(path).is_file():
         raise MicroError(f"{path}: no such file")
+    if Path(path).stat().st_size == 0:
+        raise MicroError(f"{path}: the user data file is empty")
     options = detect_columns(path, {k: v for k, v in opts.items() if v is not None})
     table, log, _ = build_pairs("generic", [path], test_size=test_size, seed=seed, strict=strict, **options)
     if log.skipped:

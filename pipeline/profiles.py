@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def build_profile(bundle: str | Path, user_data: str | Path, user: str, out_dir:
     curve = (np.asarray(prof.learning_curve(z_stream, head_logits(model, heldout))) if heldout.n
              else np.array([]))
     prof.update(z_stream)
-    path = out_dir / f"{user}.json"
+    path = out_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", user).lstrip(".") + ".json")
     write_json_atomic(path, {"format": FORMAT, "user": user, "bundle": str(Path(bundle).resolve()),
                              "fingerprint_id": meta["fingerprint_id"], "n_heads": int(model.coef_.shape[0]),
                              "prior": prior_name, "profile": prof.to_dict(), "learning_curve": curve.tolist(),

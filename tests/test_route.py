@@ -151,7 +151,7 @@ def test_route_errors(stage1, tmp_path, monkeypatch):
     empty.write_text("")
     train_only = write_table(synthetic_rows(n_per_group=10, seed=2, prefix="t", split="train"),
                              tmp_path / "train_only.parquet")
-    for path, pattern in ((empty, "no pairs"), (train_only, "no held-out pairs"),
+    for path, pattern in ((empty, "empty.jsonl: the user data file is empty"), (train_only, "no held-out pairs"),
                           (tmp_path / "missing.jsonl", "no such file")):
         with pytest.raises(MicroError, match=pattern) as exc:
             route(bundle, path, tmp_path / "out", seeds=(0,), log=lambda m: None)
