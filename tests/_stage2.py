@@ -17,13 +17,14 @@ import re
 from pathlib import Path
 
 import numpy as np
+from conftest import PlainTextBackend
 
 DIM = 15
 GROUPS = ("g0", "g1", "g2")
 DIRECTIONS = {"g0": np.array([1.0, 0.0, 0.0]), "g1": np.array([-1.0, 0.0, 0.0]), "g2": np.array([0.0, 1.0, 0.0])}
 
 
-class AttrBackend:
+class AttrBackend(PlainTextBackend):
     """Backend protocol stand-in; ``calls`` records every ``embed`` input list, ``closed`` counts close()."""
 
     name = "fake-attrs"
@@ -41,19 +42,6 @@ class AttrBackend:
     def fingerprint(self) -> dict:
         return {"backend": self.name, "model": "attrs", "tag": self.tag, "dim": DIM, "max_length": self.max_length,
                 "chat_template": None}
-
-    def render_response(self, prompt, response: str) -> str:
-        from pipeline.backends.base import render_plain
-
-        return render_plain([*prompt, {"role": "assistant", "content": response}])
-
-    def render_prompt(self, prompt) -> str:
-        from pipeline.backends.base import render_plain
-
-        return render_plain(prompt)
-
-    def token_lengths(self, inputs):
-        return np.array([len(t.split()) for t in inputs], dtype=np.int64)
 
     @staticmethod
     def vector(t: str) -> np.ndarray:

@@ -57,7 +57,29 @@ def tiny_llama_dir(tmp_path_factory):
 
 # --- embedding cache / micro embed fixtures (tests/test_store.py, test_embed.py, test_features.py) ---------------
 
-class FakeBackend:
+class PlainTextBackend:
+    """Backend-protocol stand-in without a model: plain rendering, whitespace token counts; subclasses embed."""
+
+    def render_response(self, prompt, response: str) -> str:
+        from pipeline.backends.base import render_plain
+
+        return render_plain([*prompt, {"role": "assistant", "content": response}])
+
+    def render_prompt(self, prompt) -> str:
+        from pipeline.backends.base import render_plain
+
+        return render_plain(prompt)
+
+    def token_lengths(self, inputs):
+        import numpy as np
+
+        return np.array([len(t.split()) for t in inputs], dtype=np.int64)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeBackend(PlainTextBackend):
     """Backend protocol stand-in: deterministic vectors from a hash of the exact input, no model.
 
     ``calls`` records the inputs of every ``embed`` call.  ``die_after=N`` makes the (N+1)-th ``embed`` call
@@ -90,21 +112,6 @@ class FakeBackend:
     def fingerprint(self) -> dict:
         return {"backend": self.name, "model": "sha256-uniform", "tag": self.tag, "dim": self.dim,
                 "max_length": self.max_length, "chat_template": None}
-
-    def render_response(self, prompt, response: str) -> str:
-        from pipeline.backends.base import render_plain
-
-        return render_plain([*prompt, {"role": "assistant", "content": response}])
-
-    def render_prompt(self, prompt) -> str:
-        from pipeline.backends.base import render_plain
-
-        return render_plain(prompt)
-
-    def token_lengths(self, inputs):
-        import numpy as np
-
-        return np.array([len(t.split()) for t in inputs], dtype=np.int64)
 
     def embed(self, inputs):
         import os

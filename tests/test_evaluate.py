@@ -14,6 +14,7 @@ import re
 import shutil
 
 import numpy as np
+from conftest import PlainTextBackend
 import polars as pl
 import pytest
 
@@ -26,7 +27,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 FAST = dict(seeds=(0, 1, 2), budget=10, budgets=(5, 10), hyre_n=8, log=lambda m: None)
 
 
-class AttrBackend:
+class AttrBackend(PlainTextBackend):
     """Backend protocol stand-in whose vectors encode the attributes and group written in the text."""
 
     name = "fake-attrs"
@@ -38,19 +39,6 @@ class AttrBackend:
     def fingerprint(self) -> dict:
         return {"backend": self.name, "model": "attrs", "tag": self.tag, "dim": DIM, "max_length": self.max_length,
                 "chat_template": None}
-
-    def render_response(self, prompt, response: str) -> str:
-        from pipeline.backends.base import render_plain
-
-        return render_plain([*prompt, {"role": "assistant", "content": response}])
-
-    def render_prompt(self, prompt) -> str:
-        from pipeline.backends.base import render_plain
-
-        return render_plain(prompt)
-
-    def token_lengths(self, inputs):
-        return np.array([len(t.split()) for t in inputs], dtype=np.int64)
 
     def embed(self, inputs):
         out = np.zeros((len(inputs), DIM), dtype=np.float32)

@@ -7,6 +7,7 @@ import math
 import re
 
 import numpy as np
+from conftest import PlainTextBackend
 import polars as pl
 import pytest
 
@@ -18,7 +19,7 @@ TIMING = {"wall_seconds", "fit_seconds"}
 quiet = lambda m: None  # noqa: E731
 
 
-class VectorBackend:
+class VectorBackend(PlainTextBackend):
     """Backend stand-in returning make_mixture vectors: 'resp I a' -> base_i + delta_i, 'resp I b' -> base_i,
     'question I' -> prompt_i; a context 'criterion for gJ' adds 2 e_J to the prompt vector."""
 
@@ -31,19 +32,6 @@ class VectorBackend:
     def fingerprint(self) -> dict:
         return {"backend": self.name, "model": "mixture", "dim": DIM, "max_length": self.max_length,
                 "chat_template": None}
-
-    def render_response(self, prompt, response: str) -> str:
-        from pipeline.backends.base import render_plain
-
-        return render_plain([*prompt, {"role": "assistant", "content": response}])
-
-    def render_prompt(self, prompt) -> str:
-        from pipeline.backends.base import render_plain
-
-        return render_plain(prompt)
-
-    def token_lengths(self, inputs):
-        return np.array([len(t.split()) for t in inputs], dtype=np.int64)
 
     def embed(self, inputs):
         out = np.zeros((len(inputs), DIM), dtype=np.float32)
