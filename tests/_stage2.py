@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,17 @@ def rendered_texts(rows: list[dict]) -> set:
 
     inputs = render_inputs(pairs_to_table(rows), AttrBackend())
     return {t for v in inputs.values() for t in v if t is not None}
+
+
+def run_cli(monkeypatch, capsys, *args):
+    """Run `micro ARGS` in-process through cli.main(); returns (exit code, stdout, stderr)."""
+    import cli
+
+    monkeypatch.setattr(sys, "argv", ["micro", *map(str, args)])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

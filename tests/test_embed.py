@@ -21,7 +21,7 @@ from pipeline.backends.base import fingerprint_id, render_plain, with_context
 from pipeline.embed import embed_pairs, open_store, render_inputs
 from pipeline.errors import MicroError
 from pipeline.features import load_features
-from pipeline.schema import pairs_to_table, read_pairs
+from pipeline.schema import read_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 
 import numpy as np
 import polars as pl
 import pytest
 
-from _stage2 import make_bundle, patch_backend, synthetic_rows, write_jsonl, write_table
+from _stage2 import run_cli, make_bundle, patch_backend, synthetic_rows, write_jsonl, write_table
 from pipeline.errors import MicroError
 
 
@@ -141,19 +140,6 @@ def test_load_profile(setup, built, tmp_path):
     (tmp_path / "fmt.json").write_text(json.dumps({**data, "format": "micro-bundle"}))
     with pytest.raises(MicroError, match="field 'format'"):
         load_profile(tmp_path / "fmt.json", meta)
-
-
-def run_cli(monkeypatch, capsys, *args):
-    import cli
-
-    monkeypatch.setattr(sys, "argv", ["micro", *map(str, args)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_online_profile_then_score_with_it(setup, tmp_path, monkeypatch, capsys):

@@ -6,13 +6,12 @@ carries no group information, so only a router on context+prompt features can te
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from _stage2 import AttrBackend, make_bundle, patch_backend, rendered_texts, synthetic_rows, write_jsonl, write_table
+from _stage2 import run_cli, AttrBackend, make_bundle, patch_backend, rendered_texts, synthetic_rows, write_jsonl, write_table
 from pipeline.errors import MicroError
 
 SEEDS = (0, 1)
@@ -207,19 +206,6 @@ def test_changed_embedder_fingerprint(stage1, tmp_path, monkeypatch):
 
 
 # --- CLI ---------------------------------------------------------------------------------------------
-
-def run_cli(monkeypatch, capsys, *args):
-    import cli
-
-    monkeypatch.setattr(sys, "argv", ["micro", *map(str, args)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 def test_cli_route(stage1, tmp_path, monkeypatch, capsys):
     root, bundle, *_ = stage1

@@ -6,13 +6,12 @@ bundle's safetensors arrays read directly, not through the model class.
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import polars as pl
 import pytest
 
-from _stage2 import AttrBackend, make_bundle, patch_backend, synthetic_rows, write_jsonl
+from _stage2 import run_cli, AttrBackend, make_bundle, patch_backend, synthetic_rows, write_jsonl
 from pipeline.backends.base import render_plain, with_context
 from pipeline.errors import MicroError
 
@@ -163,19 +162,6 @@ def test_score_file_parquet_and_jsonl(bundles, tmp_path, monkeypatch):
     with pytest.raises(MicroError, match="must be a .parquet or .jsonl"):
         score_file(gated, inp, tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
-
-
-def run_cli(monkeypatch, capsys, *args):
-    import cli
-
-    monkeypatch.setattr(sys, "argv", ["micro", *map(str, args)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_score(bundles, tmp_path, monkeypatch, capsys):

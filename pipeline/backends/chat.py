@@ -191,3 +191,19 @@ class RenderedBackend:
 
     def token_lengths(self, inputs: Sequence[str]) -> np.ndarray:
         return self.renderer.token_lengths(inputs)
+
+
+def load_identity(model_path, gguf_file: str | None, load_dir, *, trust_remote_code: bool, max_length: int | None,
+                  truncation: str):
+    """(tokenizer, config, max_length, renderer) of a local decoder model, without loading its weights."""
+    from transformers import AutoConfig
+
+    tokenizer = load_tokenizer(load_dir, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
+    cfg_kw = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        config = AutoConfig.from_pretrained(str(load_dir), local_files_only=True, trust_remote_code=trust_remote_code,
+                                            **cfg_kw)
+    except (OSError, ValueError) as e:
+        raise MicroError(f"cannot read the config of '{model_path}': {e}") from e
+    max_length = int(max_length) if max_length else default_max_length(tokenizer, config)
+    return tokenizer, config, max_length, ChatRenderer(tokenizer, max_length, truncation)

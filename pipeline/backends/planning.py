@@ -70,10 +70,8 @@ class PlanningBackend(RenderedBackend):
                  dtype: str | None = None, trust_remote_code: bool = False, gguf_file: str | None = None,
                  device: str | None = None, chunk_size: int | None = None, truncation: str = "left",
                  **_runtime_kwargs):
-        from transformers import AutoConfig
-
         from pipeline.backends.base import resolve_model_path
-        from pipeline.backends.chat import ChatRenderer, default_max_length, load_tokenizer, quiet_transformers
+        from pipeline.backends.chat import load_identity, quiet_transformers
         from pipeline.backends.hf import resolve_dtype, split_gguf
 
         if name not in GPU_BACKENDS:
@@ -84,15 +82,9 @@ class PlanningBackend(RenderedBackend):
         load_dir, self.gguf_file = split_gguf(self.model_path, gguf_file)
         on_gpu = bool(visible_gpus()) if device is None else str(device).startswith("cuda")
         self.dtype = resolve_dtype(dtype, on_gpu)
-        self.tokenizer = load_tokenizer(load_dir, trust_remote_code=trust_remote_code, gguf_file=self.gguf_file)
-        cfg_kw = {"gguf_file": self.gguf_file} if self.gguf_file else {}
-        try:
-            config = AutoConfig.from_pretrained(str(load_dir), local_files_only=True,
-                                                trust_remote_code=trust_remote_code, **cfg_kw)
-        except (OSError, ValueError) as e:
-            raise MicroError(f"cannot read the config of '{self.model_path}': {e}") from e
-        self.max_length = int(max_length) if max_length else default_max_length(self.tokenizer, config)
-        self.renderer = ChatRenderer(self.tokenizer, self.max_length, truncation)
+        self.tokenizer, config, self.max_length, self.renderer = load_identity(
+            self.model_path, self.gguf_file, load_dir, trust_remote_code=trust_remote_code, max_length=max_length,
+            truncation=truncation)
         self.dim = int(getattr(config, "hidden_size", 0) or 0)
         self.chunk_size = int(chunk_size or 4096)
         self._weights_hash = None

