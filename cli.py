@@ -109,6 +109,7 @@ def embed(
     cache_dir: Optional[Path] = typer.Option(None, help="Embedding cache root (default ~/.cache/micro/embeddings)."),
     cache_dtype: str = typer.Option("float32", help="Stored vector dtype: float32 | float16."),
     overlong: str = typer.Option("truncate", help="Texts over max length: truncate | skip (counted either way)."),
+    truncation: str = typer.Option("left", help="Truncation keeps the last (left) or first (right) max-length tokens."),
     tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs per model replica."),
     trust_remote_code: bool = typer.Option(False, help="transformers/vLLM: run the model repo's own code."),
     workers: int = typer.Option(1, help="Worker processes embedding the missing texts in parallel (data parallel; "
@@ -124,7 +125,7 @@ def embed(
     from pipeline.backends import get_backend
 
     console = Console(stderr=True)
-    kw = {"batch_size": batch_size, "max_length": max_length}
+    kw = {"batch_size": batch_size, "max_length": max_length, "truncation": truncation}
     if dtype:
         kw["dtype"] = dtype
     if backend in ("transformers", "vllm") and trust_remote_code:
@@ -452,16 +453,13 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:  # usage errors (typer vendors click: match by shape, not by class)
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
+        if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
             sys.exit(exc.exit_code)
         raise
-
 
 if __name__ == "__main__":
     main()

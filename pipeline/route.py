@@ -109,7 +109,9 @@ def backend_from_meta(meta: dict):
 
     emb = meta.get("embedder") or {}
     try:
-        backend = get_backend(emb["backend"], emb.get("model_path") or None, max_length=emb.get("max_length"))
+        fp = meta.get("fingerprint") or {}
+        extra = {k: fp[k] for k in ("truncation", "dtype") if fp.get(k)}
+        backend = get_backend(emb["backend"], emb.get("model_path") or None, max_length=emb.get("max_length"), **extra)
     except MicroError as exc:
         raise MicroError(f"the bundle's embedder cannot be loaded: {exc}") from None
     fid = fingerprint_id(backend.fingerprint())
