@@ -36,7 +36,6 @@ new shards (``EmbeddingStore.compact(only=...)``) and writes the run folder exac
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import multiprocessing as mp
 import os
@@ -51,12 +50,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from cache.store import EmbeddingStore, _key_u64
+from pipeline.envvars import THREAD_ENV, temporary_environ
 from pipeline.errors import MicroError
 
 from pipeline.backends.planning import (GPU_BACKENDS, BackendSpec, PlanningBackend, parent_backend,  # noqa: F401
                                         visible_gpus)
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 # --- planning -----------------------------------------------------------------------------------------------------
@@ -201,25 +200,10 @@ def _ray_worker(job: _Job, texts: list[str], keys: np.ndarray) -> int:
 
 # --- parent side --------------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _environ(values: dict[str, str]):
-    """Temporarily set environment variables (inherited by processes started inside)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _worker_env(index: int, workers: int, threads: int, cuda: str | None) -> dict[str, str]:
     env = {"MICRO_WORKER_INDEX": str(index), "MICRO_WORKERS": str(workers),
            "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false")}
-    for var in _THREAD_VARS:
+    for var in THREAD_ENV:
         try:
             mine = int(os.environ.get(var, ""))
         except ValueError:
@@ -315,7 +299,7 @@ class ParallelEmbedder:
                 recv, send = ctx.Pipe(duplex=False)
                 p = ctx.Process(target=_process_worker, args=(job, t, k, send, os.getpid()),
                                 name=f"micro-embed-{job.index}", daemon=False)  # vLLM starts its own process
-                with _environ(_worker_env(job.index, self.workers, self.threads, cuda[job.index])):
+                with temporary_environ(_worker_env(job.index, self.workers, self.threads, cuda[job.index])):
                     p.start()
                 send.close()
                 procs[job.index], readers[recv], sentinels[p.sentinel] = p, job.index, job.index

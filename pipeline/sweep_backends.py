@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-              "VECLIB_MAXIMUM_THREADS")
+from pipeline.envvars import THREAD_ENV, temporary_environ
+
 PRELOAD = ["numpy", "threadpoolctl", "torch", "sklearn.utils.extmath", "heads.mixture", "heads.metrics",
            "heads.router", "pipeline.fit", "pipeline.route", "pipeline.sweep_backends"]
 FIT_KEYS = ("alpha", "l2", "n_init", "max_iter", "tol", "init", "dim", "gate_dim", "gate_hidden")
@@ -301,9 +301,8 @@ def run_local(jobs: list, arrays: dict, meta: dict, n_jobs: int, threads: int, o
             np.save(os.path.join(tmp, f"{name}.npy"), np.ascontiguousarray(arr))
             seen[id(arr)] = name
             names.append(name)
-        old = {k: os.environ.get(k) for k in THREAD_ENV}
-        os.environ.update({k: str(threads) for k in THREAD_ENV})  # read by BLAS when a spawned worker imports it
-        try:
+        # read by BLAS when a spawned worker imports it
+        with temporary_environ({k: str(threads) for k in THREAD_ENV}):
             start_method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
             ctx = mp.get_context(start_method)
             if start_method == "forkserver":  # the server imports these once; every worker forks from it
@@ -321,12 +320,6 @@ def run_local(jobs: list, arrays: dict, meta: dict, n_jobs: int, threads: int, o
                 except BaseException:
                     ex.shutdown(wait=False, cancel_futures=True)
                     raise
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 # ----------------------------------------------------------------------------------------------- ray backend
