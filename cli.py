@@ -109,7 +109,7 @@ def embed(
     cache_dir: Optional[Path] = typer.Option(None, help="Embedding cache root (default ~/.cache/micro/embeddings)."),
     cache_dtype: str = typer.Option("float32", help="Stored vector dtype: float32 | float16."),
     overlong: str = typer.Option("truncate", help="Texts over max length: truncate | skip (counted either way)."),
-    truncation: str = typer.Option("left", help="Truncation keeps the last (left) or first (right) max-length tokens."),
+    truncation: str = typer.Option("left", help="Texts over --max-length: keep the last (left) or first (right) tokens, or history: drop the oldest turns, then cut the response's end."),
     tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs per model replica."),
     trust_remote_code: bool = typer.Option(False, help="transformers/vLLM: run the model repo's own code."),
     workers: int = typer.Option(1, help="Worker processes embedding the missing texts in parallel (data parallel; "

@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from heads import MixtureBT  # noqa: E402
 from heads import gate as G  # noqa: E402
-from heads.em import Problem, run_em  # noqa: E402
+from heads.em import run_em  # noqa: E402
+from heads.objective import Problem  # noqa: E402
 from heads.initialise import initialise, sketch  # noqa: E402
 from heads.sgd import run_adamw  # noqa: E402
 from heads.synthetic import make_helpsteer2_like, split  # noqa: E402

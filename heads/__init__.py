@@ -1,7 +1,7 @@
 """The math: Bradley-Terry mixture heads, gates, routers (numpy/torch, no file I/O)."""
 from .align import align_heads, cosine_matrix, mean_aligned_cosine
 from .baselines import OracleBT, SharedBase, fit_single_bt
-from .em import objective_and_grad
+from .objective import objective_and_grad
 from .gate import (gate_kind, gate_log_weights, gate_logits, gate_logits_torch, gate_weights, init_gate_params,
                    params_from_torch, params_to_torch)
 from .metrics import accuracy, expected_calibration_error, log_likelihood

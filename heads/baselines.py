@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 
-from .em import Problem, newton_polish_single, run_em, thread_limit
+from .em import newton_polish_single, run_em, thread_limit
+from .objective import Problem
 from .validation import as_matrix, check_rows, check_width
 
 

@@ -1,11 +1,5 @@
-"""Generalised EM for the mixture of Bradley-Terry heads: fused objective/gradient pass, L-BFGS M-step.
-
-Objective (minimised), n pairs, K heads, Delta_i = phi(x_i, a_w) - phi(x_i, a_l), z_ik = w_k . Delta_i,
-f_ik = softmax_k(gate logits of psi(x_i))::
-
-    L(theta) = -(1/n) sum_i log sum_k f_ik sigma(z_ik)
-               + alpha (1/n) sum_i sum_k f_ik log f_ik
-               + (l2/2) (||W||^2 + ||gate weight matrices||^2)
+"""Generalised EM for the mixture of Bradley-Terry heads (the driver; objective in :mod:`heads.objective`, M-step
+in :mod:`heads.lbfgs`).
 
 E-step: r_ik = f_ik sigma(z_ik) / sum_k f_ik sigma(z_ik) (log space). Surrogate (Jensen):
 L(theta) <= Q(theta | r) = -(1/n) sum r_ik [log f_ik(theta) + log sigma(z_ik(theta))] + (1/n) sum r log r
@@ -19,22 +13,23 @@ textbook generalised-EM criterion, ``accept="Q"``) or of L itself (``accept="L"`
 with equality at theta_t, so the Q test implies the L test and both give monotone L; on 3,072-d data the
 Q test rejects most unit steps (the responsibilities move a lot) while the L test accepts them, halving
 the passes per iteration. The first M-step (responsibilities from the initialisation, not from the model)
-always uses Q. One evaluation streams Delta and the prompt
-features once, in row chunks that stay in cache: forward (z, gate logits), the E-step at the trial point,
-Q and L values and the gradient of L (and/or Q) -- so an accepted unit step costs one pass over the data.
+always uses Q. An accepted unit step costs one pass over the data.
+
+Early stopping: given a validation problem (``val``), its mean log-likelihood is measured after every iteration
+and the fit stops after ``patience`` iterations without improvement, returning the best validation point.
+A non-finite objective is an error (never "converged").
 """
 from __future__ import annotations
 
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional
 
 import numpy as np
-import torch
 
-from . import gate as G
-
+from .lbfgs import LBFGS, line_search
+from .objective import Evaluation, Problem, entropy_const
 
 SMALL_PROBLEM = 1 << 22  # elements of delta + prompt below which BLAS / OpenMP run single-threaded
 
@@ -49,217 +44,6 @@ def thread_limit(n_elements: int):
     return contextlib.nullcontext()
 
 
-DEBUG = False
-
-
-class Packer:
-    """Flat float64 parameter vector <-> (W (K, d), gate dict)."""
-
-    def __init__(self, n_components: int, n_features: int, gate_kind: str, n_prompt: int, hidden: Optional[int]):
-        self.K, self.d, self.kind = n_components, n_features, gate_kind
-        self.entries: List[Tuple[str, tuple]] = [("W", (n_components, n_features))]
-        self.entries += G.gate_shapes(gate_kind, n_components, n_prompt, hidden)
-        self.slices, off = {}, 0
-        for key, shape in self.entries:
-            size = int(np.prod(shape))
-            self.slices[key] = (slice(off, off + size), shape)
-            off += size
-        self.size = off
-        self.l2_mask = np.zeros(off)
-        for key, _ in self.entries:
-            if key == "W" or key in G.PENALISED:
-                self.l2_mask[self.slices[key][0]] = 1.0
-
-    def pack(self, W: np.ndarray, gate: Dict[str, np.ndarray]) -> np.ndarray:
-        theta = np.empty(self.size)
-        for key, (sl, shape) in self.slices.items():
-            theta[sl] = np.asarray(W if key == "W" else gate[key], dtype=np.float64).ravel()
-        return theta
-
-    def unpack(self, theta: np.ndarray) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
-        W = theta[self.slices["W"][0]].reshape(self.slices["W"][1])
-        gate = {k: theta[sl].reshape(shape) for k, (sl, shape) in self.slices.items() if k != "W"}
-        return W, gate
-
-
-@dataclass
-class Evaluation:
-    theta: np.ndarray
-    L: float                      # full penalised objective
-    nll: float                    # -(1/n) sum log p_i (data term only)
-    r: np.ndarray                 # (K, n) posterior responsibilities at theta (transposed layout)
-    Q: Optional[float] = None     # surrogate value given the fixed responsibilities
-    gL: Optional[np.ndarray] = None
-    gQ: Optional[np.ndarray] = None
-    mix: Optional[np.ndarray] = None  # (K,) mean gate weight
-
-
-def entropy_const(r: np.ndarray) -> float:
-    """(1/n) sum r log r with 0 log 0 = 0, for r in the (K, n) layout."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        v = np.where(r > 0, r * np.log(np.where(r > 0, r, 1.0)), 0.0)
-    return float(v.sum() / r.shape[1])
-
-
-class Problem:
-    """Data + fused objective evaluation. ``delta`` (n, d) and ``prompt`` (n, p) are wrapped without copying
-    when they are C-contiguous float32/float64 (the arithmetic on them runs in their dtype)."""
-
-    def __init__(self, delta: np.ndarray, prompt: Optional[np.ndarray], n_components: int, gate_kind: str,
-                 alpha: float, l2: float, hidden: Optional[int] = None, chunk_bytes: int = 1 << 30):
-        delta = np.ascontiguousarray(delta) if delta.dtype in (np.float32, np.float64) else np.ascontiguousarray(delta, dtype=np.float64)
-        self.D = delta
-        self.np_dtype = delta.dtype
-        self.dtype = torch.float32 if delta.dtype == np.float32 else torch.float64
-        self.n, self.d = delta.shape
-        self.kind = gate_kind
-        self.X = None
-        p = 0
-        if gate_kind != "static":
-            x = np.ascontiguousarray(prompt, dtype=delta.dtype)
-            self.X, p = x, x.shape[1]
-        self.p = p
-        self.K, self.alpha, self.l2 = int(n_components), float(alpha), float(l2)
-        self.packer = Packer(self.K, self.d, gate_kind, p, hidden)
-        # chunks are views of the data; only (K, rows) temporaries are allocated per chunk. Few large matmuls beat
-        # many cache-sized ones here (N=23.5k, d=p=3072, K=10: 64 MB chunks 10.4x one matmul, 1 GB chunks 6.5x)
-        row_bytes = (self.d + p) * delta.itemsize
-        self.chunk = int(max(256, min(self.n, chunk_bytes // max(row_bytes, 1))))
-        self.n_evals = 0  # number of passes over the data so far (for benchmarks)
-
-    def evaluate(self, theta: np.ndarray, r_fixed: Optional[np.ndarray] = None, rlogr: float = 0.0,
-                 grads: Tuple[str, ...] = ("L",)) -> Evaluation:
-        """L, posterior r, optionally Q(theta | r_fixed) and the gradients named in ``grads`` ("L", "Q").
-        Responsibilities (``r_fixed`` and the returned ``r``) are in the transposed (K, n) layout."""
-        n, K, a = self.n, self.K, self.alpha
-        self.n_evals += 1
-        W, gp = self.packer.unpack(theta)
-        acc = {g: (np.zeros((K, self.d), dtype=self.np_dtype), G._zero_grads(self.kind, gp, self.np_dtype)) for g in grads}
-        r_out = np.empty((K, n))
-        nll = ent = qdat = 0.0
-        mix = np.zeros(K)
-        for s in range(0, n, self.chunk):
-            e = min(n, s + self.chunk)
-            Dc = self.D[s:e]
-            Xc = self.X[s:e] if self.X is not None else None
-            z = G._mmT(Dc, W)                                   # (K, B)
-            lg, cache = G._fwd(self.kind, gp, Xc, e - s)        # (K, B)
-            logf = lg - lg.max(axis=0)
-            logf -= np.log(np.exp(logf).sum(axis=0))
-            logsig = np.minimum(z, 0.0) - np.log1p(np.exp(-np.abs(z)))
-            joint = logf + logsig
-            jm = joint.max(axis=0)
-            r = np.exp(joint - jm)
-            rs = r.sum(axis=0)
-            r /= rs
-            r_out[:, s:e] = r
-            f = np.exp(logf)
-            ent_row = (f * logf).sum(axis=0)
-            nll -= float(np.sum(jm + np.log(rs)))
-            ent += float(ent_row.sum())
-            mix += f.sum(axis=1)
-            if r_fixed is not None:
-                qdat -= float(np.einsum("ij,ij->", r_fixed[:, s:e], joint))
-            if not grads:
-                continue
-            sig_neg = np.exp(logsig - z)  # sigma(-z)
-            ent_grad = a * f * (logf - ent_row) if a else 0.0
-            for g in grads:
-                rg = r if g == "L" else r_fixed[:, s:e]
-                gz = rg * sig_neg
-                gz *= -1.0 / n
-                ga = (f - rg + ent_grad) / n
-                gW, gg = acc[g]
-                G._acc(gW, gz, Dc)
-                G._bwd(self.kind, gp, Xc, ga, cache, gg)
-        pen = 0.5 * self.l2 * float(np.dot(theta * self.packer.l2_mask, theta))
-        L = nll / n + a * ent / n + pen
-        ev = Evaluation(theta=theta, L=L, nll=nll / n, r=r_out, mix=mix / n)
-        if r_fixed is not None:
-            ev.Q = qdat / n + rlogr + a * ent / n + pen
-        for g in grads:
-            gW, gg = acc[g]
-            vec = self.packer.pack(gW, gg)
-            vec += self.l2 * self.packer.l2_mask * theta
-            setattr(ev, "g" + g, vec)
-        return ev
-
-
-def objective_and_grad(delta: np.ndarray, prompt: Optional[np.ndarray], coef: np.ndarray,
-                       gate_params: Dict[str, np.ndarray], alpha: float, l2: float) -> Tuple[float, np.ndarray, Dict[str, np.ndarray]]:
-    """The penalised objective L and its gradient (d/dcoef (K, d), d/dgate dict), evaluated by the fused pass."""
-    kind = G.gate_kind(gate_params)
-    hidden = gate_params["hidden_coef"].shape[0] if kind == "mlp" else None
-    prob = Problem(np.asarray(delta), prompt, coef.shape[0], kind, alpha, l2, hidden)
-    ev = prob.evaluate(prob.packer.pack(coef, gate_params), grads=("L",))
-    gW, gg = prob.packer.unpack(ev.gL)
-    return ev.L, gW.copy(), {k: v.copy() for k, v in gg.items()}
-
-
-class LBFGS:
-    """Two-loop recursion with a bounded memory of curvature pairs (skips pairs with s.y <= 0)."""
-
-    def __init__(self, memory: int = 10):
-        self.m = int(memory)
-        self.S: List[np.ndarray] = []
-        self.Y: List[np.ndarray] = []
-        self.rho: List[float] = []
-
-    def reset(self) -> None:
-        self.S, self.Y, self.rho = [], [], []
-
-    def update(self, s: np.ndarray, y: np.ndarray) -> bool:
-        sy = float(s @ y)
-        if not np.isfinite(sy) or sy <= 1e-10 * np.sqrt(float(s @ s) * float(y @ y)):
-            return False
-        self.S.append(s); self.Y.append(y); self.rho.append(1.0 / sy)
-        if len(self.S) > self.m:
-            self.S.pop(0); self.Y.pop(0); self.rho.pop(0)
-        return True
-
-    def direction(self, g: np.ndarray) -> np.ndarray:
-        if not self.S:
-            return -g / max(float(np.linalg.norm(g)), 1e-300)
-        q = g.copy()
-        al = []
-        for s, y, rho in zip(reversed(self.S), reversed(self.Y), reversed(self.rho)):
-            a_ = rho * float(s @ q)
-            q -= a_ * y
-            al.append(a_)
-        y, s = self.Y[-1], self.S[-1]
-        q *= float(s @ y) / float(y @ y)
-        for (s, y, rho), a_ in zip(zip(self.S, self.Y, self.rho), reversed(al)):
-            b = rho * float(y @ q)
-            q += (a_ - b) * s
-        return -q
-
-
-def line_search(prob: Problem, ev: Evaluation, g: np.ndarray, d: np.ndarray, r_fixed: np.ndarray, rlogr: float,
-                grads: Tuple[str, ...], accept: str = "Q", c1: float = 1e-4, max_ls: int = 30) -> Optional[Evaluation]:
-    """Armijo backtracking from ev along d. ``accept="Q"``: sufficient decrease of the surrogate Q(. | r_fixed)
-    (f0 = ev.Q); ``accept="L"``: of the objective L itself (f0 = ev.L; only valid when r_fixed is the E-step
-    at ev, where grad Q = grad L). Q >= L, so "Q" implies "L": both make L decrease monotonically, "L"
-    accepts the unit quasi-Newton step far more often. Returns the accepted evaluation or None."""
-    f0 = ev.Q if (accept == "Q" and ev.Q is not None) else ev.L
-    gd = float(g @ d)
-    if not gd < 0:
-        return None
-    step = 1.0
-    for _ in range(max_ls):
-        trial = ev.theta + step * d
-        new = prob.evaluate(trial, r_fixed, rlogr, grads)
-        val = new.Q if accept == "Q" else new.L
-        if np.isfinite(val) and val <= f0 + c1 * step * gd:
-            return new
-        if DEBUG:
-            print(f"    reject step {step:.3g}: Q {new.Q - f0:.3e} L {new.L - f0:.3e} armijo {c1 * step * gd:.3e}")
-        # safeguarded quadratic interpolation
-        denom = 2.0 * (val - f0 - gd * step) if np.isfinite(val) else np.inf
-        nxt = -gd * step * step / denom if denom > 0 else 0.1 * step
-        step = float(np.clip(nxt, 0.1 * step, 0.5 * step))
-    return None
-
-
 @dataclass
 class EMResult:
     theta: np.ndarray
@@ -269,30 +53,25 @@ class EMResult:
     n_iter: int
     final: Evaluation
     times: List[float] = field(default_factory=list)
+    val_history: List[float] = field(default_factory=list)  # validation mean log-likelihood per iteration
+    best_iter: Optional[int] = None                          # iteration of the returned point (early stopping)
+    stopped_early: bool = False
 
 
-def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *, max_iter: int = 200,
-           tol: float = 1e-6, m_steps: int = 1, init_m_steps: int = 50, memory: int = 10, accept: str = "L",
-           on_iter: Optional[Callable[[int, float], None]] = None, verbose: int = 0,
-           on_eval: Optional[Callable[[int, "Evaluation"], None]] = None) -> EMResult:
-    """Generalised EM from theta0; the first M-step uses responsibilities r0 (n, K) (default: E-step at theta0)
-    and runs up to ``init_m_steps`` L-BFGS steps on Q(.|r0); later M-steps run ``m_steps`` steps.
-    ``accept`` is the line-search criterion of the EM iterations ("L" or "Q", see :func:`line_search`;
-    inner steps of an M-step with m_steps > 1 always use "Q"). ``on_eval(it, ev)``, if given, sees every
-    accepted iterate (used by benchmarks)."""
-    t_start = time.perf_counter()
-    theta = np.array(theta0, dtype=np.float64)
-    if r0 is None:
-        r0 = prob.evaluate(theta, grads=()).r
-    else:
-        r0 = np.ascontiguousarray(np.asarray(r0, dtype=np.float64).T)  # public (n, K) -> internal (K, n)
-    # --- first M-step on Q(. | r0)
+def _finite(ev: Evaluation, where: str) -> Evaluation:
+    if not np.isfinite(ev.L):
+        raise FloatingPointError(f"the objective became non-finite ({ev.L}) {where}: check the features for "
+                                 "extreme values and the hyperparameters (alpha, l2) for NaN/inf")
+    return ev
+
+
+def first_m_step(prob: Problem, theta: np.ndarray, r0: np.ndarray, steps: int, memory: int, tol: float) -> np.ndarray:
+    """Up to ``steps`` L-BFGS steps on Q(. | r0) from theta; r0 in the (K, n) layout."""
     rl0 = entropy_const(r0)
     ev = prob.evaluate(theta, r0, rl0, grads=("Q",))
     ev_q = Evaluation(theta=ev.theta, L=ev.L, nll=ev.nll, r=ev.r, Q=ev.Q, gL=ev.gQ)
-    ev_q.Q = ev.Q
     opt = LBFGS(memory)
-    for _ in range(int(init_m_steps)):
+    for _ in range(int(steps)):
         d = opt.direction(ev_q.gL)
         new = line_search(prob, ev_q, ev_q.gL, d, r0, rl0, ("Q",), "Q")
         if new is None:
@@ -302,15 +81,36 @@ def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *
         ev_q = Evaluation(theta=new.theta, L=new.L, nll=new.nll, r=new.r, Q=new.Q, gL=new.gQ)
         if rel < tol * 1e-2:
             break
-    ev = prob.evaluate(ev_q.theta, grads=("L",))
+    return ev_q.theta
+
+
+def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *, max_iter: int = 200,
+           tol: float = 1e-6, m_steps: int = 1, init_m_steps: int = 50, memory: int = 10, accept: str = "L",
+           on_iter: Optional[Callable[[int, float], None]] = None, verbose: int = 0,
+           on_eval: Optional[Callable[[int, "Evaluation"], None]] = None, val: Optional[Problem] = None,
+           patience: int = 10) -> EMResult:
+    """Generalised EM from theta0; the first M-step uses responsibilities r0 (n, K) (default: the E-step at theta0)
+    and runs up to ``init_m_steps`` L-BFGS steps on Q(.|r0) (0: none, e.g. for a warm start); later
+    M-steps run ``m_steps`` steps. ``accept`` is the line-search criterion of the EM iterations ("L" or "Q", see
+    :func:`heads.lbfgs.line_search`; inner steps of an M-step with m_steps > 1 always use "Q"). ``on_eval(it,
+    ev)``, if given, sees every accepted iterate (used by benchmarks). With ``val`` (a Problem on held-out pairs
+    with the same parameters) the fit stops early (``patience``) and returns the best validation point."""
+    t_start = time.perf_counter()
+    theta = np.array(theta0, dtype=np.float64)
+    if init_m_steps:
+        r0 = (prob.evaluate(theta, grads=()).r if r0 is None
+              else np.ascontiguousarray(np.asarray(r0, dtype=np.float64).T))  # public (n, K) -> internal (K, n)
+        theta = first_m_step(prob, theta, r0, init_m_steps, memory, tol)
+    ev = _finite(prob.evaluate(theta, grads=("L",)), "at the start")
     history, times = [ev.L], [time.perf_counter() - t_start]
+    val_hist = [-val.evaluate(ev.theta, grads=()).nll] if val is not None else []
+    best = (val_hist[0], 0, ev) if val is not None else None
     if verbose:
         print(f"  init  objective {ev.L:.8f}  ({times[-1]:.2f}s)")
     if on_eval is not None:
         on_eval(0, ev)
-    # --- EM iterations
     opt = LBFGS(memory)
-    converged, it = False, 0
+    converged, stopped, it = False, False, 0
     m_steps = max(1, int(m_steps))
     for it in range(1, int(max_iter) + 1):
         t0 = time.perf_counter()
@@ -337,11 +137,12 @@ def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *
             opt.update(cand.theta - cur.theta, g_next - g)
             cur, g, new = cand, g_next, cand
         if new is None:
+            _finite(ev, f"at iteration {it}")
             converged = True  # no descent possible at numerical precision
             history.append(ev.L); times.append(time.perf_counter() - t0)
             break
         prev = ev.L
-        ev = new
+        ev = _finite(new, f"at iteration {it}")
         ev.Q = None
         history.append(ev.L)
         times.append(time.perf_counter() - t0)
@@ -352,11 +153,21 @@ def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *
             on_iter(it, ev.L)
         if on_eval is not None:
             on_eval(it, ev)
+        if val is not None:
+            val_hist.append(-val.evaluate(ev.theta, grads=()).nll)
+            if val_hist[-1] > best[0] + 1e-7:
+                best = (val_hist[-1], it, ev)
+            elif it - best[1] >= patience:
+                stopped = True
+                break
         if abs(rel) < tol or float(np.max(np.abs(ev.gL))) < 1e-12:
             converged = True
             break
-    return EMResult(theta=ev.theta, objective=ev.L, history=history, converged=converged, n_iter=it,
-                    final=ev, times=times)
+    if best is not None and best[1] != it:
+        ev = best[2]
+    return EMResult(theta=ev.theta, objective=ev.L, history=history, converged=converged or stopped, n_iter=it,
+                    final=ev, times=times, val_history=val_hist, best_iter=best[1] if best else None,
+                    stopped_early=stopped)
 
 
 def newton_polish_single(prob: Problem, theta: np.ndarray, iters: int = 5, max_dim: int = 1024) -> np.ndarray:
@@ -364,7 +175,7 @@ def newton_polish_single(prob: Problem, theta: np.ndarray, iters: int = 5, max_d
     if prob.K != 1 or prob.d > max_dim:
         return theta
     ev = prob.evaluate(theta, grads=("L",))
-    Dn = np.asarray(prob.D, dtype=np.float64)
+    Dn = np.asarray(prob.dense()[0], dtype=np.float64)
     for _ in range(iters):
         W, _ = prob.packer.unpack(ev.theta)
         z = Dn @ W[0]

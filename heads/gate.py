@@ -11,7 +11,7 @@ A gate is a plain dict of numpy arrays (the format other code, e.g. a router, re
 Mixture weights are ``softmax(a)`` per row. :func:`gate_logits_torch` is the autograd twin of
 :func:`gate_logits` (same dict keys, torch tensors) so a router can train the same gate with torch.
 
-The ``_fwd`` / ``_bwd`` helpers are the fused-pass building blocks used by the EM fit (torch, no autograd).
+The fused-pass building blocks of the EM fit (forward/backward without autograd) are in :mod:`heads.kernels`.
 Only the weight matrices (``coef``, ``hidden_coef``) carry the L2 penalty; intercepts and static logits do not.
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+
+from .chunked import matmul_t
 
 GATE_KINDS = ("linear", "mlp", "static")
 
@@ -77,10 +79,8 @@ def gate_logits(params: Dict[str, np.ndarray], X: Optional[np.ndarray], n_rows: 
         return np.broadcast_to(np.asarray(params["logits"], dtype=np.float64), (n, params["logits"].shape[0])).copy()
     X = np.asarray(X)
     if kind == "linear":
-        out = X @ params["coef"].T.astype(X.dtype, copy=False)
-        return out.astype(np.float64) + params["intercept"]
-    h = X @ params["hidden_coef"].T.astype(X.dtype, copy=False)
-    h = np.maximum(h.astype(np.float64) + params["hidden_intercept"], 0.0)
+        return matmul_t(X, params["coef"]) + params["intercept"]
+    h = np.maximum(matmul_t(X, params["hidden_coef"]) + params["hidden_intercept"], 0.0)
     return h @ params["coef"].T + params["intercept"]
 
 
@@ -127,69 +127,6 @@ def params_from_torch(params_torch: Dict[str, torch.Tensor]) -> Dict[str, np.nda
 def gate_penalty(params: Dict[str, np.ndarray]) -> float:
     """Sum of squares of the penalised gate weights (coef, hidden_coef)."""
     return float(sum(np.sum(np.square(params[k])) for k in PENALISED if k in params))
-
-
-# ---------------------------------------------------------------------------------------------
-# fused-pass helpers, in the transposed (K, rows) layout so that reductions over K are fast element-wise
-# numpy ops. Large (rows x features) matmuls run in torch on zero-copy views (much faster than numpy's
-# BLAS for the (K, rows) @ (rows, p) product); small ones run in numpy (torch's intra-op threads cost
-# milliseconds per call on a loaded machine). All (K, rows) work is numpy float64.
-
-_TORCH_MIN = 1 << 21  # elements of a chunk above which the matmuls go through torch
-
-
-def _mmT(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """B @ A.T as float64 (m, rows): B (m, p) float64, A (rows, p) in the data dtype."""
-    Bc = np.ascontiguousarray(B, dtype=A.dtype)
-    if A.size >= _TORCH_MIN:
-        out = (torch.from_numpy(A) @ torch.from_numpy(Bc).T).numpy()
-        return np.ascontiguousarray(out.T, dtype=np.float64)
-    return np.ascontiguousarray((A @ Bc.T).T, dtype=np.float64)
-
-
-def _acc(acc: np.ndarray, gT: np.ndarray, A: np.ndarray) -> None:
-    """acc += gT @ A: gT (m, rows) float64, A (rows, p) and acc (m, p) in the data dtype."""
-    g = np.ascontiguousarray(gT, dtype=A.dtype)
-    if A.size >= _TORCH_MIN:
-        torch.from_numpy(acc).addmm_(torch.from_numpy(g), torch.from_numpy(A))
-    else:
-        acc += g @ A
-
-
-def _fwd(kind: str, params: Dict[str, np.ndarray], Xc: Optional[np.ndarray], n: int) -> Tuple[np.ndarray, object]:
-    """Transposed gate logits (K, n) float64 for a chunk of n rows; returns (logits, cache for :func:`_bwd`)."""
-    if kind == "static":
-        return np.broadcast_to(params["logits"][:, None], (params["logits"].shape[0], n)), None
-    if kind == "linear":
-        return _mmT(Xc, params["coef"]) + params["intercept"][:, None], None
-    h = np.maximum(_mmT(Xc, params["hidden_coef"]) + params["hidden_intercept"][:, None], 0.0)
-    return params["coef"] @ h + params["intercept"][:, None], h
-
-
-def _bwd(kind: str, params: Dict[str, np.ndarray], Xc: Optional[np.ndarray], ga: np.ndarray, cache,
-         grads: Dict[str, np.ndarray]) -> None:
-    """Accumulate d(objective)/d(gate params) into ``grads`` given ga = d/d(logits), (K, n) float64."""
-    if kind == "static":
-        grads["logits"] += ga.sum(1)
-        return
-    grads["intercept"] += ga.sum(1)
-    if kind == "linear":
-        _acc(grads["coef"], ga, Xc)
-        return
-    h = cache
-    grads["coef"] += ga @ h.T
-    gh = (params["coef"].T @ ga) * (h > 0)
-    grads["hidden_intercept"] += gh.sum(1)
-    _acc(grads["hidden_coef"], gh, Xc)
-
-
-def _zero_grads(kind: str, params: Dict[str, np.ndarray], dtype) -> Dict[str, np.ndarray]:
-    """Zero gradient accumulators: the X-side matrices in the data dtype, the rest float64."""
-    out = {}
-    for k, v in params.items():
-        big = k == "hidden_coef" or (k == "coef" and kind == "linear")
-        out[k] = np.zeros(v.shape, dtype=dtype if big else np.float64)
-    return out
 
 
 def gate_shapes(kind: str, n_components: int, n_prompt: int, hidden: Optional[int]) -> List[Tuple[str, tuple]]:

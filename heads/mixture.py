@@ -23,7 +23,8 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from . import gate as G
-from .em import Problem, newton_polish_single, run_em, thread_limit
+from .em import newton_polish_single, run_em, thread_limit
+from .objective import Problem
 from .initialise import INITS, initialise, normalised_rows, sketch
 from .validation import as_matrix, check_rows, check_width
 

@@ -3,7 +3,7 @@
 Minibatch 32, lr 2e-3, AdamW with weight decay 0 (the L2 term is in the loss, exactly as in the EM
 objective), linear warm-up over the first 5 % of steps then cosine decay to 0, ``epochs`` passes over
 a per-epoch shuffle. Per minibatch B the loss is
-``-(1/|B|) sum_B log sum_k f_k sigma(w_k . Delta) + alpha (1/|B|) sum_B sum_k f log f + (l2/2)(||W||^2 + ||gate W||^2)``,
+``-(1/|B|) sum_B log sum_k f_k sigma(w_k . Delta) + alpha (1/|B|) sum_B sum_k f log f + (l2/2)||W||^2 + (gate_l2/2)||gate W||^2``,
 an unbiased estimate of the full objective L.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .em import Problem
+from .objective import Problem
 from .gate import PENALISED, gate_logits_torch
 
 
@@ -23,7 +23,7 @@ def run_adamw(prob: Problem, theta0: np.ndarray, *, epochs: int = 1, batch_size:
               warmup: float = 0.05, seed: int = 0,
               on_epoch: Optional[Callable[[int, np.ndarray], None]] = None) -> Tuple[np.ndarray, List[float]]:
     """Train from theta0; returns (theta, [full objective after each epoch])."""
-    dtype = prob.dtype
+    dtype = torch.float64 if prob.np_dtype == np.float64 else torch.float32
     W0, g0 = prob.packer.unpack(theta0)
     W = torch.tensor(W0, dtype=dtype, requires_grad=True)
     gp = {k: torch.tensor(v, dtype=dtype, requires_grad=True) for k, v in g0.items()}
@@ -41,27 +41,24 @@ def run_adamw(prob: Problem, theta0: np.ndarray, *, epochs: int = 1, batch_size:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, sched)
     gen = torch.Generator().manual_seed(int(seed))
-    a, l2 = prob.alpha, prob.l2
+    a, l2, gate_l2 = prob.alpha, prob.l2, prob.gate_l2
     history: List[float] = []
 
     def theta_now() -> np.ndarray:
         return prob.packer.pack(W.detach().double().numpy(), {k: v.detach().double().numpy() for k, v in gp.items()})
 
-    Dt = torch.from_numpy(prob.D)
-    Xt = torch.from_numpy(prob.X) if prob.X is not None else None
     for ep in range(int(epochs)):
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen).numpy()
         for s in range(0, n, batch_size):
             idx = perm[s:s + batch_size]
-            Db = Dt[idx]
-            Xb = Xt[idx] if Xt is not None else None
+            Db, Xb = prob.batch(idx)
             z = Db @ W.T
             logf = torch.log_softmax(gate_logits_torch(gp, Xb, n_rows=len(idx)), dim=1)
             loss = -torch.logsumexp(logf + F.logsigmoid(z), dim=1).mean()
             if a:
                 loss = loss + a * (logf.exp() * logf).sum(1).mean()
-            pen = (W * W).sum() + sum((gp[k] * gp[k]).sum() for k in PENALISED if k in gp)
-            loss = loss + 0.5 * l2 * pen
+            pen = l2 * (W * W).sum() + gate_l2 * sum((gp[k] * gp[k]).sum() for k in PENALISED if k in gp)
+            loss = loss + 0.5 * pen
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from heads import gate as G
-from heads.em import Problem
+from heads.objective import Problem
 
 
 @pytest.mark.parametrize("kind,hidden", [("linear", None), ("mlp", 7), ("static", None)])

@@ -13,6 +13,8 @@ Both backends go through :class:`ChatRenderer`, so for one model they feed the n
 * **Truncation.** Inputs longer than ``max_length`` tokens keep their LAST ``max_length`` tokens by default
   (``truncation="left"``): a reward model must see the final response, and last-token pooling must read the end
   of the conversation. ``truncation="right"`` keeps the first tokens. Special tokens are added after truncation.
+  ``truncation="history"`` shortens the conversation before rendering instead (oldest turns first, then the
+  response's end; :mod:`pipeline.backends.truncation`), so the template's tokens stay intact.
   ``token_lengths`` reports the untruncated counts, so the caller can see (or skip) what was cut.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pipeline.backends.base import Messages, render_plain, weights_hash
 from pipeline.errors import MicroError
 
 DEFAULT_MAX_LENGTH = 4096
-TRUNCATION_SIDES = ("left", "right")
+TRUNCATION_SIDES = ("left", "right", "history")
 
 
 def quiet_transformers() -> None:
@@ -90,7 +92,13 @@ class ChatRenderer:
         tmpl = getattr(tokenizer, "chat_template", None)
         self.template = tmpl if tmpl else None
         self._fold_system = False
-        self.tok.truncation_side = truncation  # "left" keeps the last max_length tokens
+        # "left" keeps the last max_length tokens; "history" texts fit already (left is only the safety net)
+        self.tok.truncation_side = "left" if truncation == "history" else truncation
+        self._history = None
+        if truncation == "history":
+            from pipeline.backends.truncation import HistoryRenderer
+
+            self._history = HistoryRenderer(self.max_length, self._render, self._count, self._count_text, self._cut)
 
         self.tok.padding_side = "left"
 
@@ -122,17 +130,36 @@ class ChatRenderer:
             out = out[0]
         return out
 
-    def render_response(self, prompt: Messages, response: str) -> str:
-        msgs = [dict(m) for m in prompt] + [{"role": "assistant", "content": response}]
+    def _render(self, prompt: Messages, response: str | None) -> str:
+        """prompt + final assistant response (``response`` None: the prompt with the generation prompt)."""
+        msgs = [dict(m) for m in prompt]
+        if response is not None:
+            msgs.append({"role": "assistant", "content": response})
         if not self.has_template:
             return render_plain(msgs)
-        return self._apply(msgs, add_generation_prompt=False)
+        return self._apply(msgs, add_generation_prompt=response is None)
+
+    def render_response(self, prompt: Messages, response: str) -> str:
+        return self._history(prompt, response) if self._history else self._render(prompt, response)
 
     def render_prompt(self, prompt: Messages) -> str:
-        msgs = [dict(m) for m in prompt]
-        if not self.has_template:
-            return render_plain(msgs)
-        return self._apply(msgs, add_generation_prompt=True)
+        return self._history(prompt, None) if self._history else self._render(prompt, None)
+
+    # ---------- token counting for the history mode ----------
+    def _count(self, text: str) -> int:
+        return len(self._encode([text], truncation=False)[0])
+
+    def _count_text(self, text: str) -> int:
+        return len(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def _cut(self, text: str, n: int, keep: str) -> str:
+        from pipeline.backends.truncation import offsets_cut
+
+        if getattr(self.tok, "is_fast", False):
+            offsets = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            return offsets_cut(offsets, text, n, keep)
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        return self.tok.decode(ids[:n] if keep == "start" else ids[len(ids) - n:]) if n > 0 else ""
 
     # ---------- tokenisation ----------
     @property
@@ -146,9 +173,12 @@ class ChatRenderer:
                                           return_attention_mask=False, **kw)["input_ids"]]
 
     def token_lengths(self, inputs: Sequence[str]) -> np.ndarray:
-        """(n,) untruncated token counts."""
-        ids = self._encode(list(inputs), truncation=False)
-        return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        """(n,) untruncated token counts (history mode: of the conversation before it was shortened)."""
+        texts = list(inputs)
+        n = [len(x) for x in self._encode(texts, truncation=False)]
+        if self._history:
+            n = self._history.lengths(texts, n)
+        return np.asarray(n, dtype=np.int64)
 
     def encode(self, inputs: Sequence[str]) -> list[list[int]]:
         """Token ids of each input exactly as the model sees them (truncated to ``max_length`` tokens)."""

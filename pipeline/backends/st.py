@@ -70,6 +70,11 @@ class SentenceTransformersBackend:
         self._model = None
         self._tok = None
         self._dim = None
+        self._history = None
+        if truncation == "history":
+            from pipeline.backends.truncation import HistoryRenderer
+
+            self._history = HistoryRenderer(self.max_length, self._render, self._count, self._count_text, self._cut)
 
     @property
     def dim(self) -> int:
@@ -87,7 +92,8 @@ class SentenceTransformersBackend:
             transformers.utils.logging.disable_progress_bar()
             self._model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
             self._model.max_seq_length = self.max_length
-            self._model.tokenizer.truncation_side = self.truncation  # "left": keep the final response
+            # "left": keep the final response; "history" texts fit already (left is only the safety net)
+            self._model.tokenizer.truncation_side = "left" if self.truncation == "history" else self.truncation
             if self.dtype in ("bfloat16", "float16"):
                 self._model = self._model.to(getattr(__import__("torch"), self.dtype))
         return self._model
@@ -97,21 +103,45 @@ class SentenceTransformersBackend:
                 "pooling": _pooling_name(self.model_path), "dtype": self.dtype, "max_length": self.max_length,
                 "normalize": self.normalize, "chat_template": None, "truncation": self.truncation}
 
+    @staticmethod
+    def _render(prompt: Messages, response: str | None) -> str:
+        return render_plain([*prompt, {"role": "assistant", "content": response}] if response is not None else prompt)
+
     def render_response(self, prompt: Messages, response: str) -> str:
-        return render_plain([*prompt, {"role": "assistant", "content": response}])
+        return self._history(prompt, response) if self._history else self._render(prompt, response)
 
     def render_prompt(self, prompt: Messages) -> str:
-        return render_plain(prompt)
+        return self._history(prompt, None) if self._history else self._render(prompt, None)
 
-    def token_lengths(self, inputs: Sequence[str]) -> np.ndarray:
+    @property
+    def tokenizer(self):
+        """The model's fast tokenizer (``tokenizers``), without truncation or padding; no weights loaded."""
         if self._tok is None:
             from tokenizers import Tokenizer
 
             self._tok = Tokenizer.from_file(str(self.model_path / "tokenizer.json"))
             self._tok.no_truncation()
             self._tok.no_padding()
-        enc = self._tok.encode_batch(list(inputs), add_special_tokens=True)
-        return np.fromiter((len(e.ids) for e in enc), dtype=np.int64, count=len(enc))
+        return self._tok
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=True).ids)
+
+    def _count_text(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _cut(self, text: str, n: int, keep: str) -> str:
+        from pipeline.backends.truncation import offsets_cut
+
+        return offsets_cut(self.tokenizer.encode(text, add_special_tokens=False).offsets, text, n, keep)
+
+    def token_lengths(self, inputs: Sequence[str]) -> np.ndarray:
+        """(n,) untruncated token counts (history mode: of the conversation before it was shortened)."""
+        texts = list(inputs)
+        n = [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=True)]
+        if self._history:
+            n = self._history.lengths(texts, n)
+        return np.asarray(n, dtype=np.int64)
 
     def embed(self, inputs: Sequence[str]) -> np.ndarray:
         out = self._load().encode(list(inputs), batch_size=self.batch_size, convert_to_numpy=True,
