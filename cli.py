@@ -172,11 +172,23 @@ def _print_fit_report(console, report) -> None:
     """Closing table: mixture log-likelihood/accuracy per split, then head × group accuracy (Table 7/8 shape)."""
     from rich.table import Table
 
+    sel = report.selection
+    if sel.get("path"):
+        console.print(f"selection on {sel['val_pairs']} held-out pairs ({sel['holdout']:.0%} of the train prompts, "
+                      f"{sel['seconds']:.1f} s): " + "  ".join(
+                          f"{p['c']:.3g}→{p['val_loglik']:.4f}" for p in sorted(sel["path"], key=lambda p: p["c"]))
+                      + " (relative L2 → held-out log-lik)", highlight=False, soft_wrap=True)
+    cal = sel.get("calibration")
+    console.print(f"chosen: l2 {sel['l2']:.3g}, gate l2 {sel['gate_l2']:.3g}, width {sel['dim']} (gate {sel['gate_dim']}),"
+                  f" temperature {sel['temperature']:.3f}"
+                  + (f" (held-out NLL {cal['val_nll_before']:.4f} → {cal['val_nll_after']:.4f})" if cal else ""),
+                  highlight=False, soft_wrap=True)
     t = Table(title="mixture")
-    for c in ("split", "n", "log-lik", "accuracy"):
+    for c in ("split", "n", "log-lik", "accuracy", "ECE"):
         t.add_column(c, justify="right")
     for split, m in report.metrics.items():
-        t.add_row(split, str(m["n"]), f"{m['loglik']:.4f}", f"{m['accuracy']:.4f}")
+        ece = f"{m['ece']:.4f}" + (f" (uncalibrated {m['ece_uncalibrated']:.4f})" if "ece_uncalibrated" in m else "")
+        t.add_row(split, str(m["n"]), f"{m['loglik']:.4f}", f"{m['accuracy']:.4f}", ece)
     console.print(t)
     h = Table(title="accuracy of each head alone per group (test split)")
     h.add_column("head")
@@ -188,8 +200,27 @@ def _print_fit_report(console, report) -> None:
     console.print(h)
     for note in report.notes:
         console.print(f"note: {note}")
+    for p in report.plots:
+        console.print(f"written: {p}")
     console.print(f"gate input: {report.gate_input} | {report.seconds:.1f} s"
                   + (f" | bundle: {report.bundle}" if report.bundle else ""))
+
+
+def _auto_number(text: str, option: str, cast=float, none: bool = False):
+    """'auto' | a number (| 'none' for full width) from a CLI option value."""
+    t = str(text).strip().lower()
+    if t == "auto":
+        return "auto"
+    if none and t in ("none", "full"):
+        return None
+    try:
+        v = cast(t)
+    except ValueError:
+        v = None
+    if v is None or not np.isfinite(v) or v < (1 if cast is int else 0):
+        kind = "a positive integer" if cast is int else "a finite number >= 0"
+        raise MicroError(f"{option} must be 'auto'{', none' if none else ''} or {kind}, got {text!r}")
+    return v
 
 
 @app.command()
@@ -203,12 +234,21 @@ def fit(
     gate_input: str = typer.Option("auto", help="What the gate reads: prompt | context | auto (context if present)."),
     gate_hidden: Optional[int] = typer.Option(None, help="Hidden units of an MLP gate (paper: 128); default linear."),
     alpha: float = typer.Option(0.0, help="Weight of the per-row gate-entropy term (paper: 0.5; collapses heads here)."),
-    l2: float = typer.Option(1e-4, help="L2 penalty on heads and gate weights."),
+    l2: str = typer.Option("auto", help="L2 penalty on the heads, or auto: chosen on held-out train prompts "
+                           "(a path in units of the features' scale; early stopping; refit on all pairs)."),
+    gate_l2: Optional[float] = typer.Option(None, help="L2 penalty on the gate weights (default: --l2)."),
+    holdout: float = typer.Option(0.2, help="Fraction of the train prompts held out for --l2 auto and calibration."),
+    patience: int = typer.Option(10, help="EM iterations without a better held-out log-likelihood before a "
+                                 "selection fit stops."),
+    calibrate: str = typer.Option("auto", help="Temperature on the mixture logit fitted on the held-out prompts: "
+                                  "auto (when selecting, if it lowers the held-out NLL) | on | off."),
     n_init: int = typer.Option(4, help="EM restarts (best objective kept)."),
     max_iter: int = typer.Option(200, help="Max EM iterations per restart."),
     tol: float = typer.Option(1e-6, help="Stop when the relative objective change is below this."),
     seed: int = typer.Option(0, help="Random seed."),
-    dim: Optional[int] = typer.Option(None, help="Project features to this many PCA dims (fitted on train)."),
+    dim: str = typer.Option("auto", help="PCA width of the response features (fitted on train): auto (full up to "
+                            "512 features, else 256) | none (full width) | N."),
+    gate_dim: str = typer.Option("auto", help="The same for the gate's input features."),
     init: str = typer.Option("gate-kmeans", help="gate-kmeans | kmeans | random | split."),
     optimizer: str = typer.Option("em", help="em (fast EM) | adamw (the paper's minibatch recipe)."),
     epochs: int = typer.Option(1, help="adamw: epochs."),
@@ -236,6 +276,14 @@ def fit(
 
     out = out or Path(run_dir) / "model"
     extra_meta = None
+    cal = {"auto": "auto", "on": True, "off": False}.get(calibrate.strip().lower())
+    if cal is None:
+        raise MicroError(f"--calibrate must be auto, on or off, got {calibrate!r}")
+    if not 0 <= holdout < 1:
+        raise MicroError(f"--holdout must be in [0, 1), got {holdout}")
+    sel_kw = dict(l2=_auto_number(l2, "--l2"), gate_l2=gate_l2, dim=_auto_number(dim, "--dim", int, True),
+                  gate_dim=_auto_number(gate_dim, "--gate-dim", int, True), holdout=holdout, patience=patience,
+                  calibrate=cal)
     if k.strip().lower() == "auto":
         from pipeline.sweep import auto_k
 
@@ -244,8 +292,8 @@ def fit(
         if baseline == "single":
             raise MicroError("--k auto: the single baseline has one head")
         sel = auto_k(run_dir, k_range, dict(gate="static" if baseline == "static" else gate, gate_input=gate_input,
-                                            gate_hidden=gate_hidden, alpha=alpha, l2=l2, n_init=n_init,
-                                            max_iter=max_iter, tol=tol, dim=dim, init=init),
+                                            gate_hidden=gate_hidden, alpha=alpha, l2=sel_kw["l2"], n_init=n_init,
+                                            max_iter=max_iter, tol=tol, dim=sel_kw["dim"], init=init),
                      out_dir=out / "k_selection", log=lambda m: console.print(m, highlight=False, soft_wrap=True))
         console.print(f"chose {sel.reason}", highlight=False, soft_wrap=True)
         console.print(f"K selection: {out / 'k_selection'} | fitting the final model with K={sel.chosen_k}")
@@ -253,9 +301,9 @@ def fit(
     if not k.strip().isdigit() or int(k) < 1:
         raise MicroError(f"--k must be a positive integer or 'auto', got {k!r}")
     report = fit_run(run_dir, k=int(k), gate=gate, gate_input=gate_input, baseline=baseline,
-                     out=out, on_iter=on_iter, extra_meta=extra_meta, alpha=alpha, l2=l2, n_init=n_init,
-                     max_iter=max_iter, tol=tol, random_state=seed, dim=dim, init=init, optimizer=optimizer,
-                     epochs=epochs, gate_hidden=gate_hidden)
+                     out=out, on_iter=on_iter, extra_meta=extra_meta, alpha=alpha, n_init=n_init,
+                     max_iter=max_iter, tol=tol, random_state=seed, init=init, optimizer=optimizer,
+                     epochs=epochs, gate_hidden=gate_hidden, **sel_kw)
     _print_fit_report(console, report)
 
 

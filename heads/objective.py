@@ -135,6 +135,18 @@ class Problem:
         X = None if self.X is None else take(self.X, self.rows, 0, self.n, self.np_dtype)
         return D, X
 
+    def log_odds(self, theta: np.ndarray) -> np.ndarray:
+        """(n,) log P(a_w > a_l) - log P(a_l > a_w) of the mixture at theta."""
+        W, gp = self.packer.unpack(theta)
+        out = np.empty(self.n)
+        for s, e, Dc, Xc in self.chunks():
+            z = kernels.mm_t(Dc, W)
+            lg = kernels.gate_forward(self.kind, gp, Xc, e - s)[0]
+            logf = lg - np.logaddexp.reduce(lg, axis=0)
+            out[s:e] = (np.logaddexp.reduce(logf - np.logaddexp(0.0, -z), axis=0)
+                        - np.logaddexp.reduce(logf - np.logaddexp(0.0, z), axis=0))
+        return out
+
     def evaluate(self, theta: np.ndarray, r_fixed: Optional[np.ndarray] = None, rlogr: float = 0.0,
                  grads: Tuple[str, ...] = ("L",)) -> Evaluation:
         """L, posterior r, optionally Q(theta | r_fixed) and the gradients named in ``grads`` ("L", "Q").

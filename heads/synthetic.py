@@ -128,3 +128,13 @@ def split(data: Dict[str, np.ndarray], n_train: int):
     tr["bayes_accuracy"] = float(np.mean(tr["bayes_proba"] > 0.5))
     te["bayes_accuracy"] = float(np.mean(te["bayes_proba"] > 0.5))
     return tr, te
+
+
+def make_llm_like(n: int = 10000, d: int = 2048, k: int = 4, seed: int = 0, rank: int = 32, noise: float = 0.5,
+                  separation: float = 3.0, dtype=np.float32) -> Dict[str, np.ndarray]:
+    """LLM-width preference features: d = p wide (2,048-4,096 like 3B-8B decoders), the true heads and gate live in
+    a ``rank``-dimensional subspace and every coordinate carries isotropic noise of std ``noise`` (most of the
+    features' norm is noise: a fit without the right regularisation memorises the train pairs). K context-gated
+    heads; see :func:`make_mixture` for the story."""
+    return make_mixture(n=n, d=d, p=d, k=k, seed=seed, separation=separation, shared=0.2, cluster_sep=4.0,
+                        dtype=dtype, rank=rank, noise=noise)

@@ -7,11 +7,11 @@ import numpy as np
 
 
 def as_matrix(X, name: str) -> np.ndarray:
-    """2-D float array (float32 kept, other dtypes -> float64), non-empty and finite."""
+    """2-D float array (float16 / float32 / float64 kept, other dtypes -> float64), non-empty and finite."""
     if X is None:
         raise ValueError(f"{name} is required")
     A = np.asarray(X)
-    if A.dtype not in (np.float32, np.float64):
+    if A.dtype not in (np.float16, np.float32, np.float64):
         try:
             A = A.astype(np.float64)
         except (TypeError, ValueError):

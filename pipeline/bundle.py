@@ -20,7 +20,8 @@ FORMAT = "micro-bundle"
 VERSION = 1
 _FITTED_SCALARS = ("gate_kind_", "n_features_in_", "n_prompt_features_in_", "objective_", "converged_", "n_iter_",
                    "best_init_", "init_used_", "fit_time_", "mixture_weights_", "objective_history_",
-                   "restart_objectives_", "collapsed_pairs_")
+                   "restart_objectives_", "collapsed_pairs_", "l2_", "gate_l2_", "dim_", "gate_dim_", "temperature_",
+                   "selection_")
 
 
 def _model_classes() -> dict:

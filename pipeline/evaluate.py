@@ -225,6 +225,12 @@ def _hyre(z, groups, names, n, seeds, prior_fn, label, notes) -> list[dict]:
     return per_seed
 
 
+def fitted_l2(meta: dict) -> float:
+    """The heads' L2 of a bundle: the value its fit chose (``l2_``), else its ``l2`` parameter."""
+    v = meta.get("fitted", {}).get("l2_", meta.get("params", {}).get("l2", 1e-4))
+    return float(v) if v != "auto" else 1e-4
+
+
 def _parse_budgets(budgets) -> tuple[int, ...]:
     if isinstance(budgets, str):
         try:
@@ -260,6 +266,7 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
     from heads.baselines import OracleBT, SharedBase
     from heads.hyre import gate_prior_fn
     from heads.mixture import MixtureBT
+    from heads.selection import prompt_groups
     from pipeline.bundle import check_fingerprint, load_bundle
     from pipeline.features import load_features, read_run
     from pipeline.route import group_names, head_logits, route_seeds, stage1_gate_input
@@ -284,7 +291,7 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
                          "and the router need training pairs")
     K = int(model.coef_.shape[0])
     params = meta.get("params", {})
-    l2, alpha = float(params.get("l2", 1e-3)), float(params.get("alpha", 0.0))
+    l2, alpha = fitted_l2(meta), float(params.get("alpha", 0.0))
     g_train, train_names = group_names(train.group)
     g_test, names = group_names(test.group)
     counts = [int((g_test == g).sum()) for g in names]
@@ -314,14 +321,15 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                   # convergence notes of the capped baseline fits
         t = time.perf_counter()
-        single = MixtureBT(n_components=1, gate="static", l2=l2, max_iter=SINGLE_MAX_ITER, random_state=0)
-        single.fit(train.delta)
+        single = MixtureBT(n_components=1, gate="static", max_iter=SINGLE_MAX_ITER, random_state=0)
+        single.fit(train.delta, groups=prompt_groups(train.prompt, train.n))
         per_seed["single"] = [_by_group(single.predict_proba(test.delta), g_test, names)]
         tick("single", t)
         t = time.perf_counter()
         if K <= train.n:
-            static = MixtureBT(n_components=K, gate="static", alpha=alpha, l2=l2, n_init=STATIC_N_INIT,
-                               max_iter=STATIC_MAX_ITER, random_state=0).fit(train.delta)
+            static = MixtureBT(n_components=K, gate="static", alpha=alpha, n_init=STATIC_N_INIT,
+                               max_iter=STATIC_MAX_ITER, random_state=0).fit(train.delta,
+                                                                             groups=prompt_groups(train.prompt, train.n))
             per_seed["static"] = [_by_group(static.predict_proba(test.delta), g_test, names)]
         else:
             per_seed["static"] = [{}]

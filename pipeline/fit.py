@@ -10,6 +10,8 @@ import numpy as np
 
 from pipeline.bundle import save_bundle
 from pipeline.errors import MicroError
+from heads.metrics import expected_calibration_error
+from heads.selection import prompt_groups
 from pipeline.features import Features, load_features
 
 BASELINES = ("single", "static")
@@ -27,6 +29,8 @@ class FitReport:
     seconds: float
     bundle: Path | None = None
     notes: list = field(default_factory=list)
+    selection: dict = field(default_factory=dict)   # chosen l2 / dims / temperature, the held-out path
+    plots: list = field(default_factory=list)
 
 
 def gate_features(feats: Features, gate_input: str) -> np.ndarray:
@@ -65,6 +69,12 @@ def head_group_table(coef: np.ndarray, delta: np.ndarray, groups: np.ndarray) ->
     return names, acc, counts
 
 
+def selection_summary(model) -> dict:
+    """What the fit chose and why: l2 / gate_l2 (absolute), fit widths, temperature and the held-out path."""
+    return {"l2": float(model.l2_), "gate_l2": float(model.gate_l2_), "dim": int(model.dim_),
+            "gate_dim": int(model.gate_dim_), "temperature": float(model.temperature_), **model.selection_}
+
+
 def build_model(k: int, gate: str, baseline: str | None, **params):
     """A MixtureBT configured for the requested model or baseline."""
     from heads.mixture import MixtureBT
@@ -92,8 +102,9 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
     model = build_model(k, gate, baseline, on_iter=on_iter, **params)
     needs_gate = model.gate == "context" and model.n_components > 1
     try:
-        model.fit(train.delta, gate_features(train, choice) if needs_gate else None)
-    except ValueError as exc:
+        model.fit(train.delta, gate_features(train, choice) if needs_gate else None,
+                  groups=prompt_groups(train.prompt, train.n))
+    except (ValueError, FloatingPointError) as exc:
         raise MicroError(f"{run_dir}: {exc}") from None
     metrics = {}
     for name, part in (("train", train), ("test", test)):
@@ -102,14 +113,22 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
         x = gate_features(part, choice) if needs_gate else None
         p = model.predict_proba(part.delta, x)
         metrics[name] = {"loglik": float(np.mean(np.log(np.clip(p, 1e-300, None)))),
-                         "accuracy": float(np.mean(p > 0.5)), "n": part.n}
+                         "accuracy": float(np.mean(p > 0.5)), "ece": expected_calibration_error(p), "n": part.n}
+        if model.temperature_ != 1.0:
+            raw = 1.0 / (1.0 + np.exp(-model.log_odds(part.delta, x)))
+            metrics[name]["ece_uncalibrated"] = expected_calibration_error(raw)
     ref = test if test.n else train
     names, acc, counts = head_group_table(model.coef_, ref.delta, ref.group)
     report = FitReport(metrics=metrics, groups=names, head_group_accuracy=acc, group_counts=counts,
                        gate_input=choice if needs_gate else "none", seconds=0.0, notes=[note] if note and needs_gate else [])
     if getattr(model, "collapsed_pairs_", None):
         report.notes.append(f"collapsed heads (cosine ≥ 0.99): {model.collapsed_pairs_[:5]}")
+    report.selection = selection_summary(model)
     report.seconds = time.perf_counter() - t0
+    if out is not None and report.selection.get("path"):
+        from pipeline.plots import plot_selection
+
+        report.plots.append(plot_selection(report.selection, Path(out) / "selection.png"))
     if out is not None:
         report.bundle = save_bundle(model, out, {
             "fingerprint": feats.run["fingerprint"], "fingerprint_id": feats.fingerprint_id,
@@ -118,7 +137,8 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
                          "cache_dtype": feats.run["cache_dtype"]},
             "gate_input": report.gate_input, "baseline": baseline, "train_run": str(Path(run_dir).resolve()),
             "metrics": metrics, "groups": names, "head_group_accuracy": acc.tolist(),
-            "timings": {"fit_seconds": float(getattr(model, "fit_time_", 0.0)), "total_seconds": report.seconds},
+            "timings": {"fit_seconds": float(getattr(model, "fit_time_", 0.0)), "total_seconds": report.seconds,
+                        "selection_seconds": report.selection.get("seconds", 0.0)},
             **(extra_meta or {}),
         })
     return report

@@ -127,3 +127,20 @@ def plot_budget_curve(budgets: Sequence[int], mean: np.ndarray, std: np.ndarray,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="group", title_fontsize=8)
     return _save(fig, path)
+
+
+def plot_selection(selection: dict, path: str | Path) -> Path:
+    """Held-out log-likelihood per pair along the fit's L2 path (relative L2, log scale), the chosen point marked."""
+    pts = sorted(selection["path"], key=lambda p: p["c"])
+    fig = _figure(5.6, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    c = [p["c"] for p in pts]
+    ax.plot(c, [p["val_loglik"] for p in pts], "o-", color="C0", label="held-out prompts")
+    ax.axvline(selection["chosen_c"], color="C3", lw=1.0,
+               label=f"chosen: l2 {selection['l2']:.3g}, gate l2 {selection['gate_l2']:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("relative L2 (× mean feature variance)")
+    ax.set_ylabel("mean log-likelihood per pair")
+    ax.set_title(f"Stage-1 selection: {selection['fit_pairs']} fit / {selection['val_pairs']} held-out pairs")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -49,13 +49,14 @@ from pipeline.sweep_backends import SweepData
 from pipeline.sweep_report import (KSelection, aggregate, k_candidates, leaderboard, param_columns,  # noqa: F401
                                    parse_k_range, select_k, swept)
 
-FIT_PARAMS = {"k": ("int", 10), "alpha": ("float", None), "l2": ("float", None), "n_init": ("int", None),
-              "max_iter": ("int", None), "tol": ("float", None), "init": ("str", None), "dim": ("optint", None),
-              "gate_hidden": ("optint", None), "gate_dim": ("optint", None), "gate": ("str", "context"),
+# kinds: int, float, str, optint (int or none), autofloat (float or auto), autoint (int, auto or none = full width)
+FIT_PARAMS = {"k": ("int", 10), "alpha": ("float", None), "l2": ("autofloat", None), "n_init": ("int", None),
+              "max_iter": ("int", None), "tol": ("float", None), "init": ("str", None), "dim": ("autoint", None),
+              "gate_hidden": ("optint", None), "gate_dim": ("autoint", None), "gate": ("str", "context"),
               "gate_input": ("str", "auto")}
 _MIXTURE_DEFAULTS = {n: p.default for n, p in inspect.signature(MixtureBT.__init__).parameters.items()}
 FIT_PARAMS.update({n: (kind, _MIXTURE_DEFAULTS[n]) for n, (kind, d) in FIT_PARAMS.items()
-                   if n in ("alpha", "l2", "n_init", "max_iter", "tol", "init")})  # follow MixtureBT's defaults
+                   if n in ("alpha", "l2", "n_init", "max_iter", "tol", "init", "dim", "gate_dim")})  # MixtureBT's
 ROUTE_PARAMS = {"tau": ("float", TAU), "epochs": ("int", EPOCHS), "lr": ("float", LR), "budget": ("int", BUDGET)}
 PARAMS = {**FIT_PARAMS, **ROUTE_PARAMS}
 ALIASES = {"n_components": "k", "budget_per_group": "budget"}
@@ -78,14 +79,16 @@ def _cast(name: str, raw):
     kind = PARAMS[name][0]
     text = str(raw).strip()
     try:
-        if kind == "optint" and text.lower() in ("none", "null", ""):
+        if kind in ("autofloat", "autoint") and text.lower() == "auto":
+            return "auto"
+        if kind in ("optint", "autoint") and text.lower() in ("none", "null", "", "full"):
             return None
-        if kind in ("int", "optint"):
+        if kind in ("int", "optint", "autoint"):
             v = float(text)
             if not v.is_integer():
                 raise ValueError
             return int(v)
-        return float(text) if kind == "float" else text
+        return float(text) if kind in ("float", "autofloat") else text
     except ValueError:
         raise MicroError(f"sweep: {name}={text!r} is not a valid {kind.replace('optint', 'integer or none')}") from None
 
@@ -123,7 +126,7 @@ def parse_space(spec) -> dict[str, Dim]:
             lo, hi = float(_cast("alpha", lo)), float(_cast("alpha", hi))
             if lo > hi or (scale == "log" and lo <= 0):
                 raise MicroError(f"sweep: bad range {name}={val} (need low <= high, and low > 0 for log)")
-            if scale == "linear" and PARAMS[name][0] != "float":
+            if scale == "linear" and PARAMS[name][0] not in ("float", "autofloat"):
                 scale = "int"
             space[name] = Dim(name, low=lo, high=hi, scale=scale)
         else:
@@ -156,7 +159,7 @@ def random_configs(space: dict[str, Dim], n: int, seed: int = 0) -> list[dict]:
                 cfg[name] = d.values[int(rng.integers(len(d.values)))]
             elif d.scale == "log":
                 v = float(np.exp(rng.uniform(np.log(d.low), np.log(d.high))))
-                cfg[name] = v if PARAMS[name][0] == "float" else int(np.clip(round(v), math.ceil(d.low), d.high))
+                cfg[name] = v if PARAMS[name][0] in ("float", "autofloat") else int(np.clip(round(v), math.ceil(d.low), d.high))
             elif d.scale == "int":
                 cfg[name] = int(rng.integers(int(math.ceil(d.low)), int(math.floor(d.high)) + 1))
             else:
@@ -182,7 +185,8 @@ def _dtype(col: str):
     import polars as pl
 
     if col in PARAMS:
-        return {"int": pl.Int64, "optint": pl.Int64, "float": pl.Float64, "str": pl.Utf8}[PARAMS[col][0]]
+        return {"int": pl.Int64, "optint": pl.Int64, "float": pl.Float64, "str": pl.Utf8, "autofloat": pl.Utf8,
+                "autoint": pl.Utf8}[PARAMS[col][0]]
     if col in ("seed", "trial", "n_iter", "n_collapsed", "train_n", "val_n", "test_n"):
         return pl.Int64
     if col in ("converged", "fit_reused"):
@@ -196,7 +200,9 @@ def rows_frame(rows: list[dict]):
     import polars as pl
 
     cols = list(dict.fromkeys(c for r in rows for c in r))
-    return pl.DataFrame({c: [r.get(c) for r in rows] for c in cols}, schema={c: _dtype(c) for c in cols})
+    text = {c for c in cols if c in PARAMS and PARAMS[c][0] in ("autofloat", "autoint")}  # 'auto', 'none' or a number
+    return pl.DataFrame({c: [str(r.get(c)).lower() if c in text else r.get(c) for r in rows] for c in cols},
+                        schema={c: _dtype(c) for c in cols})
 
 
 def read_results(path: str | Path):

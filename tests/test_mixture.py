@@ -110,7 +110,7 @@ def test_fitted_objective_matches_autograd(small):
 
 @pytest.mark.parametrize("screen_iter", [None, 10])
 def test_same_seed_identical_and_best_restart(small, screen_iter):
-    kw = dict(n_components=3, n_init=3, max_iter=40, random_state=7, init="random", screen_iter=screen_iter)
+    kw = dict(n_components=3, n_init=3, max_iter=40, random_state=7, init="random", screen_iter=screen_iter, l2=1e-4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         a = MixtureBT(**kw).fit(small["delta"], small["prompt"])
@@ -139,7 +139,8 @@ def test_inits_run(small, init):
 def test_predict_api_shapes(small):
     D, X = small["delta"], small["prompt"]
     seen = []
-    m = MixtureBT(n_components=3, n_init=1, max_iter=15, random_state=0, on_iter=lambda i, o: seen.append((i, o)))
+    m = MixtureBT(n_components=3, n_init=1, max_iter=15, random_state=0, l2=1e-4,
+                  on_iter=lambda i, o: seen.append((i, o)))
     with pytest.warns(ConvergenceWarning):
         m.fit(D, X)
     assert seen and seen[0][0] == 1 and len(seen) == m.n_iter_

@@ -1,0 +1,220 @@
+"""The steps of a MixtureBT fit: projection to the fit space, initialisation state, restarts, the L2 path.
+
+These are pure functions of an estimator's parameters (``est``, read only) and the data; :class:`heads.mixture.
+MixtureBT` calls them and stores the results. Features stay in their stored dtype (see :mod:`heads.chunked`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+
+from . import gate as G
+from .chunked import mean_sq_norm, project
+from .em import EMResult, newton_polish_single, run_em
+from .initialise import initialise, normalised_rows, sketch
+from .objective import Problem
+from .selection import auto_dim, best_point, fit_temperature, holdout_rows, l2_path
+
+
+#: EM iterations of the refit on all train pairs when the chosen path point had stopped early
+REFIT_EARLY_STOPPED = 5
+
+
+def seed_of(random_state) -> int:
+    return int(random_state) if isinstance(random_state, (int, np.integer)) else 0
+
+
+def fit_projection(D: np.ndarray, dim: int, seed: int, whiten: bool = False) -> np.ndarray:
+    """Uncentred PCA (heads are bias-free; no mean is stored): top right singular vectors of the rows, (dim, d),
+    by randomized SVD on at most ``max(4 dim, 4096)`` random rows (the subspace of embedding-like features is well
+    estimated from a subsample; the full SVD of 23,500 x 3,072 would dominate the fit). With ``whiten`` the rows
+    are scaled so that projected coordinates have unit mean square."""
+    from sklearn.utils.extmath import randomized_svd
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(seed)
+    m = min(D.shape[0], max(4 * dim, 4096))
+    sub = D if m == D.shape[0] else D[np.sort(rng.choice(D.shape[0], m, replace=False))]
+    with threadpool_limits(1):  # small QR/SVD calls: threads only add hand-off cost
+        _, S, Vt = randomized_svd(np.asarray(sub, dtype=np.float32), dim, n_iter=2, random_state=seed)
+    P = Vt.astype(np.float64)
+    if whiten:
+        P = P * (np.sqrt(m) / np.maximum(S, 1e-12))[:, None]
+    return P
+
+
+@dataclass
+class Prepared:
+    """The data in the fit space and what every restart shares."""
+
+    D: np.ndarray                       # (n, d') Delta, projected or the input itself
+    X: Optional[np.ndarray]             # (n, p') gate input (None for a static gate)
+    kind: str                           # gate kind
+    projection: Optional[np.ndarray]    # (d', d) or None
+    prompt_projection: Optional[np.ndarray]
+    method: str                         # initialisation actually used
+    seeds: List[int]
+    sk_prompt: Optional[np.ndarray] = None
+    sk_delta: Optional[np.ndarray] = None
+    delta_rms: float = 1.0
+    scales: tuple = (1.0, 1.0)          # (s_D, s_X): mean squared row norm / width (relative L2 units)
+    notes: list = field(default_factory=list)
+
+
+def prepare(est, D: np.ndarray, X: Optional[np.ndarray], kind: str) -> Prepared:
+    """Projections (``dim`` / ``gate_dim``, "auto" by width), init sketches and restart seeds."""
+    seed = seed_of(est.random_state)
+    K = int(est.n_components)
+    dim = auto_dim(est.dim, D.shape[1])
+    P = fit_projection(D, dim, seed, est.whiten) if dim else None
+    Dfit = project(D, P) if P is not None else D
+    Pp, Xfit = None, None
+    if kind != "static":
+        gdim = auto_dim(est.gate_dim, X.shape[1])
+        Pp = fit_projection(X, gdim, seed, False) if gdim else None
+        Xfit = project(X, Pp) if Pp is not None else X
+    ss = np.random.SeedSequence(est.random_state if est.random_state is not None else None)
+    seeds = [int(s.generate_state(1)[0]) for s in ss.spawn(int(est.n_init))]
+    method = "kmeans" if (est.init == "gate-kmeans" and Xfit is None) else est.init
+    rng = np.random.default_rng(seeds[0])
+    prep = Prepared(Dfit, Xfit, kind, P, Pp, method, seeds)
+    if K > 1 and method == "gate-kmeans":
+        prep.sk_prompt = sketch(Xfit, est.max_kmeans_dim, rng)
+    if K > 1 and method == "kmeans":
+        prep.sk_delta = sketch(normalised_rows(Dfit), est.max_kmeans_dim, rng)
+    prep.delta_rms = float(np.sqrt(mean_sq_norm(Dfit, max_rows=2048)))
+    prep.scales = (mean_sq_norm(Dfit) / Dfit.shape[1], mean_sq_norm(Xfit) / Xfit.shape[1] if Xfit is not None else 1.0)
+    return prep
+
+
+@dataclass
+class Best:
+    theta: np.ndarray
+    objective: float
+    history: list
+    converged: bool
+    n_iter: int
+    restart: int
+    restart_scores: list
+    result: Optional[EMResult] = None
+
+
+def _start(est, prep: Prepared, prob: Problem, seed: int):
+    K = int(est.n_components)
+    single = None
+    if prep.method == "split" and K > 1:
+        p1 = Problem(prep.D, None, 1, "static", 0.0, prob.l2, rows=prob.rows)
+        single = p1.packer.unpack(run_em(p1, np.zeros(p1.packer.size), max_iter=est.max_iter, tol=est.tol).theta)[0][0]
+    W0, r0 = initialise(prep.method, K, prep.D.shape[1], seed, delta_sketch=_rows(prep.sk_delta, prob.rows),
+                        prompt_sketch=_rows(prep.sk_prompt, prob.rows), delta_rms=prep.delta_rms, single_coef=single)
+    g0 = G.init_gate_params(prep.kind, K, prob.p, est.gate_hidden, np.random.default_rng(seed))
+    return prob.packer.pack(W0, g0), r0
+
+
+def _rows(a: Optional[np.ndarray], rows: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    return a if a is None or rows is None else a[rows]
+
+
+def fit_restarts(est, prep: Prepared, prob: Problem, val: Optional[Problem] = None) -> Best:
+    """``n_init`` restarts from the initialisation; with ``screen_iter`` only the leader after that many iterations
+    runs on. Restarts are ranked by the objective, or by the validation negative log-likelihood when ``val`` is
+    given (then every run stops early on it); ``Best.restart_scores`` are those values."""
+    K = int(est.n_components)
+    em_kw = dict(tol=est.tol, m_steps=est.m_steps, memory=est.memory, accept=est.accept, on_iter=est.on_iter,
+                 verbose=est.verbose, val=val, patience=est.patience)
+    screening = est.optimizer == "em" and est.screen_iter and len(prep.seeds) > 1 and K > 1
+    best, scores = None, []
+    for i, seed in enumerate(prep.seeds):
+        if est.verbose:
+            print(f"restart {i + 1}/{len(prep.seeds)} (init={prep.method}, optimizer={est.optimizer})")
+        theta0, r0 = _start(est, prep, prob, seed)
+        res = None
+        if est.optimizer == "em":
+            iters = min(int(est.screen_iter), est.max_iter) if screening else est.max_iter
+            res = run_em(prob, theta0, r0, max_iter=iters, init_m_steps=est.init_m_steps, **em_kw)
+            theta, hist, conv, n_it = res.theta, res.history, res.converged, res.n_iter
+            if K == 1:
+                theta = newton_polish_single(prob, theta)
+            obj = prob.evaluate(theta, grads=()).L if K == 1 else res.objective
+        else:
+            from .sgd import run_adamw
+
+            start = run_em(prob, theta0, r0, max_iter=0, init_m_steps=est.init_m_steps, memory=est.memory)
+            cb = (lambda ep, th: est.on_iter(ep, prob.evaluate(th, grads=()).L)) if est.on_iter else None
+            theta, hist = run_adamw(prob, start.theta, epochs=est.epochs, batch_size=est.batch_size, lr=est.lr,
+                                    seed=seed, on_epoch=cb)
+            hist, conv, n_it, obj = start.history + hist, True, int(est.epochs), hist[-1]
+        score = val.evaluate(theta, grads=()).nll if val is not None else obj   # lower is better
+        scores.append(float(score))
+        if best is None or score < best[0]:
+            best = (score, Best(theta, obj, hist, conv, n_it, i, scores, res))
+    b = best[1]
+    b.restart_scores = scores
+    if screening and not b.converged and est.max_iter > b.n_iter:
+        res = run_em(prob, b.theta, None, max_iter=est.max_iter - b.n_iter, init_m_steps=0, **em_kw)
+        b.theta, b.history, b.converged = res.theta, b.history + res.history, res.converged
+        b.n_iter, b.objective, b.result = b.n_iter + res.n_iter, res.objective, _merge(b.result, res)
+    return b
+
+
+def _merge(first: Optional[EMResult], second: EMResult) -> EMResult:
+    """The continuation's result with the screening's validation history in front."""
+    if first is None or not first.val_history:
+        return second
+    second.val_history = first.val_history + second.val_history[1:]
+    second.best_iter = None if second.best_iter is None else first.n_iter + second.best_iter
+    return second
+
+
+def select(est, prep: Prepared, groups: np.ndarray, calibrate: bool, search: bool, fixed: tuple) -> dict:
+    """Held-out selection on the train pairs: the L2 path (``search``; else the ``fixed`` (l2, gate_l2)) and/or a
+    temperature (``calibrate``).
+    Returns {theta (fit-space start for the refit), l2, gate_l2, refit_iter, temperature, selection (JSON-able)}."""
+    fit_rows, val_rows = holdout_rows(groups, est.holdout, seed_of(est.random_state))
+    if len(val_rows) == 0 or len(fit_rows) < int(est.n_components):
+        prep.notes.append("too few prompts for a held-out slice: no selection, no calibration")
+        return {}
+    K, (s_d, s_x) = int(est.n_components), prep.scales
+    mk = lambda l2, gl2, rows: Problem(prep.D, prep.X, K, prep.kind, est.alpha, l2, est.gate_hidden,  # noqa: E731
+                                       gate_l2=gl2, rows=rows)
+    out = {"selection": {"holdout": est.holdout, "fit_pairs": int(len(fit_rows)), "val_pairs": int(len(val_rows)),
+                         "scales": [s_d, s_x]}}
+    if search:
+        val = mk(0.0, 0.0, val_rows)
+        fit = mk(0.0, 0.0, fit_rows)
+
+        def run(c: float, theta0):
+            fit.set_l2(c * s_d, c * s_x)
+            if theta0 is None:
+                b = fit_restarts(est, prep, fit, val)
+                b.result.theta = b.theta  # (a single head's Newton polish)
+                out.update(restart_scores=b.restart_scores, restart=b.restart)
+                return b.result
+            return run_em(fit, theta0, None, max_iter=est.max_iter, tol=est.tol, init_m_steps=0, memory=est.memory,
+                          accept=est.accept, val=val, patience=est.patience, warm=True)
+
+        path = l2_path(run, (s_d, s_x))
+        best = best_point(path)
+        # a converged point is the optimum of its L2: refit to convergence; an early-stopped one only a few steps
+        out.update(theta=best.theta, l2=best.l2, gate_l2=best.gate_l2,
+                   refit_iter=REFIT_EARLY_STOPPED if best.stopped_early else est.max_iter)
+        out["selection"].update(path=[p.to_dict() for p in path], chosen_c=best.c,
+                                seconds=float(sum(p.seconds for p in path)))
+        theta = best.theta
+    else:
+        fit = mk(*fixed, fit_rows)
+        theta = fit_restarts(est, prep, fit).theta
+        val = mk(fit.l2, fit.gate_l2, val_rows)
+        out["theta"] = theta
+    if calibrate:
+        lo = val.log_odds(theta)
+        t = fit_temperature(lo)
+        nll = lambda T: float(np.mean(np.logaddexp(0.0, -lo / T)))  # noqa: E731
+        before, after = nll(1.0), nll(t)
+        keep = est.calibrate is True or before - after > 1e-4
+        out["temperature"] = t if keep else 1.0
+        out["selection"]["calibration"] = {"temperature": t, "val_nll_before": before, "val_nll_after": after,
+                                           "applied": bool(keep)}
+    return out
