@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cache.store import CacheDamaged, EmbeddingStore, text_keys
+from pipeline.errors import MicroError
 
 FP = {"backend": "fake", "model": "m"}
 FID = "fid0123456789abc"
@@ -98,11 +99,11 @@ def test_append_validates(tmp_path):
         s.append(k, v[:3])
     bad = v.copy()
     bad[1, 2] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(MicroError, match="non-finite"):
         s.append(k, bad)
     s.append(k, v)
     _, k2, v2 = data(4, d=8, seed=6)
-    with pytest.raises(ValueError, match="width"):
+    with pytest.raises(MicroError, match="width"):
         s.append(k2, v2)
     assert s.rows == 4 and len(shard_files(s)) == 1
 
