@@ -80,6 +80,7 @@ def embed_missing(store: EmbeddingStore, backend, texts: list[str], keys: np.nda
     """Embed ``texts`` (unique, not yet cached) longest first, one shard per backend chunk; returns count."""
     if not texts:
         return 0
+    store.require_writable(len(texts))
     order = np.argsort([-len(t) for t in texts], kind="stable")
     step = max(1, int(backend.chunk_size))
     done = 0
@@ -135,16 +136,18 @@ def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: 
     todo_keys = ukeys[miss]
 
     too_long: set[str] = set()
+    # every unique text, cached or not, is counted: the counts describe the whole run, not just this process
+    over_all = backend.token_lengths(uniq) > backend.max_length if uniq else np.zeros(0, bool)
     if overlong == "skip" and uniq:
-        # every unique text, cached or not: a vector cached by a truncating run must not be used either
-        over_all = backend.token_lengths(uniq) > backend.max_length
+        # a vector cached by a truncating run must not be used either
         too_long = {uniq[i] for i in np.flatnonzero(over_all)}
         keep = ~over_all[miss]
         todo = [t for t, k in zip(todo, keep) if k]
         todo_keys = todo_keys[keep]
         summary.skipped_texts = len(too_long)
-    elif todo:
-        summary.truncated = int((backend.token_lengths(todo) > backend.max_length).sum())
+    else:
+        summary.truncated = int(over_all.sum())
+    store.require_writable(len(todo))  # a read-only cache serves reads; writing into one fails before any work
     progress = progress_factory(len(todo)) if progress_factory else None
     run_shards = {s["file"] for s in store.manifest["shards"]}
     t_embed = time.perf_counter()
