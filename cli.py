@@ -201,7 +201,7 @@ def _print_fit_report(console, report) -> None:
     for split, m in report.metrics.items():
         t.add_row(split, str(m["n"]), f"{m['loglik']:.4f}", f"{m['accuracy']:.4f}")
     console.print(t)
-    h = Table(title="accuracy of each head alone per group (test split)")
+    h = Table(title=f"accuracy of each head alone per group ({report.head_group_split} split)")
     h.add_column("head")
     for g, n in zip(report.groups, report.group_counts):
         h.add_column(f"{g} (n={n})", justify="right")
@@ -262,7 +262,7 @@ def fit(
     C.number(l2, "--l2", low=0)
     C.integer(n_init, "--n-init")
     C.integer(max_iter, "--max-iter", minimum=0)
-    C.number(tol, "--tol", low=0, low_open=True)
+    C.number(tol, "--tol", low=0)
     C.integer(seed, "--seed", minimum=0)
     C.integer(dim, "--dim", optional=True)
     C.choice(init, "--init", INITS)

@@ -271,6 +271,13 @@ class EMResult:
     times: List[float] = field(default_factory=list)
 
 
+def _check_finite(objective: float, it: int) -> None:
+    """A non-finite objective is an error, never "converged" (NaN/inf hyperparameters or features)."""
+    if not np.isfinite(objective):
+        raise ValueError(f"the objective became {objective} at EM iteration {it} (non-finite features or "
+                         "hyperparameters?)")
+
+
 def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *, max_iter: int = 200,
            tol: float = 1e-6, m_steps: int = 1, init_m_steps: int = 50, memory: int = 10, accept: str = "L",
            on_iter: Optional[Callable[[int, float], None]] = None, verbose: int = 0,
@@ -303,6 +310,7 @@ def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *
         if rel < tol * 1e-2:
             break
     ev = prob.evaluate(ev_q.theta, grads=("L",))
+    _check_finite(ev.L, 0)
     history, times = [ev.L], [time.perf_counter() - t_start]
     if verbose:
         print(f"  init  objective {ev.L:.8f}  ({times[-1]:.2f}s)")
@@ -342,6 +350,7 @@ def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *
             break
         prev = ev.L
         ev = new
+        _check_finite(ev.L, it)
         ev.Q = None
         history.append(ev.L)
         times.append(time.perf_counter() - t0)

@@ -96,8 +96,14 @@ class MixtureBT:
             raise ValueError(f"optimizer must be 'em' or 'adamw', got {self.optimizer!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        for name in ("alpha", "l2", "tol", "lr"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
         if self.alpha < 0 or self.l2 < 0:
             raise ValueError("alpha and l2 must be >= 0")
+        if self.tol < 0 or self.lr <= 0:
+            raise ValueError(f"tol must be >= 0 and lr > 0, got tol={self.tol!r}, lr={self.lr!r}")
         if int(self.n_init) < 1:
             raise ValueError(f"n_init must be >= 1, got {self.n_init}")
 

@@ -27,6 +27,7 @@ class FitReport:
     seconds: float
     bundle: Path | None = None
     notes: list = field(default_factory=list)
+    head_group_split: str = "test"      # the split of head_group_accuracy (train when there is no test split)
 
 
 def gate_features(feats: Features, gate_input: str) -> np.ndarray:
@@ -106,7 +107,8 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
     ref = test if test.n else train
     names, acc, counts = head_group_table(model.coef_, ref.delta, ref.group)
     report = FitReport(metrics=metrics, groups=names, head_group_accuracy=acc, group_counts=counts,
-                       gate_input=choice if needs_gate else "none", seconds=0.0, notes=[note] if note and needs_gate else [])
+                       gate_input=choice if needs_gate else "none", seconds=0.0, notes=[note] if note and needs_gate else [],
+                       head_group_split="test" if test.n else "train")
     if getattr(model, "collapsed_pairs_", None):
         report.notes.append(f"collapsed heads (cosine ≥ 0.99): {model.collapsed_pairs_[:5]}")
     report.seconds = time.perf_counter() - t0

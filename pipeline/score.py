@@ -61,6 +61,10 @@ class RewardModel:
             return np.tile(np.asarray(profile.weights_, dtype=np.float64), (len(prompts), 1))
         if self.model.gate_kind_ == "static":
             return np.tile(self.model.gate_weights(None)[0], (len(prompts), 1))
+        if not context and self.meta.get("gate_input") == "context":
+            raise MicroError(f"{self.path}: the gate reads the user's context with the prompt (it was fitted on "
+                             "context+prompt features): pass --context TEXT (the user's criterion) or --user "
+                             "PROFILE.json")
         b = self._backend_for_render()
         msgs = [with_context(p, context) if context else p for p in prompts]
         x = self._embed([b.render_prompt(m) for m in msgs])
@@ -101,11 +105,11 @@ def read_score_input(path: str | Path) -> tuple[list, list, pa.Table]:
         if path.suffix == ".parquet":
             df = pl.read_parquet(path)
         elif path.suffix == ".csv":
-            df = pl.read_csv(path)
+            df = pl.read_csv(path, infer_schema_length=None)  # types (and JSON keys) from every row, not the first
         elif path.suffix in (".jsonl", ".ndjson"):
-            df = pl.read_ndjson(path)
+            df = pl.read_ndjson(path, infer_schema_length=None)
         elif path.suffix == ".json":
-            df = pl.read_json(path)
+            df = pl.read_json(path, infer_schema_length=None)
         else:
             raise MicroError(f"{path}: unsupported file type (use .jsonl, .json, .csv or .parquet)")
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
