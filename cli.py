@@ -474,7 +474,7 @@ def sweep(
     from rich.console import Console
 
     from pipeline.features import read_run
-    from pipeline.sweep import STAGES, grid_configs, parse_space, run_sweep
+    from pipeline.sweep import STAGES, run_sweep, search_space
     from pipeline.sweep_report import print_leaderboard
 
     C.integer(seeds, "--seeds")
@@ -487,9 +487,7 @@ def sweep(
     C.integer(top, "--top")
     if address and backend != "ray":
         raise MicroError("--address is the Ray cluster to join: it needs --backend ray")
-    space = parse_space(grid)
-    if not samples:
-        grid_configs(space)
+    search_space(grid, stage, samples, sample_seed)
     read_run(run_dir)
     C.out_file(out or Path(run_dir) / "sweep" / "results.parquet", "--out", suffixes=(".parquet",))
     console = Console(stderr=True)
@@ -571,9 +569,11 @@ def main() -> None:
     become one line ``error: ...`` on stderr and exit code 2, Ctrl-C exit code 130; anything else is a bug,
     reported in one line with exit code 1. MICRO_DEBUG=1 or --debug shows the traceback."""
     import traceback
+    import warnings
 
     argv = sys.argv[1:]
     debug = _debug(argv)
+    shown = warnings.showwarning
     if not debug:
         _one_line_warnings()
     code, line, error = 0, None, None
@@ -601,6 +601,8 @@ def main() -> None:
             code = 1
             line = (f"error: internal error ({type(exc).__name__}: {first_line(exc)}); this is a bug: rerun with "
                     "MICRO_DEBUG=1 for the traceback and report it")
+    finally:
+        warnings.showwarning = shown
     if line is not None:
         if debug and error is not None:
             traceback.print_exception(error)

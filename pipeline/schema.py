@@ -121,10 +121,13 @@ def read_pairs(path: str | Path) -> pa.Table:
     path = Path(path)
     if not path.exists():
         raise MicroError(f"{path}: no such file")
+    if path.is_dir():
+        raise MicroError(f"{path}: is a folder, expected a pair table (.parquet from `micro data prepare`)")
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise MicroError(f"{path}: not a readable Parquet pair table ({exc})") from None
+        hint = "" if path.suffix == ".parquet" else "; turn raw data into one with `micro data prepare`"
+        raise MicroError(f"{path}: not a readable Parquet pair table ({str(exc).splitlines()[0]}){hint}") from None
     return validate_pairs(table, str(path))
 
 

@@ -165,6 +165,15 @@ def random_configs(space: dict[str, Dim], n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def search_space(grid, stage: str, samples: int | None = None, sample_seed: int = 0) -> tuple[dict, list[dict]]:
+    """(space, configurations) of ``--grid`` for ``stage``; MicroError for anything that cannot be searched."""
+    space = parse_space(grid)
+    if stage == "fit" and set(space) & set(ROUTE_PARAMS):
+        raise MicroError(f"sweep: {sorted(set(space) & set(ROUTE_PARAMS))} are routing hyperparameters: "
+                         "use --stage route (or all)")
+    return space, (random_configs(space, samples, sample_seed) if samples else grid_configs(space))
+
+
 def resolve(cfg: dict, stage: str) -> dict:
     """All hyperparameters of a trial (defaults filled in); no routing ones for ``stage == "fit"``."""
     keys = FIT_PARAMS if stage == "fit" else PARAMS
@@ -296,11 +305,7 @@ def run_sweep(source, grid, *, seeds=3, stage: str = "fit", backend: str = "loca
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seeds:
         raise MicroError("--seeds must be >= 1")
-    space = parse_space(grid)
-    if stage == "fit" and set(space) & set(ROUTE_PARAMS):
-        raise MicroError(f"sweep: {sorted(set(space) & set(ROUTE_PARAMS))} are routing hyperparameters: "
-                         "use --stage route (or all)")
-    cfgs = random_configs(space, samples, sample_seed) if samples else grid_configs(space)
+    space, cfgs = search_space(grid, stage, samples, sample_seed)
     data = source if isinstance(source, SweepData) else SweepData.from_run(source)
     trials = plan(cfgs, seeds, stage, holdout, data.data_id)
     out = Path(out)
