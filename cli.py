@@ -11,7 +11,7 @@ import typer
 import numpy as np
 
 from pipeline import checks as C
-from pipeline.errors import MicroError, first_line, os_error_line
+from pipeline.errors import Interrupted, MicroError, first_line, os_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Personalised reward modelling (MiCRo): embed once, fit mixture heads, route per user.")
@@ -173,9 +173,8 @@ def embed(
     except KeyboardInterrupt:
         if "prog" in holder:
             holder["prog"].stop()
-        console.print(f"interrupted: {holder.get('done', 0)} new texts were saved to the cache; "
-                      "rerun the same command to resume", soft_wrap=True)
-        raise typer.Exit(130)
+        raise Interrupted(f"interrupted: {holder.get('done', 0)} new texts were saved to the cache; "
+                          "rerun the same command to resume") from None
     except MicroError:  # e.g. a parallel worker died: end the bar before the one-line error
         if "prog" in holder:
             holder["prog"].stop()
@@ -580,8 +579,12 @@ def main() -> None:
     try:
         rc = app(args=argv, prog_name="micro", standalone_mode=False)  # typer.Exit(code) is returned, not raised
         code = rc if isinstance(rc, int) else 0
+        if code == 130:  # typer turns Ctrl-C into a silent return code
+            line = "interrupted"
     except MicroError as exc:
         code, line, error = 2, f"error: {exc}", exc
+    except Interrupted as exc:
+        code, line = 130, str(exc)
     except (typer.Abort, KeyboardInterrupt):
         code, line = 130, "interrupted"
     except OSError as exc:  # the environment: permission denied, disk full, a folder in the way, ...

@@ -50,34 +50,56 @@ def _mkdir(folder: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Yield one temp path beside each of ``paths``; on success all are fsynced and only then renamed onto their
+    targets (a group of files that belong together, e.g. a bundle's tensors and JSON: a failure while writing
+    any of them leaves every target untouched).
+
+    On error the temp files are removed and the targets are left untouched.
+    """
+    paths = [Path(p) for p in paths]
+    temps: list[Path] = []
+    try:
+        for path in paths:
+            if path.is_dir():
+                raise OutputError(f"{path}: is a folder, cannot write a file there")
+            _mkdir(path.parent, path)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            except OSError as exc:
+                raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+            os.close(fd)
+            temps.append(Path(tmp))
+        yield temps
+        current = None
+        try:
+            for current, tmp in zip(paths, temps):
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.chmod(tmp, file_mode())
+            for current, tmp in zip(paths, temps):
+                os.replace(tmp, current)
+        except OSError as exc:
+            raise OutputError(f"cannot write {current}: {exc.strerror or first_line(exc)}") from None
+    except OSError as exc:  # raised while the caller wrote a temp file (disk full, ...)
+        if isinstance(exc, FileNotFoundError) and exc.filename not in (None, *map(str, temps)):
+            raise  # a missing *input* while producing the output: not an output problem
+        target = next((p for p, t in zip(paths, temps) if str(t) == str(exc.filename)), paths[0])
+        raise OutputError(f"cannot write {target}: {exc.strerror or first_line(exc)}") from None
+    finally:
+        for tmp in temps:
+            if tmp.exists():
+                tmp.unlink()
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it is fsynced and renamed onto ``path``.
 
     On error the temp file is removed and ``path`` is left untouched.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder, cannot write a file there")
-    _mkdir(path.parent, path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp_path, file_mode())
-        os.replace(tmp_path, path)
-    except OSError as exc:
-        if isinstance(exc, FileNotFoundError) and exc.filename not in (None, str(tmp_path), tmp):
-            raise  # a missing *input* while producing the output: not an output problem
-        raise OutputError(f"cannot write {path}: {exc.strerror or first_line(exc)}") from None
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with atomic_paths(path) as (tmp,):
+        yield tmp
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

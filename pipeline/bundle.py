@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache.atomic import atomic_path, write_json_atomic
+from cache.atomic import atomic_paths
 from pipeline.errors import InputError, MicroError, first_line
 
 FORMAT = "micro-bundle"
@@ -66,11 +66,12 @@ def save_bundle(model, out: str | Path, meta: dict) -> Path:
         tensors["projection"] = np.ascontiguousarray(model.projection_, dtype=np.float32)
     for k, v in model.gate_params_.items():
         tensors[f"gate.{k}"] = np.ascontiguousarray(v, dtype=np.float32)
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp))
     fitted = {k: _jsonable(getattr(model, k)) for k in _FITTED_SCALARS if hasattr(model, k)}
-    write_json_atomic(out / "model.json", {"format": FORMAT, "version": VERSION, "class": type(model).__name__,
-                                           "params": model_params(model), "fitted": fitted, **meta})
+    doc = {"format": FORMAT, "version": VERSION, "class": type(model).__name__, "params": model_params(model),
+           "fitted": fitted, **meta}
+    with atomic_paths(out / "model.safetensors", out / "model.json") as (tmp_st, tmp_json):
+        save_file(tensors, str(tmp_st))  # both files are renamed into place only after both are written
+        tmp_json.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
     return out
 
 
@@ -127,14 +128,16 @@ def _check_tensors(path: Path, model, tensors: dict) -> None:
         if gate["logits"].shape != (K,):
             problems.append(f"gate.logits {shapes['gate.logits']} != ({K},)")
     elif "coef" in gate and "intercept" in gate:
-        width = gate["hidden_coef"].shape[0] if "hidden_coef" in gate else p
-        if gate["coef"].shape != (K, width) or gate["intercept"].shape != (K,):
+        width = gate["hidden_coef"].shape[0] if "hidden_coef" in gate and gate["hidden_coef"].ndim == 2 else p
+        if gate["coef"].ndim != 2 or gate["coef"].shape[0] != K or gate["intercept"].shape != (K,):
             problems.append(f"gate.coef {shapes['gate.coef']} / gate.intercept {shapes['gate.intercept']} do not "
                             f"fit {K} heads")
-        if "hidden_coef" in gate and (gate["hidden_coef"].ndim != 2 or gate["hidden_coef"].shape[1] != p
-                                      or gate.get("hidden_intercept", np.empty(0)).shape != (width,)):
-            problems.append(f"gate.hidden_coef {shapes['gate.hidden_coef']} does not read {p}-dim prompt features")
-        elif "hidden_coef" not in gate and gate["coef"].shape[1:] != (p,):
+        elif "hidden_coef" in gate and (gate["hidden_coef"].ndim != 2 or gate["hidden_coef"].shape[1] != p
+                                        or gate.get("hidden_intercept", np.empty(0)).shape != (width,)
+                                        or gate["coef"].shape[1] != width):
+            problems.append(f"gate.hidden_coef {shapes['gate.hidden_coef']} does not read {p}-dim prompt features "
+                            f"into the {gate['coef'].shape[1]} hidden units of gate.coef")
+        elif "hidden_coef" not in gate and gate["coef"].shape[1] != p:
             problems.append(f"gate.coef {shapes['gate.coef']} does not read {p}-dim prompt features "
                             "(n_prompt_features_in_)")
     else:

@@ -13,6 +13,7 @@ A run folder records what was embedded::
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cache.atomic import atomic_path, write_json_atomic
+from cache.atomic import atomic_paths
 from cache.store import EmbeddingStore, text_keys
 from pipeline.backends.base import fingerprint_id, with_context
 from pipeline.errors import MicroError
-from pipeline.schema import read_pairs, write_pairs
+from pipeline.schema import read_pairs, validate_pairs
 
 DEFAULT_CACHE = Path("~/.cache/micro/embeddings")
 ROLES = ("chosen", "rejected", "prompt", "context")
@@ -176,15 +177,13 @@ def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: 
         arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(ks), [None, pa.py_buffer(ks.tobytes())])
         key_cols[r] = arr if present.all() else pc.if_else(pa.array(present), arr, pa.nulls(len(ks), pa.binary(16)))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_pairs(kept, out / "pairs.parquet")
-    with atomic_path(out / "keys.parquet") as tmp:
-        pq.write_table(pa.table({"pair_id": kept.column("pair_id"), **key_cols}), tmp)
     summary.seconds = time.perf_counter() - t0
-    write_json_atomic(out / "run.json", {
-        "fingerprint": store.fingerprint, "fingerprint_id": fid, "cache_dir": str(store.dir),
-        "cache_dtype": dtype, "dim": store.dim, "backend": backend.name,
-        "model_path": str(getattr(backend, "model_path", "")), "max_length": backend.max_length,
-        "overlong": overlong, "source_pairs": str(Path(pairs_path).resolve()), "summary": asdict(summary),
-    })
+    run = {"fingerprint": store.fingerprint, "fingerprint_id": fid, "cache_dir": str(store.dir),
+           "cache_dtype": dtype, "dim": store.dim, "backend": backend.name,
+           "model_path": str(getattr(backend, "model_path", "")), "max_length": backend.max_length,
+           "overlong": overlong, "source_pairs": str(Path(pairs_path).resolve()), "summary": asdict(summary)}
+    with atomic_paths(out / "pairs.parquet", out / "keys.parquet", out / "run.json") as (t_pairs, t_keys, t_run):
+        pq.write_table(validate_pairs(kept, str(out / "pairs.parquet")), t_pairs)  # renamed together, after all
+        pq.write_table(pa.table({"pair_id": kept.column("pair_id"), **key_cols}), t_keys)
+        t_run.write_text(json.dumps(run, indent=2, sort_keys=True, default=str) + "\n")
     return summary

@@ -32,6 +32,10 @@ class ModelLoadError(MicroError):
     """A model folder that cannot be loaded (missing files, garbage or truncated weights)."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C, with what was saved (the CLI prints the message and exits with code 130)."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of ``str(exc)`` (shortened), or the exception's type name when it has no message."""
     text = str(exc).strip().splitlines()
