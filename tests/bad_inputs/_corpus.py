@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shlex
 import shutil
-import stat
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
+from conftest import ReadOnly
 from _stage2 import make_bundle, patch_backend, run_cli, synthetic_rows, write_jsonl, write_table
 
 
@@ -73,8 +71,11 @@ def build_template(root: Path) -> None:
     write_jsonl([{"prompt": "q one", "chosen": "good one", "rejected": "bad one", "group": "g0"},
                  {"prompt": "q two", "chosen": "good two", "rejected": "bad two", "group": "g1"}], root / "raw.jsonl")
     with pytest.MonkeyPatch.context() as mp:
+        from pipeline.score import score_file
+
         patch_backend(mp)
         build_profile(root / "bundle", root / "user.parquet", "g1", root / "profiles", log=lambda m: None)
+        score_file(root / "bundle", root / "rows.jsonl", root / "rewards.parquet")
     shutil.rmtree(root / "profiles" / "work")  # keep the workspace small
     sweep = root / "sweep"
     sweep.mkdir()
@@ -90,7 +91,8 @@ class Workspace:
 
     NAMES = {"pairs": "pairs.parquet", "run": "run", "bundle": "bundle", "cbundle": "cbundle", "cache": "cache",
              "user": "user.jsonl", "user_table": "user.parquet", "rows": "rows.jsonl", "raw": "raw.jsonl",
-             "profile": "profiles/g1.json", "results": "sweep/results.parquet", "ws": "."}
+             "profile": "profiles/g1.json", "results": "sweep/results.parquet", "rewards": "rewards.parquet",
+             "ws": "."}
 
     def __init__(self, template: Path, root: Path, monkeypatch):
         shutil.copytree(template, root, symlinks=True)
@@ -99,7 +101,7 @@ class Workspace:
             if str(template) in text:
                 p.write_text(text.replace(str(template), str(root)))
         self.root, self.mp = root, monkeypatch
-        self._frozen: list[Path] = []
+        self.read_only = ReadOnly()
 
     @property
     def paths(self) -> dict:
@@ -137,29 +139,8 @@ class Workspace:
         save_file(t, str(p))
 
     def freeze(self, rel: str = ".") -> Path:
-        """Make ``rel`` (recursively) read-only: chmod for a normal user; root ignores modes, so there the
-        folders are made immutable (chattr +i) and the case is skipped where the file system cannot do that."""
-        p = self.root / rel
-        tree = [p, *p.rglob("*")] if p.is_dir() else [p]
-        if os.geteuid() != 0:
-            for q in tree:
-                q.chmod(q.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-            self._frozen += tree
-            return p
-        for q in tree:
-            r = subprocess.run(["chattr", "+i", str(q)], capture_output=True)
-            if r.returncode:
-                pytest.skip(f"root cannot make {q} read-only here (chattr: {r.stderr.decode().strip()})")
-            self._frozen.append(q)
-        return p
-
-    def thaw(self) -> None:
-        for q in reversed(self._frozen):
-            if os.geteuid() != 0:
-                q.chmod(q.stat().st_mode | stat.S_IWUSR)
-            else:
-                subprocess.run(["chattr", "-i", str(q)], capture_output=True)
-        self._frozen.clear()
+        """Make ``rel`` (recursively) read-only until the end of the test (see conftest.ReadOnly)."""
+        return self.read_only(self.root / rel)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -228,6 +209,9 @@ def corpus_template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def ws(corpus_template, tmp_path, monkeypatch):
+    import pipeline.embed
+
     w = Workspace(corpus_template, tmp_path / "ws", monkeypatch)
+    monkeypatch.setattr(pipeline.embed, "DEFAULT_CACHE", tmp_path / "default_cache")  # never the user's cache
     yield w
-    w.thaw()
+    w.read_only.undo()
