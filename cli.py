@@ -595,8 +595,8 @@ def main() -> None:
             ctx = getattr(exc, "ctx", None)
             code = exc.exit_code or 2
             line = f"error: {exc.format_message()}" + (f" (see '{ctx.command_path} --help')" if ctx else "")
-            if type(exc).__name__ == "NoArgsIsHelpError":  # `micro` alone: the help was the point
-                code, line = 0, None
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `micro` alone: the help is the message
+                line = None
                 exc.show()
         elif type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
             code = exc.exit_code

@@ -141,27 +141,26 @@ SWEEP_RESULTS = [
 ]
 
 
-def new_texts_backend(ws):
+def read_only_cache(ws):
     """Setup: the cache folder read-only; the commands then need texts that are not cached yet."""
     ws.freeze("cache")
 
 
 CACHES = [
     Case("cache-read-only-embed-new", "embed {user_table} --out {ws}/nr --cache-dir {cache}",
-         r"the embedding cache .* is read-only: \d+ texts are not cached yet", new_texts_backend, backend=True),
-    Case("cache-read-only-route-new", ROUTE, r"is read-only: \d+ texts are not cached yet", new_texts_backend,
+         r"the embedding cache .* is read-only: \d+ texts are not cached yet", read_only_cache, backend=True),
+    Case("cache-read-only-route-new", ROUTE, r"is read-only: \d+ texts are not cached yet", read_only_cache,
          backend=True),
     Case("cache-read-only-score-new", "score {bundle} --input {ws}/new.jsonl -o {ws}/r.parquet",
          r"is read-only: \d+ texts are not cached yet",
          lambda ws: (ws.rows("new.jsonl", [{"prompt": "new q", "response": "new answer attrs 1 1 1"}]),
                      ws.freeze("cache")), backend=True),
-    Case("cache-read-only-new-embedder", "embed {pairs} --out {ws}/nr --cache-dir {ws}/ro",
+    Case("cache-read-only-new-embedder", "embed {pairs} --out {ws}/nr --cache-dir {ws}/ro --cache-dtype float16",
          r"embedding cache .*/ro/\w+-f16 is read-only", lambda ws: (ws.path("ro").mkdir(), ws.freeze("ro")),
          backend=True),
     Case("cache-dir-under-a-file", "embed {pairs} --out {ws}/nr --cache-dir {raw}/c",
          r"--cache-dir .*raw\.jsonl/c: .*raw\.jsonl is a file, not a folder"),
 ]
-CACHES[3].args += " --cache-dtype float16"
 
 
 # --- model folders: the real sentence-transformers backend ------------------------------------------------------
