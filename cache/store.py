@@ -256,6 +256,9 @@ class EmbeddingStore:
         if self._index is None:
             with self._lock():  # the current shard list (another process may have compacted since we opened)
                 self.manifest = self._read_manifest()
+                if self.read_only:  # damage found on open stays listed on disk: never read it
+                    bad = {name for name, _ in self.damaged}
+                    self.manifest["shards"] = [s for s in self.manifest["shards"] if s["file"] not in bad]
                 parts = [p for p in (self._read_shard(s["file"]) for s in list(self.manifest["shards"])) if p]
             dim = self.dim or 0
             if parts:

@@ -372,3 +372,19 @@ def test_damaged_manifest_is_rebuilt_from_the_shards(tmp_path, text):
     m = json.loads((s.dir / "manifest.json").read_text())
     assert m["rows"] == 10 and m["dim"] == 16 and len(m["shards"]) == 2
     assert not store(tmp_path).damaged  # repaired for good
+
+
+def test_read_only_cache_never_reads_a_shard_of_the_wrong_size(tmp_path, read_only):
+    """A readable shard whose size disagrees with the manifest is ignored for good in a read-only cache (the
+    manifest on disk, which still lists it, cannot be repaired)."""
+    s = store(tmp_path)
+    _, k, v = data(8, seed=7)
+    s.append(k[:4], v[:4])
+    s.append(k[4:], v[4:])
+    m = json.loads((s.dir / "manifest.json").read_text())
+    m["shards"][1]["bytes"] += 1
+    (s.dir / "manifest.json").write_text(json.dumps(m))
+    read_only(tmp_path)
+    with pytest.warns(CacheDamaged):
+        r = store(tmp_path)
+    assert r.missing(k).tolist() == [False] * 4 + [True] * 4
