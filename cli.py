@@ -563,10 +563,22 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+def _raised_in_heads(exc: BaseException) -> bool:
+    """True if ``exc`` was raised by code in the ``heads`` package (whose ValueErrors are input checks)."""
+    import heads
+
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    root = Path(heads.__file__).resolve().parent
+    return last is not None and root in Path(last.tb_frame.f_code.co_filename).resolve().parents
+
+
 def main() -> None:
-    """Entry point and the one error boundary: user and environment errors (MicroError, OSError, usage errors)
-    become one line ``error: ...`` on stderr and exit code 2, Ctrl-C exit code 130; anything else is a bug,
-    reported in one line with exit code 1. MICRO_DEBUG=1 or --debug shows the traceback."""
+    """Entry point and the one error boundary: user and environment errors (MicroError, OSError, usage errors,
+    a ValueError raised by the input checks of ``heads``) become one line ``error: ...`` on stderr and exit code 2,
+    Ctrl-C exit code 130; anything else is a bug, reported in one line with exit code 1. MICRO_DEBUG=1 or --debug
+    shows the traceback."""
     import traceback
     import warnings
 
@@ -600,6 +612,8 @@ def main() -> None:
                 exc.show()
         elif type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
             code = exc.exit_code
+        elif isinstance(exc, ValueError) and _raised_in_heads(exc):  # the math refuses its input: a user error
+            code, line = 2, f"error: {first_line(exc)}"
         else:
             code = 1
             line = (f"error: internal error ({type(exc).__name__}: {first_line(exc)}); this is a bug: rerun with "

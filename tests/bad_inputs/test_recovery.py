@@ -85,3 +85,23 @@ def test_a_bug_is_one_line_with_exit_1(ws, monkeypatch, capsys):
     assert code == 1 and "Traceback" not in err
     assert err.strip() == ("error: internal error (ZeroDivisionError: division by zero); this is a bug: rerun with "
                            "MICRO_DEBUG=1 for the traceback and report it")
+
+
+def test_value_errors_of_the_math_are_user_errors(ws, monkeypatch, capsys):
+    """heads/ checks its input with ValueError: exit 2 and one line, while a ValueError elsewhere is a bug."""
+    import pipeline.fit
+    from heads.mixture import MixtureBT
+
+    def fit_run(*a, **k):
+        MixtureBT(n_components=0)._check_params()
+
+    monkeypatch.setattr(pipeline.fit, "fit_run", fit_run)
+    code, _, err = run_cli(monkeypatch, capsys, "fit", ws.paths["run"], "--out", ws.path("m"))
+    assert code == 2 and err == "error: n_components must be a positive integer, got 0\n"
+
+    def not_heads(*a, **k):
+        raise ValueError("oops")
+
+    monkeypatch.setattr(pipeline.fit, "fit_run", not_heads)
+    code, _, err = run_cli(monkeypatch, capsys, "fit", ws.paths["run"], "--out", ws.path("m"))
+    assert code == 1 and "internal error (ValueError: oops)" in err
