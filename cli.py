@@ -1,6 +1,7 @@
 """micro command line: a thin Typer layer over ``pipeline`` (no math, no storage logic here)."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -9,7 +10,8 @@ import typer
 
 import numpy as np
 
-from pipeline.errors import MicroError
+from pipeline import checks as C
+from pipeline.errors import Interrupted, MicroError, first_line, os_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Personalised reward modelling (MiCRo): embed once, fit mixture heads, route per user.")
@@ -58,13 +60,18 @@ def data_prepare(
     opt: List[str] = typer.Option([], "--opt", help="recipe option KEY=VALUE, e.g. min_gap=2 (repeatable)"),
 ) -> None:
     """Prepare preference data into the canonical pair table (one row per pair, train/test split)."""
-    from pipeline.prepare import prepare
+    from pipeline.prepare import check_inputs, get_recipe, prepare
 
+    C.number(test_size, "--test-size", low=0, high=1)
+    C.integer(seed, "--seed", minimum=0)
+    C.out_file(out, "--out", suffixes=(".parquet",))
     columns = dict(prompt_col=prompt_col, chosen_col=chosen_col, rejected_col=rejected_col, group_col=group_col,
                    context_col=context_col, split_col=split_col, a_col=a_col, b_col=b_col, label_col=label_col,
                    label_a=label_a, label_b=label_b, label_tie=label_tie)
     options = {k: v for k, v in columns.items() if v is not None}
     options.update(_parse_opt(o) for o in opt)
+    get_recipe(recipe, options)
+    check_inputs(inputs)
     prepare(recipe, inputs, out, test_size=test_size, seed=seed, strict=strict, **options)
 
 
@@ -121,13 +128,31 @@ def embed(
     """Stage 0: embed every unique prompt+response, prompt and context+prompt once into the cache."""
     from rich.console import Console
 
+    from cache.store import DTYPES
+    from pipeline.backends import BACKENDS, get_backend
+    from pipeline.backends.chat import TRUNCATION_SIDES
+    from pipeline.backends.hf import _DTYPES as COMPUTE_DTYPES
     from pipeline.embed import embed_pairs
-    from pipeline.backends import get_backend
+    from pipeline.schema import read_pairs
 
+    C.choice(backend, "--backend", (*BACKENDS, "st"))
+    C.integer(batch_size, "--batch-size")
+    C.integer(max_length, "--max-length", optional=True)
+    C.choice(dtype, "--dtype", (*COMPUTE_DTYPES, "auto"), optional=True)
+    C.choice(cache_dtype, "--cache-dtype", DTYPES)
+    C.choice(overlong, "--overlong", ("truncate", "skip"))
+    C.choice(truncation, "--truncation", TRUNCATION_SIDES)
+    C.integer(tensor_parallel_size, "--tensor-parallel-size")
+    C.integer(workers, "--workers")
+    if address and not ray:
+        raise MicroError("--address is the Ray cluster to join: it needs --ray")
+    C.out_dir(out, "--out")
+    C.cache_dir(cache_dir)
+    read_pairs(pairs)  # a bad pair table fails here, before any model is loaded
     console = Console(stderr=True)
     kw = {"batch_size": batch_size, "max_length": max_length, "truncation": truncation}
-    if dtype:
-        kw["dtype"] = dtype
+    if dtype and dtype != "auto":
+        kw["dtype"] = COMPUTE_DTYPES[dtype]
     if backend in ("transformers", "vllm") and trust_remote_code:
         kw["trust_remote_code"] = True
     if backend == "vllm":
@@ -148,17 +173,14 @@ def embed(
     except KeyboardInterrupt:
         if "prog" in holder:
             holder["prog"].stop()
-        console.print(f"interrupted: {holder.get('done', 0)} new texts were saved to the cache; "
-                      "rerun the same command to resume", soft_wrap=True)
-        raise typer.Exit(130)
+        raise Interrupted(f"interrupted: {holder.get('done', 0)} new texts were saved to the cache; "
+                          "rerun the same command to resume") from None
     except MicroError:  # e.g. a parallel worker died: end the bar before the one-line error
         if "prog" in holder:
             holder["prog"].stop()
         raise
     finally:
         be.close()
-    for d in s.damaged_shards:
-        console.print(f"[yellow]damaged cache shard quarantined[/]: {d}")
     console.print(
         f"pairs {s.pairs} (kept {s.pairs_kept}, skipped {s.skipped_pairs}) | unique texts {s.unique_texts} | "
         f"cache hits {s.cache_hits} | newly embedded {s.embedded} | truncated {s.truncated} | "
@@ -190,7 +212,7 @@ def _print_fit_report(console, report) -> None:
         ece = f"{m['ece']:.4f}" + (f" (uncalibrated {m['ece_uncalibrated']:.4f})" if "ece_uncalibrated" in m else "")
         t.add_row(split, str(m["n"]), f"{m['loglik']:.4f}", f"{m['accuracy']:.4f}", ece)
     console.print(t)
-    h = Table(title="accuracy of each head alone per group (test split)")
+    h = Table(title=f"accuracy of each head alone per group ({report.head_group_split} split)")
     h.add_column("head")
     for g, n in zip(report.groups, report.group_counts):
         h.add_column(f"{g} (n={n})", justify="right")
@@ -205,22 +227,6 @@ def _print_fit_report(console, report) -> None:
     console.print(f"gate input: {report.gate_input} | {report.seconds:.1f} s"
                   + (f" | bundle: {report.bundle}" if report.bundle else ""))
 
-
-def _auto_number(text: str, option: str, cast=float, none: bool = False):
-    """'auto' | a number (| 'none' for full width) from a CLI option value."""
-    t = str(text).strip().lower()
-    if t == "auto":
-        return "auto"
-    if none and t in ("none", "full"):
-        return None
-    try:
-        v = cast(t)
-    except ValueError:
-        v = None
-    if v is None or not np.isfinite(v) or v < (1 if cast is int else 0):
-        kind = "a positive integer" if cast is int else "a finite number >= 0"
-        raise MicroError(f"{option} must be 'auto'{', none' if none else ''} or {kind}, got {text!r}")
-    return v
 
 
 @app.command()
@@ -261,8 +267,42 @@ def fit(
 
     from rich.console import Console
 
-    from pipeline.fit import fit_run
+    from heads.initialise import INITS
+    from pipeline.features import read_run
+    from pipeline.fit import BASELINES, fit_run
 
+    auto = k.strip().lower() == "auto"
+    if not auto and (not k.strip().isdigit() or int(k) < 1):
+        raise MicroError(f"--k must be a positive integer or 'auto', got {k!r}")
+    if auto:
+        from pipeline.sweep_report import k_candidates, parse_k_range
+
+        k_candidates(*parse_k_range(k_range))
+    C.choice(gate, "--gate", ("context", "static"))
+    C.choice(gate_input, "--gate-input", ("auto", "prompt", "context"))
+    C.integer(gate_hidden, "--gate-hidden", optional=True)
+    C.number(alpha, "--alpha", low=0)
+    sel_kw = dict(l2=C.auto_number(l2, "--l2"), gate_l2=C.number(gate_l2, "--gate-l2", low=0, optional=True),
+                  dim=C.auto_number(dim, "--dim", int, none=True),
+                  gate_dim=C.auto_number(gate_dim, "--gate-dim", int, none=True),
+                  holdout=C.number(holdout, "--holdout", low=0, high=1, high_open=True),
+                  patience=C.integer(patience, "--patience"),
+                  calibrate={"auto": "auto", "on": True, "off": False}[C.choice(calibrate, "--calibrate",
+                                                                             ("auto", "on", "off"))])
+    C.integer(n_init, "--n-init")
+    C.integer(max_iter, "--max-iter", minimum=0)
+    C.number(tol, "--tol", low=0)
+    C.integer(seed, "--seed", minimum=0)
+    C.choice(init, "--init", INITS)
+    C.choice(optimizer, "--optimizer", ("em", "adamw"))
+    C.integer(epochs, "--epochs")
+    C.choice(baseline, "--baseline", BASELINES, optional=True)
+    if auto and optimizer != "em":
+        raise MicroError("--k auto fits with --optimizer em")
+    if auto and baseline == "single":
+        raise MicroError("--k auto: the single baseline has one head")
+    read_run(run_dir)
+    C.out_dir(out or Path(run_dir) / "model", "--out")
     console = Console(stderr=True)
     state = {"t": _time.perf_counter(), "prev": None}
 
@@ -276,21 +316,9 @@ def fit(
 
     out = out or Path(run_dir) / "model"
     extra_meta = None
-    cal = {"auto": "auto", "on": True, "off": False}.get(calibrate.strip().lower())
-    if cal is None:
-        raise MicroError(f"--calibrate must be auto, on or off, got {calibrate!r}")
-    if not 0 <= holdout < 1:
-        raise MicroError(f"--holdout must be in [0, 1), got {holdout}")
-    sel_kw = dict(l2=_auto_number(l2, "--l2"), gate_l2=gate_l2, dim=_auto_number(dim, "--dim", int, True),
-                  gate_dim=_auto_number(gate_dim, "--gate-dim", int, True), holdout=holdout, patience=patience,
-                  calibrate=cal)
-    if k.strip().lower() == "auto":
+    if auto:
         from pipeline.sweep import auto_k
 
-        if optimizer != "em":
-            raise MicroError("--k auto fits with --optimizer em")
-        if baseline == "single":
-            raise MicroError("--k auto: the single baseline has one head")
         sel = auto_k(run_dir, k_range, dict(gate="static" if baseline == "static" else gate, gate_input=gate_input,
                                             gate_hidden=gate_hidden, alpha=alpha, l2=sel_kw["l2"], n_init=n_init,
                                             max_iter=max_iter, tol=tol, dim=sel_kw["dim"], init=init),
@@ -298,8 +326,6 @@ def fit(
         console.print(f"chose {sel.reason}", highlight=False, soft_wrap=True)
         console.print(f"K selection: {out / 'k_selection'} | fitting the final model with K={sel.chosen_k}")
         k, extra_meta = str(sel.chosen_k), {"k_selection": sel.to_dict()}
-    if not k.strip().isdigit() or int(k) < 1:
-        raise MicroError(f"--k must be a positive integer or 'auto', got {k!r}")
     report = fit_run(run_dir, k=int(k), gate=gate, gate_input=gate_input, baseline=baseline,
                      out=out, on_iter=on_iter, extra_meta=extra_meta, alpha=alpha, n_init=n_init,
                      max_iter=max_iter, tol=tol, random_state=seed, init=init, optimizer=optimizer,
@@ -309,9 +335,16 @@ def fit(
 
 # --- route / eval / score -----------------------------------------------------------------------
 def _seeds(seeds: int) -> tuple:
-    if seeds < 1:
-        raise MicroError(f"--seeds must be >= 1, got {seeds}")
-    return tuple(range(seeds))
+    return tuple(range(C.integer(seeds, "--seeds")))
+
+
+def _router_options(tau: float, epochs: int, budget: int, seeds: int, lr: float) -> tuple:
+    """Checked router options (route and eval); returns the seeds."""
+    C.number(tau, "--tau", low=0, low_open=True)
+    C.integer(epochs, "--epochs")
+    C.integer(budget, "--budget-per-group")
+    C.number(lr, "--lr", low=0, low_open=True)
+    return _seeds(seeds)
 
 
 def _print_route(console, res) -> None:
@@ -349,19 +382,27 @@ def route(
     from rich.console import Console
 
     from pipeline import route as R
+    from pipeline.bundle import read_meta
 
+    seed_list = _router_options(tau, epochs, budget_per_group, seeds, lr)
+    C.number(hedge_tau, "--hedge-tau", low=0, low_open=True)
+    if online and not user:
+        raise MicroError("--online needs --user NAME (the group in the user data whose profile to build)")
+    if user and not online:
+        raise MicroError("--user is the user whose --online profile to build: it needs --online")
+    read_meta(model)
+    C.existing_file(user_data, "--user-data")
+    C.out_dir(out or (model.parent / "profiles" if online else model.parent / f"{model.name}-routed"), "--out")
     console = Console(stderr=True)
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     if online:
         from pipeline.profiles import build_profile
 
-        if not user:
-            raise MicroError("--online needs --user NAME (the group in the user data whose profile to build)")
         prof = build_profile(model, user_data, user, out or model.parent / "profiles", tau=hedge_tau, log=log)
         _print_profile(console, prof)
         return
     res = R.route(model, user_data, out or model.parent / f"{model.name}-routed", tau=tau, epochs=epochs,
-                  budget=budget_per_group, seeds=_seeds(seeds), lr=lr, log=log)
+                  budget=budget_per_group, seeds=seed_list, lr=lr, log=log)
     _print_route(console, res)
     console.print(f"routed bundle: {out or model.parent / f'{model.name}-routed'}")
 
@@ -385,10 +426,18 @@ def score(
     user: Optional[Path] = typer.Option(None, help="A profile JSON from `micro route --online`."),
 ) -> None:
     """Rewards per head and mixed (Σ_k f_k r_k) for (prompt, response) rows."""
+    from pipeline.bundle import read_meta
     from pipeline.score import score_file
 
     if context and user:
         raise MicroError("give either --context or --user, not both")
+    if context is not None and not context.strip():
+        raise MicroError("--context is empty")
+    read_meta(model)
+    C.existing_file(input, "--input")
+    if user is not None:
+        C.existing_file(user, "--user")
+    C.out_file(out, "--out", suffixes=(".parquet", ".jsonl"))
     path = score_file(model, input, out, context=context, profile_path=user)
     print(f"rewards written: {path}", file=sys.stderr)
 
@@ -407,10 +456,19 @@ def eval_cmd(
     lr: float = typer.Option(3e-2, help="Router learning rate (Adam)."),
 ) -> None:
     """Paper Table 2/3: single, static, shared-base, best head, (MiCRo-)HyRe, MiCRo and oracle per group."""
-    from pipeline.evaluate import evaluate
+    from pipeline.bundle import read_meta
+    from pipeline.evaluate import _parse_budgets, evaluate
+    from pipeline.features import read_run
 
+    seed_list = _router_options(tau, epochs, budget_per_group, seeds, lr)
+    C.integer(hyre_n, "--hyre-n", minimum=0)
+    _parse_budgets(budgets)
+    read_meta(model)
+    read_run(run_dir)
+    if report is not None:
+        C.out_dir(report, "--report")
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    res = evaluate(model, run_dir, report=report, budget=budget_per_group, seeds=_seeds(seeds), hyre_n=hyre_n,
+    res = evaluate(model, run_dir, report=report, budget=budget_per_group, seeds=seed_list, hyre_n=hyre_n,
                    budgets=budgets, tau=tau, epochs=epochs, lr=lr, log=log)
     print(res.markdown())
     for note in res.notes:
@@ -443,9 +501,23 @@ def sweep(
     """Grid / random hyperparameter search of fit (and route) on cached features; resumable Parquet results."""
     from rich.console import Console
 
-    from pipeline.sweep import run_sweep
+    from pipeline.features import read_run
+    from pipeline.sweep import STAGES, run_sweep, search_space
     from pipeline.sweep_report import print_leaderboard
 
+    C.integer(seeds, "--seeds")
+    C.choice(stage, "--stage", STAGES)
+    C.choice(backend, "--backend", ("local", "ray"))
+    C.integer(jobs, "--jobs", optional=True)
+    C.integer(samples, "--samples", optional=True)
+    C.integer(sample_seed, "--sample-seed", minimum=0)
+    C.number(holdout, "--holdout", low=0, high=1, high_open=True)
+    C.integer(top, "--top")
+    if address and backend != "ray":
+        raise MicroError("--address is the Ray cluster to join: it needs --backend ray")
+    search_space(grid, stage, samples, sample_seed)
+    read_run(run_dir)
+    C.out_file(out or Path(run_dir) / "sweep" / "results.parquet", "--out", suffixes=(".parquet",))
     console = Console(stderr=True)
     res = run_sweep(run_dir, grid, seeds=seeds, stage=stage, backend=backend, jobs=jobs, samples=samples,
                     sample_seed=sample_seed, out=out or Path(run_dir) / "sweep" / "results.parquet", address=address,
@@ -476,6 +548,10 @@ def demo(
 
     from pipeline.demo import run_demo
 
+    C.integer(k, "--k")
+    C.integer(seeds, "--seeds")
+    C.out_dir(out, "--out")
+    C.cache_dir(cache_dir)
     console = Console(stderr=True)
     factory, _ = _progress_factory(console)
     res = run_demo(out, k=k, seeds=seeds, cache_dir=cache_dir, progress_factory=factory,
@@ -489,25 +565,97 @@ def demo(
     console.print(f"demo finished in {res['seconds']:.0f} s; outputs in {res['out']}")
 
 
+DEBUG_HELP = "Show the Python traceback of an error (for bug reports); also MICRO_DEBUG=1."
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> None:
+    """Personalised reward modelling (MiCRo): embed once, fit mixture heads, route per user."""
+
+
+def _debug(argv: list[str]) -> bool:
+    """True if MICRO_DEBUG is set (not 0) or --debug is anywhere on the command line (removed from argv)."""
+    on = os.environ.get("MICRO_DEBUG", "").strip() not in ("", "0")
+    while "--debug" in argv:
+        argv.remove("--debug")
+        on = True
+    return on
+
+
+def _one_line_warnings() -> None:
+    """Warnings (damaged cache shards, convergence notes) as one 'warning: ...' line each."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {first_line(message) if isinstance(message, Exception) else message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
+def _raised_in_heads(exc: BaseException) -> bool:
+    """True if ``exc`` was raised by code in the ``heads`` package (whose ValueErrors are input checks)."""
+    import heads
+
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    root = Path(heads.__file__).resolve().parent
+    return last is not None and root in Path(last.tb_frame.f_code.co_filename).resolve().parents
+
+
 def main() -> None:
-    """Entry point: run the app; a MicroError becomes one line on stderr and exit code 2."""
+    """Entry point and the one error boundary: user and environment errors (MicroError, OSError, usage errors,
+    a ValueError raised by the input checks of ``heads``) become one line ``error: ...`` on stderr and exit code 2,
+    Ctrl-C exit code 130; anything else is a bug, reported in one line with exit code 1. MICRO_DEBUG=1 or --debug
+    shows the traceback."""
+    import traceback
+    import warnings
+
+    argv = sys.argv[1:]
+    debug = _debug(argv)
+    shown = warnings.showwarning
+    if not debug:
+        _one_line_warnings()
+    code, line, error = 0, None, None
     try:
-        rc = app(standalone_mode=False)  # a typer.Exit(code) is returned, not raised, without standalone mode
-        if isinstance(rc, int) and rc:
-            sys.exit(rc)
+        rc = app(args=argv, prog_name="micro", standalone_mode=False)  # typer.Exit(code) is returned, not raised
+        code = rc if isinstance(rc, int) else 0
+        if code == 130:  # typer turns Ctrl-C into a silent return code
+            line = "interrupted"
     except MicroError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        code, line, error = 2, f"error: {exc}", exc
+    except Interrupted as exc:
+        code, line = 130, str(exc)
     except (typer.Abort, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        code, line = 130, "interrupted"
+    except OSError as exc:  # the environment: permission denied, disk full, a folder in the way, ...
+        code, line, error = 2, f"error: {os_error_line(exc)}", exc
     except Exception as exc:  # usage errors (typer vendors click: match by shape, not by class)
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
-            sys.exit(exc.exit_code)
-        raise
+        error = exc
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            ctx = getattr(exc, "ctx", None)
+            code = exc.exit_code or 2
+            line = f"error: {exc.format_message()}" + (f" (see '{ctx.command_path} --help')" if ctx else "")
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `micro` alone: the help is the message
+                line = None
+                exc.show()
+        elif type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
+            code = exc.exit_code
+        elif isinstance(exc, ValueError) and _raised_in_heads(exc):  # the math refuses its input: a user error
+            code, line = 2, f"error: {first_line(exc)}"
+        else:
+            code = 1
+            line = (f"error: internal error ({type(exc).__name__}: {first_line(exc)}); this is a bug: rerun with "
+                    "MICRO_DEBUG=1 for the traceback and report it")
+    finally:
+        warnings.showwarning = shown
+    if line is not None:
+        if debug and error is not None:
+            traceback.print_exception(error)
+        print(line, file=sys.stderr)
+    if code:
+        sys.exit(code)
+
 
 if __name__ == "__main__":
     main()

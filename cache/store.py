@@ -13,17 +13,21 @@ Keys are sha256(fingerprint_id + NUL + exact model input)[:16]. Shards are appen
 (temp file + rename, page checksums on); the manifest is rewritten atomically under a file lock after each shard,
 so a kill loses at most the shard in flight. On open, shards missing from the manifest (a kill between the shard
 rename and the manifest write) are verified and adopted, leftover temp files are removed, and shards whose size
-or checksums do not match are moved to ``quarantine/`` and reported; their keys count as missing.
+or checksums do not match are moved to ``quarantine/`` and reported; their keys count as missing. A damaged
+(truncated, invalid) manifest is rebuilt from the verified shards on disk, and reported the same way.
+
+A cache the process cannot write (permissions, read-only mount) is opened read-only: it serves every read
+without a lock or manifest write (damage is reported and ignored in memory, never repaired); storing new
+vectors in it is a one-line :class:`CacheError` raised before anything is embedded (``require_writable``).
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
+import json
 import os
 import uuid
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -32,92 +36,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache.atomic import atomic_path, write_json_atomic
+from cache.files import _check_manifest, _held, _idle, _writable_folder
+from cache.keys import KEY_BYTES, _Index, _key_u64, text_keys  # noqa: F401 (re-exported)
+from pipeline.errors import CacheError
 
-KEY_BYTES = 16
 DTYPES = {"float16": (np.float16, pa.float16(), "f16"), "float32": (np.float32, pa.float32(), "f32")}
 
 
 class CacheDamaged(UserWarning):
-    """A shard failed verification and was moved to quarantine."""
-
-
-def text_keys(fingerprint_id: str, texts: Sequence[str]) -> np.ndarray:
-    """(n,) |S16 content keys: sha256(fingerprint_id + NUL + text)[:16]."""
-    prefix = hashlib.sha256(fingerprint_id.encode() + b"\0")
-    out = np.empty(len(texts), dtype=f"S{KEY_BYTES}")
-    for i, t in enumerate(texts):
-        h = prefix.copy()
-        h.update(t.encode("utf-8", "surrogatepass"))
-        out[i] = h.digest()[:KEY_BYTES]
-    return out
-
-
-@contextlib.contextmanager
-def _held(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on the file at ``path`` (created if absent) while a shard is being written and
-    registered, so that another process's recovery neither deletes its temp file nor adopts it as an orphan."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # removed by a recovery between our open and our lock: take the new file
-    try:
-        yield
-    finally:
-        os.close(fd)
-
-
-def _idle(path: Path, remove: bool = False) -> bool:
-    """True if no live writer holds ``path`` (see ``_held``); with ``remove``, unlink it while checking."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return False
-    try:
-        if remove:
-            path.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
-    return True
-
-
-def _key_u64(keys: np.ndarray) -> np.ndarray:
-    """First 8 bytes of each |S16 key as big-endian uint64 (sortable, for searchsorted)."""
-    return np.ascontiguousarray(keys).view(np.uint8).reshape(-1, KEY_BYTES)[:, :8].copy().view(">u8").ravel()
-
-
-@dataclass
-class _Index:
-    keys: np.ndarray                     # (M,) |S16, all stored keys in load order
-    vecs: np.ndarray                     # (M, d) stored dtype
-    order: np.ndarray = field(init=False)  # argsort of the u64 prefix
-    sorted_u64: np.ndarray = field(init=False)
-
-    def __post_init__(self):
-        u = _key_u64(self.keys)
-        self.order = np.argsort(u, kind="stable")
-        self.sorted_u64 = u[self.order]
-
-    def find(self, keys: np.ndarray) -> np.ndarray:
-        """(n,) row into ``vecs`` for each key, -1 where absent."""
-        if len(self.keys) == 0 or len(keys) == 0:
-            return np.full(len(keys), -1, dtype=np.int64)
-        u = _key_u64(keys)
-        pos = np.searchsorted(self.sorted_u64, u)
-        pos = np.minimum(pos, len(self.order) - 1)
-        rows = self.order[pos]
-        ok = (self.sorted_u64[pos] == u) & (self.keys[rows] == keys)
-        return np.where(ok, rows, -1)
+    """A shard failed verification and was moved to quarantine (or a damaged manifest was rebuilt)."""
 
 
 class EmbeddingStore:
@@ -129,24 +56,32 @@ class EmbeddingStore:
 
     def __init__(self, root: str | os.PathLike, fingerprint: dict, fingerprint_id: str, dtype: str = "float32"):
         if dtype not in DTYPES:
-            raise ValueError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            raise CacheError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.fingerprint = fingerprint
         self.fingerprint_id = fingerprint_id
         self.dtype = dtype
         self.np_dtype, self.pa_dtype, tag = DTYPES[dtype]
         self.dir = Path(root).expanduser().resolve() / f"{fingerprint_id}-{tag}"
         self.shard_dir = self.dir / "shards"
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
         self.damaged: list[tuple[str, str]] = []  # (file, reason) found on open
+        self.read_only = not _writable_folder(self.shard_dir, Path(root).expanduser())
         self._index: _Index | None = None
         self._lock_depth = 0
         with self._lock():
             self.manifest = self._recover()
 
+    def require_writable(self, n: int) -> None:
+        """CacheError (one line, before any text is embedded) if ``n`` > 0 new vectors cannot be stored here."""
+        if n and self.read_only:
+            raise CacheError(f"the embedding cache {self.dir} is read-only: {n} texts are not cached yet and cannot "
+                             "be stored; pass --cache-dir with a writable folder (or embed them where the cache "
+                             "is writable)")
+
     # --- manifest and recovery ------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        """Exclusive inter-process lock on the manifest (re-entrant within this object)."""
+        """Exclusive inter-process lock on the manifest (re-entrant within this object); a read-only cache
+        takes a shared lock on an existing lock file (so it never reads half a compaction), else none."""
         if self._lock_depth:
             self._lock_depth += 1
             try:
@@ -154,36 +89,63 @@ class EmbeddingStore:
             finally:
                 self._lock_depth -= 1
             return
-        with open(self.dir / ".lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fd = os.open(self.dir / ".lock", os.O_RDONLY if self.read_only else os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:
+            fd = None  # read-only cache without a lock file: nobody can be writing it
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH if self.read_only else fcntl.LOCK_EX)
             self._lock_depth = 1
-            try:
-                yield
-            finally:
-                self._lock_depth = 0
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            yield
+        finally:
+            self._lock_depth = 0
+            if fd is not None:
+                os.close(fd)  # closing releases the lock
 
-    def _read_manifest(self) -> dict:
-        import json
-
-        path = self.dir / "manifest.json"
-        if path.exists():
-            return json.loads(path.read_text())
+    def _empty_manifest(self) -> dict:
         return {"version": 1, "fingerprint": self.fingerprint, "fingerprint_id": self.fingerprint_id,
                 "dtype": self.dtype, "dim": None, "rows": 0, "shards": []}
 
+    def _load_manifest(self) -> tuple[dict, str | None]:
+        """(manifest, None), or (an empty manifest, what is wrong) when manifest.json is damaged; absent: empty."""
+        path = self.dir / "manifest.json"
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return self._empty_manifest(), None
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._empty_manifest(), f"unreadable ({exc})"
+        try:
+            manifest = json.loads(text)
+            _check_manifest(manifest)
+        except (ValueError, TypeError, KeyError) as exc:
+            return self._empty_manifest(), f"invalid ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        return manifest, None
+
+    def _read_manifest(self) -> dict:
+        """The current manifest (call under the lock); a damaged one is rebuilt from the shards on disk."""
+        manifest, problem = self._load_manifest()
+        return self._recover() if problem else manifest
+
     def _write_manifest(self, manifest: dict) -> None:
         manifest["rows"] = int(sum(s["rows"] for s in manifest["shards"]))
-        write_json_atomic(self.dir / "manifest.json", manifest)
         self.manifest = manifest
+        if not self.read_only:
+            write_json_atomic(self.dir / "manifest.json", manifest)
 
     def _quarantine(self, name: str, reason: str) -> None:
         qdir = self.dir / "quarantine"
+        if self.read_only:  # left in place, never read
+            self.damaged.append((name, f"{reason}; ignored (read-only cache: not moved)"))
+            warnings.warn(f"cache shard {self.shard_dir / name} is damaged ({reason}); ignored (the cache is "
+                          "read-only)", CacheDamaged, stacklevel=3)
+            return
         qdir.mkdir(exist_ok=True)
         src = self.shard_dir / name
         if src.exists():
             os.replace(src, qdir / name)
-        self.damaged.append((name, reason))
+        self.damaged.append((name, f"{reason}; moved to quarantine/"))
         warnings.warn(f"cache shard {self.shard_dir / name} is damaged ({reason}); moved to {qdir}, "
                       "its vectors will be embedded again", CacheDamaged, stacklevel=3)
 
@@ -218,9 +180,10 @@ class EmbeddingStore:
         return f"unexpected vector type {t}"
 
     def _recover(self) -> dict:
-        manifest = self._read_manifest()
-        for tmp in self.dir.rglob(".*.tmp"):
-            _idle(tmp, remove=True)  # leftovers of dead writers; a live writer's temp file is locked
+        manifest, problem = self._load_manifest()
+        if not self.read_only:
+            for tmp in self.dir.rglob(".*.tmp"):
+                _idle(tmp, remove=True)  # leftovers of dead writers; a live writer's temp file is locked
         on_disk = {p.name for p in self.shard_dir.glob("part-*.parquet")}
         kept = []
         for s in manifest["shards"]:
@@ -236,7 +199,7 @@ class EmbeddingStore:
             kept.append(s)
         listed = {s["file"] for s in kept}
         for name in sorted(on_disk - listed - {d[0] for d in self.damaged}):
-            if not _idle(self.shard_dir / name):
+            if not _idle(self.shard_dir / name) and not self.read_only:
                 continue  # renamed by a live writer that is about to list it in the manifest
             got = self._check_shard(name, manifest["dim"])
             if isinstance(got, str):
@@ -247,7 +210,12 @@ class EmbeddingStore:
             if manifest["dim"] is None:
                 manifest["dim"] = self._vec_dim(
                     pq.read_metadata(self.shard_dir / name).schema.to_arrow_schema().field("vec"))
-        if kept != manifest["shards"] or not (self.dir / "manifest.json").exists():
+        if problem:
+            how = "left as is: read-only cache" if self.read_only else "rewritten"
+            self.damaged.append(("manifest.json", f"{problem}; rebuilt from the {len(kept)} shard(s) on disk ({how})"))
+            warnings.warn(f"{self.dir / 'manifest.json'} is {problem}; rebuilt from the {len(kept)} shard(s) on "
+                          "disk", CacheDamaged, stacklevel=2)
+        if problem or kept != manifest["shards"] or not (self.dir / "manifest.json").exists():
             manifest["shards"] = kept
             self._write_manifest(manifest)
         return manifest
@@ -288,6 +256,9 @@ class EmbeddingStore:
         if self._index is None:
             with self._lock():  # the current shard list (another process may have compacted since we opened)
                 self.manifest = self._read_manifest()
+                if self.read_only:  # damage found on open stays listed on disk: never read it
+                    bad = {name for name, _ in self.damaged}
+                    self.manifest["shards"] = [s for s in self.manifest["shards"] if s["file"] not in bad]
                 parts = [p for p in (self._read_shard(s["file"]) for s in list(self.manifest["shards"])) if p]
             dim = self.dim or 0
             if parts:
@@ -336,11 +307,13 @@ class EmbeddingStore:
         if vectors.ndim != 2 or len(vectors) != len(keys):
             raise ValueError(f"vectors must be (n, d) with n = {len(keys)}, got {vectors.shape}")
         if self.dim is not None and vectors.shape[1] != self.dim:
-            raise ValueError(f"vector width {vectors.shape[1]} != cache width {self.dim} in {self.dir}")
+            raise CacheError(f"vector width {vectors.shape[1]} != cache width {self.dim} in {self.dir}")
         if not np.isfinite(vectors).all():
-            raise ValueError("refusing to cache non-finite embeddings")
+            raise CacheError(f"the model returned non-finite embeddings (NaN/inf) for {int((~np.isfinite(vectors)).any(1).sum())}"
+                             " texts; refusing to cache them (try --dtype float32)")
         if len(keys) == 0:
             return
+        self.require_writable(len(keys))
         with contextlib.ExitStack() as hold:
             entry = self._write_shard(keys, vectors, hold)
             with self._lock():
@@ -357,6 +330,8 @@ class EmbeddingStore:
     def compact(self, min_shards: int = 2, only: Sequence[str] | None = None) -> int:
         """Merge shards into one (deduplicated): all of them, or just the files named in ``only`` (e.g. the
         shards of one run, so that a run does not rewrite a large cache); returns the number of shards merged."""
+        if self.read_only:
+            return 0
         with self._lock():
             manifest = self._read_manifest()
             old = [s["file"] for s in manifest["shards"] if only is None or s["file"] in set(only)]

@@ -60,7 +60,7 @@ class EMResult:
 
 def _finite(ev: Evaluation, where: str) -> Evaluation:
     if not np.isfinite(ev.L):
-        raise FloatingPointError(f"the objective became non-finite ({ev.L}) {where}: check the features for "
+        raise ValueError(f"the objective became non-finite ({ev.L}) {where}: check the features for "
                                  "extreme values and the hyperparameters (alpha, l2) for NaN/inf")
     return ev
 

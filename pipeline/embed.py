@@ -13,6 +13,7 @@ A run folder records what was embedded::
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cache.atomic import atomic_path, write_json_atomic
+from cache.atomic import atomic_paths
 from cache.store import EmbeddingStore, text_keys
 from pipeline.backends.base import fingerprint_id, with_context
 from pipeline.errors import MicroError
-from pipeline.schema import read_pairs, write_pairs
+from pipeline.schema import read_pairs, validate_pairs
 
 DEFAULT_CACHE = Path("~/.cache/micro/embeddings")
 ROLES = ("chosen", "rejected", "prompt", "context")
@@ -80,6 +81,7 @@ def embed_missing(store: EmbeddingStore, backend, texts: list[str], keys: np.nda
     """Embed ``texts`` (unique, not yet cached) longest first, one shard per backend chunk; returns count."""
     if not texts:
         return 0
+    store.require_writable(len(texts))
     order = np.argsort([-len(t) for t in texts], kind="stable")
     step = max(1, int(backend.chunk_size))
     done = 0
@@ -135,16 +137,18 @@ def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: 
     todo_keys = ukeys[miss]
 
     too_long: set[str] = set()
+    # every unique text, cached or not, is counted: the counts describe the whole run, not just this process
+    over_all = backend.token_lengths(uniq) > backend.max_length if uniq else np.zeros(0, bool)
     if overlong == "skip" and uniq:
-        # every unique text, cached or not: a vector cached by a truncating run must not be used either
-        over_all = backend.token_lengths(uniq) > backend.max_length
+        # a vector cached by a truncating run must not be used either
         too_long = {uniq[i] for i in np.flatnonzero(over_all)}
         keep = ~over_all[miss]
         todo = [t for t, k in zip(todo, keep) if k]
         todo_keys = todo_keys[keep]
         summary.skipped_texts = len(too_long)
-    elif todo:
-        summary.truncated = int((backend.token_lengths(todo) > backend.max_length).sum())
+    else:
+        summary.truncated = int(over_all.sum())
+    store.require_writable(len(todo))  # a read-only cache serves reads; writing into one fails before any work
     progress = progress_factory(len(todo)) if progress_factory else None
     run_shards = {s["file"] for s in store.manifest["shards"]}
     t_embed = time.perf_counter()
@@ -173,15 +177,13 @@ def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: 
         arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(ks), [None, pa.py_buffer(ks.tobytes())])
         key_cols[r] = arr if present.all() else pc.if_else(pa.array(present), arr, pa.nulls(len(ks), pa.binary(16)))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_pairs(kept, out / "pairs.parquet")
-    with atomic_path(out / "keys.parquet") as tmp:
-        pq.write_table(pa.table({"pair_id": kept.column("pair_id"), **key_cols}), tmp)
     summary.seconds = time.perf_counter() - t0
-    write_json_atomic(out / "run.json", {
-        "fingerprint": store.fingerprint, "fingerprint_id": fid, "cache_dir": str(store.dir),
-        "cache_dtype": dtype, "dim": store.dim, "backend": backend.name,
-        "model_path": str(getattr(backend, "model_path", "")), "max_length": backend.max_length,
-        "overlong": overlong, "source_pairs": str(Path(pairs_path).resolve()), "summary": asdict(summary),
-    })
+    run = {"fingerprint": store.fingerprint, "fingerprint_id": fid, "cache_dir": str(store.dir),
+           "cache_dtype": dtype, "dim": store.dim, "backend": backend.name,
+           "model_path": str(getattr(backend, "model_path", "")), "max_length": backend.max_length,
+           "overlong": overlong, "source_pairs": str(Path(pairs_path).resolve()), "summary": asdict(summary)}
+    with atomic_paths(out / "pairs.parquet", out / "keys.parquet", out / "run.json") as (t_pairs, t_keys, t_run):
+        pq.write_table(validate_pairs(kept, str(out / "pairs.parquet")), t_pairs)  # renamed together, after all
+        pq.write_table(pa.table({"pair_id": kept.column("pair_id"), **key_cols}), t_keys)
+        t_run.write_text(json.dumps(run, indent=2, sort_keys=True, default=str) + "\n")
     return summary

@@ -9,9 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cache.store import EmbeddingStore
-from pipeline.errors import MicroError
+from cache.store import DTYPES, EmbeddingStore
+from pipeline.errors import InputError, MicroError, first_line
 from pipeline.schema import read_pairs
+
+ROLES = ("chosen", "rejected", "prompt", "context")
+RUN_FIELDS = {"fingerprint": dict, "fingerprint_id": str, "cache_dir": str, "cache_dtype": str}
 
 
 @dataclass
@@ -65,12 +68,48 @@ def _keys(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return keys, valid
 
 
+def _rerun(run_dir) -> str:
+    return f"rerun `micro embed PAIRS --out {run_dir}` to rebuild it"
+
+
 def read_run(run_dir: str | Path) -> dict:
-    """run.json of a run folder written by ``micro embed``."""
+    """run.json of a run folder written by ``micro embed``; InputError naming the file if it is damaged."""
     path = Path(run_dir) / "run.json"
+    if Path(run_dir).is_file():
+        raise InputError(f"{run_dir}: is a file, not a run folder (create one with `micro embed PAIRS --out DIR`)")
     if not path.exists():
         raise MicroError(f"{run_dir}: not a run folder (no run.json); create it with `micro embed PAIRS --out {run_dir}`")
-    return json.loads(path.read_text())
+    try:
+        run = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: damaged run.json ({first_line(exc)}); {_rerun(run_dir)}") from None
+    if not isinstance(run, dict):
+        raise InputError(f"{path}: damaged run.json (not a JSON object); {_rerun(run_dir)}")
+    for key, kind in RUN_FIELDS.items():
+        if not isinstance(run.get(key), kind):
+            what = "missing" if key not in run else f"not a {kind.__name__}"
+            raise InputError(f"{path}: field '{key}' is {what}; {_rerun(run_dir)}")
+    if run["cache_dtype"] not in DTYPES:
+        raise InputError(f"{path}: field 'cache_dtype' is {run['cache_dtype']!r}, expected one of {', '.join(DTYPES)}")
+    return run
+
+
+def read_keys(run_dir: str | Path) -> pa.Table:
+    """keys.parquet of a run folder: pair_id + a 16-byte key column per role; InputError if damaged."""
+    path = Path(run_dir) / "keys.parquet"
+    if not path.is_file():
+        raise InputError(f"{path}: missing; {_rerun(run_dir)}")
+    try:
+        keys = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({first_line(exc)}); {_rerun(run_dir)}") from None
+    for col in ("pair_id", *ROLES):
+        if col not in keys.column_names:
+            raise InputError(f"{path}: column '{col}' is missing; {_rerun(run_dir)}")
+        if col != "pair_id" and keys.schema.field(col).type != pa.binary(16):
+            raise InputError(f"{path}: column '{col}' is {keys.schema.field(col).type}, expected 16-byte keys; "
+                             f"{_rerun(run_dir)}")
+    return keys
 
 
 def open_run_store(run: dict) -> EmbeddingStore:
@@ -84,18 +123,20 @@ def load_features(run_dir: str | Path, dtype=np.float32) -> Features:
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     pairs = read_pairs(run_dir / "pairs.parquet")
-    keys = pq.read_table(run_dir / "keys.parquet")
+    keys = read_keys(run_dir)
     if keys.column("pair_id").to_pylist() != pairs.column("pair_id").to_pylist():
-        raise MicroError(f"{run_dir}: keys.parquet and pairs.parquet disagree; rerun micro embed")
+        raise InputError(f"{run_dir}: keys.parquet and pairs.parquet disagree (different pair ids); {_rerun(run_dir)}")
     store = open_run_store(run)
     arrays = {}
-    for role in ("chosen", "rejected", "prompt", "context"):
+    for role in ROLES:
         k, valid = _keys(keys.column(role))
+        if role != "context" and not valid.all():
+            raise InputError(f"{run_dir}/keys.parquet: column '{role}' has null keys; {_rerun(run_dir)}")
         want = k[valid]
         miss = store.missing(want)
         if miss.any():
             raise MicroError(f"{run_dir}: {int(miss.sum())} {role} vectors are missing from the cache {store.dir} "
-                             f"(deleted or damaged); rerun `micro embed {run['source_pairs']} --out {run_dir}`")
+                             f"(deleted or damaged); rerun `micro embed {run.get('source_pairs', 'PAIRS')} --out {run_dir}`")
         if role == "context":
             out = arrays["prompt"].copy()
             if valid.any():

@@ -31,6 +31,7 @@ class FitReport:
     notes: list = field(default_factory=list)
     selection: dict = field(default_factory=dict)   # chosen l2 / dims / temperature, the held-out path
     plots: list = field(default_factory=list)
+    head_group_split: str = "test"      # the split of head_group_accuracy (train when there is no test split)
 
 
 def gate_features(feats: Features, gate_input: str) -> np.ndarray:
@@ -104,7 +105,7 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
     try:
         model.fit(train.delta, gate_features(train, choice) if needs_gate else None,
                   groups=prompt_groups(train.prompt, train.n))
-    except (ValueError, FloatingPointError) as exc:
+    except ValueError as exc:
         raise MicroError(f"{run_dir}: {exc}") from None
     metrics = {}
     for name, part in (("train", train), ("test", test)):
@@ -120,15 +121,12 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
     ref = test if test.n else train
     names, acc, counts = head_group_table(model.coef_, ref.delta, ref.group)
     report = FitReport(metrics=metrics, groups=names, head_group_accuracy=acc, group_counts=counts,
-                       gate_input=choice if needs_gate else "none", seconds=0.0, notes=[note] if note and needs_gate else [])
+                       gate_input=choice if needs_gate else "none", seconds=0.0, notes=[note] if note and needs_gate else [],
+                       head_group_split="test" if test.n else "train")
     if getattr(model, "collapsed_pairs_", None):
         report.notes.append(f"collapsed heads (cosine ≥ 0.99): {model.collapsed_pairs_[:5]}")
     report.selection = selection_summary(model)
     report.seconds = time.perf_counter() - t0
-    if out is not None and report.selection.get("path"):
-        from pipeline.plots import plot_selection
-
-        report.plots.append(plot_selection(report.selection, Path(out) / "selection.png"))
     if out is not None:
         report.bundle = save_bundle(model, out, {
             "fingerprint": feats.run["fingerprint"], "fingerprint_id": feats.fingerprint_id,
@@ -141,4 +139,8 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
                         "selection_seconds": report.selection.get("seconds", 0.0)},
             **(extra_meta or {}),
         })
+    if out is not None and report.selection.get("path"):
+        from pipeline.plots import plot_selection
+
+        report.plots.append(plot_selection(report.selection, Path(out) / "selection.png"))
     return report

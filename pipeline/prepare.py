@@ -16,10 +16,10 @@ from typing import Iterable, Iterator
 
 import pyarrow as pa
 
-from pipeline.errors import MicroError
+from pipeline.errors import MicroError, OutputError
 from pipeline.recipes import RECIPES
 from pipeline.recipes.base import Record
-from pipeline.recipes.readers import columns, has_bad_text, read_records
+from pipeline.recipes.readers import columns, has_bad_text, read_records, stable_names
 from pipeline.schema import RowLog, is_pair_table, pairs_to_table, read_pairs, validate_pairs, write_pairs
 from pipeline.split import assign_split
 
@@ -99,8 +99,9 @@ def collect_pairs(recipe: str, inputs: Iterable[str | Path], log: RowLog, **opti
     options = {k: v for k, v in options.items() if v is not None}
     fn = get_recipe(recipe, options)
     rows, seen, n_read = [], set(), 0
-    for path in check_inputs(inputs):
-        records = _Counted(read_records(path, log))
+    paths = check_inputs(inputs)
+    for path, name in zip(paths, stable_names(paths)):
+        records = _Counted(read_records(path, log, name))
         for p in fn(records, log, **options):
             problem = pair_problem(p)
             pid = pair_id(recipe, p["key"])
@@ -174,6 +175,8 @@ def summarize(table: pa.Table, log: RowLog, rows_read: int, out: str | Path | No
 def prepare(recipe: str, inputs: list[str | Path], out: str | Path, *, test_size: float = 0.2, seed: int = 0,
             strict: bool = False, verbose: bool = True, **recipe_options) -> tuple[pa.Table, RowLog]:
     """Build the pair table with ``recipe`` from ``inputs``, write it to ``out``; return (table, log)."""
+    if Path(out).suffix.lower() != ".parquet":
+        raise OutputError(f"--out {out}: the pair table is written as Parquet; give a file name ending in .parquet")
     table, log, n_read = build_pairs(recipe, inputs, test_size=test_size, seed=seed, strict=strict,
                                      **recipe_options)
     write_pairs(table, out)

@@ -1,6 +1,7 @@
 """Per-user online profiles: a Hedge weight vector over the frozen heads, updated pair by pair (no training)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -29,6 +30,15 @@ class ProfileResult:
     prior: str
 
 
+def safe_name(user: str) -> str:
+    """A file/folder name for ``user`` that stays inside the output folder (no '/', no leading dots); names
+    changed by the cleaning get a short hash, so 'a/b' and 'a_b' do not share files."""
+    clean = re.sub(r"[^A-Za-z0-9._-]", "_", str(user)).lstrip(".") or "_"
+    if clean == user:
+        return clean
+    return f"{clean}-{hashlib.sha256(str(user).encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
 def build_profile(bundle: str | Path, user_data: str | Path, user: str, out_dir: str | Path, *,
                   tau: float = 1.0, log=print) -> ProfileResult:
     """Hedge profile of ``user`` from their 'train' pairs in stream order, scored on their 'test' pairs."""
@@ -36,7 +46,7 @@ def build_profile(bundle: str | Path, user_data: str | Path, user: str, out_dir:
 
     model, meta = load_bundle(bundle)
     out_dir = Path(out_dir)
-    feats = embed_user_data(meta, user_data, out_dir / "work" / user, log=log, user=user)
+    feats = embed_user_data(meta, user_data, out_dir / "work" / safe_name(user), log=log, user=user)
     groups, names = group_names(feats.group)
     if user not in names:
         raise MicroError(f"{user_data}: user '{user}' not found in the 'group' column; users present: "
@@ -57,7 +67,7 @@ def build_profile(bundle: str | Path, user_data: str | Path, user: str, out_dir:
     curve = (np.asarray(prof.learning_curve(z_stream, head_logits(model, heldout))) if heldout.n
              else np.array([]))
     prof.update(z_stream)
-    path = out_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", user).lstrip(".") + ".json")
+    path = out_dir / f"{safe_name(user)}.json"
     write_json_atomic(path, {"format": FORMAT, "user": user, "bundle": str(Path(bundle).resolve()),
                              "fingerprint_id": meta["fingerprint_id"], "n_heads": int(model.coef_.shape[0]),
                              "prior": prior_name, "profile": prof.to_dict(), "learning_curve": curve.tolist(),

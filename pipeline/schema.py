@@ -70,7 +70,42 @@ def validate_pairs(table: pa.Table, where: str = "pair table") -> pa.Table:
     if pc.any(bad).as_py():
         row = pc.index(bad, True).as_py()
         raise MicroError(f"{where}: row {row}: field 'split' must be 'train' or 'test', got {table.column('split')[row]}")
+    _check_texts(table, where)
     return table
+
+
+def _first(mask, where: str, message: str) -> None:
+    """MicroError naming the first row where ``mask`` (a boolean array, nulls = False) holds."""
+    mask = pc.fill_null(mask, False)
+    if pc.any(mask).as_py():
+        raise MicroError(f"{where}: row {pc.index(mask, True).as_py()}: {message} ({pc.sum(mask).as_py()} rows)")
+
+
+def _check_texts(table: pa.Table, where: str) -> None:
+    """The checks ``data prepare`` applies to each pair, for hand-made tables: non-empty responses that differ,
+    a non-empty prompt of messages with a role and text."""
+    for name in ("chosen", "rejected"):
+        _first(pc.equal(pc.utf8_trim_whitespace(table.column(name)), ""), where, f"field '{name}' is empty")
+    _first(pc.equal(table.column("chosen"), table.column("rejected")), where, "chosen == rejected")
+    prompt = table.column("prompt")
+    _first(pc.equal(pc.list_value_length(prompt), 0), where, "field 'prompt' has no messages")
+    lengths = pc.fill_null(pc.list_value_length(prompt), 0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(prompt)
+    if len(flat) == 0:
+        return
+    import numpy as np
+
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    for field_name in ("role", "content"):
+        values = pc.struct_field(flat, field_name) if flat.null_count == 0 else None
+        bad = pc.is_null(flat) if values is None else pc.is_null(values)
+        if field_name == "role" and values is not None:
+            bad = pc.or_(bad, pc.equal(pc.utf8_trim_whitespace(values), ""))
+        bad = pc.fill_null(bad, True).to_numpy(zero_copy_only=False)
+        if bad.any():
+            row = int(owner[np.flatnonzero(bad)[0]])
+            what = "a message without a role" if field_name == "role" else "a message without text"
+            raise MicroError(f"{where}: row {row}: field 'prompt' has {what}")
 
 
 def write_pairs(table: pa.Table, path: str | Path) -> Path:
@@ -86,10 +121,13 @@ def read_pairs(path: str | Path) -> pa.Table:
     path = Path(path)
     if not path.exists():
         raise MicroError(f"{path}: no such file")
+    if path.is_dir():
+        raise MicroError(f"{path}: is a folder, expected a pair table (.parquet from `micro data prepare`)")
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise MicroError(f"{path}: not a readable Parquet pair table ({exc})") from None
+        hint = "" if path.suffix == ".parquet" else "; turn raw data into one with `micro data prepare`"
+        raise MicroError(f"{path}: not a readable Parquet pair table ({str(exc).splitlines()[0]}){hint}") from None
     return validate_pairs(table, str(path))
 
 

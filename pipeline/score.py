@@ -61,12 +61,22 @@ class RewardModel:
             return np.tile(np.asarray(profile.weights_, dtype=np.float64), (len(prompts), 1))
         if self.model.gate_kind_ == "static":
             return np.tile(self.model.gate_weights(None)[0], (len(prompts), 1))
+        self.check_context(context, profile)
         b = self._backend_for_render()
         msgs = [with_context(p, context) if context else p for p in prompts]
         x = self._embed([b.render_prompt(m) for m in msgs])
         w = self.model.gate_weights(x)
         assert w.shape[1] == K
         return w
+
+    def check_context(self, context: str | None, profile=None) -> None:
+        """MicroError when the gate reads context+prompt features but neither a context nor a profile is given
+        (the prompt-alone feature is not what the gate was fitted on)."""
+        if profile is None and not context and self.model.gate_kind_ != "static" \
+                and self.meta.get("gate_input") == "context":
+            raise MicroError(f"{self.path}: the gate reads the user's context with the prompt (it was fitted on "
+                             "context+prompt features): pass --context TEXT (the user's criterion) or --user "
+                             "PROFILE.json")
 
     def _backend_for_render(self):
         if self._backend is None:
@@ -78,6 +88,7 @@ class RewardModel:
         """Per-head rewards (N, K), weights (N, K) and the mixed reward (N,) for each (prompt, response)."""
         if len(prompts) != len(responses):
             raise MicroError(f"{len(prompts)} prompts but {len(responses)} responses")
+        self.check_context(context, profile)
         msgs = [as_messages(p) for p in prompts]
         b = self._backend_for_render()
         feats = self._embed([b.render_response(m, r) for m, r in zip(msgs, responses)])
@@ -101,11 +112,11 @@ def read_score_input(path: str | Path) -> tuple[list, list, pa.Table]:
         if path.suffix == ".parquet":
             df = pl.read_parquet(path)
         elif path.suffix == ".csv":
-            df = pl.read_csv(path)
+            df = pl.read_csv(path, infer_schema_length=None)  # types (and JSON keys) from every row, not the first
         elif path.suffix in (".jsonl", ".ndjson"):
-            df = pl.read_ndjson(path)
+            df = pl.read_ndjson(path, infer_schema_length=None)
         elif path.suffix == ".json":
-            df = pl.read_json(path)
+            df = pl.read_json(path, infer_schema_length=None)
         else:
             raise MicroError(f"{path}: unsupported file type (use .jsonl, .json, .csv or .parquet)")
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
@@ -133,6 +144,7 @@ def score_file(bundle: str | Path, input_path: str | Path, out: str | Path, *, c
         raise MicroError(f"{out}: the output must be a .parquet or .jsonl file")
     rm = RewardModel.load(bundle)
     profile = load_profile(profile_path, rm.meta) if profile_path else None
+    rm.check_context(context, profile)
     prompts, responses, table = read_score_input(input_path)
     try:
         res = rm.rewards(prompts, responses, context=context, profile=profile)

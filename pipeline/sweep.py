@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 
 from heads.mixture import MixtureBT
-from pipeline.errors import MicroError
+from pipeline.errors import InputError, MicroError, first_line
 from pipeline.route import BUDGET, EPOCHS, LR, TAU
 from pipeline.sweep_backends import SweepData
 from pipeline.sweep_report import (KSelection, aggregate, k_candidates, leaderboard, param_columns,  # noqa: F401
@@ -168,6 +168,15 @@ def random_configs(space: dict[str, Dim], n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def search_space(grid, stage: str, samples: int | None = None, sample_seed: int = 0) -> tuple[dict, list[dict]]:
+    """(space, configurations) of ``--grid`` for ``stage``; MicroError for anything that cannot be searched."""
+    space = parse_space(grid)
+    if stage == "fit" and set(space) & set(ROUTE_PARAMS):
+        raise MicroError(f"sweep: {sorted(set(space) & set(ROUTE_PARAMS))} are routing hyperparameters: "
+                         "use --stage route (or all)")
+    return space, (random_configs(space, samples, sample_seed) if samples else grid_configs(space))
+
+
 def resolve(cfg: dict, stage: str) -> dict:
     """All hyperparameters of a trial (defaults filled in); no routing ones for ``stage == "fit"``."""
     keys = FIT_PARAMS if stage == "fit" else PARAMS
@@ -206,9 +215,25 @@ def rows_frame(rows: list[dict]):
 
 
 def read_results(path: str | Path):
+    """The results file of earlier trials (None if absent); InputError naming the file if it is damaged."""
     import polars as pl
 
-    return pl.read_parquet(path) if Path(path).exists() else None
+    path = Path(path)
+    if not path.exists():
+        return None
+    hint = "move it aside (or pass another --out) to start a new results file"
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a sweep results file; {hint}")
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - polars raises several types for a damaged file
+        raise InputError(f"{path}: damaged sweep results file ({first_line(exc)}); {hint}") from None
+    for col, kinds in (("config_hash", (pl.Utf8,)), ("error", (pl.Utf8, pl.Null))):
+        if col not in frame.columns:
+            raise InputError(f"{path}: not a sweep results file (no '{col}' column); {hint}")
+        if frame.schema[col] not in kinds:
+            raise InputError(f"{path}: column '{col}' is {frame.schema[col]}, expected text; {hint}")
+    return frame
 
 
 def write_results(frame, path: str | Path) -> None:
@@ -279,14 +304,14 @@ def run_sweep(source, grid, *, seeds=3, stage: str = "fit", backend: str = "loca
         raise MicroError(f"--backend must be local or ray, got {backend!r}")
     if not 0 <= holdout < 1:
         raise MicroError(f"--holdout must be in [0, 1), got {holdout}")
+    if jobs is not None and int(jobs) < 1:
+        raise MicroError(f"--jobs must be >= 1, got {jobs}")
+    if samples is not None and int(samples) < 1:
+        raise MicroError(f"--samples must be >= 1, got {samples}")
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seeds:
         raise MicroError("--seeds must be >= 1")
-    space = parse_space(grid)
-    if stage == "fit" and set(space) & set(ROUTE_PARAMS):
-        raise MicroError(f"sweep: {sorted(set(space) & set(ROUTE_PARAMS))} are routing hyperparameters: "
-                         "use --stage route (or all)")
-    cfgs = random_configs(space, samples, sample_seed) if samples else grid_configs(space)
+    space, cfgs = search_space(grid, stage, samples, sample_seed)
     data = source if isinstance(source, SweepData) else SweepData.from_run(source)
     trials = plan(cfgs, seeds, stage, holdout, data.data_id)
     out = Path(out)

@@ -1,6 +1,10 @@
 """Shared test fixtures."""
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+
 import pytest
 
 TINY_CHAT_TEMPLATE = (
@@ -191,3 +195,39 @@ def st_backend():
     be._load()
     yield be
     be.close()
+
+
+class ReadOnly:
+    """Make paths read-only for a test: chmod for a normal user; root ignores modes, so there each file and
+    folder is made immutable (chattr +i), and the test is skipped where the file system cannot do that."""
+
+    def __init__(self):
+        self.frozen = []
+
+    def __call__(self, path):
+        tree = [path, *sorted(path.rglob("*"))] if path.is_dir() else [path]
+        for q in tree:
+            if os.geteuid() != 0:
+                q.chmod(q.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+            else:
+                r = subprocess.run(["chattr", "+i", str(q)], capture_output=True)
+                if r.returncode:
+                    pytest.skip(f"root cannot make {q} read-only here (chattr: {r.stderr.decode().strip()})")
+            self.frozen.append(q)
+        return path
+
+    def undo(self):
+        for q in reversed(self.frozen):
+            if os.geteuid() != 0:
+                q.chmod(q.stat().st_mode | stat.S_IWUSR)
+            else:
+                subprocess.run(["chattr", "-i", str(q)], capture_output=True)
+        self.frozen.clear()
+
+
+@pytest.fixture
+def read_only():
+    """``read_only(path)`` makes ``path`` (recursively) read-only until the end of the test."""
+    ro = ReadOnly()
+    yield ro
+    ro.undo()

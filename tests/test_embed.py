@@ -138,6 +138,19 @@ def test_overlong_truncate_counts_and_keeps_all_pairs(tmp_path, pair_table):
     assert read_pairs(tmp_path / "run" / "pairs.parquet").num_rows == 6
 
 
+def test_truncated_count_covers_the_whole_run_after_resume_and_rerun(tmp_path, pair_table):
+    """A resumed or fully cached run reports the texts its vectors were truncated from, not 0."""
+    table = pair_table()
+    interrupted = FakeBackend(max_length=14, chunk_size=4, die_after=2, die_how="keyboard")
+    with pytest.raises(KeyboardInterrupt):
+        embed_pairs(table, tmp_path / "run", interrupted, cache_dir=tmp_path / "cache", log=quiet)
+    resumed = embed_pairs(table, tmp_path / "run", FakeBackend(max_length=14), cache_dir=tmp_path / "cache", log=quiet)
+    again = embed_pairs(table, tmp_path / "run", FakeBackend(max_length=14), cache_dir=tmp_path / "cache", log=quiet)
+    assert (resumed.embedded, again.embedded) == (7, 0)
+    assert resumed.truncated == again.truncated == 3
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["summary"]["truncated"] == 3
+
+
 def test_overlong_skip_drops_exactly_those_pairs(tmp_path, pair_table):
     rows = make_pair_rows(3)
     be = FakeBackend(max_length=14)

@@ -228,3 +228,19 @@ def test_bad_inputs(small):
         m.head_rewards(np.zeros((2, 7)))
     with pytest.raises(ValueError, match="gate must be"):
         MixtureBT(gate="nope").fit(D, X)
+
+
+@pytest.mark.parametrize("param", [{"alpha": float("nan")}, {"l2": float("inf")}, {"tol": float("nan")},
+                                   {"alpha": float("-inf")}, {"lr": 0.0}])
+def test_non_finite_hyperparameters_are_refused(small, param):
+    """alpha=nan used to fit a NaN model that reported converged_ = True."""
+    with pytest.raises(ValueError, match="must be"):
+        MixtureBT(n_components=3, n_init=1, max_iter=5, **param).fit(small["delta"], small["prompt"])
+
+
+def test_non_finite_objective_is_an_error_not_convergence(small, monkeypatch):
+    """Even past the parameter checks, EM never reports a NaN objective as converged."""
+    m = MixtureBT(n_components=3, n_init=1, max_iter=20, alpha=float("nan"), random_state=0)
+    monkeypatch.setattr(m, "_check_params", lambda: None)
+    with pytest.raises(ValueError, match="the objective became nan"):
+        m.fit(small["delta"], small["prompt"])

@@ -229,3 +229,87 @@ def test_cli_success_and_one_line_errors(tmp_path):
     assert strict.stderr.startswith("error: ") and "bad.jsonl:2: unparsable JSON: Expecting value" in strict.stderr
     col = micro("generic", "bad.jsonl", "-o", "y.parquet", "--group-col", "nope", cwd=tmp_path)
     assert col.returncode == 2 and "unknown column 'nope'" in col.stderr
+
+
+# --- columns, ids and labels decided over the whole file (issue 8) -----------------------------------------------
+
+def test_generic_columns_are_the_union_over_the_file(tmp_path):
+    """A first row without the optional group/context does not drop them for every other row."""
+    path = jsonl(tmp_path / "u.jsonl", [{"prompt": "q0", "chosen": "c", "rejected": "r"},
+                                         {"prompt": "q1", "chosen": "c", "rejected": "r", "group": "g1",
+                                          "context": "be brief"}])
+    got = pairs(path)
+    assert [(r["group"], r["context"]) for r in got] == [(None, None), ("g1", "be brief")]
+    assert [r["group"] for r in pairs(path, group_col="group")] == [None, "g1"]  # a column of a later row exists
+
+
+def test_generic_row_missing_a_required_field_is_skipped_not_the_file(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"prompt": "q0", "chosen": "c"},
+                                         {"prompt": "q1", "chosen": "c", "rejected": "r"}])
+    table, log, n = build_pairs("generic", [path])
+    assert n == 2 and table.column("prompt").to_pylist() == [[{"role": "user", "content": "q1"}]]
+    assert log.skipped == [(f"{path}:1", "missing field: 'rejected'")]
+
+
+def test_user_data_columns_detected_over_the_file(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"question": "q0", "preferred": "c", "dispreferred": "r"},
+                                         {"question": "q1", "preferred": "c", "dispreferred": "r", "persona": "p",
+                                          "user": "ann"}])
+    rows = load_user_pairs(path).to_pylist()
+    assert [(r["context"], r["group"]) for r in rows] == [(None, None), ("p", "ann")]
+
+
+def test_pair_ids_differ_for_files_with_the_same_parent_and_name(tmp_path):
+    """A/data/train.jsonl and B/data/train.jsonl: the second file's pairs are not 'duplicates' of the first's."""
+    row = {"prompt": "q", "chosen": "c", "rejected": "r"}
+    a = jsonl((tmp_path / "A" / "data").mkdir(parents=True) or tmp_path / "A/data/train.jsonl", [row])
+    b = jsonl((tmp_path / "B" / "data").mkdir(parents=True) or tmp_path / "B/data/train.jsonl", [row])
+    table, log, _ = build_pairs("generic", [a, b])
+    assert table.num_rows == 2 and not log.skipped and len(set(table.column("pair_id").to_pylist())) == 2
+    assert set(table.column("source").to_pylist()) == {"generic:A/data/train.jsonl", "generic:B/data/train.jsonl"}
+
+
+@pytest.mark.parametrize("value, kind", [(["a", "b"], "list"), ({"k": 1}, "dict")])
+def test_list_or_dict_group_is_skipped_not_stored_as_a_repr(tmp_path, value, kind):
+    path = jsonl(tmp_path / "u.jsonl", [{"prompt": "q0", "chosen": "c", "rejected": "r", "group": value},
+                                         {"prompt": "q1", "chosen": "c", "rejected": "r", "group": 7}])
+    table, log, _ = build_pairs("generic", [path])
+    assert table.column("group").to_pylist() == ["7"]
+    assert log.skipped == [(f"{path}:1", f"not text: field 'group' is a {kind}, expected a string or number")]
+
+
+def test_parquet_float_labels_match_integer_label_options(tmp_path):
+    path = tmp_path / "l.parquet"
+    pq.write_table(pa.table({"prompt": ["q0", "q1", "q2"], "a": ["x", "x", "x"], "b": ["y", "y", "y"],
+                             "label": [1.0, 2.0, 0.0]}), path)
+    table, log, _ = build_pairs("generic", [path], a_col="a", b_col="b", label_col="label", label_a="1",
+                                label_b="2", label_tie="0")
+    assert [(r["chosen"], r["rejected"]) for r in table.to_pylist()] == [("x", "y"), ("y", "x")]
+    assert log.dropped == {"tie": 1} and not log.skipped
+
+
+def test_identical_label_values_are_refused(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"prompt": "q", "a": "x", "b": "y", "label": 1}])
+    with pytest.raises(MicroError, match="--label-a and --label-b are both '1'"):
+        build_pairs("generic", [path], a_col="a", b_col="b", label_col="label", label_a="1", label_b="1")
+
+
+def test_prepare_writes_parquet_only(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"prompt": "q", "chosen": "c", "rejected": "r"}])
+    with pytest.raises(MicroError, match=r"x\.jsonl: the pair table is written as Parquet"):
+        prepare("generic", [path], tmp_path / "x.jsonl", verbose=False)
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("chosen", " ", "row 1: field 'chosen' is empty"), ("rejected", "", "row 1: field 'rejected' is empty"),
+    ("prompt", [], "row 1: field 'prompt' has no messages"),
+    ("prompt", [{"role": "user", "content": None}], "row 1: field 'prompt' has a message without text"),
+    ("rejected", "c1", "row 1: chosen == rejected")])
+def test_hand_made_pair_table_is_checked_like_prepared_ones(tmp_path, field, value, message):
+    rows = [{"pair_id": f"p{i}", "prompt": [{"role": "user", "content": f"q{i}"}], "chosen": f"c{i}",
+             "rejected": f"r{i}", "group": None, "context": None, "split": "train", "source": "hand"} for i in range(3)]
+    rows[1][field] = value
+    pq.write_table(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA), tmp_path / "t.parquet")
+    with pytest.raises(MicroError, match=message):
+        read_pairs(tmp_path / "t.parquet")

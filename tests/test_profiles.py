@@ -172,3 +172,24 @@ def test_cli_online_profile_then_score_with_it(setup, tmp_path, monkeypatch, cap
                            "--out", tmp_path / "p2")
     assert code == 2 and err.startswith("error: ") and "users present: g0, g1, g2" in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/abs/escaped", ".hidden", "a/b"])
+def test_user_names_from_data_never_write_outside_out(setup, tmp_path, monkeypatch, name):
+    """A group called '../../x' or '/abs/path' in the user file names the profile and its work folder, but both
+    stay inside --out (and do not collide with a plainly named user)."""
+    from pipeline.profiles import build_profile, safe_name
+
+    root, bundle, _ = setup
+    rows = synthetic_rows(n_per_group=6, seed=9, prefix="x", groups=("g0",), test_frac=0.5)
+    for r in rows:
+        r["group"] = name
+    user = write_table(rows, tmp_path / "u.parquet")
+    out = tmp_path / "deep" / "er" / "profiles"
+    patch_backend(monkeypatch)
+    res = build_profile(bundle, user, name, out, log=lambda m: None)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(out in p.parents or p == user for p in written), written
+    assert res.path.parent == out and (out / "work" / safe_name(name) / "user_run" / "run.json").exists()
+    assert not (tmp_path / "escaped").exists() and not __import__("os").path.exists("/abs/escaped")
+    assert "/" not in name or safe_name(name) != safe_name(name.replace("/", "_"))

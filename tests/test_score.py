@@ -179,3 +179,27 @@ def test_cli_score(bundles, tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "score", gated, "-i", tmp_path / "bad.jsonl",
                            "-o", tmp_path / "o.parquet")
     assert code == 2 and err.startswith("error: ") and "missing column 'response'" in err, err
+
+
+def test_context_gated_bundle_needs_a_context(tmp_path_factory, monkeypatch):
+    """The gate of a context bundle was fitted on context+prompt features: scoring without a context used to
+    read prompt-only features silently."""
+    from pipeline.score import RewardModel
+
+    root = tmp_path_factory.mktemp("ctx")
+    bundle = make_bundle(root, synthetic_rows(n_per_group=40, topic=True), gate_input="context", name="ctx")
+    patch_backend(monkeypatch)
+    rm = RewardModel.load(bundle)
+    with pytest.raises(MicroError, match="pass --context TEXT"):
+        rm.rewards(PROMPTS, RESPONSES)
+    assert rm.rewards(PROMPTS, RESPONSES, context=CONTEXT)["reward"].shape == (3,)
+
+
+def test_score_input_columns_from_every_row(tmp_path):
+    """A column that first appears after row 100 is kept (polars used to infer the schema from 100 rows)."""
+    from pipeline.score import read_score_input
+
+    rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(150)]
+    rows[120]["note"] = "keep me"
+    _, _, table = read_score_input(write_jsonl(rows, tmp_path / "in.jsonl", drop=()))
+    assert table.column("note").to_pylist()[120] == "keep me" and table.num_rows == 150

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cache.store import CacheDamaged, EmbeddingStore, text_keys
+from pipeline.errors import MicroError
 
 FP = {"backend": "fake", "model": "m"}
 FID = "fid0123456789abc"
@@ -98,11 +99,11 @@ def test_append_validates(tmp_path):
         s.append(k, v[:3])
     bad = v.copy()
     bad[1, 2] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(MicroError, match="non-finite"):
         s.append(k, bad)
     s.append(k, v)
     _, k2, v2 = data(4, d=8, seed=6)
-    with pytest.raises(ValueError, match="width"):
+    with pytest.raises(MicroError, match="width"):
         s.append(k2, v2)
     assert s.rows == 4 and len(shard_files(s)) == 1
 
@@ -313,3 +314,77 @@ def test_shards_of_the_earlier_list_layout_are_still_read(tmp_path):
         pa.array(v[6:].ravel(), type=pa.float32()), 16)}), s.shard_dir / "part-wrong.parquet")
     with pytest.warns(CacheDamaged, match="unexpected vector type"):
         assert store(tmp_path, "float16").rows == 12
+
+
+# --- read-only caches and damaged manifests (issue 8) ------------------------------------------------------------
+
+def _files(root) -> dict:
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("lock_file", [True, False])
+def test_read_only_cache_serves_reads_and_refuses_writes(tmp_path, read_only, lock_file):
+    s = store(tmp_path)
+    _, k, v = data(12, seed=3)
+    s.append(k[:6], v[:6])
+    s.append(k[6:], v[6:])
+    if not lock_file:
+        (s.dir / ".lock").unlink()
+    before = _files(tmp_path)
+    read_only(tmp_path)
+    r = store(tmp_path)
+    assert r.read_only and r.rows == 12 and not r.missing(k).any()
+    np.testing.assert_array_equal(r.lookup(k), v)
+    assert r.compact() == 0
+    _, k2, v2 = data(2, seed=4)
+    with pytest.raises(MicroError, match=r"the embedding cache .* is read-only: 2 texts are not cached yet"):
+        r.append(k2, v2)
+    assert _files(tmp_path) == before  # no lock file, manifest or shard was written
+
+
+def test_read_only_cache_ignores_damage_without_moving_it(tmp_path, read_only):
+    s = store(tmp_path)
+    _, k, v = data(8, seed=5)
+    s.append(k[:4], v[:4])
+    s.append(k[4:], v[4:])
+    bad = shard_files(s)[1]
+    bad.write_bytes(bad.read_bytes()[:40])
+    read_only(tmp_path)
+    with pytest.warns(CacheDamaged, match="read-only"):
+        r = store(tmp_path)
+    assert r.missing(k).tolist() == [False] * 4 + [True] * 4 and bad.exists()
+    assert r.damaged[0][0] == bad.name and "not moved" in r.damaged[0][1]
+
+
+@pytest.mark.parametrize("text", ["", '{"version": 1, "shards": [', "[]", '{"shards": [{"file": 1}], "dim": 16}',
+                                  '{"shards": "x", "dim": null}'])
+def test_damaged_manifest_is_rebuilt_from_the_shards(tmp_path, text):
+    """A truncated or invalid manifest used to break every command; a missing one was already rebuilt."""
+    s = store(tmp_path)
+    _, k, v = data(10, seed=6)
+    s.append(k[:5], v[:5])
+    s.append(k[5:], v[5:])
+    (s.dir / "manifest.json").write_text(text)
+    with pytest.warns(CacheDamaged, match=r"manifest\.json is .*; rebuilt from the 2 shard\(s\)"):
+        r = store(tmp_path)
+    assert r.damaged == [("manifest.json", r.damaged[0][1])] and "rewritten" in r.damaged[0][1]
+    np.testing.assert_array_equal(r.lookup(k), v)
+    m = json.loads((s.dir / "manifest.json").read_text())
+    assert m["rows"] == 10 and m["dim"] == 16 and len(m["shards"]) == 2
+    assert not store(tmp_path).damaged  # repaired for good
+
+
+def test_read_only_cache_never_reads_a_shard_of_the_wrong_size(tmp_path, read_only):
+    """A readable shard whose size disagrees with the manifest is ignored for good in a read-only cache (the
+    manifest on disk, which still lists it, cannot be repaired)."""
+    s = store(tmp_path)
+    _, k, v = data(8, seed=7)
+    s.append(k[:4], v[:4])
+    s.append(k[4:], v[4:])
+    m = json.loads((s.dir / "manifest.json").read_text())
+    m["shards"][1]["bytes"] += 1
+    (s.dir / "manifest.json").write_text(json.dumps(m))
+    read_only(tmp_path)
+    with pytest.warns(CacheDamaged):
+        r = store(tmp_path)
+    assert r.missing(k).tolist() == [False] * 4 + [True] * 4

@@ -13,7 +13,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from pipeline.errors import MicroError
+from pipeline.errors import MicroError, ModelLoadError, OptionError, first_line
 
 Messages = Sequence[dict]  # [{"role": "user"|"assistant"|"system", "content": str}, ...]
 
@@ -69,7 +69,9 @@ def weights_hash(model_dir: str | os.PathLike, sample: int = 1 << 20) -> str:
 
     Hashes every file's relative name and size, the whole of small files (config, tokenizer) and the first
     and last ``sample`` bytes of large weight files: changed weights or config change the hash, and a
-    16 GB checkpoint hashes in milliseconds.
+    16 GB checkpoint hashes in milliseconds. Only ``.cache`` folders *inside*
+    the model folder (download metadata) are skipped, never an ancestor: a model stored under ``~/.cache`` or
+    in a Hugging Face hub snapshot is hashed like any other.
     """
     root = Path(model_dir)
     if root.is_file():
@@ -77,7 +79,7 @@ def weights_hash(model_dir: str | os.PathLike, sample: int = 1 << 20) -> str:
         root = root.parent
     else:
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES
-                       and ".cache" not in p.parts)
+                       and ".cache" not in p.relative_to(root).parts)
     h = hashlib.sha256()
     for p in files:
         size = p.stat().st_size
@@ -102,5 +104,47 @@ def resolve_model_path(model: str | None, default: str | None = None) -> Path:
         return p.resolve()
     raise MicroError(
         f"model '{model}' is not a local path: micro never downloads models at run time; "
-        "download it once (e.g. `huggingface-cli download {model} --local-dir ./models/x`) and pass --model ./models/x"
+        f"download it once (e.g. `huggingface-cli download {model} --local-dir ./models/x`) and pass --model ./models/x"
     )
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.onnx")
+
+
+def check_model_folder(path: Path, need: tuple[str, ...] = ("config.json",)) -> Path:
+    """A model folder with the files a loader needs and at least one weights file; ModelLoadError otherwise."""
+    if path.is_file():
+        raise ModelLoadError(f"--model {path}: is a file; expected a model folder (config, tokenizer, weights)")
+    if not any(path.iterdir()):
+        raise ModelLoadError(f"--model {path}: the model folder is empty")
+    for name in need:
+        if not (path / name).is_file():
+            raise ModelLoadError(f"--model {path}: no {name} (not a complete model folder)")
+    if not any(next(path.rglob(pat), None) for pat in WEIGHT_FILES):
+        raise ModelLoadError(f"--model {path}: no weights file ({', '.join(WEIGHT_FILES)})")
+    return path
+
+
+def model_load_error(path, exc: BaseException) -> ModelLoadError:
+    """One line for a model that fails to load (garbage or truncated weights, bad config, ...)."""
+    return ModelLoadError(f"cannot load the model in {path}: {type(exc).__name__}: {first_line(exc)}")
+
+
+def check_max_length(max_length: int | None, positions: int | None, where) -> None:
+    """OptionError if ``max_length`` is < 1 or beyond the model's ``positions`` (None: unknown, no upper check)."""
+    if max_length is None:
+        return
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise OptionError(f"--max-length must be an integer >= 1, got {max_length!r}")
+    if isinstance(positions, int) and 0 < positions < max_length:
+        raise OptionError(f"--max-length {max_length} is beyond the {positions} positions of the model in {where}")
+
+
+def config_positions(config) -> int | None:
+    """The number of positions of a model config (object or dict), None if it does not say."""
+    get = config.get if isinstance(config, dict) else (lambda k: getattr(config, k, None))
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = get(key)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.backends.base import Messages, render_plain, weights_hash
+from pipeline.backends.base import Messages, check_max_length, config_positions, render_plain, weights_hash
 from pipeline.errors import MicroError
 
 DEFAULT_MAX_LENGTH = 4096
@@ -235,5 +235,6 @@ def load_identity(model_path, gguf_file: str | None, load_dir, *, trust_remote_c
                                             **cfg_kw)
     except (OSError, ValueError) as e:
         raise MicroError(f"cannot read the config of '{model_path}': {e}") from e
-    max_length = int(max_length) if max_length else default_max_length(tokenizer, config)
+    check_max_length(max_length, config_positions(config), model_path)
+    max_length = int(max_length) if max_length is not None else default_max_length(tokenizer, config)
     return tokenizer, config, max_length, ChatRenderer(tokenizer, max_length, truncation)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.backends.base import resolve_model_path
+from pipeline.backends.base import check_max_length, config_positions, model_load_error, resolve_model_path
 from pipeline.backends.chat import (ChatRenderer, RenderedBackend, default_max_length, load_tokenizer,
                                     quiet_transformers)
 from pipeline.errors import MicroError
@@ -66,7 +66,10 @@ class TransformersBackend(RenderedBackend):
         try:
             self.tokenizer = load_tokenizer(load_dir, trust_remote_code=trust_remote_code, gguf_file=self.gguf_file)
             config = AutoConfig.from_pretrained(str(load_dir), **kw)
+            check_max_length(max_length, config_positions(config), self.model_path)
             self.model = AutoModel.from_pretrained(str(load_dir), dtype=getattr(torch, self.dtype), **kw)
+        except MicroError:
+            raise
         except ImportError as e:
             hint = " (GGUF files need `pip install gguf`)" if self.gguf_file else ""
             raise MicroError(f"cannot load '{self.model_path}' with transformers: {e}{hint}") from e
@@ -74,10 +77,10 @@ class TransformersBackend(RenderedBackend):
             raise MicroError(f"cannot load model from '{self.model_path}' with transformers: {e}") from e
         except Exception as e:
             if not self.gguf_file:
-                raise
+                raise model_load_error(self.model_path, e) from None  # garbage / truncated weights
             raise MicroError(f"cannot load GGUF file '{self.gguf_file}' with transformers: {e}") from e
         self.model.to(self.device).eval()
-        self.max_length = int(max_length) if max_length else default_max_length(self.tokenizer, config)
+        self.max_length = int(max_length) if max_length is not None else default_max_length(self.tokenizer, config)
         self.renderer = ChatRenderer(self.tokenizer, self.max_length, truncation)
         self.batch_size = int(batch_size)
         self.chunk_size = int(chunk_size or max(256, 16 * self.batch_size))

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.backends.base import Messages, render_plain, resolve_model_path, weights_hash
+from pipeline.backends.base import (Messages, check_max_length, check_model_folder, config_positions,
+                                    model_load_error, render_plain, resolve_model_path, weights_hash)
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -24,7 +25,12 @@ def default_model_path() -> str:
 
 
 def _read_json(path: Path) -> dict | list | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise model_load_error(path.parent, exc) from None
 
 
 def _pooling_name(model_dir: Path) -> str:
@@ -57,11 +63,15 @@ class SentenceTransformersBackend:
             raise MicroError(f"truncation must be one of {', '.join(TRUNCATION_SIDES)}, got {truncation!r}")
         self.truncation = truncation
         default = default_model_path()
-        self.model_path = resolve_model_path(model or default)
+        self.model_path = check_model_folder(resolve_model_path(model or default), ("config.json", "tokenizer.json"))
         self.model_id = DEFAULT_MODEL_ID if str(self.model_path) == str(Path(default).resolve()) \
             else self.model_path.name
         cfg = _read_json(self.model_path / "sentence_bert_config.json") or {}
-        self.max_length = int(max_length or cfg.get("max_seq_length") or 512)
+        check_max_length(max_length, config_positions(_read_json(self.model_path / "config.json") or {}),
+                         self.model_path)
+        self.max_length = int(max_length if max_length is not None else cfg.get("max_seq_length") or 512)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise MicroError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
         self.batch_size = batch_size
         self.chunk_size = batch_size
         self.device = device or "cpu"
@@ -90,7 +100,10 @@ class SentenceTransformersBackend:
 
             transformers.logging.set_verbosity_error()
             transformers.utils.logging.disable_progress_bar()
-            self._model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
+            try:
+                self._model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
+            except Exception as exc:  # noqa: BLE001 - garbage / truncated weights, bad config: one line
+                raise model_load_error(self.model_path, exc) from None
             self._model.max_seq_length = self.max_length
             # "left": keep the final response; "history" texts fit already (left is only the safety net)
             self._model.tokenizer.truncation_side = "left" if self.truncation == "history" else self.truncation
@@ -119,7 +132,10 @@ class SentenceTransformersBackend:
         if self._tok is None:
             from tokenizers import Tokenizer
 
-            self._tok = Tokenizer.from_file(str(self.model_path / "tokenizer.json"))
+            try:
+                self._tok = Tokenizer.from_file(str(self.model_path / "tokenizer.json"))
+            except Exception as exc:  # noqa: BLE001 - a damaged tokenizer.json
+                raise model_load_error(self.model_path, exc) from None
             self._tok.no_truncation()
             self._tok.no_padding()
         return self._tok

@@ -7,14 +7,16 @@ Shapes (per row):
     prompt: the shared turns become the prompt, the final assistant turns the responses;
   * two responses + label (--a-col, --b-col, --label-col): label == label_a -> a preferred,
     label_b -> b preferred, label_tie -> dropped and counted as 'tie'.
-Columns named 'group', 'context' and 'split' are used when present unless mapped explicitly.
+Columns named 'group', 'context' and 'split' are used when present unless mapped explicitly. The columns of a
+file are the union over all its rows (a first row without 'group' does not drop the groups of the others); a row
+missing a required field is skipped and counted.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from pipeline.errors import MicroError
+from pipeline.errors import MicroError, OptionError
 from pipeline.recipes.base import BadRow, Record, make_pair, need
 from pipeline.recipes.messages import resolve
 from pipeline.schema import RowLog
@@ -43,9 +45,27 @@ class Mapping:
         return self.label is not None
 
 
-def build_mapping(first: dict, explicit: dict, where: str) -> Mapping:
-    """Check explicitly named columns exist in the first row; fill in defaults present in the file."""
-    cols = set(first)
+def label_text(value) -> str:
+    """A label value as comparable text: case-insensitive, numbers by value (Parquet 1.0 == option '1')."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = str(value).strip().lower()
+    try:
+        num = float(text)
+    except ValueError:
+        return text
+    return str(int(num)) if num.is_integer() else repr(num)
+
+
+def column_union(rows) -> list[str]:
+    """Every key of any row, in order of first appearance."""
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
+def build_mapping(cols, explicit: dict, where: str) -> Mapping:
+    """Check explicitly named columns exist in the file (``cols``: the union of its rows' keys); fill in
+    defaults present in the file."""
+    cols = set(cols)
     for opt, col in explicit.items():
         if col is not None and opt.endswith("_col") and col not in cols:
             raise MicroError(f"{where}: unknown column '{col}' for --{opt.replace('_', '-')}; "
@@ -53,6 +73,13 @@ def build_mapping(first: dict, explicit: dict, where: str) -> Mapping:
     three = [explicit.get(k) for k in ("a_col", "b_col", "label_col")]
     if any(three) and not all(three):
         raise MicroError(f"{where}: the two-responses shape needs all of --a-col, --b-col and --label-col")
+    labels = {k: label_text(explicit[k] if explicit.get(k) is not None else d)
+              for k, d in (("label_a", "a"), ("label_b", "b"), ("label_tie", "tie"))}
+    for i, (k1, v1) in enumerate(labels.items()):
+        for k2, v2 in list(labels.items())[i + 1:]:
+            if v1 == v2:
+                raise OptionError(f"--{k1.replace('_', '-')} and --{k2.replace('_', '-')} are both {v1!r}: "
+                                  "each label value must mean one thing")
 
     def pick(opt: str, default: str | None) -> str | None:
         col = explicit.get(opt)
@@ -76,15 +103,17 @@ def _optional_text(data: dict, col: str | None) -> str | None:
     value = data.get(col) if col else None
     if value is None:
         return None
+    if isinstance(value, (list, dict, tuple)):
+        raise BadRow(f"not text: field '{col}' is a {type(value).__name__}, expected a string or number")
     text = str(value).strip()
     return text or None
 
 
 def _label_side(value, m: Mapping) -> str:
     """'a' | 'b' | 'tie' for a label value (compared as lower-case strings)."""
-    label = str(value).strip().lower()
+    label = label_text(value)
     for side, want in (("a", m.label_a), ("b", m.label_b), ("tie", m.label_tie)):
-        if label == want.strip().lower():
+        if label == label_text(want):
             return side
     raise BadRow(f"unknown label: field '{m.label}' is {value!r} (expected {m.label_a!r}, {m.label_b!r} "
                  f"or {m.label_tie!r})")
@@ -120,11 +149,20 @@ def generic(records: Iterable[Record], log: RowLog, *, prompt_col: str | None = 
             label_b: str | None = None, label_tie: str | None = None) -> Iterator[dict]:
     """Pairs from a generic preference file (see the module docstring for the accepted shapes)."""
     explicit = {k: v for k, v in locals().items() if k not in ("records", "log")}
-    mapping = None
+    start = len(log.skipped)
+    records = list(records)  # the columns are the union over the file: read it all first
+    if not records:
+        return
+    mapping = build_mapping(column_union(r.data for r in records), explicit, records[0].loc.rsplit(":", 1)[0])
     for rec in records:
-        if mapping is None:
-            mapping = build_mapping(rec.data, explicit, rec.loc.rsplit(":", 1)[0])
         try:
             yield from generic_row(rec, log, mapping)
         except BadRow as exc:
             log.skip(rec.loc, str(exc))
+    log.skipped[start:] = sorted(log.skipped[start:], key=_row_number)  # reader and row skips in file order
+
+
+def _row_number(skip: tuple[str, str]) -> int:
+    """The row/line number in a skip location 'path:12', 'path:[3]' or 'path:row 7' (for sorting)."""
+    digits = "".join(ch for ch in skip[0].rsplit(":", 1)[-1] if ch.isdigit())
+    return int(digits) if digits else -1

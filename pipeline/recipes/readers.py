@@ -32,10 +32,29 @@ def file_format(path: Path) -> str:
     return fmt
 
 
-def stable_name(path: Path) -> str:
-    """'parent/name': identifies a file in pair ids independently of the working directory."""
-    path = Path(path).resolve()
-    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+def stable_name(path: Path, depth: int = 2) -> str:
+    """'parent/name' (the last ``depth`` path parts): identifies a file in pair ids independently of the
+    working directory."""
+    parts = Path(path).resolve().parts[1:]
+    return "/".join(parts[-depth:]) if parts else Path(path).name
+
+
+def stable_names(paths) -> list[str]:
+    """:func:`stable_name` of each input, with more parent folders for distinct inputs whose 'parent/name'
+    collide (A/data/train.jsonl and B/data/train.jsonl), so that every distinct file gets distinct pair ids
+    (the same file given twice keeps one name: its pairs are duplicates)."""
+    resolved = [Path(p).resolve() for p in paths]
+    depth = dict.fromkeys(resolved, 2)
+    while True:
+        names = {r: stable_name(r, d) for r, d in depth.items()}
+        taken: dict[str, int] = {}
+        for n in names.values():
+            taken[n] = taken.get(n, 0) + 1
+        clash = [r for r, n in names.items() if taken[n] > 1]
+        if not clash:
+            return [names[r] for r in resolved]
+        for r in clash:
+            depth[r] += 1
 
 
 def has_bad_text(value: Any) -> bool:
@@ -144,12 +163,13 @@ def _parquet(path: Path, log: RowLog, name: str) -> Iterator[Record]:
             i += 1
 
 
-def read_records(path: str | Path, log: RowLog) -> Iterator[Record]:
-    """Yield the rows of ``path`` as Records; MicroError if it is missing or of an unknown type."""
+def read_records(path: str | Path, log: RowLog, name: str | None = None) -> Iterator[Record]:
+    """Yield the rows of ``path`` as Records (``name``: the file's name in pair ids, default
+    :func:`stable_name`); MicroError if it is missing or of an unknown type."""
     path = Path(path)
     if not path.is_file():
         raise MicroError(f"{path}: no such file")
-    fmt, name = file_format(path), stable_name(path)
+    fmt, name = file_format(path), name or stable_name(path)
     if fmt == "jsonl":
         return _jsonl(path, log, name)
     if fmt == "json":
@@ -160,7 +180,5 @@ def read_records(path: str | Path, log: RowLog) -> Iterator[Record]:
 
 
 def columns(path: str | Path) -> list[str]:
-    """Column names of a file (the keys of its first row), without logging anything."""
-    for rec in read_records(path, RowLog()):
-        return list(rec.data)
-    return []
+    """Column names of a file (every key of any row, in order of first appearance), without logging anything."""
+    return list(dict.fromkeys(k for rec in read_records(path, RowLog()) for k in rec.data))

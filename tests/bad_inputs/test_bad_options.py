@@ -1,0 +1,171 @@
+"""Bad-input corpus, part 1: option values and arguments of every command, refused before any work starts.
+
+Each case must end in one line ``error: ...`` naming the option (exit 2), with no backend built, no text embedded,
+nothing fitted and no file of the workspace changed (see _corpus.py).
+"""
+from __future__ import annotations
+
+from _corpus import Case, cases, check, corpus_template, ws  # noqa: F401 (fixtures)
+
+E = "embed {pairs} --out {ws}/newrun "
+F = "fit {run} --out {ws}/newmodel "
+R = "route {bundle} --user-data {user} --out {ws}/routed "
+V = "eval {bundle} {run} "
+S = "score {bundle} --input {rows} --out {ws}/rewards.parquet "
+W = "sweep {run} --out {ws}/sw.parquet --grid k=1,2 "
+P = "data prepare generic {raw} -o {ws}/new.parquet "
+
+EMBED = [
+    Case("embed-batch-size-0", E + "--batch-size 0", r"--batch-size must be >= 1, got 0"),
+    Case("embed-batch-size-negative", E + "--batch-size -4", r"--batch-size must be >= 1, got -4"),
+    Case("embed-batch-size-text", E + "--batch-size lots", r"'--batch-size'"),
+    Case("embed-max-length-0", E + "--max-length 0", r"--max-length must be >= 1, got 0"),
+    Case("embed-max-length-negative", E + "--max-length -1", r"--max-length must be >= 1"),
+    Case("embed-cache-dtype-int8", E + "--cache-dtype int8", r"--cache-dtype must be one of float16, float32"),
+    Case("embed-overlong-drop", E + "--overlong drop", r"--overlong must be one of truncate, skip, got 'drop'"),
+    Case("embed-truncation-middle", E + "--truncation middle", r"--truncation must be one of .*'middle'"),
+    Case("embed-backend-unknown", E + "--backend onnx", r"--backend must be one of .*'onnx'"),
+    Case("embed-dtype-unknown", E + "--dtype int4", r"--dtype must be one of .*'int4'"),
+    Case("embed-workers-0", E + "--workers 0", r"--workers must be >= 1, got 0"),
+    Case("embed-tensor-parallel-0", E + "--tensor-parallel-size 0", r"--tensor-parallel-size must be >= 1"),
+    Case("embed-address-without-ray", E + "--address auto", r"--address .* needs --ray"),
+    Case("embed-pairs-missing", "embed {ws}/nope.parquet --out {ws}/newrun", r"nope\.parquet: no such file"),
+    Case("embed-pairs-is-folder", "embed {run} --out {ws}/newrun", r"/run: is a folder, expected a pair table"),
+    Case("embed-pairs-raw-jsonl", "embed {raw} --out {ws}/newrun", r"raw\.jsonl: not a readable Parquet pair table.*"
+         r"micro data prepare"),
+    Case("embed-cache-dir-is-file", E + "--cache-dir {raw}", r"--cache-dir .*raw\.jsonl: .* is a file, not a folder"),
+    Case("embed-unknown-option", E + "--batchsize 4", r"No such option: --batchsize"),
+    Case("embed-missing-out", "embed {pairs}", r"Missing option '--out'"),
+]
+
+FIT = [
+    Case("fit-k-0", F + "--k 0", r"--k must be a positive integer or 'auto', got '0'"),
+    Case("fit-k-negative", F + "--k=-3", r"--k must be a positive integer or 'auto', got '-3'"),
+    Case("fit-k-word", F + "--k ten", r"--k must be a positive integer or 'auto', got 'ten'"),
+    Case("fit-k-range-reversed", F + "--k auto --k-range 5..2", r"--k-range: need 1 <= low <= high, got 5..2"),
+    Case("fit-k-range-garbage", F + "--k auto --k-range many", r"--k-range expects LOW..HIGH"),
+    Case("fit-alpha-nan", F + "--alpha nan", r"--alpha must be a finite number, got nan"),
+    Case("fit-alpha-inf", F + "--alpha inf", r"--alpha must be a finite number, got inf"),
+    Case("fit-alpha-negative", F + "--alpha=-0.5", r"--alpha must be >= 0, got -0.5"),
+    Case("fit-l2-inf", F + "--l2 inf", r"--l2 must be auto or a finite number >= 0, got 'inf'"),
+    Case("fit-l2-nan", F + "--l2 nan", r"--l2 must be auto or a finite number >= 0"),
+    Case("fit-l2-negative", F + "--l2=-1e-4", r"--l2 must be auto or a finite number >= 0"),
+    Case("fit-l2-word", F + "--l2 strong", r"--l2 must be auto or a finite number >= 0, got 'strong'"),
+    Case("fit-gate-l2-nan", F + "--gate-l2 nan", r"--gate-l2 must be a finite number"),
+    Case("fit-holdout-1", F + "--holdout 1", r"--holdout must be >= 0 and < 1, got 1"),
+    Case("fit-holdout-negative", F + "--holdout=-0.1", r"--holdout must be >= 0 and < 1"),
+    Case("fit-patience-0", F + "--patience 0", r"--patience must be >= 1, got 0"),
+    Case("fit-calibrate-unknown", F + "--calibrate maybe", r"--calibrate must be one of auto, on, off, got 'maybe'"),
+    Case("fit-gate-dim-0", F + "--gate-dim 0", r"--gate-dim must be auto, none or an integer >= 1, got '0'"),
+    Case("fit-tol-nan", F + "--tol nan", r"--tol must be a finite number"),
+    Case("fit-tol-negative", F + "--tol=-1", r"--tol must be >= 0"),
+    Case("fit-n-init-0", F + "--n-init 0", r"--n-init must be >= 1, got 0"),
+    Case("fit-max-iter-negative", F + "--max-iter=-1", r"--max-iter must be >= 0, got -1"),
+    Case("fit-seed-negative", F + "--seed=-1", r"--seed must be >= 0, got -1"),
+    Case("fit-dim-0", F + "--dim 0", r"--dim must be auto, none or an integer >= 1, got '0'"),
+    Case("fit-dim-word", F + "--dim wide", r"--dim must be auto, none or an integer >= 1, got 'wide'"),
+    Case("fit-gate-hidden-0", F + "--gate-hidden 0", r"--gate-hidden must be >= 1, got 0"),
+    Case("fit-gate-unknown", F + "--gate mlp", r"--gate must be one of context, static, got 'mlp'"),
+    Case("fit-gate-input-unknown", F + "--gate-input response", r"--gate-input must be one of auto, prompt, context"),
+    Case("fit-init-unknown", F + "--init zeros", r"--init must be one of gate-kmeans, kmeans, random, split"),
+    Case("fit-optimizer-unknown", F + "--optimizer sgd", r"--optimizer must be one of em, adamw, got 'sgd'"),
+    Case("fit-epochs-0", F + "--optimizer adamw --epochs 0", r"--epochs must be >= 1, got 0"),
+    Case("fit-baseline-unknown", F + "--baseline oracle", r"--baseline must be one of single, static"),
+    Case("fit-auto-adamw", F + "--k auto --optimizer adamw", r"--k auto fits with --optimizer em"),
+    Case("fit-auto-single", F + "--k auto --baseline single", r"--k auto: the single baseline has one head"),
+    Case("fit-run-missing", "fit {ws}/norun", r"norun: not a run folder \(no run\.json\)"),
+    Case("fit-max-iter-text", F + "--max-iter many", r"'--max-iter'"),
+]
+
+ROUTE = [
+    Case("route-tau-0", R + "--tau 0", r"--tau must be > 0, got 0"),
+    Case("route-tau-nan", R + "--tau nan", r"--tau must be a finite number"),
+    Case("route-tau-negative", R + "--tau=-1", r"--tau must be > 0"),
+    Case("route-epochs-0", R + "--epochs 0", r"--epochs must be >= 1, got 0"),
+    Case("route-budget-0", R + "--budget-per-group 0", r"--budget-per-group must be >= 1, got 0"),
+    Case("route-seeds-0", R + "--seeds 0", r"--seeds must be >= 1, got 0"),
+    Case("route-lr-0", R + "--lr 0", r"--lr must be > 0, got 0"),
+    Case("route-lr-inf", R + "--lr inf", r"--lr must be a finite number"),
+    Case("route-hedge-tau-0", R + "--online --user g1 --hedge-tau 0", r"--hedge-tau must be > 0"),
+    Case("route-online-without-user", R + "--online", r"--online needs --user NAME"),
+    Case("route-user-without-online", R + "--user g1", r"--user .* needs --online"),
+    Case("route-user-data-missing", "route {bundle} --user-data {ws}/none.jsonl", r"--user-data .*none\.jsonl: no such file"),
+    Case("route-user-data-folder", "route {bundle} --user-data {run}", r"--user-data .*/run: is a folder"),
+    Case("route-bundle-missing", "route {ws}/nobundle --user-data {user}", r"nobundle: not a model bundle"),
+]
+
+EVAL = [
+    Case("eval-budget-0", V + "--budget-per-group 0", r"--budget-per-group must be >= 1, got 0"),
+    Case("eval-seeds-0", V + "--seeds 0", r"--seeds must be >= 1, got 0"),
+    Case("eval-hyre-n-negative", V + "--hyre-n=-1", r"--hyre-n must be >= 0, got -1"),
+    Case("eval-budgets-text", V + "--budgets 5,ten", r"--budgets must be comma-separated integers"),
+    Case("eval-budgets-0", V + "--budgets 0,5", r"--budgets must all be >= 1"),
+    Case("eval-tau-0", V + "--tau 0", r"--tau must be > 0"),
+    Case("eval-epochs-0", V + "--epochs 0", r"--epochs must be >= 1"),
+    Case("eval-lr-nan", V + "--lr nan", r"--lr must be a finite number"),
+    Case("eval-run-missing", "eval {bundle} {ws}/norun", r"norun: not a run folder"),
+    Case("eval-bundle-missing", "eval {ws}/nob {run}", r"nob: not a model bundle"),
+]
+
+SCORE = [
+    Case("score-context-and-user", S + "--context c --user {profile}", r"give either --context or --user, not both"),
+    Case("score-context-empty", S + "--context ' '", r"--context is empty"),
+    Case("score-input-missing", "score {bundle} --input {ws}/none.jsonl", r"--input .*none\.jsonl: no such file"),
+    Case("score-out-csv", "score {bundle} --input {rows} --out {ws}/r.csv", r"--out .*r\.csv: .*\.parquet or \.jsonl"),
+    Case("score-user-missing", S + "--user {ws}/nobody.json", r"--user .*nobody\.json: no such file"),
+    Case("score-bundle-missing", "score {ws}/nob --input {rows}", r"nob: not a model bundle"),
+]
+
+SWEEP = [
+    Case("sweep-seeds-0", W + "--seeds 0", r"--seeds must be >= 1, got 0"),
+    Case("sweep-stage-unknown", W + "--stage eval", r"--stage must be one of fit, route, all, got 'eval'"),
+    Case("sweep-backend-unknown", W + "--backend dask", r"--backend must be one of local, ray, got 'dask'"),
+    Case("sweep-jobs-0", W + "--jobs 0", r"--jobs must be >= 1, got 0"),
+    Case("sweep-samples-0", W + "--samples 0", r"--samples must be >= 1, got 0"),
+    Case("sweep-holdout-1", W + "--holdout 1", r"--holdout must be >= 0 and < 1, got 1"),
+    Case("sweep-holdout-negative", W + "--holdout=-0.1", r"--holdout must be >= 0 and < 1"),
+    Case("sweep-top-0", W + "--top 0", r"--top must be >= 1, got 0"),
+    Case("sweep-grid-unknown-name", "sweep {run} --grid 'heads=1,2'", r"sweep: unknown hyperparameter 'heads'"),
+    Case("sweep-grid-bad-value", "sweep {run} --grid 'k=1,two'", r"sweep: k='two' is not a valid int"),
+    Case("sweep-grid-range-without-samples", "sweep {run} --grid 'alpha=0..1'", r"alpha is a range; use --samples"),
+    Case("sweep-grid-routing-in-fit", "sweep {run} --grid 'tau=0.1,1'", r"routing hyperparameters: use --stage route"),
+    Case("sweep-grid-no-values", "sweep {run} --grid 'k='", r"sweep: expected NAME=VALUES, got 'k='"),
+    Case("sweep-grid-twice", "sweep {run} --grid 'k=1; k=2'", r"sweep: k given twice"),
+    Case("sweep-grid-bad-log-range", "sweep {run} --samples 3 --grid 'alpha=log:0..1'", r"bad range alpha"),
+    Case("sweep-address-without-ray", W + "--address auto", r"--address .* needs --backend ray"),
+    Case("sweep-out-not-parquet", "sweep {run} --grid k=1 --out {ws}/r.csv", r"--out .*r\.csv: .*\.parquet"),
+    Case("sweep-run-missing", "sweep {ws}/norun --grid k=1", r"norun: not a run folder"),
+]
+
+PREPARE = [
+    Case("prepare-test-size-2", P + "--test-size 2", r"--test-size must be >= 0 and <= 1, got 2"),
+    Case("prepare-test-size-nan", P + "--test-size nan", r"--test-size must be a finite number"),
+    Case("prepare-seed-negative", P + "--seed=-1", r"--seed must be >= 0, got -1"),
+    Case("prepare-recipe-unknown", "data prepare shp {raw} -o {ws}/n.parquet", r"unknown recipe 'shp'"),
+    Case("prepare-out-jsonl", "data prepare generic {raw} -o {ws}/n.jsonl", r"--out .*n\.jsonl: .*\.parquet"),
+    Case("prepare-opt-no-equals", P + "--opt min_gap", r"--opt expects KEY=VALUE, got 'min_gap'"),
+    Case("prepare-opt-unknown", "data prepare dsp {raw} -o {ws}/n.parquet --opt min_gap=2",
+         r"recipe 'dsp' does not take option\(s\) min_gap"),
+    Case("prepare-labels-identical", P + "--a-col chosen --b-col rejected --label-col group --label-a 1 --label-b 1",
+         r"--label-a and --label-b are both '1'"),
+    Case("prepare-labels-same-number", P + "--a-col chosen --b-col rejected --label-col group --label-a 1 "
+         "--label-tie 1.0", r"--label-a and --label-tie are both '1'"),
+    Case("prepare-unknown-column", P + "--group-col annotator", r"raw\.jsonl: unknown column 'annotator' for --group-col"),
+    Case("prepare-partial-two-responses", P + "--a-col chosen", r"needs all of --a-col, --b-col and --label-col"),
+    Case("prepare-input-missing", "data prepare generic {ws}/none.jsonl -o {ws}/n.parquet", r"none\.jsonl: no such file"),
+    Case("prepare-input-folder", "data prepare generic {run} -o {ws}/n.parquet", r"/run: no such file \(it is a folder\)"),
+    Case("prepare-overwrite-refused-bad-out", "data prepare generic {raw} -o {pairs}.txt", r"\.txt: .*\.parquet"),
+]
+
+DEMO = [
+    Case("demo-k-0", "demo --out {ws}/demo --k 0", r"--k must be >= 1, got 0"),
+    Case("demo-seeds-0", "demo --out {ws}/demo --seeds 0", r"--seeds must be >= 1, got 0"),
+    Case("demo-out-is-file", "demo --out {raw}", r"--out .*raw\.jsonl: is a file, not a folder"),
+]
+
+ALL = EMBED + FIT + ROUTE + EVAL + SCORE + SWEEP + PREPARE + DEMO
+
+
+@cases(*ALL)
+def test_bad_option(case, ws, monkeypatch, capsys):
+    check(case, ws, monkeypatch, capsys)
