@@ -15,7 +15,9 @@ from .chunked import mean_sq_norm, project
 from .em import EMResult, newton_polish_single, run_em
 from .initialise import initialise, normalised_rows, sketch
 from .objective import Problem
-from .selection import auto_dim, best_point, fit_temperature, holdout_rows, l2_path
+import dataclasses
+
+from .selection import best_point, dim_candidates, fit_temperature, holdout_rows, l2_path
 
 
 #: EM iterations of the refit on all train pairs when the chosen path point had stopped early
@@ -61,32 +63,64 @@ class Prepared:
     delta_rms: float = 1.0
     scales: tuple = (1.0, 1.0)          # (s_D, s_X): mean squared row norm / width (relative L2 units)
     notes: list = field(default_factory=list)
+    widths: list = field(default_factory=list)   # candidate (Delta width, gate width) pairs, None = full width
+
+    @property
+    def unit(self) -> tuple:
+        """(a_D, a_X): the factors that give Delta and the gate input mean squared entries 1 (the fit's units)."""
+        return tuple(1.0 / np.sqrt(max(v, 1e-300)) for v in self.scales)
+
+    def problem(self, K: int, est, l2: float, gate_l2: float, rows: Optional[np.ndarray] = None) -> Problem:
+        """The objective on this data in the fit's units; ``l2`` / ``gate_l2`` are absolute (original units)."""
+        return Problem(self.D, self.X, K, self.kind, est.alpha, l2 / self.scales[0], est.gate_hidden,
+                       gate_l2=gate_l2 / self.scales[1], rows=rows, scale=self.unit)
+
+    def to_original(self, theta: np.ndarray, prob: Problem):
+        """(W (K, d') and gate dict) in original units (still in the projected space) from a fit-unit theta."""
+        W, gp = prob.packer.unpack(theta)
+        gp = {k: v.copy() for k, v in gp.items()}
+        first = "hidden_coef" if "hidden_coef" in gp else ("coef" if "coef" in gp else None)
+        if first:
+            gp[first] = gp[first] * self.unit[1]
+        return W * self.unit[0], gp
+
+    def restrict(self, widths: tuple) -> "Prepared":
+        """The same data in the first (r_D, r_X) principal directions (nested subspaces: views, no new SVD)."""
+        rd, rx = widths
+        D = self.D if rd is None else self.D[:, :rd]
+        X = self.X if (rx is None or self.X is None) else self.X[:, :rx]
+        P = self.projection if rd is None else self.projection[:rd]
+        Pp = self.prompt_projection if rx is None else self.prompt_projection[:rx]
+        scales = (mean_sq_norm(D) / D.shape[1], mean_sq_norm(X) / X.shape[1] if X is not None else 1.0)
+        return dataclasses.replace(self, D=D, X=X, projection=P, prompt_projection=Pp, scales=scales)
 
 
 def prepare(est, D: np.ndarray, X: Optional[np.ndarray], kind: str) -> Prepared:
-    """Projections (``dim`` / ``gate_dim``, "auto" by width), init sketches and restart seeds."""
+    """Projections to the widest candidate width (``dim`` / ``gate_dim``; "auto" by feature width), the candidate
+    widths, init sketches and restart seeds. Restrict to one candidate with :meth:`Prepared.restrict`."""
     seed = seed_of(est.random_state)
     K = int(est.n_components)
-    dim = auto_dim(est.dim, D.shape[1])
-    P = fit_projection(D, dim, seed, est.whiten) if dim else None
+    dims = dim_candidates(est.dim, D.shape[1])
+    P = fit_projection(D, dims[-1], seed, est.whiten) if dims[-1] else None
     Dfit = project(D, P) if P is not None else D
-    Pp, Xfit = None, None
+    Pp, Xfit, gdims = None, None, [None]
     if kind != "static":
-        gdim = auto_dim(est.gate_dim, X.shape[1])
-        Pp = fit_projection(X, gdim, seed, False) if gdim else None
+        gdims = dim_candidates(est.gate_dim, X.shape[1])
+        Pp = fit_projection(X, gdims[-1], seed, False) if gdims[-1] else None
         Xfit = project(X, Pp) if Pp is not None else X
+    tied = est.dim == est.gate_dim == "auto" and len(dims) == len(gdims)   # both projected by width: same r
+    widths = list(zip(dims, gdims)) if tied else [(rd, gdims[-1]) for rd in dims]
     ss = np.random.SeedSequence(est.random_state if est.random_state is not None else None)
     seeds = [int(s.generate_state(1)[0]) for s in ss.spawn(int(est.n_init))]
     method = "kmeans" if (est.init == "gate-kmeans" and Xfit is None) else est.init
     rng = np.random.default_rng(seeds[0])
-    prep = Prepared(Dfit, Xfit, kind, P, Pp, method, seeds)
+    prep = Prepared(Dfit, Xfit, kind, P, Pp, method, seeds, widths=widths)
     if K > 1 and method == "gate-kmeans":
         prep.sk_prompt = sketch(Xfit, est.max_kmeans_dim, rng)
     if K > 1 and method == "kmeans":
         prep.sk_delta = sketch(normalised_rows(Dfit), est.max_kmeans_dim, rng)
     prep.delta_rms = float(np.sqrt(mean_sq_norm(Dfit, max_rows=2048)))
-    prep.scales = (mean_sq_norm(Dfit) / Dfit.shape[1], mean_sq_norm(Xfit) / Xfit.shape[1] if Xfit is not None else 1.0)
-    return prep
+    return prep.restrict(widths[-1]) if len(widths) == 1 or P is None else prep
 
 
 @dataclass
@@ -105,10 +139,11 @@ def _start(est, prep: Prepared, prob: Problem, seed: int):
     K = int(est.n_components)
     single = None
     if prep.method == "split" and K > 1:
-        p1 = Problem(prep.D, None, 1, "static", 0.0, prob.l2, rows=prob.rows)
+        p1 = Problem(prep.D, None, 1, "static", 0.0, prob.l2, rows=prob.rows, scale=prob.scale)
         single = p1.packer.unpack(run_em(p1, np.zeros(p1.packer.size), max_iter=est.max_iter, tol=est.tol).theta)[0][0]
     W0, r0 = initialise(prep.method, K, prep.D.shape[1], seed, delta_sketch=_rows(prep.sk_delta, prob.rows),
-                        prompt_sketch=_rows(prep.sk_prompt, prob.rows), delta_rms=prep.delta_rms, single_coef=single)
+                        prompt_sketch=_rows(prep.sk_prompt, prob.rows), delta_rms=prep.delta_rms * prob.scale[0],
+                        single_coef=single)
     g0 = G.init_gate_params(prep.kind, K, prob.p, est.gate_hidden, np.random.default_rng(seed))
     return prob.packer.pack(W0, g0), r0
 
@@ -117,18 +152,21 @@ def _rows(a: Optional[np.ndarray], rows: Optional[np.ndarray]) -> Optional[np.nd
     return a if a is None or rows is None else a[rows]
 
 
-def fit_restarts(est, prep: Prepared, prob: Problem, val: Optional[Problem] = None) -> Best:
+def fit_restarts(est, prep: Prepared, prob: Problem, val: Optional[Problem] = None,
+                 seeds: Optional[List[int]] = None) -> Best:
     """``n_init`` restarts from the initialisation; with ``screen_iter`` only the leader after that many iterations
     runs on. Restarts are ranked by the objective, or by the validation negative log-likelihood when ``val`` is
-    given (then every run stops early on it); ``Best.restart_scores`` are those values."""
+    given (then every run stops early on it); ``Best.restart_scores`` are those values. ``seeds`` overrides the
+    restarts' seeds."""
     K = int(est.n_components)
+    seeds = prep.seeds if seeds is None else seeds
     em_kw = dict(tol=est.tol, m_steps=est.m_steps, memory=est.memory, accept=est.accept, on_iter=est.on_iter,
                  verbose=est.verbose, val=val, patience=est.patience)
-    screening = est.optimizer == "em" and est.screen_iter and len(prep.seeds) > 1 and K > 1
+    screening = est.optimizer == "em" and est.screen_iter and len(seeds) > 1 and K > 1
     best, scores = None, []
-    for i, seed in enumerate(prep.seeds):
+    for i, seed in enumerate(seeds):
         if est.verbose:
-            print(f"restart {i + 1}/{len(prep.seeds)} (init={prep.method}, optimizer={est.optimizer})")
+            print(f"restart {i + 1}/{len(seeds)} (init={prep.method}, optimizer={est.optimizer})")
         theta0, r0 = _start(est, prep, prob, seed)
         res = None
         if est.optimizer == "em":
@@ -169,45 +207,55 @@ def _merge(first: Optional[EMResult], second: EMResult) -> EMResult:
 
 
 def select(est, prep: Prepared, groups: np.ndarray, calibrate: bool, search: bool, fixed: tuple) -> dict:
-    """Held-out selection on the train pairs: the L2 path (``search``; else the ``fixed`` (l2, gate_l2)) and/or a
-    temperature (``calibrate``).
-    Returns {theta (fit-space start for the refit), l2, gate_l2, refit_iter, temperature, selection (JSON-able)}."""
+    """Held-out selection on the train pairs: for every candidate width an L2 path (``search``; else the
+    ``fixed`` (l2, gate_l2) at the widest candidate) and/or a temperature (``calibrate``). Returns {widths, theta
+    (fit-space start for the refit), l2, gate_l2, refit_iter, temperature, restart_scores, selection (JSON-able)}."""
     fit_rows, val_rows = holdout_rows(groups, est.holdout, seed_of(est.random_state))
     if len(val_rows) == 0 or len(fit_rows) < int(est.n_components):
         prep.notes.append("too few prompts for a held-out slice: no selection, no calibration")
         return {}
-    K, (s_d, s_x) = int(est.n_components), prep.scales
-    mk = lambda l2, gl2, rows: Problem(prep.D, prep.X, K, prep.kind, est.alpha, l2, est.gate_hidden,  # noqa: E731
-                                       gate_l2=gl2, rows=rows)
-    out = {"selection": {"holdout": est.holdout, "fit_pairs": int(len(fit_rows)), "val_pairs": int(len(val_rows)),
-                         "scales": [s_d, s_x]}}
+    K = int(est.n_components)
+    out = {"selection": {"holdout": est.holdout, "fit_pairs": int(len(fit_rows)), "val_pairs": int(len(val_rows))}}
+
+    def problems(sub: Prepared, l2: float, gl2: float):
+        return [sub.problem(K, est, l2, gl2, rows) for rows in (fit_rows, val_rows)]
+
     if search:
-        val = mk(0.0, 0.0, val_rows)
-        fit = mk(0.0, 0.0, fit_rows)
+        points, thetas, seconds = [], {}, 0.0
+        for widths in prep.widths:
+            sub = prep.restrict(widths)
+            fit, val = problems(sub, 0.0, 0.0)
+            first = {}
 
-        def run(c: float, theta0):
-            fit.set_l2(c * s_d, c * s_x)
-            if theta0 is None:
-                b = fit_restarts(est, prep, fit, val)
+            def run(c: float, sub=sub, fit=fit, val=val, first=first):
+                fit.set_l2(c, c)   # relative L2 = L2 in the fit's units
+                seeds = [sub.seeds[first["restart"]]] if first else None   # the first candidate's best restart
+                b = fit_restarts(est, sub, fit, val, seeds=seeds)
                 b.result.theta = b.theta  # (a single head's Newton polish)
-                out.update(restart_scores=b.restart_scores, restart=b.restart)
+                if not first:
+                    first.update(restart_scores=b.restart_scores, restart=b.restart)
                 return b.result
-            return run_em(fit, theta0, None, max_iter=est.max_iter, tol=est.tol, init_m_steps=0, memory=est.memory,
-                          accept=est.accept, val=val, patience=est.patience, warm=True)
 
-        path = l2_path(run, (s_d, s_x))
-        best = best_point(path)
+            path = l2_path(run, sub.scales)
+            seconds += sum(p.seconds for p in path)
+            for p in path:
+                thetas[id(p)] = (widths, sub, val, dict(first))
+            points += path
+        best = best_point(points)       # ties go to the stronger L2, then to the narrower width (listed first)
+        widths, sub, val, first = thetas[id(best)]
         # a converged point is the optimum of its L2: refit to convergence; an early-stopped one only a few steps
-        out.update(theta=best.theta, l2=best.l2, gate_l2=best.gate_l2,
+        out.update(widths=widths, theta=best.theta, l2=best.l2, gate_l2=best.gate_l2, **first,
                    refit_iter=REFIT_EARLY_STOPPED if best.stopped_early else est.max_iter)
-        out["selection"].update(path=[p.to_dict() for p in path], chosen_c=best.c,
-                                seconds=float(sum(p.seconds for p in path)))
+        out["selection"].update(
+            path=[dict(p.to_dict(), dim=thetas[id(p)][1].D.shape[1]) for p in points], chosen_c=best.c,
+            seconds=float(seconds), scales=list(sub.scales))
         theta = best.theta
     else:
-        fit = mk(*fixed, fit_rows)
-        theta = fit_restarts(est, prep, fit).theta
-        val = mk(fit.l2, fit.gate_l2, val_rows)
-        out["theta"] = theta
+        widths = prep.widths[-1]
+        sub = prep.restrict(widths)
+        fit, val = problems(sub, *fixed)
+        theta = fit_restarts(est, sub, fit).theta
+        out.update(widths=widths, theta=theta)
     if calibrate:
         lo = val.log_odds(theta)
         t = fit_temperature(lo)

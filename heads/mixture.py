@@ -199,17 +199,18 @@ class MixtureBT:
         kind = "static" if (self.gate == "static" or K == 1) else ("mlp" if self.gate_hidden else "linear")
         self.n_features_in_, self.n_prompt_features_in_ = D.shape[1], (X.shape[1] if X is not None else 0)
         prep = F.prepare(self, D, X if kind != "static" else None, kind)
-        self.projection_, self.prompt_projection_ = prep.projection, prep.prompt_projection
-        self.dim_, self.gate_dim_ = prep.D.shape[1], (prep.X.shape[1] if prep.X is not None else 0)
         self.init_used_ = prep.method
         auto = self.l2 == "auto"
         search = auto and self.optimizer == "em"
         calibrate = self.calibrate is True or (self.calibrate == "auto" and search)
-        fixed = self._l2_values({}, prep)
+        fixed = self._l2_values({}, prep.restrict(prep.widths[-1]))
         sel = (F.select(self, prep, groups, calibrate, search, fixed)
                if (search or calibrate) and self.holdout > 0 else {})
+        prep = prep.restrict(sel.get("widths", prep.widths[-1]))
+        self.projection_, self.prompt_projection_ = prep.projection, prep.prompt_projection
+        self.dim_, self.gate_dim_ = prep.D.shape[1], (prep.X.shape[1] if prep.X is not None else 0)
         l2, gl2 = self._l2_values(sel, prep)
-        prob = Problem(prep.D, prep.X, K, kind, self.alpha, l2, self.gate_hidden, gate_l2=gl2)
+        prob = prep.problem(K, self, l2, gl2)
         if "theta" in sel:  # the held-out fit, refitted on every train pair from where it stopped
             cap = min(self.max_iter, sel.get("refit_iter", self.max_iter))
             res = run_em(prob, sel["theta"], None, max_iter=cap, tol=self.tol, init_m_steps=0, memory=self.memory,
@@ -222,7 +223,7 @@ class MixtureBT:
         self.l2_, self.gate_l2_ = l2, gl2
         self.temperature_ = float(sel.get("temperature", 1.0))
         self.selection_ = dict(sel.get("selection", {}), notes=prep.notes)
-        self._store(prob, best, prep.D.shape[0], kind)
+        self._store(prep, prob, best, kind)
 
     def _l2_values(self, sel: dict, prep) -> tuple:
         if "l2" in sel:
@@ -232,12 +233,10 @@ class MixtureBT:
             return c * prep.scales[0], c * prep.scales[1]
         return float(self.l2), float(self.l2 if self.gate_l2 is None else self.gate_l2)
 
-    def _store(self, prob: Problem, best, n: int, kind: str) -> None:
+    def _store(self, prep, prob: Problem, best, kind: str) -> None:
         K = prob.K
-        W, gp = prob.packer.unpack(best.theta)
-        W, gp = W.copy(), {k: v.copy() for k, v in gp.items()}
-        Xfit = prob.X
-        mix = G.gate_weights(gp, Xfit, n_rows=n).mean(axis=0)
+        W, gp = prep.to_original(best.theta, prob)
+        mix = G.gate_weights(gp, prep.X, n_rows=prep.D.shape[0]).mean(axis=0)
         order = np.argsort(-mix, kind="stable")
         W = W[order]
         for key in ("coef", "intercept", "logits"):

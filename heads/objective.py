@@ -83,11 +83,12 @@ class Problem:
     ``delta`` (N, d) and ``prompt`` (N, p) are used without copying; ``rows`` (n,) optionally selects the pairs of
     this problem (e.g. the fit or the validation part of a train split). Contiguous float32/float64 data is read in
     large views; float16 data or a row subset is gathered and converted in chunks of ``chunk_bytes``. ``gate_l2``
-    (default ``l2``) is the L2 weight of the gate's weight matrices."""
+    (default ``l2``) is the L2 weight of the gate's weight matrices. ``scale`` = (a_D, a_X) multiplies Delta and the
+    prompt features on the fly (the fit then runs in units where both have mean squared entries 1)."""
 
     def __init__(self, delta: np.ndarray, prompt: Optional[np.ndarray], n_components: int, gate_kind: str,
                  alpha: float, l2: float, hidden: Optional[int] = None, *, gate_l2: Optional[float] = None,
-                 rows: Optional[np.ndarray] = None, chunk_bytes: Optional[int] = None):
+                 rows: Optional[np.ndarray] = None, chunk_bytes: Optional[int] = None, scale: tuple = (1.0, 1.0)):
         self.D = delta if delta.dtype in (np.float16, np.float32, np.float64) else delta.astype(np.float64)
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         self.np_dtype = compute_dtype(self.D)
@@ -101,9 +102,11 @@ class Problem:
         self.K, self.alpha = int(n_components), float(alpha)
         self.packer = Packer(self.K, self.d, gate_kind, p, hidden)
         self.set_l2(l2, gate_l2)
+        self.scale = (float(scale[0]), float(scale[1]))
         # few large matmuls beat many cache-sized ones on in-place data (N=23.5k, d=p=3072, K=10: 64 MB chunks
         # 10.4x one matmul, 1 GB chunks 6.5x); gathered / converted chunks cost memory, so they stay smaller
-        views = in_place(self.D, self.rows) and (self.X is None or in_place(self.X, self.rows))
+        views = (in_place(self.D, self.rows) and (self.X is None or in_place(self.X, self.rows))
+                 and self.scale == (1.0, 1.0))
         budget = chunk_bytes or ((1 << 30) if views else CHUNK_BYTES)
         self.chunk = chunk_rows(self.n, (self.d + p) * np.dtype(self.np_dtype).itemsize, budget)
         self.n_evals = 0  # number of passes over the data so far (for benchmarks)
@@ -114,26 +117,35 @@ class Problem:
         self.gate_l2 = float(l2 if gate_l2 is None else gate_l2)
         self.l2_weights = self.packer.penalty_weights(self.l2, self.gate_l2)
 
+    def _scaled(self, A: np.ndarray, a: float) -> np.ndarray:
+        return A if a == 1.0 else A * A.dtype.type(a)
+
+    def block(self, start: int, stop: int, rows: Optional[np.ndarray] = None):
+        """(Delta, prompt or None) of rows ``start:stop`` (or of the global ``rows``) in the compute dtype, scaled."""
+        D = take(self.D, rows, 0, len(rows), self.np_dtype) if rows is not None else \
+            take(self.D, self.rows, start, stop, self.np_dtype)
+        X = None
+        if self.X is not None:
+            X = take(self.X, rows, 0, len(rows), self.np_dtype) if rows is not None else \
+                take(self.X, self.rows, start, stop, self.np_dtype)
+        return self._scaled(D, self.scale[0]), (None if X is None else self._scaled(X, self.scale[1]))
+
     def chunks(self):
         """(start, stop, Delta rows, prompt rows or None) in the compute dtype."""
         for s in range(0, self.n, self.chunk):
             e = min(self.n, s + self.chunk)
-            Xc = None if self.X is None else take(self.X, self.rows, s, e, self.np_dtype)
-            yield s, e, take(self.D, self.rows, s, e, self.np_dtype), Xc
+            yield (s, e, *self.block(s, e))
 
     def batch(self, idx: np.ndarray):
         """(Delta, prompt or None) of the problem's rows ``idx`` (local indices) as compute-dtype torch tensors."""
         import torch
 
-        rows = idx if self.rows is None else self.rows[idx]
-        X = None if self.X is None else torch.from_numpy(np.asarray(self.X[rows], dtype=self.np_dtype))
-        return torch.from_numpy(np.asarray(self.D[rows], dtype=self.np_dtype)), X
+        D, X = self.block(0, 0, idx if self.rows is None else self.rows[idx])
+        return torch.from_numpy(np.ascontiguousarray(D)), (None if X is None else torch.from_numpy(X))
 
     def dense(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """(Delta, prompt) of this problem's rows as compute-dtype arrays (copies unless in place)."""
-        D = take(self.D, self.rows, 0, self.n, self.np_dtype)
-        X = None if self.X is None else take(self.X, self.rows, 0, self.n, self.np_dtype)
-        return D, X
+        """(Delta, prompt) of this problem's rows as compute-dtype arrays (copies unless in place), scaled."""
+        return self.block(0, self.n)
 
     def log_odds(self, theta: np.ndarray) -> np.ndarray:
         """(n,) log P(a_w > a_l) - log P(a_l > a_w) of the mixture at theta."""

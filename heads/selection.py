@@ -6,11 +6,11 @@ gate's ``c * s_X``, with ``s_D`` (``s_X``) the mean squared row norm of Delta (o
 width -- the mean eigenvalue of the features' second-moment matrix, which is what an L2 weight competes with.
 Rescaling the features rescales the chosen absolute values and leaves the fitted model unchanged.
 
-The path runs from strong to weak regularisation, like glmnet's: the first point is fitted from the
-initialisation (every restart), each next point starts from the previous solution; every fit stops early when
-the validation log-likelihood stops improving (so a point is the best held-out point on the way from the previous
-solution towards the optimum of its own L2), the path stops two points past its best, and the best point's
-half-decade neighbours are tried. The chosen point is refitted on all pairs by the caller.
+Every candidate L2 is fitted from the same initialisation (a warm start from a strongly regularised solution loses
+the heads' specialisation: on DSP a strong-to-weak path ended with 2 distinct heads of 10), each fit stops early
+when the validation log-likelihood stops improving, and the search walks a log grid from 1e-2 towards the better
+end, then tries the best point's half-decade neighbours. Restarts run at the first candidate only; the others
+start from its best restart. The chosen point is refitted on all pairs by the caller.
 """
 from __future__ import annotations
 
@@ -20,23 +20,22 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-#: relative L2 values of the coarse path, strong -> weak
-L2_GRID = (10.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4)
-#: the weakest relative L2 the path extends to when it is still improving at the end of the grid
-MIN_C = 1e-7
+#: the relative L2 the search starts at (with its two decade neighbours), and the range it may walk
+C_START, MIN_C, MAX_C = 1e-2, 1e-7, 10.0
 #: validation log-likelihood gain per pair a weaker L2 needs to be preferred (ties go to the stronger L2)
 MIN_GAIN = 1e-4
-#: feature widths up to which the fit runs at full width when ``dim="auto"``; wider features are projected
-FULL_WIDTH_MAX, AUTO_DIM = 512, 256
+#: feature widths up to which the fit runs at full width when ``dim="auto"``; wider features are fitted in their
+#: top PCA subspace, each of these widths (nested: the first r principal directions) tried on the held-out slice
+FULL_WIDTH_MAX, AUTO_DIMS = 512, (64, 256)
 
 
-def auto_dim(setting, width: int) -> Optional[int]:
-    """The projection width for a ``dim`` / ``gate_dim`` setting: None (full width) or an int < width."""
+def dim_candidates(setting, width: int) -> List[Optional[int]]:
+    """Projection widths to try for a ``dim`` / ``gate_dim`` setting (None: full width), ascending."""
     if setting == "auto":
-        return None if width <= FULL_WIDTH_MAX else AUTO_DIM
+        return [None] if width <= FULL_WIDTH_MAX else [r for r in AUTO_DIMS if r < width] or [None]
     if setting is None or int(setting) >= width:
-        return None
-    return int(setting)
+        return [None]
+    return [int(setting)]
 
 
 def prompt_groups(prompt: Optional[np.ndarray], n: int) -> np.ndarray:
@@ -84,24 +83,26 @@ class PathPoint:
 
 
 def best_point(points: Sequence[PathPoint], tol: float = MIN_GAIN) -> PathPoint:
-    """The point with the highest validation log-likelihood; a weaker L2 must beat a stronger one by ``tol``."""
+    """The point with the highest validation log-likelihood; a weaker L2 must beat a stronger one by ``tol`` (and a
+    point listed later must beat an earlier one at the same L2 by ``tol``)."""
     best = None
-    for p in sorted(points, key=lambda p: -p.c):
+    for p in sorted(points, key=lambda p: -p.c):  # stable: equal c keep their order
         if best is None or p.val_loglik > best.val_loglik + tol:
             best = p
     return best
 
 
-def l2_path(fit: Callable[[float, Optional[np.ndarray]], "object"], scales: tuple[float, float],
-            grid: Sequence[float] = L2_GRID, refine: bool = True, stop_after: int = 2) -> List[PathPoint]:
-    """Run the path. ``fit(c, theta0)`` fits relative L2 ``c`` (from the initialisation when theta0 is None, else
-    warm-started) with early stopping and returns a :class:`heads.em.EMResult`; ``scales`` = (s_D, s_X).
-    Returns the points sorted by ``c``."""
+def l2_path(fit: Callable[[float], "object"], scales: tuple[float, float], start: float = C_START,
+            refine: bool = True) -> List[PathPoint]:
+    """Search the relative L2 on a log grid. ``fit(c)`` fits relative L2 ``c`` from the initialisation with early
+    stopping and returns a :class:`heads.em.EMResult`; ``scales`` = (s_D, s_X). Starts at ``start`` and its two
+    decade neighbours, walks a decade at a time towards the better end while that keeps improving (within
+    [MIN_C, MAX_C]), then tries the best point's half-decade neighbours. Returns the points sorted by ``c``."""
     points: List[PathPoint] = []
 
-    def run(c: float, theta0: Optional[np.ndarray]) -> PathPoint:
+    def run(c: float) -> PathPoint:
         t0 = time.perf_counter()
-        res = fit(c, theta0)
+        res = fit(c)
         pt = PathPoint(c=float(c), l2=float(c * scales[0]), gate_l2=float(c * scales[1]),
                        val_loglik=float(max(res.val_history)), n_iter=int(res.n_iter),
                        best_iter=int(res.best_iter or 0), seconds=time.perf_counter() - t0,
@@ -109,20 +110,24 @@ def l2_path(fit: Callable[[float, Optional[np.ndarray]], "object"], scales: tupl
         points.append(pt)
         return pt
 
-    prev = run(grid[0], None)
-    queue = list(grid[1:])
-    while queue:
-        prev = run(queue.pop(0), prev.theta)
+    for c in (start, start * 10, start / 10):
+        run(c)
+    while True:
         best = best_point(points)
-        if len(points) - 1 - points.index(best) >= stop_after:
+        lo, hi = min(p.c for p in points), max(p.c for p in points)
+        if np.isclose(best.c, hi) and hi * 10 <= MAX_C:
+            run(hi * 10)
+        elif np.isclose(best.c, lo) and lo / 10 >= MIN_C:
+            run(lo / 10)
+        else:
             break
-        if not queue and best is prev and prev.c / 10 >= MIN_C:  # still improving at the weak end: go on
-            queue.append(prev.c / 10)
+        if best_point(points) is best:
+            break
     best = best_point(points)
     if refine:
         for c in (best.c / np.sqrt(10.0), best.c * np.sqrt(10.0)):
-            if min(grid) / 2 < c < max(grid) * 2 and not any(np.isclose(c, p.c) for p in points):
-                run(c, best.theta)
+            if MIN_C <= c <= MAX_C and not any(np.isclose(c, p.c) for p in points):
+                run(c)
     return sorted(points, key=lambda p: p.c)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,15 @@ class Features:
     def n(self) -> int:
         return len(self.split)
 
-    @property
+    @cached_property
     def delta(self) -> np.ndarray:
-        """(N, d) chosen − rejected."""
-        return self.chosen - self.rejected
+        """(N, d) chosen − rejected, computed once in float32 row chunks and kept in the features' dtype."""
+        out = np.empty_like(self.chosen)
+        step = max(1, (1 << 24) // max(1, self.chosen.shape[1]))
+        for s in range(0, self.n, step):
+            out[s:s + step] = (self.chosen[s:s + step].astype(np.float32)
+                               - self.rejected[s:s + step].astype(np.float32))
+        return out
 
     @property
     def fingerprint_id(self) -> str:
@@ -119,7 +125,7 @@ def open_run_store(run: dict) -> EmbeddingStore:
 
 
 def load_features(run_dir: str | Path, dtype=np.float32) -> Features:
-    """Load all features of a run folder as ``dtype`` arrays."""
+    """Load all features of a run folder as ``dtype`` arrays (None: the cache's dtype, e.g. float16)."""
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     pairs = read_pairs(run_dir / "pairs.parquet")

@@ -10,6 +10,7 @@ import numpy as np
 
 from pipeline.bundle import save_bundle
 from pipeline.errors import MicroError
+from heads.chunked import matmul_t
 from heads.metrics import expected_calibration_error
 from heads.selection import prompt_groups
 from pipeline.features import Features, load_features
@@ -60,7 +61,7 @@ def head_group_table(coef: np.ndarray, delta: np.ndarray, groups: np.ndarray) ->
     names = sorted({g for g in groups if g is not None})
     if not names:
         names, groups = ["all"], np.array(["all"] * len(delta), dtype=object)
-    z = delta @ coef.T.astype(delta.dtype, copy=False)
+    z = matmul_t(delta, coef)
     acc = np.zeros((coef.shape[0], len(names)))
     counts = []
     for j, g in enumerate(names):
@@ -95,7 +96,7 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
             **params) -> FitReport:
     """Fit on the train split of ``run_dir``; evaluate on train and test; save a bundle to ``out``."""
     t0 = time.perf_counter()
-    feats = load_features(run_dir)
+    feats = load_features(run_dir, dtype=None)   # the cache's dtype: the fit computes in float32 chunks
     train, test = feats.split_rows("train"), feats.split_rows("test")
     if train.n == 0:
         raise MicroError(f"{run_dir}: the train split is empty (pairs.parquet has no split == 'train' rows)")
