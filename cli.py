@@ -106,7 +106,7 @@ def embed(
     batch_size: Optional[int] = typer.Option(None, help="sentence-transformers: texts per forward pass (default "
                                              "32); transformers: at most this many texts in a token-budget batch."),
     max_batch_tokens: Optional[int] = typer.Option(None, help="transformers: padded tokens per forward pass (default: "
-                                                   "what free GPU memory holds; 4096 on CPU); halved on out-of-memory."),
+                                                   "what free GPU memory holds; 8192 on CPU); halved on out-of-memory."),
     device: str = typer.Option("auto", help="auto (CUDA when present) | cpu | cuda | cuda:N, every backend."),
     attn_implementation: Optional[str] = typer.Option(None, help="transformers: sdpa (default) | eager | "
                                                       "flash_attention_2 (packed batches without padding)."),

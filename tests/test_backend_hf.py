@@ -224,7 +224,7 @@ def test_layouts_and_defaults(tiny_llama_dir):
 
     be = TransformersBackend(str(tiny_llama_dir), dtype="float32")
     assert (be.layout, be.packed, be.attn_implementation) == ("right", False, "sdpa")  # causal decoder
-    assert be.max_batch_tokens == 4096 and be.device.type == "cpu"  # the fixed CPU default
+    assert be.max_batch_tokens == 8192 and be.device.type == "cpu"  # the fixed CPU default
     assert be.model.config._attn_implementation == "sdpa"
     batch = be.collate([[5, 6, 7], [8]])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, be._pad, be._pad]] and "attention_mask" not in batch

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-CPU_BATCH_TOKENS = 4096        # default --max-batch-tokens on the CPU
+CPU_BATCH_TOKENS = 8192        # default --max-batch-tokens on the CPU
 GPU_MIN_BATCH_TOKENS = 1024
 GPU_MAX_BATCH_TOKENS = 65536   # matmuls are at full speed well below this; larger only delays the first shard
 GPU_MEMORY_FRACTION = 0.5      # of the free GPU memory after the model is loaded
