@@ -228,7 +228,7 @@ class TransformersBackend(RenderedBackend):
                 rows = hidden[torch.arange(hidden.shape[0], device=hidden.device), gather]
             else:
                 rows = hidden[:, -1]  # left padding: the last real token is at -1
-            rows = rows.float()
+            rows = rows.float().contiguous()  # never a view that keeps the batch's hidden states alive
             if not cuda:
                 return rows, None
             host = torch.empty(rows.shape, dtype=torch.float32, pin_memory=True)
