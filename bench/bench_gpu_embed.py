@@ -142,10 +142,10 @@ def unique_texts(pairs_path: Path, backend) -> list[str]:
     return sorted({t for r in ROLES for t in inputs[r] if t is not None})
 
 
-def run_micro(backend, pairs_path: Path, work: Path, cuda: bool) -> dict:
+def run_micro(backend, pairs_path: Path, texts: list[str], work: Path, cuda: bool) -> dict:
     import torch
 
-    backend.embed(unique_texts(pairs_path, backend)[:64])  # warm-up (kernels, allocator), not timed
+    backend.embed(texts[:64])  # warm-up (kernels, allocator), not timed
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     s, wall = timed_sync(lambda: embed_pairs(pairs_path, work / "run", backend, cache_dir=work / "cache",
@@ -277,10 +277,11 @@ def main() -> None:
         res.update(build_s=build_s, load_s=load_s, params=params, dtype=be.dtype, max_length=be.max_length)
         say(f"{args.shape}: {params / 1e9:.2f} B parameters, {be.dtype} on {res['device']}; built in {build_s:.0f} s,"
             f" loaded in {load_s:.0f} s; default max_batch_tokens {be.max_batch_tokens}, layout {be.layout}")
-        res["micro"] = micro = run_micro(be, pairs_path, work, cuda)
+        texts = unique_texts(pairs_path, be)  # what micro embeds (a fresh cache: every unique text)
+        res["micro"] = micro = run_micro(be, pairs_path, texts, work, cuda)
         say(f"micro embed: {micro['texts']} texts, {micro['tokens']:,} tokens in {micro['embed_s']:.2f} s "
             f"({micro['tokens_per_s']:,.0f} tokens/s; whole call {micro['call_s']:.2f} s)")
-        texts = unique_texts(pairs_path, be)
+        assert micro["texts"] == len(texts)
         ids = be.encode(texts)
         assert sum(map(len, ids)) == micro["tokens"], "bare loop and micro must see the same tokens"
         res["bare"] = []
