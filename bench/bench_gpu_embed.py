@@ -225,6 +225,37 @@ def cached(backend, work: Path, texts: list[str]) -> np.ndarray:
     return store.lookup(text_keys(store.fingerprint_id, texts), np.float32)
 
 
+def measure_bare(be, ids, batch_sizes: list[int], device) -> list[dict]:
+    tokens, out = sum(map(len, ids)), []
+    for layout in ("left", "right"):
+        for rows in batch_sizes:
+            secs, peak = run_bare(be.model, ids, rows, be._pad, layout, device)
+            out.append({"layout": layout, "rows": rows, "s": secs, "tokens_per_s": tokens / secs, "peak_gib": peak})
+            say(f"bare loop {layout:5s} padding, {rows:4d} rows: {secs:.2f} s ({tokens / secs:,.0f} tokens/s)")
+    return out
+
+
+def measure_batching(be, model_dir: Path, work: Path, sample: list[str], res: dict) -> np.ndarray:
+    """Batched vs alone in the run's dtype (then ``be`` is closed) and in fp32; returns the run's vectors."""
+    from pipeline.backends.hf import TransformersBackend
+
+    low = cached(be, work, sample)
+    res["batching_low"] = worst_cosine(low, alone(be, sample))
+    say(f"{be.dtype}: default batching vs each text alone: {res['batching_low']}")
+    be.close()
+    if be.dtype == "float32":
+        res["batching_fp32"] = res["batching_low"]
+        return low
+    gc.collect()
+    fp32 = TransformersBackend(str(model_dir), dtype="float32")
+    batched32 = fp32.embed(sample)
+    res["batching_fp32"] = worst_cosine(batched32, alone(fp32, sample))
+    res["low_vs_fp32"] = worst_cosine(low, batched32)
+    say(f"float32: batched vs each text alone: {res['batching_fp32']}")
+    fp32.close()
+    return low
+
+
 # --- main --------------------------------------------------------------------------------------------------------
 
 def peak_tflops(name: str, override: float | None) -> float | None:
@@ -284,39 +315,16 @@ def main() -> None:
         assert micro["texts"] == len(texts)
         ids = be.encode(texts)
         assert sum(map(len, ids)) == micro["tokens"], "bare loop and micro must see the same tokens"
-        res["bare"] = []
-        for layout in ("left", "right"):
-            for rows in (int(r) for r in args.batch_sizes.split(",")):
-                secs, peak = run_bare(be.model, ids, rows, be._pad, layout, device)
-                res["bare"].append({"layout": layout, "rows": rows, "s": secs, "tokens_per_s": micro["tokens"] / secs,
-                                    "peak_gib": peak})
-                say(f"bare loop {layout:5s} padding, {rows:4d} rows: {secs:.2f} s ({micro['tokens'] / secs:,.0f} tokens/s)")
+        res["bare"] = measure_bare(be, ids, [int(r) for r in args.batch_sizes.split(",")], device)
         best = max(res["bare"], key=lambda r: r["tokens_per_s"])
         res["ratio"] = micro["tokens_per_s"] / best["tokens_per_s"]
-        peak = peak_tflops(res["device"], args.peak_tflops) if cuda else None
-        res["peak_tflops"] = peak
+        peak = res["peak_tflops"] = peak_tflops(res["device"], args.peak_tflops) if cuda else None
         mfu = (lambda tps: 2 * params * tps / (peak * 1e12)) if peak else (lambda tps: None)
         res["mfu_micro"], res["mfu_bare"] = mfu(micro["tokens_per_s"]), mfu(best["tokens_per_s"])
-
         rng = np.random.default_rng(0)
         sample = [texts[i] for i in sorted(rng.choice(len(texts), min(args.consistency, len(texts)), replace=False))]
-        low = cached(be, work, sample)
-        res["batching_low"] = worst_cosine(low, alone(be, sample))
-        say(f"{be.dtype}: default batching vs each text alone: {res['batching_low']}")
-        if be.dtype != "float32":
-            be.close()
-            del be
-            gc.collect()
-            fp32 = TransformersBackend(str(model_dir), dtype="float32")
-            batched32 = fp32.embed(sample)
-            res["batching_fp32"] = worst_cosine(batched32, alone(fp32, sample))
-            res["low_vs_fp32"] = worst_cosine(low, batched32)
-            fp32.close()
-            del fp32
-        else:
-            res["batching_fp32"] = res["batching_low"]
-            be.close()
-        say(f"float32: batched vs each text alone: {res['batching_fp32']}")
+        low = measure_batching(be, model_dir, work, sample, res)
+        del be
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()

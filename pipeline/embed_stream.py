@@ -4,10 +4,11 @@
 missing set) and reads vectors from one of two streams:
 
 * :func:`token_stream`, for backends with a token-level interface (the transformers backend: ``encode``,
-  ``collate``, ``launch``, ``finish``, ``release_memory``, ``packed``, ``max_batch_tokens``, ``max_batch_rows``).
-  A background thread tokenises the next texts, cuts them into token-budget batches
+  ``collate``, ``launch``, ``finish``, ``release_memory``, ``packed``, ``max_batch_tokens``, ``max_batch_rows``,
+  optionally ``prefetch``). A background thread tokenises the next texts, cuts them into token-budget batches
   (:func:`pipeline.backends.batching.plan_batches`) and collates them into host tensors (pinned on CUDA), a few
-  batches ahead (bounded queue). The caller's thread launches batch i+1 before it waits for batch i's vectors, so
+  batches ahead (bounded queue); with ``prefetch = False`` (the transformers backend on the CPU, whose forward
+  pass uses every core: a thread beside it only slows its OpenMP threads) this runs in the caller's thread. The caller's thread launches batch i+1 before it waits for batch i's vectors, so
   the device always has queued work. A CUDA out-of-memory error halves the budget (said once), and the batch is
   split and retried; a single text that does not fit is a one-line error.
 * :func:`chunk_stream`, for the others (sentence-transformers, vLLM): ``chunk_size`` texts per ``embed`` call;
@@ -47,9 +48,12 @@ class _Failed:
 
 
 def prefetched(make: Callable[[], Iterator], depth: int) -> Iterator:
-    """Iterate ``make()`` in a background thread, at most ``depth`` items ahead of the consumer. An error in the
-    thread is raised in the consumer; closing the iterator stops the thread."""
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    """Iterate ``make()`` in a background thread, at most ``depth`` items ahead of the consumer (``depth`` 0: in
+    the caller's thread). An error in the thread is raised in the consumer; closing the iterator stops the thread."""
+    if depth < 1:
+        yield from make()
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def put(item) -> bool:
@@ -155,7 +159,8 @@ def token_stream(backend, texts: Sequence[str], order: np.ndarray,
     budget = Budget(backend.max_batch_tokens, log)
     pending = None
     try:
-        batches = prefetched(lambda: _token_batches(backend, texts, order, budget), PREFETCH_BATCHES)
+        ahead = PREFETCH_BATCHES if getattr(backend, "prefetch", True) else 0
+        batches = prefetched(lambda: _token_batches(backend, texts, order, budget), ahead)
         with contextlib.closing(batches):
             for pos, ids, host in batches:
                 for handle, p in _launch(backend, pos, ids, host, budget):

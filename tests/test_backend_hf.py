@@ -205,6 +205,8 @@ def test_token_budget_batches_equal_one_at_a_time(tiny_llama_dir, reference, pac
     be = TransformersBackend(str(tiny_llama_dir), dtype="float32", max_batch_tokens=budget, batch_size=rows,
                              packed=packed)
     assert be.layout == ("packed" if packed else "right") and be.max_batch_tokens == budget
+    assert not be.prefetch  # on the CPU tokenisation runs inline; the CUDA path (a background thread) here:
+    be.prefetch = True
     inputs = [be.render_response(p, r) for p, r in CONVS] + [be.render_prompt(p) for p, _ in CONVS]
     launched = []
     real_launch = be.launch

@@ -251,6 +251,13 @@ HF_RUNNER = textwrap.dedent("""
     import pipeline.backends.hf as hf
 
     hf.DEFAULT_CHUNK = 4  # small shards: several of them before the kill
+    init = hf.TransformersBackend.__init__
+
+    def __init__(self, *a, **kw):
+        init(self, *a, **kw)
+        self.prefetch = True  # tokenise in the background thread as on CUDA (on the CPU it runs inline)
+
+    hf.TransformersBackend.__init__ = __init__
     die = int(os.environ.get("DIE_AFTER_LAUNCHES") or 0)
     if die:
         real, count = hf.TransformersBackend.launch, [0]

@@ -152,6 +152,8 @@ class TransformersBackend(RenderedBackend):
         causal = is_causal(self.model)
         self.layout = batch_layout(self.attn_implementation, causal, "position_ids" in params, packed)
         self.packed = self.layout == "packed"
+        # tokenise ahead in a background thread only where the forward pass does not need the CPU cores itself
+        self.prefetch = self.device.type == "cuda"
         self.max_batch_tokens = budget or self._default_budget(config)
         self.batch_size = self.max_batch_rows
         self.chunk_size = int(chunk_size or DEFAULT_CHUNK)
