@@ -110,7 +110,13 @@ def embed(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (pairs, cache keys, run.json)."),
     backend: str = typer.Option("sentence-transformers", help="sentence-transformers | transformers | vllm"),
     model: Optional[str] = typer.Option(None, help="Local model folder (default: bundled all-MiniLM-L6-v2)."),
-    batch_size: int = typer.Option(32, help="Texts per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, help="sentence-transformers: texts per forward pass (default "
+                                             "32); transformers: at most this many texts in a token-budget batch."),
+    max_batch_tokens: Optional[int] = typer.Option(None, help="transformers: padded tokens per forward pass (default: "
+                                                   "what free GPU memory holds; 8192 on CPU); halved on out-of-memory."),
+    device: str = typer.Option("auto", help="auto (CUDA when present) | cpu | cuda | cuda:N, every backend."),
+    attn_implementation: Optional[str] = typer.Option(None, help="transformers: sdpa (default) | eager | "
+                                                      "flash_attention_2 (packed batches without padding)."),
     max_length: Optional[int] = typer.Option(None, help="Max tokens per text (default: the model's)."),
     dtype: Optional[str] = typer.Option(None, help="Model compute dtype (default: fp32 on CPU, bf16 on GPU)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Embedding cache root (default ~/.cache/micro/embeddings)."),
@@ -118,6 +124,12 @@ def embed(
     overlong: str = typer.Option("truncate", help="Texts over max length: truncate | skip (counted either way)."),
     truncation: str = typer.Option("left", help="Texts over --max-length: keep the last (left) or first (right) tokens, or history: drop the oldest turns, then cut the response's end."),
     tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs per model replica."),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, help="vLLM: fraction of GPU memory the engine takes "
+                                                           "(default 0.9)."),
+    max_model_len: Optional[int] = typer.Option(None, help="vLLM: engine context length (default: the max length)."),
+    max_num_batched_tokens: Optional[int] = typer.Option(None, help="vLLM: tokens per engine step."),
+    enforce_eager: bool = typer.Option(False, "--enforce-eager", help="vLLM: no CUDA graphs / compilation "
+                                       "(faster start, slower steps)."),
     trust_remote_code: bool = typer.Option(False, help="transformers/vLLM: run the model repo's own code."),
     workers: int = typer.Option(1, help="Worker processes embedding the missing texts in parallel (data parallel; "
                                 "GPU backends: one GPU, or vLLM one tensor-parallel group, per worker)."),
@@ -129,14 +141,14 @@ def embed(
     from rich.console import Console
 
     from cache.store import DTYPES
-    from pipeline.backends import BACKENDS, get_backend
+    from pipeline.backends import BACKENDS, check_options, get_backend
     from pipeline.backends.chat import TRUNCATION_SIDES
     from pipeline.backends.hf import _DTYPES as COMPUTE_DTYPES
     from pipeline.embed import embed_pairs
     from pipeline.schema import read_pairs
 
     C.choice(backend, "--backend", (*BACKENDS, "st"))
-    C.integer(batch_size, "--batch-size")
+    C.integer(batch_size, "--batch-size", optional=True)
     C.integer(max_length, "--max-length", optional=True)
     C.choice(dtype, "--dtype", (*COMPUTE_DTYPES, "auto"), optional=True)
     C.choice(cache_dtype, "--cache-dtype", DTYPES)
@@ -150,13 +162,15 @@ def embed(
     C.cache_dir(cache_dir)
     read_pairs(pairs)  # a bad pair table fails here, before any model is loaded
     console = Console(stderr=True)
-    kw = {"batch_size": batch_size, "max_length": max_length, "truncation": truncation}
-    if dtype and dtype != "auto":
-        kw["dtype"] = COMPUTE_DTYPES[dtype]
-    if backend in ("transformers", "vllm") and trust_remote_code:
-        kw["trust_remote_code"] = True
-    if backend == "vllm":
-        kw["tensor_parallel_size"] = tensor_parallel_size
+    decoder = backend in ("transformers", "vllm")
+    kw = check_options(  # before any model loads
+        backend, batch_size=batch_size, max_length=max_length, truncation=truncation,
+        dtype=COMPUTE_DTYPES[dtype] if dtype and dtype != "auto" else None,
+        device=device, max_batch_tokens=max_batch_tokens, attn_implementation=attn_implementation,
+        trust_remote_code=True if decoder and trust_remote_code else None,
+        tensor_parallel_size=tensor_parallel_size if backend == "vllm" else None,
+        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+        max_num_batched_tokens=max_num_batched_tokens, enforce_eager=True if enforce_eager else None)
     embed_fn = None
     if workers != 1 or ray or address:
         from pipeline.parallel_embed import BackendSpec, ParallelEmbedder, parent_backend
@@ -169,7 +183,8 @@ def embed(
     factory, holder = _progress_factory(console)
     try:
         s = embed_pairs(pairs, out, be, cache_dir=cache_dir, dtype=cache_dtype, overlong=overlong,
-                        progress_factory=factory, embed_fn=embed_fn)
+                        progress_factory=factory, embed_fn=embed_fn,
+                        log=lambda m: console.print(m, highlight=False, soft_wrap=True))
     except KeyboardInterrupt:
         if "prog" in holder:
             holder["prog"].stop()
@@ -185,7 +200,8 @@ def embed(
         f"pairs {s.pairs} (kept {s.pairs_kept}, skipped {s.skipped_pairs}) | unique texts {s.unique_texts} | "
         f"cache hits {s.cache_hits} | newly embedded {s.embedded} | truncated {s.truncated} | "
         f"skipped texts {s.skipped_texts} | {s.seconds:.1f} s"
-        + (f" ({s.texts_per_second:.1f} texts/s)" if s.embedded else ""), soft_wrap=True)
+        + (f" ({s.texts_per_second:.1f} texts/s, {s.tokens_embedded / max(s.embed_seconds, 1e-9):,.0f} tokens/s)"
+           if s.embedded else ""), soft_wrap=True)
     console.print(f"run folder: {out}", soft_wrap=True)
 
 

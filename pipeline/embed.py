@@ -13,6 +13,7 @@ A run folder records what was embedded::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,9 @@ import pyarrow.parquet as pq
 
 from cache.atomic import atomic_paths
 from cache.store import EmbeddingStore, text_keys
+from cache.writer import ShardWriter
 from pipeline.backends.base import fingerprint_id, with_context
+from pipeline.embed_stream import length_order, stream_vectors
 from pipeline.errors import MicroError
 from pipeline.schema import read_pairs, validate_pairs
 
@@ -47,6 +50,8 @@ class EmbedSummary:
     skipped_texts: int = 0
     skipped_pairs: int = 0
     seconds: float = 0.0
+    embed_seconds: float = 0.0      # of ``seconds``: embedding the missing texts (model passes and shard writes)
+    tokens_embedded: int = 0        # tokens of the newly embedded texts, after truncation
     texts_per_second: float = 0.0
     damaged_shards: list = field(default_factory=list)
 
@@ -77,24 +82,36 @@ def open_store(cache_dir: str | Path | None, backend, dtype: str) -> EmbeddingSt
 
 
 def embed_missing(store: EmbeddingStore, backend, texts: list[str], keys: np.ndarray,
-                  progress: Callable[[int], None] | None = None) -> int:
-    """Embed ``texts`` (unique, not yet cached) longest first, one shard per backend chunk; returns count."""
+                  progress: Callable[[int], None] | None = None, *, lengths: np.ndarray | None = None,
+                  log: Callable[[str], None] | None = None) -> int:
+    """Embed ``texts`` (unique, not yet cached) longest first (token counts ``lengths``, counted here if not
+    given) into ``store``, one shard per ``backend.chunk_size`` texts or more, written in the background (see
+    :mod:`pipeline.embed_stream`); returns the number stored."""
     if not texts:
         return 0
     store.require_writable(len(texts))
-    order = np.argsort([-len(t) for t in texts], kind="stable")
-    step = max(1, int(backend.chunk_size))
-    done = 0
-    for start in range(0, len(order), step):
-        sel = order[start:start + step]
-        vecs = backend.embed([texts[i] for i in sel])
-        if vecs.shape[0] != len(sel):
-            raise MicroError(f"backend {backend.name} returned {vecs.shape[0]} vectors for {len(sel)} inputs")
-        store.append(keys[sel], vecs)
-        done += len(sel)
-        if progress:
-            progress(len(sel))
-    return done
+    if lengths is None:
+        lengths = backend.token_lengths(texts)
+    order = length_order(lengths, backend.max_length)
+    chunk = max(1, int(backend.chunk_size))
+    with ShardWriter(store, progress) as writer:
+        stream = stream_vectors(backend, texts, order, log)
+        with contextlib.closing(stream):
+            sel, vecs, n = [], [], 0
+            for pos, v in stream:
+                if v.shape[0] != len(pos):
+                    raise MicroError(f"backend {backend.name} returned {v.shape[0]} vectors for {len(pos)} inputs")
+                sel.append(pos)
+                vecs.append(v)
+                n += len(pos)
+                if n >= chunk:
+                    idx = np.concatenate(sel)
+                    writer.put(keys[idx], np.concatenate(vecs))
+                    sel, vecs, n = [], [], 0
+            if n:
+                idx = np.concatenate(sel)
+                writer.put(keys[idx], np.concatenate(vecs))
+    return writer.written
 
 
 def embed_texts(store: EmbeddingStore, backend, texts: list[str], dtype=np.float32) -> tuple[np.ndarray, int]:
@@ -114,7 +131,7 @@ def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: 
                 log: Callable[[str], None] = print, embed_fn: Callable[..., int] | None = None) -> EmbedSummary:
     """Embed a pair table into the cache and write RUN_DIR (see module docstring).
 
-    ``embed_fn`` replaces :func:`embed_missing` (same signature), e.g. a
+    ``embed_fn`` replaces :func:`embed_missing` (same signature, ``lengths`` and ``log`` by keyword), e.g. a
     :class:`pipeline.parallel_embed.ParallelEmbedder` that hands the missing texts to N worker processes."""
     if overlong not in ("truncate", "skip"):
         raise MicroError(f"--overlong must be 'truncate' or 'skip', got {overlong!r}")
@@ -138,23 +155,28 @@ def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: 
 
     too_long: set[str] = set()
     # every unique text, cached or not, is counted: the counts describe the whole run, not just this process
-    over_all = backend.token_lengths(uniq) > backend.max_length if uniq else np.zeros(0, bool)
+    all_lengths = backend.token_lengths(uniq) if uniq else np.zeros(0, np.int64)
+    over_all = all_lengths > backend.max_length
+    lengths = all_lengths[miss]
     if overlong == "skip" and uniq:
         # a vector cached by a truncating run must not be used either
         too_long = {uniq[i] for i in np.flatnonzero(over_all)}
         keep = ~over_all[miss]
         todo = [t for t, k in zip(todo, keep) if k]
         todo_keys = todo_keys[keep]
+        lengths = lengths[keep]
         summary.skipped_texts = len(too_long)
     else:
         summary.truncated = int(over_all.sum())
+    summary.tokens_embedded = int(np.minimum(lengths, backend.max_length).sum())
     store.require_writable(len(todo))  # a read-only cache serves reads; writing into one fails before any work
     progress = progress_factory(len(todo)) if progress_factory else None
     run_shards = {s["file"] for s in store.manifest["shards"]}
     t_embed = time.perf_counter()
-    summary.embedded = (embed_fn or embed_missing)(store, backend, todo, todo_keys, progress)
-    embed_secs = time.perf_counter() - t_embed
-    summary.texts_per_second = summary.embedded / embed_secs if summary.embedded else 0.0
+    summary.embedded = (embed_fn or embed_missing)(store, backend, todo, todo_keys, progress, lengths=lengths,
+                                                   log=log)
+    summary.embed_seconds = time.perf_counter() - t_embed
+    summary.texts_per_second = summary.embedded / summary.embed_seconds if summary.embedded else 0.0
     new_shards = [s["file"] for s in store.manifest["shards"] if s["file"] not in run_shards]
     if len(new_shards) > 1:
         store.compact(only=new_shards)  # merge this run's chunk shards; never rewrite the whole cache

@@ -14,8 +14,8 @@ missing texts to :class:`ParallelEmbedder` instead of embedding them in-process:
 * **Local processes** (``--workers N``) use the multiprocessing "spawn" context (safe with CUDA and with vLLM's own
   engine processes; the workers are non-daemonic so vLLM may start its engine process). CPU threads are capped
   so that workers x threads <= the cores this process may use (``OMP_NUM_THREADS`` & co. and
-  ``torch.set_num_threads``; a smaller value already in the environment wins). For a GPU backend (vLLM;
-  transformers when CUDA is available or ``device=cuda``), worker *i* gets ``CUDA_VISIBLE_DEVICES`` set to the
+  ``torch.set_num_threads``; a smaller value already in the environment wins). On GPUs (``--device cuda``, or
+  ``auto`` where GPUs are visible; every backend), worker *i* gets ``CUDA_VISIBLE_DEVICES`` set to the
   *i*-th visible GPU (the i-th group of ``tensor_parallel_size`` GPUs for vLLM, so ``--tensor-parallel-size``
   still applies inside each worker); "visible" means the parent's ``CUDA_VISIBLE_DEVICES`` list if set, else
   every GPU torch sees. vLLM needs ``workers x tensor_parallel_size`` GPUs (one engine per replica, data
@@ -81,13 +81,12 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 
 
 def uses_gpu(name: str, kwargs: dict) -> bool:
-    """Whether workers of this backend run on GPUs (and so get one GPU (group) each)."""
-    device = kwargs.get("device")
-    if device is not None:
-        return str(device).startswith("cuda")
-    if name not in GPU_BACKENDS:
-        return False  # sentence-transformers runs on CPU unless given device=cuda
-    return bool(visible_gpus())
+    """Whether workers of this backend run on GPUs (and so get one GPU (group) each): ``--device cuda[:N]``, or
+    ``auto`` (the default, every backend) where GPUs are visible."""
+    from pipeline.backends.device import device_kind
+
+    kind = device_kind(kwargs.get("device"))
+    return kind == "cuda" if kind is not None else bool(visible_gpus())
 
 
 def gpu_assignment(workers: int, gpus: Sequence[str], per_worker: int, exclusive: bool) -> list[str]:
@@ -248,7 +247,9 @@ class ParallelEmbedder:
                      store.dtype, self.threads) for i in range(self.workers)]
 
     def __call__(self, store: EmbeddingStore, backend, texts: list[str], keys: np.ndarray,
-                 progress: Callable[[int], None] | None = None) -> int:
+                 progress: Callable[[int], None] | None = None, *, lengths=None, log=None) -> int:
+        """``lengths`` and ``log`` are accepted for :func:`pipeline.embed.embed_missing`'s signature: each worker
+        counts the tokens of its own share and reports to its own stderr."""
         if not texts:
             return 0
         parts = shard_indices(keys, self.workers)
@@ -361,11 +362,13 @@ class ParallelEmbedder:
                 ray.shutdown()
 
     def _ray_tasks(self, ray, store, split, progress) -> int:
-        device = self.spec.kwargs.get("device")
-        if device is not None:
-            gpu = str(device).startswith("cuda")
-        else:  # the cluster's GPUs, not this driver's
-            gpu = self.spec.name in GPU_BACKENDS and ray.cluster_resources().get("GPU", 0) > 0
+        from pipeline.backends.device import device_kind
+
+        kind = device_kind(self.spec.kwargs.get("device"))
+        if kind is not None:
+            gpu = kind == "cuda"
+        else:  # auto: the cluster's GPUs, not this driver's
+            gpu = ray.cluster_resources().get("GPU", 0) > 0
         work = [(job, t, k) for job, (t, k) in zip(self._jobs(store, gpu), split)]
         tp = int(self.spec.kwargs.get("tensor_parallel_size", 1) or 1) if self.spec.name == "vllm" else 1
         task = ray.remote(_ray_worker).options(num_cpus=self.threads, num_gpus=tp if gpu else 0, max_retries=0)

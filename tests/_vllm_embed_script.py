@@ -30,7 +30,9 @@ def main() -> None:
     model, out = sys.argv[1], Path(sys.argv[2])
     max_length = int(sys.argv[3]) if len(sys.argv) > 3 else None
     t0 = time.time()
-    be = VLLMBackend(model, max_length=max_length, dtype="float32", enforce_eager=True)  # no torch.compile warm-up
+    # the engine settings of `micro embed --backend vllm` (none of them changes the vectors or the fingerprint)
+    be = VLLMBackend(model, max_length=max_length, dtype="float32", enforce_eager=True,  # no torch.compile warm-up
+                     max_model_len=2 * (max_length or 256), max_num_batched_tokens=1024, gpu_memory_utilization=0.2)
     t1 = time.time()
     inputs = []
     for prompt, response in CONVERSATIONS:
@@ -38,6 +40,10 @@ def main() -> None:
         inputs.append(be.render_prompt(prompt))
     emb = be.embed(inputs)
     t2 = time.time()
+    # the path micro embed takes: prompts prepared in the background, then embedded
+    prepared = be.prepare(inputs)
+    assert [p["prompt_token_ids"] for p in prepared] == be.renderer.encode(inputs)
+    assert np.array_equal(be.embed_prepared(prepared), emb)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "emb.npy", emb)
     meta = {"inputs": inputs, "token_lengths": be.token_lengths(inputs).tolist(), "fingerprint": be.fingerprint(),

@@ -117,13 +117,12 @@ class FakeBackend(PlainTextBackend):
         return {"backend": self.name, "model": "sha256-uniform", "tag": self.tag, "dim": self.dim,
                 "max_length": self.max_length, "chat_template": None}
 
-    def embed(self, inputs):
+    def maybe_die(self, done: int) -> None:
+        """Die as ``die_how`` says once ``done`` calls have finished and ``die_after`` is reached."""
         import os
         import signal
 
-        import numpy as np
-
-        if self.die_after is not None and len(self.calls) >= self.die_after:
+        if self.die_after is not None and done >= self.die_after:
             if self.die_how == "sigkill":
                 os.kill(os.getpid(), signal.SIGKILL)
             elif self.die_how == "exit":
@@ -134,11 +133,71 @@ class FakeBackend(PlainTextBackend):
 
                 time.sleep(5)  # the KeyboardInterrupt arrives here
             raise KeyboardInterrupt
+
+    def embed(self, inputs):
+        import numpy as np
+
+        self.maybe_die(len(self.calls))
         self.calls.append(list(inputs))
         return np.stack([self.vector(t, self.dim) for t in inputs]) if inputs else np.empty((0, self.dim), np.float32)
 
     def close(self) -> None:
         pass
+
+
+class FakeTokenBackend(FakeBackend):
+    """FakeBackend with the transformers backend's token-level interface (see ``pipeline.embed_stream``).
+
+    Token ids are word hashes; a text's vector depends on its ids only (``FakeTokenBackend.vector_of(text)``).
+    ``capacity`` is how many token slots one pass holds: a bigger batch raises ``torch.OutOfMemoryError``, as CUDA
+    does. ``launched`` records the token ids of every successful pass; ``die_after=N`` makes the (N+1)-th pass die
+    the way ``die_how`` says (as FakeBackend's ``embed`` does).
+    """
+
+    name = "fake-tokens"
+
+    def __init__(self, *, max_batch_tokens: int = 64, capacity: int | None = None, packed: bool = False,
+                 max_batch_rows: int | None = None, **kw):
+        super().__init__(**kw)
+        self.max_batch_tokens, self.capacity, self.packed = max_batch_tokens, capacity, packed
+        self.max_batch_rows = max_batch_rows
+        self.launched: list[list[list[int]]] = []
+        self.released = 0
+
+    @staticmethod
+    def ids_of(text: str) -> list[int]:
+        import hashlib
+
+        return [int(hashlib.md5(w.encode()).hexdigest()[:6], 16) for w in text.split()]
+
+    @classmethod
+    def vector_of(cls, text: str, dim: int = 8):
+        return cls.vector(" ".join(map(str, cls.ids_of(text))), dim)
+
+    def encode(self, texts):
+        return [self.ids_of(t)[-self.max_length:] for t in texts]
+
+    def collate(self, ids):
+        return list(ids)
+
+    def launch(self, batch):
+        import numpy as np
+        import torch
+
+        from pipeline.backends.batching import batch_cost
+
+        self.maybe_die(len(self.launched))
+        cost = batch_cost([len(x) for x in batch], self.packed)
+        if self.capacity is not None and cost > self.capacity:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {cost} token slots")
+        self.launched.append(batch)
+        return np.stack([self.vector(" ".join(map(str, x)), self.dim) for x in batch])
+
+    def finish(self, handle):
+        return handle
+
+    def release_memory(self):
+        self.released += 1
 
 
 @pytest.fixture

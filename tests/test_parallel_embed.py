@@ -154,7 +154,7 @@ def test_planning_backend_has_the_chat_backends_identity(tiny_llama_dir):
 
 RUNNER = textwrap.dedent("""
     import os, sys
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{repo!r}, {tests!r}]  # this checkout's code, not an installed copy
     from conftest import FakeBackend
     import pipeline.backends
 
@@ -175,7 +175,7 @@ RUNNER = textwrap.dedent("""
 
 def micro_fake(tmp_path: Path, *args, die_worker: int | None = None) -> subprocess.CompletedProcess:
     script = tmp_path / "micro_fake_parallel.py"
-    script.write_text(RUNNER.format(tests=str(TESTS)))
+    script.write_text(RUNNER.format(repo=str(REPO), tests=str(TESTS)))
     env = {**os.environ, "FAKE_DIE_WORKER": "" if die_worker is None else str(die_worker)}
     return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=120)
@@ -189,22 +189,24 @@ def test_killed_worker_is_reported_and_the_rerun_embeds_only_the_rest(tmp_path, 
     assert r.returncode == 2, r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert re.search(r"worker 1 of 2 \(pid \d+\) was killed by SIGKILL after saving 4 of \d+ texts", errors[0])
+    m = re.search(r"worker 1 of 2 \(pid \d+\) was killed by SIGKILL after saving (\d+) of \d+ texts", errors[0])
+    saved = int(m.group(1))  # its first chunk, unless the kill came while the background writer stored it
+    assert saved in (0, 4)
     assert "worker 0" not in errors[0]
     assert not (tmp_path / "run" / "run.json").exists()
     st = open_store(cache, FakeBackend(), "float32")
-    # worker 0 finished its share, worker 1 saved its first chunk
+    # worker 0 finished its share, worker 1 saved its first chunk (or lost it in the writer)
     texts = sorted({t for v in render_inputs(read_pairs(path), FakeBackend()).values() for t in v if t})
     keys = text_keys(st.fingerprint_id, texts)
     share0 = int((shard_indices(keys, 2)[0]).size)
-    assert st.rows == share0 + 4 and not st.damaged and not list(st.dir.rglob("*.tmp"))
+    assert st.rows == share0 + saved and not st.damaged and not list(st.dir.rglob("*.tmp"))
     m = re.search(r"the (\d+) texts saved", errors[0])
     assert m and int(m.group(1)) == st.rows
 
     r = micro_fake(tmp_path, *args)
     assert r.returncode == 0, r.stderr
     uniq, hits, new = map(int, SUMMARY.search(r.stderr).groups())
-    assert (uniq, hits, new) == (40, share0 + 4, 40 - share0 - 4)  # only what was missing
+    assert (uniq, hits, new) == (40, share0 + saved, 40 - share0 - saved)  # only what was missing
     clean = tmp_path / "clean"
     embed_pairs(path, tmp_path / "run_clean", FakeBackend(), cache_dir=clean, log=quiet)
     assert assert_same_cache(cache, clean, FakeBackend()) == 40

@@ -388,3 +388,58 @@ def test_read_only_cache_never_reads_a_shard_of_the_wrong_size(tmp_path, read_on
     with pytest.warns(CacheDamaged):
         r = store(tmp_path)
     assert r.missing(k).tolist() == [False] * 4 + [True] * 4
+
+
+# --- background shard writes (cache.writer.ShardWriter) --------------------------------------------------------
+
+def _write_in_background_then_die(root: str, kill_after: int | None, shards: int) -> None:
+    """Put ``shards`` chunks through a ShardWriter; SIGKILL this process right after handing over chunk
+    ``kill_after`` (its write is then in flight in the writer thread)."""
+    import os
+    import signal
+
+    from cache.writer import ShardWriter
+
+    s = store(root)
+    with ShardWriter(s) as w:
+        for i in range(shards):
+            _, k, v = data(400, d=256, seed=5000 + i)
+            w.put(k, v)
+            if i == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("kill_after", [0, 3, 8])
+def test_kill_during_background_shard_writes_loses_only_the_chunk_in_flight(tmp_path, kill_after):
+    ctx = mp.get_context("spawn")
+    p = ctx.Process(target=_write_in_background_then_die, args=(str(tmp_path), kill_after, 12))
+    p.start()
+    p.join(120)
+    assert p.exitcode == -9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheDamaged)  # nothing may be damaged
+        s = store(tmp_path)
+    assert not s.damaged and not list(s.dir.rglob("*.tmp"))
+    n = s.rows // 400
+    assert s.rows % 400 == 0 and n in (kill_after, kill_after + 1)  # every earlier chunk, whole chunks only
+    for i in range(n):
+        _, k, v = data(400, d=256, seed=5000 + i)
+        np.testing.assert_array_equal(s.lookup(k), v)
+
+
+def test_background_writer_stores_everything_and_reports_progress(tmp_path):
+    from cache.writer import ShardWriter
+
+    s = store(tmp_path)
+    ticks: list[int] = []
+    with ShardWriter(s, ticks.append) as w:
+        for i in range(5):
+            _, k, v = data(10 + i, seed=6000 + i)
+            w.put(k, v)
+    assert ticks == [10, 11, 12, 13, 14] and w.written == s.rows == 60
+    with pytest.raises(MicroError, match="non-finite"):  # a failed write is raised in the caller
+        with ShardWriter(s) as w:
+            _, k, v = data(3, seed=7000)
+            v[0, 0] = np.nan
+            w.put(k, v)
+            w.wait()

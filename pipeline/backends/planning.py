@@ -80,7 +80,10 @@ class PlanningBackend(RenderedBackend):
         self.name = name
         self.model_path = resolve_model_path(model)
         load_dir, self.gguf_file = split_gguf(self.model_path, gguf_file)
-        on_gpu = bool(visible_gpus()) if device is None else str(device).startswith("cuda")
+        from pipeline.backends.device import device_kind
+
+        kind = device_kind(device)
+        on_gpu = bool(visible_gpus()) if kind is None else kind == "cuda"
         self.dtype = resolve_dtype(dtype, on_gpu)
         self.tokenizer, config, self.max_length, self.renderer = load_identity(
             self.model_path, self.gguf_file, load_dir, trust_remote_code=trust_remote_code, max_length=max_length,

@@ -1,7 +1,8 @@
 """sentence-transformers backend (default): the bundled all-MiniLM-L6-v2 with the model's own pooling.
 
 Construction is cheap: the fingerprint comes from the model folder's config files and token counts from its
-``tokenizer.json``, so a fully cached rerun never imports torch or loads weights. Weights load on first ``embed``.
+``tokenizer.json``, so a fully cached rerun never imports torch or loads weights. Weights load on first ``embed``,
+on ``device`` (auto: CUDA when torch sees a GPU, else the CPU; cpu | cuda | cuda:N).
 """
 from __future__ import annotations
 
@@ -74,7 +75,9 @@ class SentenceTransformersBackend:
             raise MicroError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
         self.batch_size = batch_size
         self.chunk_size = batch_size
-        self.device = device or "cpu"
+        from pipeline.backends.device import check_device
+
+        self.device = check_device(device)  # resolved when the weights load: auto = CUDA when present
         self.dtype = dtype
         self.normalize = normalize
         self._model = None
@@ -100,8 +103,11 @@ class SentenceTransformersBackend:
 
             transformers.logging.set_verbosity_error()
             transformers.utils.logging.disable_progress_bar()
+            from pipeline.backends.device import resolve_device
+
+            device = str(resolve_device(self.device))
             try:
-                self._model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
+                self._model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True)
             except Exception as exc:  # noqa: BLE001 - garbage / truncated weights, bad config: one line
                 raise model_load_error(self.model_path, exc) from None
             self._model.max_seq_length = self.max_length
