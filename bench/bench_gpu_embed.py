@@ -279,6 +279,8 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the device (default: by its name)")
     ap.add_argument("--no-vllm", action="store_true")
     ap.add_argument("--out", type=Path, help="write results.json here")
+    ap.add_argument("--keep", type=Path, help="work in this folder and keep it (model/, run/ and cache/ of micro's "
+                    "run: e.g. to fit on the features afterwards)")
     ap.add_argument("--prepare-assets", type=Path, metavar="DIR", help="only copy the tokenizer and DSP json to DIR")
     args = ap.parse_args()
     if args.prepare_assets:
@@ -297,7 +299,8 @@ def main() -> None:
         if args.shape != "tiny":
             raise SystemExit(f"no DSP file at {dsp}: pass --dsp or --assets")
         dsp = SAMPLE
-    work = Path(tempfile.mkdtemp(prefix="bench_gpu_embed_"))
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench_gpu_embed_"))
+    work.mkdir(parents=True, exist_ok=True)
     res: dict = {"shape": args.shape, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
                  "torch": torch.__version__, "data": str(dsp)}
     try:
@@ -331,7 +334,8 @@ def main() -> None:
         if cuda and not args.no_vllm:
             res["vllm"] = run_vllm(model_dir, pairs_path, work, sample, low, params, peak, best)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     res["total_s"] = time.perf_counter() - t_start
     report(res)
     if args.out:

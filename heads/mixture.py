@@ -127,8 +127,9 @@ class MixtureBT:
         if self.gate_l2 is not None:
             _finite_number(self.gate_l2, "gate_l2")
         _finite_number(self.tol, "tol")
-        if self.optimizer == "adamw":
-            _finite_number(self.lr, "lr", 1e-300)
+        _finite_number(self.lr, "lr")
+        if self.lr == 0:
+            raise ValueError("lr must be a finite number > 0, got 0")
         for name in ("dim", "gate_dim"):
             v = getattr(self, name)
             if v not in ("auto", None) and not (isinstance(v, Integral) and v >= 1):

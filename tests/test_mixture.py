@@ -242,5 +242,5 @@ def test_non_finite_objective_is_an_error_not_convergence(small, monkeypatch):
     """Even past the parameter checks, EM never reports a NaN objective as converged."""
     m = MixtureBT(n_components=3, n_init=1, max_iter=20, alpha=float("nan"), random_state=0)
     monkeypatch.setattr(m, "_check_params", lambda: None)
-    with pytest.raises(ValueError, match="the objective became nan"):
+    with pytest.raises(ValueError, match="the objective became non-finite \(nan\)"):
         m.fit(small["delta"], small["prompt"])
