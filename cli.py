@@ -284,6 +284,7 @@ def fit(
     from rich.console import Console
 
     from heads.initialise import INITS
+    from heads.solvers import AdamWSolver
     from pipeline.features import read_run
     from pipeline.fit import BASELINES, fit_run
 
@@ -344,8 +345,9 @@ def fit(
         k, extra_meta = str(sel.chosen_k), {"k_selection": sel.to_dict()}
     report = fit_run(run_dir, k=int(k), gate=gate, gate_input=gate_input, baseline=baseline,
                      out=out, on_iter=on_iter, extra_meta=extra_meta, alpha=alpha, n_init=n_init,
-                     max_iter=max_iter, tol=tol, random_state=seed, init=init, optimizer=optimizer,
-                     epochs=epochs, gate_hidden=gate_hidden, **sel_kw)
+                     max_iter=max_iter, tol=tol, random_state=seed, init=init,
+                     solver=AdamWSolver(epochs=epochs) if optimizer == "adamw" else "em", gate_hidden=gate_hidden,
+                     **sel_kw)
     _print_fit_report(console, report)
 
 
@@ -615,6 +617,10 @@ def _raised_in_heads(exc: BaseException) -> bool:
     tb, last = exc.__traceback__, None
     while tb is not None:
         last, tb = tb, tb.tb_next
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    if isinstance(exc, InvalidParameterError):  # an estimator's parameter check (sklearn's own validation)
+        return True
     root = Path(heads.__file__).resolve().parent
     return last is not None and root in Path(last.tb_frame.f_code.co_filename).resolve().parents
 

@@ -5,6 +5,7 @@ MixtureBT` calls them and stores the results. Features stay in their stored dtyp
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -13,10 +14,8 @@ import numpy as np
 from . import gate as G
 from .chunked import mean_sq_norm, project
 from .em import EMResult, newton_polish_single, run_em
-from .initialise import initialise, normalised_rows, sketch
+from .initialise import MAX_KMEANS_DIM, initialise, normalised_rows, sketch
 from .objective import Problem
-import dataclasses
-
 from .selection import best_point, dim_candidates, fit_temperature, holdout_rows, l2_path
 
 
@@ -116,9 +115,9 @@ def prepare(est, D: np.ndarray, X: Optional[np.ndarray], kind: str) -> Prepared:
     rng = np.random.default_rng(seeds[0])
     prep = Prepared(Dfit, Xfit, kind, P, Pp, method, seeds, widths=widths)
     if K > 1 and method == "gate-kmeans":
-        prep.sk_prompt = sketch(Xfit, est.max_kmeans_dim, rng)
+        prep.sk_prompt = sketch(Xfit, MAX_KMEANS_DIM, rng)
     if K > 1 and method == "kmeans":
-        prep.sk_delta = sketch(normalised_rows(Dfit), est.max_kmeans_dim, rng)
+        prep.sk_delta = sketch(normalised_rows(Dfit), MAX_KMEANS_DIM, rng)
     prep.delta_rms = float(np.sqrt(mean_sq_norm(Dfit, max_rows=2048)))
     return prep.restrict(widths[-1]) if len(widths) == 1 or P is None else prep
 
@@ -140,7 +139,8 @@ def _start(est, prep: Prepared, prob: Problem, seed: int):
     single = None
     if prep.method == "split" and K > 1:
         p1 = Problem(prep.D, None, 1, "static", 0.0, prob.l2, rows=prob.rows, scale=prob.scale)
-        single = p1.packer.unpack(run_em(p1, np.zeros(p1.packer.size), max_iter=est.max_iter, tol=est.tol).theta)[0][0]
+        single = p1.packer.unpack(run_em(p1, np.zeros(p1.packer.size), max_iter=est.max_iter,
+                                         tol=est.tol).theta)[0][0]
     W0, r0 = initialise(prep.method, K, prep.D.shape[1], seed, delta_sketch=_rows(prep.sk_delta, prob.rows),
                         prompt_sketch=_rows(prep.sk_prompt, prob.rows), delta_rms=prep.delta_rms * prob.scale[0],
                         single_coef=single)
@@ -154,44 +154,33 @@ def _rows(a: Optional[np.ndarray], rows: Optional[np.ndarray]) -> Optional[np.nd
 
 def fit_restarts(est, prep: Prepared, prob: Problem, val: Optional[Problem] = None,
                  seeds: Optional[List[int]] = None) -> Best:
-    """``n_init`` restarts from the initialisation; with ``screen_iter`` only the leader after that many iterations
-    runs on. Restarts are ranked by the objective, or by the validation negative log-likelihood when ``val`` is
-    given (then every run stops early on it); ``Best.restart_scores`` are those values. ``seeds`` overrides the
-    restarts' seeds."""
+    """``n_init`` restarts from the initialisation, each optimised by the estimator's solver; with screening
+    (:meth:`heads.solvers.EMSolver.screening`) only the leader after that many iterations runs on. Restarts are
+    ranked by the objective, or by the validation negative log-likelihood when ``val`` is given (then every run
+    stops early on it); ``Best.restart_scores`` are those values. ``seeds`` overrides the restarts' seeds."""
     K = int(est.n_components)
     seeds = prep.seeds if seeds is None else seeds
-    em_kw = dict(tol=est.tol, m_steps=est.m_steps, memory=est.memory, accept=est.accept, on_iter=est.on_iter,
-                 verbose=est.verbose, val=val, patience=est.patience)
-    screening = est.optimizer == "em" and est.screen_iter and len(seeds) > 1 and K > 1
+    solver = est.solver_
+    kw = dict(tol=est.tol, val=val, patience=est.patience, on_iter=est.on_iter, verbose=est.verbose)
+    screen = solver.screening(len(seeds), K)
     best, scores = None, []
     for i, seed in enumerate(seeds):
         if est.verbose:
-            print(f"restart {i + 1}/{len(seeds)} (init={prep.method}, optimizer={est.optimizer})")
+            print(f"restart {i + 1}/{len(seeds)} (init={prep.method}, solver={solver.name})")
         theta0, r0 = _start(est, prep, prob, seed)
-        res = None
-        if est.optimizer == "em":
-            iters = min(int(est.screen_iter), est.max_iter) if screening else est.max_iter
-            res = run_em(prob, theta0, r0, max_iter=iters, init_m_steps=est.init_m_steps, **em_kw)
-            theta, hist, conv, n_it = res.theta, res.history, res.converged, res.n_iter
-            if K == 1:
-                theta = newton_polish_single(prob, theta)
-            obj = prob.evaluate(theta, grads=()).L if K == 1 else res.objective
-        else:
-            from .sgd import run_adamw
-
-            start = run_em(prob, theta0, r0, max_iter=0, init_m_steps=est.init_m_steps, memory=est.memory)
-            cb = (lambda ep, th: est.on_iter(ep, prob.evaluate(th, grads=()).L)) if est.on_iter else None
-            theta, hist = run_adamw(prob, start.theta, epochs=est.epochs, batch_size=est.batch_size, lr=est.lr,
-                                    seed=seed, on_epoch=cb)
-            hist, conv, n_it, obj = start.history + hist, True, int(est.epochs), hist[-1]
-        score = val.evaluate(theta, grads=()).nll if val is not None else obj   # lower is better
+        res = solver.run(prob, theta0, r0, max_iter=min(screen, est.max_iter) if screen else est.max_iter,
+                         seed=seed, **kw)
+        if K == 1:
+            res.theta = newton_polish_single(prob, res.theta)
+            res.objective = prob.evaluate(res.theta, grads=()).L
+        score = val.evaluate(res.theta, grads=()).nll if val is not None else res.objective   # lower is better
         scores.append(float(score))
         if best is None or score < best[0]:
-            best = (score, Best(theta, obj, hist, conv, n_it, i, scores, res))
+            best = (score, Best(res.theta, res.objective, res.history, res.converged, res.n_iter, i, scores, res))
     b = best[1]
     b.restart_scores = scores
-    if screening and not b.converged and est.max_iter > b.n_iter:
-        res = run_em(prob, b.theta, None, max_iter=est.max_iter - b.n_iter, init_m_steps=0, **em_kw)
+    if screen and not b.converged and est.max_iter > b.n_iter:
+        res = solver.resume(prob, b.theta, max_iter=est.max_iter - b.n_iter, **kw)
         b.theta, b.history, b.converged = res.theta, b.history + res.history, res.converged
         b.n_iter, b.objective, b.result = b.n_iter + res.n_iter, res.objective, _merge(b.result, res)
     return b
@@ -231,7 +220,6 @@ def select(est, prep: Prepared, groups: np.ndarray, calibrate: bool, search: boo
                 fit.set_l2(c, c)   # relative L2 = L2 in the fit's units
                 seeds = [sub.seeds[first["restart"]]] if first else None   # the first candidate's best restart
                 b = fit_restarts(est, sub, fit, val, seeds=seeds)
-                b.result.theta = b.theta  # (a single head's Newton polish)
                 if not first:
                     first.update(restart_scores=b.restart_scores, restart=b.restart)
                 return b.result

@@ -10,8 +10,8 @@ first M-step is fitted to (None: take the E-step at (W0, gate0)).
 * ``"random"``: small random heads (|w_k . Delta| ~ 0.1), uniform gate.
 * ``"split"``: perturb the single-BT solution w_1: w_k = w_1 + 0.3 |w_1| u_k, u_k random unit vectors.
 
-Wide features (> ``max_kmeans_dim`` columns) are clustered after a fixed Gaussian random projection to
-``max_kmeans_dim`` columns (Johnson-Lindenstrauss) so that k-means stays cheap for 3,072-d inputs.
+Wide features (> ``MAX_KMEANS_DIM`` columns) are clustered after a fixed Gaussian random projection to
+``MAX_KMEANS_DIM`` columns (Johnson-Lindenstrauss) so that k-means stays cheap for 3,072-d inputs.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from typing import Optional, Tuple
 import numpy as np
 
 INITS = ("gate-kmeans", "kmeans", "random", "split")
+#: features wider than this are clustered after a Gaussian random projection to this many columns
+MAX_KMEANS_DIM = 128
 
 
 def sketch(X: np.ndarray, max_dim: int, rng: np.random.Generator) -> np.ndarray:

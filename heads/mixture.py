@@ -28,20 +28,22 @@ from numbers import Integral, Real
 from typing import Callable, Dict, Optional
 
 import numpy as np
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
 
 from . import fitting as F
 from . import gate as G
 from .chunked import matmul_t
-from .em import run_em, thread_limit
+from .em import thread_limit
 from .initialise import INITS
 from .objective import Problem
-from .selection import prompt_groups
+from .selection import C_START, prompt_groups
+from .solvers import SOLVERS, EMSolver, make_solver
 from .validation import as_matrix, check_rows, check_width
 
 GATES = ("context", "static")
-#: relative L2 (units of the features' scale, see heads.selection) used by optimizer="adamw" with l2="auto"
-ADAMW_RELATIVE_L2 = 1e-2
 
 
 def _logsig(z: np.ndarray) -> np.ndarray:
@@ -61,89 +63,81 @@ def collapsed_pairs(coef: np.ndarray, threshold: float = 0.99):
     return [(i, j) for i in range(K) for j in range(i + 1, K) if C[i, j] >= threshold]
 
 
-def _finite_number(v, name: str, low: float = 0.0) -> None:
-    if isinstance(v, bool) or not isinstance(v, Real) or not np.isfinite(v) or v < low:
-        raise ValueError(f"{name} must be a finite number >= {low:g}, got {v!r}")
-
-
-class MixtureBT:
-    """Mixture of Bradley-Terry heads with a context (or static) gate.
+class MixtureBT(BaseEstimator):
+    """Mixture of Bradley-Terry heads with a context (or static) gate (a scikit-learn estimator).
 
     Parameters: ``n_components`` K; ``gate`` "context" (linear softmax gate with intercept; ``gate_hidden=H``
     for the paper's one-hidden-layer ReLU MLP) or "static" (one global pi: the Static Mixture baseline);
     ``alpha`` entropy weight; ``l2`` the heads' L2 ("auto": selected on held-out prompts, see the module
     docstring); ``gate_l2`` the gate's (None: ``l2``; with ``l2="auto"`` both are selected together);
-    ``n_init`` restarts; ``max_iter``; ``tol`` on the relative objective change; ``optimizer`` "em" or "adamw";
-    ``init`` one of "gate-kmeans" (falls back to "kmeans" without prompt features), "kmeans", "random", "split";
-    ``dim`` uncentred PCA width of Delta (``whiten`` optional), ``gate_dim`` the same for the prompt features
-    ("auto": full width up to 512 features, else 256; None: full width; the fit runs in the projected spaces,
-    ``coef_`` and ``gate_params_`` are folded back to the original spaces); ``holdout`` the fraction of prompts
-    held out for selection and calibration (``groups`` in :meth:`fit` say which pairs share a prompt);
-    ``patience`` EM iterations without a better held-out log-likelihood before a selection fit stops;
-    ``calibrate`` True / False / "auto" (a temperature when a held-out slice exists and it lowers the held-out
-    NLL); ``accept`` line-search criterion ("L" or "Q", see :mod:`heads.em`); ``m_steps`` / ``init_m_steps``
-    L-BFGS steps per M-step (later / first); ``screen_iter``: with ``n_init > 1`` every restart runs this many EM
-    iterations and only the best then runs on (None: every restart to convergence); ``on_iter(it, objective)``
-    callback; ``epochs``, ``batch_size``, ``lr`` for AdamW. ``alpha=0``: the per-row entropy term rewards a flat
-    gate, and at alpha=0.5 (the paper's value) the K=10 heads on DSP/MiniLM collapse into one (README "Defaults").
-    ``n_components=1`` is the single-reward BT model (its gate is static, and the fit is Newton-polished when
-    d <= 1024).
+    ``n_init`` restarts; ``max_iter``; ``tol`` on the relative objective change; ``solver`` "em" (generalised EM),
+    "adamw" (the paper's minibatch recipe) or a :class:`heads.solvers.EMSolver` / ``AdamWSolver`` object with the
+    optimiser's internals; ``init`` one of "gate-kmeans" (falls back to "kmeans" without prompt features),
+    "kmeans", "random", "split"; ``dim`` uncentred PCA width of Delta (``whiten`` optional), ``gate_dim`` the same
+    for the prompt features ("auto": full width up to 512 features, else the better of 64 and 256 on the held-out
+    slice; None: full width; the fit runs in the projected spaces, ``coef_`` and ``gate_params_`` are folded back
+    to the original spaces); ``holdout`` the fraction of prompts held out for selection and calibration
+    (``groups`` in :meth:`fit` say which pairs share a prompt); ``patience`` EM iterations without a better
+    held-out log-likelihood before a selection fit stops; ``calibrate`` True / False / "auto" (a temperature when
+    a held-out slice exists and it lowers the held-out NLL); ``on_iter(it, objective)`` callback. ``alpha=0``: the
+    per-row entropy term rewards a flat gate, and at alpha=0.5 (the paper's value) the K=10 heads on DSP/MiniLM
+    collapse into one (README "Defaults"). ``n_components=1`` is the single-reward BT model (its gate is static,
+    and the fit is Newton-polished when d <= 1024).
 
     Fitted attributes: ``coef_`` (K, d), ``gate_params_``, ``gate_kind_``, ``mixture_weights_``, ``l2_``,
     ``gate_l2_``, ``dim_``, ``gate_dim_``, ``temperature_``, ``selection_`` (the path, chosen values, seconds),
     ``objective_``, ``objective_history_``, ``converged_``, ``n_iter_``, ``restart_objectives_``, ...
     """
 
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "gate": [StrOptions(set(GATES))],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "l2": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
+        "gate_l2": [Interval(Real, 0, None, closed="left"), None],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "solver": [StrOptions(set(SOLVERS)), EMSolver],
+        "init": [StrOptions(set(INITS))],
+        "dim": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left"), None],
+        "whiten": ["boolean"],
+        "gate_hidden": [Interval(Integral, 1, None, closed="left"), None],
+        "gate_dim": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left"), None],
+        "holdout": [Interval(Real, 0, 1, closed="left")],
+        "patience": [Interval(Integral, 1, None, closed="left")],
+        "calibrate": ["boolean", StrOptions({"auto"})],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "on_iter": [callable, None],
+    }
+
     def __init__(self, n_components: int = 10, gate: str = "context", alpha: float = 0.0, l2="auto",
                  gate_l2: Optional[float] = None, n_init: int = 4, max_iter: int = 200, tol: float = 1e-6,
-                 optimizer: str = "em", init: str = "gate-kmeans", dim="auto", whiten: bool = False,
+                 solver="em", init: str = "gate-kmeans", dim="auto", whiten: bool = False,
                  gate_hidden: Optional[int] = None, gate_dim="auto", holdout: float = 0.2, patience: int = 10,
-                 calibrate="auto", m_steps: int = 1, init_m_steps: int = 50, memory: int = 10, accept: str = "L",
-                 screen_iter: Optional[int] = 30, random_state=None, verbose: int = 0,
-                 on_iter: Optional[Callable[[int, float], None]] = None,
-                 epochs: int = 1, batch_size: int = 32, lr: float = 2e-3, max_kmeans_dim: int = 128):
-        self.n_components, self.gate, self.alpha, self.l2, self.gate_l2 = n_components, gate, alpha, l2, gate_l2
-        self.n_init, self.max_iter, self.tol, self.optimizer = n_init, max_iter, tol, optimizer
-        self.init, self.dim, self.whiten, self.gate_hidden, self.gate_dim = init, dim, whiten, gate_hidden, gate_dim
-        self.holdout, self.patience, self.calibrate = holdout, patience, calibrate
-        self.accept, self.screen_iter = accept, screen_iter
-        self.m_steps, self.init_m_steps, self.memory = m_steps, init_m_steps, memory
-        self.random_state, self.verbose, self.on_iter = random_state, verbose, on_iter
-        self.epochs, self.batch_size, self.lr, self.max_kmeans_dim = epochs, batch_size, lr, max_kmeans_dim
-
-    # ------------------------------------------------------------------ checks
-    def _check_params(self) -> None:
-        if not (isinstance(self.n_components, Integral) and self.n_components >= 1):
-            raise ValueError(f"n_components must be a positive integer, got {self.n_components!r}")
-        if self.gate not in GATES:
-            raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
-        if self.optimizer not in ("em", "adamw"):
-            raise ValueError(f"optimizer must be 'em' or 'adamw', got {self.optimizer!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        _finite_number(self.alpha, "alpha")
-        if self.l2 != "auto":
-            _finite_number(self.l2, "l2")
-        if self.gate_l2 is not None:
-            _finite_number(self.gate_l2, "gate_l2")
-        _finite_number(self.tol, "tol")
-        _finite_number(self.lr, "lr")
-        if self.lr == 0:
-            raise ValueError("lr must be a finite number > 0, got 0")
-        for name in ("dim", "gate_dim"):
-            v = getattr(self, name)
-            if v not in ("auto", None) and not (isinstance(v, Integral) and v >= 1):
-                raise ValueError(f"{name} must be 'auto', None or a positive integer, got {v!r}")
-        if isinstance(self.holdout, bool) or not isinstance(self.holdout, Real) or not 0 <= self.holdout < 1:
-            raise ValueError(f"holdout must be in [0, 1), got {self.holdout!r}")
-        if self.calibrate not in (True, False, "auto"):
-            raise ValueError(f"calibrate must be True, False or 'auto', got {self.calibrate!r}")
-        for name in ("n_init", "max_iter", "patience"):
-            v = getattr(self, name)
-            if not isinstance(v, Integral) or v < (0 if name == "max_iter" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.accept not in ("L", "Q"):
-            raise ValueError(f"accept must be 'L' or 'Q', got {self.accept!r}")
+                 calibrate="auto", random_state=None, verbose: int = 0,
+                 on_iter: Optional[Callable[[int, float], None]] = None):
+        self.n_components = n_components
+        self.gate = gate
+        self.alpha = alpha
+        self.l2 = l2
+        self.gate_l2 = gate_l2
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.solver = solver
+        self.init = init
+        self.dim = dim
+        self.whiten = whiten
+        self.gate_hidden = gate_hidden
+        self.gate_dim = gate_dim
+        self.holdout = holdout
+        self.patience = patience
+        self.calibrate = calibrate
+        self.random_state = random_state
+        self.verbose = verbose
+        self.on_iter = on_iter
 
     def _check_fit_input(self, delta, prompt, groups):
         D = as_matrix(delta, "delta")
@@ -161,8 +155,7 @@ class MixtureBT:
         return D, X, g
 
     def _check_predict_input(self, delta, prompt, need_delta=True):
-        if not hasattr(self, "coef_"):
-            raise ValueError("this MixtureBT is not fitted yet: call fit(delta, prompt) first")
+        check_is_fitted(self, "coef_")
         D = None
         if need_delta:
             D = as_matrix(delta, "delta")
@@ -182,7 +175,8 @@ class MixtureBT:
         """Fit on pair differences ``delta`` (n, d) (winner - loser) and prompt features ``prompt`` (n, p);
         ``groups`` (n,) say which pairs share a prompt (default: identical prompt feature rows), so that the
         held-out slice never splits a prompt. float16 features are used as they are (computed in float32 chunks)."""
-        self._check_params()
+        self._validate_params()
+        self.solver_ = make_solver(self.solver)
         t0 = time.perf_counter()
         D, X, g = self._check_fit_input(delta, prompt, groups)
         with thread_limit(D.size + (X.size if X is not None else 0)):
@@ -201,8 +195,7 @@ class MixtureBT:
         self.n_features_in_, self.n_prompt_features_in_ = D.shape[1], (X.shape[1] if X is not None else 0)
         prep = F.prepare(self, D, X if kind != "static" else None, kind)
         self.init_used_ = prep.method
-        auto = self.l2 == "auto"
-        search = auto and self.optimizer == "em"
+        search = self.l2 == "auto"
         calibrate = self.calibrate is True or (self.calibrate == "auto" and search)
         fixed = self._l2_values({}, prep.restrict(prep.widths[-1]))
         sel = (F.select(self, prep, groups, calibrate, search, fixed)
@@ -214,8 +207,7 @@ class MixtureBT:
         prob = prep.problem(K, self, l2, gl2)
         if "theta" in sel:  # the held-out fit, refitted on every train pair from where it stopped
             cap = min(self.max_iter, sel.get("refit_iter", self.max_iter))
-            res = run_em(prob, sel["theta"], None, max_iter=cap, tol=self.tol, init_m_steps=0, memory=self.memory,
-                         accept=self.accept, on_iter=self.on_iter)
+            res = self.solver_.resume(prob, sel["theta"], max_iter=cap, tol=self.tol, on_iter=self.on_iter)
             done = res.converged or cap < self.max_iter   # an early-stopped choice is refitted a few steps on purpose
             best = F.Best(res.theta, res.objective, res.history, done, res.n_iter, sel.get("restart", 0),
                           sel.get("restart_scores", []))
@@ -229,8 +221,8 @@ class MixtureBT:
     def _l2_values(self, sel: dict, prep) -> tuple:
         if "l2" in sel:
             return sel["l2"], sel["gate_l2"]
-        if self.l2 == "auto":   # adamw, or no held-out slice: a fixed relative value
-            c = ADAMW_RELATIVE_L2
+        if self.l2 == "auto":   # no held-out slice: the relative value the search starts from
+            c = C_START
             return c * prep.scales[0], c * prep.scales[1]
         return float(self.l2), float(self.l2 if self.gate_l2 is None else self.gate_l2)
 
@@ -294,8 +286,7 @@ class MixtureBT:
 
     def head_rewards(self, features) -> np.ndarray:
         """r_k(x, a) = w_k . phi(x, a) for single responses, (n, K)."""
-        if not hasattr(self, "coef_"):
-            raise ValueError("this MixtureBT is not fitted yet: call fit(delta, prompt) first")
+        check_is_fitted(self, "coef_")
         F_ = as_matrix(features, "features")
         check_width(F_, self.n_features_in_, "features")
         return matmul_t(F_, self.coef_)

@@ -42,17 +42,38 @@ def _jsonable(v):
     return v
 
 
+#: parameters of bundles written before the solver object (0.1): they become the solver
+LEGACY_SOLVER = {"optimizer": "name", "m_steps": "m_steps", "init_m_steps": "init_m_steps", "memory": "memory",
+                 "accept": "accept", "screen_iter": "screen_iter", "epochs": "epochs", "batch_size": "batch_size",
+                 "lr": "lr"}
+
+
 def model_params(model) -> dict:
-    """Constructor parameters of ``model`` that are JSON-able (callbacks dropped)."""
-    sig = inspect.signature(type(model).__init__)
+    """``model.get_params()`` as JSON (a solver object as its dict; callbacks dropped)."""
     out = {}
-    for name in sig.parameters:
-        if name == "self" or not hasattr(model, name):
-            continue
-        v = getattr(model, name)
-        if v is None or isinstance(v, (bool, int, float, str, np.integer, np.floating)):
+    for name, v in model.get_params(deep=False).items():
+        if hasattr(v, "to_dict"):
+            out[name] = v.to_dict()
+        elif v is None or isinstance(v, (bool, int, float, str, np.integer, np.floating)):
             out[name] = _jsonable(v)
     return out
+
+
+def _params_in(params: dict) -> dict:
+    """Constructor arguments from stored params: the solver rebuilt, legacy solver fields folded into it."""
+    from heads.solvers import make_solver
+
+    params = dict(params)
+    legacy = {LEGACY_SOLVER[k]: params.pop(k) for k in list(params) if k in LEGACY_SOLVER}
+    params.pop("max_kmeans_dim", None)
+    if legacy and "solver" not in params:
+        name = legacy.get("name", "em")
+        keep = ("m_steps", "init_m_steps", "memory", "accept", "screen_iter") + (("epochs", "batch_size", "lr")
+                                                                                 if name == "adamw" else ())
+        params["solver"] = {"name": name, **{k: v for k, v in legacy.items() if k in keep}}
+    if isinstance(params.get("solver"), dict):
+        params["solver"] = make_solver(params["solver"])
+    return params
 
 
 def save_bundle(model, out: str | Path, meta: dict) -> Path:
@@ -166,12 +187,16 @@ def load_bundle(path: str | Path):
     except Exception as exc:  # noqa: BLE001 - missing or corrupt file
         raise MicroError(f"{path}/model.safetensors: cannot be read ({exc})") from None
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(meta["params"]) - accepted)
+    try:
+        params = _params_in(meta["params"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"{path}/model.json: bad 'params': {first_line(exc)}") from None
+    unknown = sorted(set(params) - accepted)
     if unknown:
         raise InputError(f"{path}/model.json: unknown parameter(s) {', '.join(unknown)} in 'params'")
-    model = cls(**meta["params"])
+    model = cls(**params)
     try:
-        model._check_params()
+        model._validate_params()
     except (ValueError, TypeError) as exc:
         raise InputError(f"{path}/model.json: bad 'params': {first_line(exc)}") from None
     for k, v in meta["fitted"].items():

@@ -4,11 +4,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.linear_model import LogisticRegression
 
 from heads import MixtureBT, accuracy, collapsed_pairs, make_mixture, mean_aligned_cosine, objective_and_grad
 from heads import gate as G
+from heads.solvers import AdamWSolver, EMSolver
 from heads.synthetic import split
 
 
@@ -51,7 +54,7 @@ def test_single_head_equals_sklearn_logistic_regression(small):
 @pytest.mark.parametrize("alpha,accept", [(0.0, "L"), (0.0, "Q"), (0.5, "L")])
 def test_objective_monotone(small, alpha, accept):
     m = MixtureBT(n_components=3, alpha=alpha, l2=1e-3, n_init=1, max_iter=60, tol=0.0, init="random",
-                  random_state=3, accept=accept)
+                  random_state=3, solver=EMSolver(accept=accept))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m.fit(small["delta"], small["prompt"])
@@ -110,7 +113,8 @@ def test_fitted_objective_matches_autograd(small):
 
 @pytest.mark.parametrize("screen_iter", [None, 10])
 def test_same_seed_identical_and_best_restart(small, screen_iter):
-    kw = dict(n_components=3, n_init=3, max_iter=40, random_state=7, init="random", screen_iter=screen_iter, l2=1e-4)
+    kw = dict(n_components=3, n_init=3, max_iter=40, random_state=7, init="random", l2=1e-4,
+              solver=EMSolver(screen_iter=screen_iter))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         a = MixtureBT(**kw).fit(small["delta"], small["prompt"])
@@ -190,7 +194,7 @@ def test_collapse_detected():
 
 def test_adamw_lowers_objective(small):
     D, X = small["delta"], small["prompt"]
-    m = MixtureBT(n_components=3, optimizer="adamw", epochs=2, n_init=1, init_m_steps=2, random_state=0)
+    m = MixtureBT(n_components=3, solver=AdamWSolver(epochs=2, init_m_steps=2), n_init=1, random_state=0)
     m.fit(D, X)
     h = m.objective_history_
     assert h[-1] < h[0] - 1e-3
@@ -215,7 +219,7 @@ def test_bad_inputs(small):
         m.fit(np.zeros((0, 6)), np.zeros((0, 4)))
     with pytest.raises(ValueError, match="larger than the number of pairs"):
         MixtureBT(n_components=5).fit(D[:3], X[:3])
-    with pytest.raises(ValueError, match="not fitted"):
+    with pytest.raises(NotFittedError):
         m.predict_proba(D, X)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -226,21 +230,39 @@ def test_bad_inputs(small):
         m.predict_proba(D[:2], np.zeros((2, 5)))
     with pytest.raises(ValueError, match="features"):
         m.head_rewards(np.zeros((2, 7)))
-    with pytest.raises(ValueError, match="gate must be"):
+    with pytest.raises(InvalidParameterError, match="'gate' parameter of MixtureBT must be"):
         MixtureBT(gate="nope").fit(D, X)
 
 
 @pytest.mark.parametrize("param", [{"alpha": float("nan")}, {"l2": float("inf")}, {"tol": float("nan")},
-                                   {"alpha": float("-inf")}, {"lr": 0.0}])
-def test_non_finite_hyperparameters_are_refused(small, param):
-    """alpha=nan used to fit a NaN model that reported converged_ = True."""
+                                   {"alpha": float("-inf")}, {"n_components": 0}, {"alpha": -1.0},
+                                   {"solver": "sgd"}, {"solver": AdamWSolver(lr=0.0)},
+                                   {"solver": EMSolver(accept="x")}, {"dim": 0}, {"holdout": 1.0},
+                                   {"calibrate": "maybe"}, {"l2": "strong"}])
+def test_invalid_parameters_are_refused_at_fit(small, param):
+    """alpha=nan used to fit a NaN model that reported converged_ = True; accept="x" silently acted as "L"."""
     with pytest.raises(ValueError, match="must be"):
-        MixtureBT(n_components=3, n_init=1, max_iter=5, **param).fit(small["delta"], small["prompt"])
+        MixtureBT(**{"n_components": 3, "n_init": 1, "max_iter": 5, **param}).fit(small["delta"], small["prompt"])
+
+
+def test_scikit_learn_estimator_protocol(small):
+    m = MixtureBT(n_components=3, l2=1e-3, solver=EMSolver(screen_iter=5))
+    c = clone(m)
+    assert c is not m and c.get_params()["l2"] == 1e-3 and c.solver == m.solver and c.solver is not m.solver
+    c.set_params(n_components=2, alpha=0.1)
+    assert c.n_components == 2 and c.alpha == 0.1 and m.n_components == 3
+    with pytest.raises(InvalidParameterError):
+        MixtureBT(n_components=0).fit(small["delta"], small["prompt"])
+    for method in ("predict_proba", "responsibilities", "score", "log_odds"):
+        with pytest.raises(NotFittedError):
+            getattr(MixtureBT(), method)(small["delta"], small["prompt"])
+    with pytest.raises(NotFittedError):
+        MixtureBT().gate_weights(small["prompt"])
 
 
 def test_non_finite_objective_is_an_error_not_convergence(small, monkeypatch):
     """Even past the parameter checks, EM never reports a NaN objective as converged."""
     m = MixtureBT(n_components=3, n_init=1, max_iter=20, alpha=float("nan"), random_state=0)
-    monkeypatch.setattr(m, "_check_params", lambda: None)
-    with pytest.raises(ValueError, match="the objective became non-finite \(nan\)"):
+    monkeypatch.setattr(m, "_validate_params", lambda: None)
+    with pytest.raises(ValueError, match=r"the objective became non-finite \(nan\)"):
         m.fit(small["delta"], small["prompt"])

@@ -93,11 +93,12 @@ def test_value_errors_of_the_math_are_user_errors(ws, monkeypatch, capsys):
     from heads.mixture import MixtureBT
 
     def fit_run(*a, **k):
-        MixtureBT(n_components=0)._check_params()
+        MixtureBT(n_components=0)._validate_params()
 
     monkeypatch.setattr(pipeline.fit, "fit_run", fit_run)
     code, _, err = run_cli(monkeypatch, capsys, "fit", ws.paths["run"], "--out", ws.path("m"))
-    assert code == 2 and err == "error: n_components must be a positive integer, got 0\n"
+    assert code == 2 and err == ("error: The 'n_components' parameter of MixtureBT must be an int in the range "
+                                 "[1, inf). Got 0 instead.\n")
 
     def not_heads(*a, **k):
         raise ValueError("oops")
