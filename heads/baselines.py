@@ -10,16 +10,20 @@ from __future__ import annotations
 
 
 
+from numbers import Integral, Real
+
 import numpy as np
+from scipy.special import expit, log_expit
 from scipy.optimize import minimize
+from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
+
+from .defaults import FIXED_L2
 
 from .em import newton_polish_single, run_em, thread_limit
 from .objective import Problem
 from .validation import as_matrix, check_rows, check_width
-
-
-def _logsig(z):
-    return -np.logaddexp(0.0, -z)
 
 
 def fit_single_bt(delta: np.ndarray, l2: float, max_iter: int = 500, tol: float = 1e-10) -> np.ndarray:
@@ -30,7 +34,7 @@ def fit_single_bt(delta: np.ndarray, l2: float, max_iter: int = 500, tol: float 
     return prob.packer.unpack(theta)[0][0].copy()
 
 
-class SharedBase:
+class SharedBase(BaseEstimator):
     """K linear heads each with a frozen random prior u_k (HyRe). Objective (minimised)::
 
         (1/K) sum_k (1/n) sum_i -log sigma((w_k + u_k) . Delta_i) + (l2/2) ||W||^2
@@ -39,12 +43,22 @@ class SharedBase:
     standard deviation ~ prior_scale for isotropic Delta). ``coef_`` are the effective heads W + U.
     """
 
-    def __init__(self, n_components: int = 10, prior_scale: float = 1.0, l2: float = 1e-3, max_iter: int = 500,
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "prior_scale": [Interval(Real, 0, None, closed="left")],
+        "l2": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(self, n_components: int = 10, prior_scale: float = 1.0, l2: float = FIXED_L2, max_iter: int = 500,
                  tol: float = 1e-9, random_state=None):
         self.n_components, self.prior_scale, self.l2 = n_components, prior_scale, l2
         self.max_iter, self.tol, self.random_state = max_iter, tol, random_state
 
     def fit(self, delta, prompt=None) -> "SharedBase":
+        self._validate_params()
         D = as_matrix(delta, "delta")
         if prompt is not None:
             check_rows(D, as_matrix(prompt, "prompt"), "delta", "prompt")
@@ -63,7 +77,7 @@ class SharedBase:
         def fun(w):
             W = w.reshape(K, d)
             z = (D @ W.T.astype(D.dtype)).astype(np.float64) + z0
-            loss = -np.mean(_logsig(z)) + 0.5 * l2 * float(w @ w)
+            loss = -np.mean(log_expit(z)) + 0.5 * l2 * float(w @ w)
             gz = -(1.0 / (1.0 + np.exp(z))) / (n * K)
             grad = (gz.T.astype(D.dtype) @ D).astype(np.float64).ravel() + l2 * w
             return loss, grad
@@ -81,15 +95,14 @@ class SharedBase:
         return self
 
     def _check(self, delta):
-        if not hasattr(self, "coef_"):
-            raise ValueError("this SharedBase is not fitted yet: call fit(delta) first")
+        check_is_fitted(self, "coef_")
         D = as_matrix(delta, "delta")
         check_width(D, self.n_features_in_, "delta")
         return D
 
     def _logsig_heads(self, delta):
         D = self._check(delta)
-        return _logsig((D @ self.coef_.T.astype(D.dtype)).astype(np.float64))
+        return log_expit((D @ self.coef_.T.astype(D.dtype)).astype(np.float64))
 
     def gate_weights(self, prompt=None) -> np.ndarray:
         """Uniform weights, (n, K) (one row when prompt is None)."""
@@ -113,14 +126,17 @@ class SharedBase:
         return float(np.mean(np.log(np.clip(self.predict_proba(delta), 1e-300, 1.0))))
 
 
-class OracleBT:
+class OracleBT(BaseEstimator):
     """One bias-free BT head per group, each fitted on its own group's pairs with
     -(1/n_g) sum_{i in g} log sigma(w_g . Delta_i) + (l2/2)|w_g|^2."""
 
-    def __init__(self, l2: float = 1e-3):
+    _parameter_constraints: dict = {"l2": [Interval(Real, 0, None, closed="left")]}
+
+    def __init__(self, l2: float = FIXED_L2):
         self.l2 = l2
 
     def fit(self, delta, groups) -> "OracleBT":
+        self._validate_params()
         D = as_matrix(delta, "delta")
         g = np.asarray(groups).reshape(-1)
         if g.shape[0] != D.shape[0]:
@@ -144,15 +160,15 @@ class OracleBT:
 
     def predict_proba(self, delta, groups) -> np.ndarray:
         """sigma(w_{g_i} . Delta_i), (n,)."""
-        if not hasattr(self, "coef_"):
-            raise ValueError("this OracleBT is not fitted yet: call fit(delta, groups) first")
+        check_is_fitted(self, "coef_")
         D = as_matrix(delta, "delta")
         check_width(D, self.n_features_in_, "delta")
         idx = self._index(groups, D.shape[0])
         z = np.einsum("ij,ij->i", D.astype(np.float64), self.coef_[idx])
-        return np.exp(_logsig(z))
+        return np.exp(log_expit(z))
 
     def head_rewards(self, features) -> np.ndarray:
+        check_is_fitted(self, "coef_")
         F_ = as_matrix(features, "features")
         check_width(F_, self.n_features_in_, "features")
         return (F_ @ self.coef_.T.astype(F_.dtype)).astype(np.float64)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
+from scipy.special import log_expit
 
 from . import gate as G
 from .chunked import mean_sq_norm, project
@@ -247,7 +248,7 @@ def select(est, prep: Prepared, groups: np.ndarray, calibrate: bool, search: boo
     if calibrate:
         lo = val.log_odds(theta)
         t = fit_temperature(lo)
-        nll = lambda T: float(np.mean(np.logaddexp(0.0, -lo / T)))  # noqa: E731
+        nll = lambda T: -float(np.mean(log_expit(lo / T)))  # noqa: E731
         before, after = nll(1.0), nll(t)
         keep = est.calibrate is True or before - after > 1e-4
         out["temperature"] = t if keep else 1.0

@@ -16,12 +16,9 @@ from __future__ import annotations
 from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
+from scipy.special import log_expit, logsumexp
 
 __all__ = ["hyre_log_weights", "hyre_weights", "hyre_predict_proba", "hyre_eval", "gate_prior_fn"]
-
-
-def _logsig(z: np.ndarray) -> np.ndarray:
-    return -np.logaddexp(0.0, -z)
 
 
 def _check_prior(prior, K: int) -> np.ndarray:
@@ -54,7 +51,7 @@ def hyre_log_weights(head_logits_n: np.ndarray, prior: Optional[np.ndarray] = No
         raise ValueError("head_logits_n contains NaN or inf")
     if not (np.isfinite(beta) and beta >= 0):
         raise ValueError(f"beta must be finite and >= 0, got {beta}")
-    a = _check_prior(prior, K) + float(beta) * _logsig(z).sum(axis=0)
+    a = _check_prior(prior, K) + float(beta) * log_expit(z).sum(axis=0)
     m = a[np.isfinite(a)].max()
     return a - (m + np.log(np.exp(a - m).sum()))
 
@@ -67,7 +64,7 @@ def hyre_weights(head_logits_n: np.ndarray, prior: Optional[np.ndarray] = None, 
 def hyre_predict_proba(head_logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """P(first preferred) = sum_k w_k sigma(z_k) for (N, K) logits and one weight vector (K,)."""
     z = np.asarray(head_logits, dtype=np.float64)
-    return np.exp(_logsig(z)) @ np.asarray(weights, dtype=np.float64)
+    return np.exp(log_expit(z)) @ np.asarray(weights, dtype=np.float64)
 
 
 def gate_prior_fn(gate_weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

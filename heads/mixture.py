@@ -28,6 +28,7 @@ from numbers import Integral, Real
 from typing import Callable, Dict, Optional
 
 import numpy as np
+from scipy.special import expit, log_expit, logsumexp
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -36,6 +37,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import fitting as F
 from . import gate as G
 from .chunked import matmul_t
+from .defaults import ALPHA, HOLDOUT, MAX_ITER, N_INIT, PATIENCE, TOL
 from .em import thread_limit
 from .initialise import INITS
 from .objective import Problem
@@ -44,14 +46,6 @@ from .solvers import SOLVERS, EMSolver, make_solver
 from .validation import as_matrix, check_rows, check_width
 
 GATES = ("context", "static")
-
-
-def _logsig(z: np.ndarray) -> np.ndarray:
-    return -np.logaddexp(0.0, -z)
-
-
-def _lse(a: np.ndarray) -> np.ndarray:
-    return np.logaddexp.reduce(a, axis=1)
 
 
 def collapsed_pairs(coef: np.ndarray, threshold: float = 0.99):
@@ -112,10 +106,10 @@ class MixtureBT(BaseEstimator):
         "on_iter": [callable, None],
     }
 
-    def __init__(self, n_components: int = 10, gate: str = "context", alpha: float = 0.0, l2="auto",
-                 gate_l2: Optional[float] = None, n_init: int = 4, max_iter: int = 200, tol: float = 1e-6,
+    def __init__(self, n_components: int = 10, gate: str = "context", alpha: float = ALPHA, l2="auto",
+                 gate_l2: Optional[float] = None, n_init: int = N_INIT, max_iter: int = MAX_ITER, tol: float = TOL,
                  solver="em", init: str = "gate-kmeans", dim="auto", whiten: bool = False,
-                 gate_hidden: Optional[int] = None, gate_dim="auto", holdout: float = 0.2, patience: int = 10,
+                 gate_hidden: Optional[int] = None, gate_dim="auto", holdout: float = HOLDOUT, patience: int = PATIENCE,
                  calibrate="auto", random_state=None, verbose: int = 0,
                  on_iter: Optional[Callable[[int, float], None]] = None):
         self.n_components = n_components
@@ -256,14 +250,14 @@ class MixtureBT(BaseEstimator):
 
     # ------------------------------------------------------------------ inference (original feature space)
     def _logsig_heads(self, D: np.ndarray) -> np.ndarray:
-        return _logsig(matmul_t(D, self.coef_))
+        return log_expit(matmul_t(D, self.coef_))
 
     def log_odds(self, delta, prompt=None) -> np.ndarray:
         """(n,) log P(a_w > a_l) - log P(a_l > a_w) of the (uncalibrated) mixture."""
         D, X = self._check_predict_input(delta, prompt)
         z = matmul_t(D, self.coef_)
         logf = G.gate_log_weights(self.gate_params_, X, n_rows=D.shape[0])
-        return _lse(logf + _logsig(z)) - _lse(logf + _logsig(-z))
+        return logsumexp(logf + log_expit(z), axis=1) - logsumexp(logf + log_expit(-z), axis=1)
 
     def gate_weights(self, prompt=None) -> np.ndarray:
         """f(x) (n, K); for a static gate ``prompt`` may be None (returns one row)."""
@@ -274,15 +268,16 @@ class MixtureBT(BaseEstimator):
         """P(a_w > a_l) = sum_k f_k sigma(w_k . Delta), (n,), tempered by ``temperature_`` when it is not 1."""
         T = float(getattr(self, "temperature_", 1.0))
         if T != 1.0:
-            return np.exp(_logsig(self.log_odds(delta, prompt) / T))
+            return expit(self.log_odds(delta, prompt) / T)
         D, X = self._check_predict_input(delta, prompt)
-        return np.exp(_lse(G.gate_log_weights(self.gate_params_, X, n_rows=D.shape[0]) + self._logsig_heads(D)))
+        return np.exp(logsumexp(G.gate_log_weights(self.gate_params_, X, n_rows=D.shape[0]) + self._logsig_heads(D),
+                                axis=1))
 
     def responsibilities(self, delta, prompt=None) -> np.ndarray:
         """Posterior over heads given the observed preference, (n, K)."""
         D, X = self._check_predict_input(delta, prompt)
         j = G.gate_log_weights(self.gate_params_, X, n_rows=D.shape[0]) + self._logsig_heads(D)
-        return np.exp(j - _lse(j)[:, None])
+        return np.exp(j - logsumexp(j, axis=1, keepdims=True))
 
     def head_rewards(self, features) -> np.ndarray:
         """r_k(x, a) = w_k . phi(x, a) for single responses, (n, K)."""
@@ -299,7 +294,7 @@ class MixtureBT(BaseEstimator):
         """The full penalised objective L (module docstring) at the fitted parameters."""
         D, X = self._check_predict_input(delta, prompt)
         logf = G.gate_log_weights(self.gate_params_, X, n_rows=D.shape[0])
-        nll = -float(np.mean(_lse(logf + self._logsig_heads(D))))
+        nll = -float(np.mean(logsumexp(logf + self._logsig_heads(D), axis=1)))
         ent = float(np.mean((np.exp(logf) * logf).sum(axis=1)))
         pen = 0.5 * (self.l2_ * float(np.sum(self.coef_fit_ ** 2)) + self.gate_l2_ * G.gate_penalty(self.gate_params_fit_))
         return nll + self.alpha * ent + pen

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+from scipy.special import log_expit, logsumexp
 
 from . import gate as G
 from . import kernels
@@ -154,9 +155,8 @@ class Problem:
         for s, e, Dc, Xc in self.chunks():
             z = kernels.mm_t(Dc, W)
             lg = kernels.gate_forward(self.kind, gp, Xc, e - s)[0]
-            logf = lg - np.logaddexp.reduce(lg, axis=0)
-            out[s:e] = (np.logaddexp.reduce(logf - np.logaddexp(0.0, -z), axis=0)
-                        - np.logaddexp.reduce(logf - np.logaddexp(0.0, z), axis=0))
+            logf = lg - logsumexp(lg, axis=0)
+            out[s:e] = logsumexp(logf + log_expit(z), axis=0) - logsumexp(logf + log_expit(-z), axis=0)
         return out
 
     def evaluate(self, theta: np.ndarray, r_fixed: Optional[np.ndarray] = None, rlogr: float = 0.0,

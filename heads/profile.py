@@ -27,17 +27,9 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import numpy as np
+from scipy.special import log_expit, logsumexp
 
 __all__ = ["HedgeProfile"]
-
-
-def _logsig(z: np.ndarray) -> np.ndarray:
-    return -np.logaddexp(0.0, -z)
-
-
-def _lse(a: np.ndarray) -> float:
-    m = a[np.isfinite(a)].max()
-    return float(m + np.log(np.exp(a - m).sum()))
 
 
 class HedgeProfile:
@@ -120,8 +112,8 @@ class HedgeProfile:
             z = np.where(y[:, None] == 1, z, -z)
         logw = self._logw.copy()
         for row in z:
-            logw = logw + _logsig(row) / self.tau
-            logw = logw - _lse(logw)
+            logw = logw + log_expit(row) / self.tau
+            logw = logw - logsumexp(logw)
         self._logw = logw
         self.n_seen_ += int(z.shape[0])
         return self
@@ -131,7 +123,7 @@ class HedgeProfile:
     def predict_proba(self, head_logits) -> np.ndarray:
         """P(first preferred) = sum_k w_k sigma(z_k), (n,) for (n, K) rows (or a (K,) row)."""
         z = self._rows(head_logits, "head_logits")
-        return np.exp(_logsig(z)) @ self.weights_
+        return np.exp(log_expit(z)) @ self.weights_
 
     def learning_curve(self, head_logits_stream, head_logits_heldout,
                        heldout_labels: Optional[np.ndarray] = None,
@@ -150,7 +142,7 @@ class HedgeProfile:
             if yh.shape[0] != zh.shape[0] or not np.all(np.isin(yh, (0, 1))):
                 raise ValueError(f"heldout_labels must be {zh.shape[0]} values in {{0, 1}}")
             yh = yh.astype(bool)
-        sh = np.exp(_logsig(zh))
+        sh = np.exp(log_expit(zh))
         tmp = self.copy()
 
         def acc() -> float:

@@ -38,11 +38,17 @@ hard labels above ~2e-2 (pass ``lr=1e-2`` there); very low-dimensional features 
 """
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
+from scipy.special import expit, log_expit, logsumexp
+from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
 import torch
 
+from heads.defaults import ROUTER_BATCH, ROUTER_EPOCHS, ROUTER_LR, TAU
 from heads.gate import (GATE_KINDS, PENALISED, gate_kind as _infer_gate_kind, gate_log_weights,
                         gate_logits_torch, n_gate_components, params_from_torch, params_to_torch)
 
@@ -55,13 +61,7 @@ __all__ = ["Router", "router_soft_labels", "per_head_losses", "draw_budget"]
 
 def per_head_losses(head_logits: np.ndarray) -> np.ndarray:
     """L_ik = -log sigma(z_ik) = softplus(-z_ik), computed stably (N, K)."""
-    return np.logaddexp(0.0, -np.asarray(head_logits, dtype=np.float64))
-
-
-def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
-    m = a.max(axis=1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    return m + np.log(np.exp(a - m).sum(axis=1, keepdims=True))
+    return -log_expit(np.asarray(head_logits, dtype=np.float64))
 
 
 def router_soft_labels(log_gate_weights: np.ndarray, head_logits: np.ndarray, tau: float) -> np.ndarray:
@@ -71,7 +71,7 @@ def router_soft_labels(log_gate_weights: np.ndarray, head_logits: np.ndarray, ta
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau}")
     log_w = np.asarray(log_gate_weights, dtype=np.float64) - per_head_losses(head_logits) / float(tau)
-    return np.exp(log_w - _logsumexp_rows(log_w))
+    return np.exp(log_w - logsumexp(log_w, axis=1, keepdims=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,12 +133,13 @@ def _check_params(params: Dict[str, np.ndarray], kind: Optional[str]) -> Tuple[D
 # router
 
 
-class Router:
-    """MiCRo Stage-2 router: fine-tunes a copy of the Stage-1 gate on routing soft labels.
+class Router(BaseEstimator):
+    """MiCRo Stage-2 router: fine-tunes a copy of the Stage-1 gate on routing soft labels (a scikit-learn estimator).
 
     Parameters
     ----------
-    tau : temperature of the soft labels (paper: 1e-3, i.e. nearly hard "best head for this pair").
+    tau : temperature of the soft labels (default :data:`heads.defaults.TAU` = 1: the heads' posterior; the
+        paper's 1e-3 makes them nearly hard "best head for this pair").
     epochs : passes over the routing data; the soft labels are recomputed at the start of each.
     batch_size : minibatch size (paper: 32).
     lr : Adam learning rate (default 3e-2, see the module docstring).
@@ -152,8 +153,19 @@ class Router:
     ``loss_history_`` (mean minibatch CE per epoch, with that epoch's fixed labels).
     """
 
-    def __init__(self, tau: float = 1e-3, epochs: int = 10, batch_size: int = 32, lr: float = 3e-2,
-                 l2: float = 0.0, random_state: Optional[int] = 0, num_threads: Optional[int] = 1):
+    _parameter_constraints: dict = {
+        "tau": [Interval(Real, 0, None, closed="neither")],
+        "epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "l2": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "num_threads": [Interval(Integral, 1, None, closed="left"), None],
+    }
+
+    def __init__(self, tau: float = TAU, epochs: int = ROUTER_EPOCHS, batch_size: int = ROUTER_BATCH,
+                 lr: float = ROUTER_LR, l2: float = 0.0, random_state: Optional[int] = 0,
+                 num_threads: Optional[int] = 1):
         self.tau = tau
         self.epochs = epochs
         self.batch_size = batch_size
@@ -164,20 +176,6 @@ class Router:
 
     # -- fit ------------------------------------------------------------------------------------
 
-    def _check_hparams(self) -> None:
-        if not (np.isfinite(self.tau) and self.tau > 0):
-            raise ValueError(f"tau must be a finite number > 0, got {self.tau}")
-        if int(self.epochs) != self.epochs or self.epochs < 0:
-            raise ValueError(f"epochs must be an integer >= 0, got {self.epochs}")
-        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size}")
-        if not (np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        if not (np.isfinite(self.l2) and self.l2 >= 0):
-            raise ValueError(f"l2 must be a finite number >= 0, got {self.l2}")
-        if self.num_threads is not None and (int(self.num_threads) != self.num_threads or self.num_threads < 1):
-            raise ValueError(f"num_threads must be an integer >= 1 or None, got {self.num_threads}")
-
     def fit(self, head_logits: np.ndarray, context_features: Optional[np.ndarray],
             init_gate_params: Dict[str, np.ndarray], gate_kind: Optional[str] = None) -> "Router":
         """Route: start from a copy of ``init_gate_params`` and train it on the routing soft labels.
@@ -186,7 +184,7 @@ class Router:
         context_features (N, p): context + prompt features (None only for a static gate).
         gate_kind: "linear" | "mlp" | "static"; inferred from the dict when None (must agree if given).
         """
-        self._check_hparams()
+        self._validate_params()
         z = _check_logits(head_logits)
         params, kind = _check_params(init_gate_params, gate_kind)
         K = n_gate_components(params)
@@ -226,7 +224,7 @@ class Router:
             cur = params_from_torch(tp)
             log_f = gate_log_weights(cur, X, n_rows=n)
             log_w = log_f - losses / float(self.tau)
-            omega = torch.from_numpy(np.exp(log_w - _logsumexp_rows(log_w)))
+            omega = torch.from_numpy(np.exp(log_w - logsumexp(log_w, axis=1, keepdims=True)))
             # 2. cross-entropy on shuffled minibatches
             perm = rng.permutation(n)
             tot = 0.0
@@ -249,8 +247,7 @@ class Router:
     # -- predict --------------------------------------------------------------------------------
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "gate_params_"):
-            raise ValueError("Router is not fitted: call fit() first")
+        check_is_fitted(self, "gate_params_")
 
     def gate_log_weights(self, context_features: Optional[np.ndarray], n_rows: Optional[int] = None) -> np.ndarray:
         """log f(x, c) of the fitted router (N, K)."""
@@ -279,11 +276,7 @@ class Router:
             raise ValueError(f"context_features has {np.asarray(context_features).shape[0]} rows "
                              f"but head_logits has {z.shape[0]}")
         f = self.gate_weights(context_features, n_rows=z.shape[0])
-        return (f * _sigmoid(z)).sum(axis=1)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -z))
+        return (f * expit(z)).sum(axis=1)
 
 
 # ---------------------------------------------------------------------------------------------

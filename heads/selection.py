@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
+from scipy.special import log_expit
 
 #: the relative L2 the search starts at (with its two decade neighbours), and the range it may walk
 C_START, MIN_C, MAX_C = 1e-2, 1e-7, 10.0
@@ -138,7 +139,7 @@ def fit_temperature(log_odds: np.ndarray) -> float:
     lo = np.asarray(log_odds, dtype=np.float64)
 
     def nll(log_t: float) -> float:
-        return float(np.mean(np.logaddexp(0.0, -lo / np.exp(log_t))))
+        return -float(np.mean(log_expit(lo / np.exp(log_t))))
 
     res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
     return float(np.exp(res.x))

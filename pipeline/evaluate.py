@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy.special import expit
 
 from pipeline import route as R
 from pipeline.errors import MicroError
@@ -126,10 +127,6 @@ def _fmt_acc(r: dict) -> str:
     return f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}" if _isnum(r["accuracy_std"]) else f"{r['accuracy']:.3f}"
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64)))
-
-
 def _metrics(p: np.ndarray | None) -> tuple[float, float, float, int]:
     """(accuracy, nll, ece, n) of probabilities of the observed outcome; NaNs for no pairs."""
     from heads.metrics import accuracy, expected_calibration_error, log_likelihood
@@ -183,7 +180,7 @@ def _best_head(z: np.ndarray, groups: np.ndarray, names: list) -> tuple[dict, di
             continue
         acc[:, j] = (z[m] > 0).mean(axis=0)
         k = int(np.argmax(acc[:, j]))
-        pick[g], probs[g] = k, _sigmoid(z[m, k])
+        pick[g], probs[g] = k, expit(z[m, k])
     return probs, pick, acc
 
 

@@ -11,16 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+# Router defaults (heads.defaults, README "Defaults"): the paper's tau = 1e-3 (near-hard labels: the single best head
+# per pair) makes a router on frozen linear heads chase per-pair winners; tau = 1 uses the heads' posterior.
+from heads.defaults import BUDGET, ROUTER_EPOCHS as EPOCHS, ROUTER_LR as LR, TAU
 from pipeline.bundle import check_fingerprint, load_bundle, save_bundle
 from pipeline.errors import MicroError
 from pipeline.features import Features, load_features
 from pipeline.schema import write_pairs
 
-
-# Router defaults. The paper uses tau = 1e-3 (near-hard labels: the single best head per pair); on frozen linear
-# heads that makes the router chase per-pair winners (and dead heads at loss log 2), so the default is tau = 1,
-# where the soft labels are the heads' posterior responsibilities (README: "Routing temperature").
-TAU, EPOCHS, LR, BUDGET = 1.0, 10, 3e-2, 50
 
 
 @dataclass

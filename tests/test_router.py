@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy.special import logsumexp, softmax
 
+from heads.defaults import TAU_PAPER
 from heads.gate import gate_weights as gate_weights_np
 from heads.gate import init_gate_params
 from heads.router import Router, draw_budget, per_head_losses, router_soft_labels
@@ -155,7 +156,7 @@ def test_static_router_learns_global_frequency():
     z = rng.normal(size=(300, 3))
     z[:240, 1] = 20.0                     # head 1 is best on exactly 80 % of pairs
     z[240:, 1] = -20.0
-    r = Router(epochs=30, lr=0.1).fit(z, None, {"logits": np.zeros(3)})
+    r = Router(epochs=30, lr=0.1, tau=TAU_PAPER).fit(z, None, {"logits": np.zeros(3)})
     w = r.gate_weights(None, n_rows=1)[0]
     assert abs(w[1] - 0.8) < 0.05
     assert r.predict_proba(z[:5], None).shape == (5,)
@@ -207,7 +208,7 @@ def test_synthetic_routing_recovers_group_heads(feat, kind, epochs):
     init = init_gate_params(kind, K, C.shape[1], hidden=32, rng=np.random.default_rng(0))   # uniform gate
     np.testing.assert_allclose(gate_weights_np(init, C), 1.0 / K)
     lr = 1e-2 if kind == "mlp" else 3e-2
-    r = Router(epochs=epochs, lr=lr).fit(z[idx], C[idx], init)
+    r = Router(epochs=epochs, lr=lr, tau=TAU_PAPER).fit(z[idx], C[idx], init)
     assert r.loss_history_[-1] < r.loss_history_[0]
     zt, Gt, Ct = z[held], G[held], C[held]
     F = r.gate_weights(Ct)
