@@ -53,7 +53,7 @@ class EMResult:
     n_iter: int
     final: Evaluation
     times: List[float] = field(default_factory=list)
-    val_history: List[float] = field(default_factory=list)  # validation mean log-likelihood per iteration
+    val_history: List[float] = field(default_factory=list)  # held-out score per iteration (calibrated log-lik)
     best_iter: Optional[int] = None                          # iteration of the returned point (early stopping)
     stopped_early: bool = False
 
@@ -104,7 +104,7 @@ def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *
         theta = first_m_step(prob, theta, r0, init_m_steps, memory, tol)
     ev = _finite(prob.evaluate(theta, grads=("L",)), "at the start")
     history, times = [ev.L], [time.perf_counter() - t_start]
-    val_hist = [-val.evaluate(ev.theta, grads=()).nll] if val is not None else []
+    val_hist = [val.heldout_score(ev.theta)] if val is not None else []
     best = ((-np.inf if warm else val_hist[0]), 0, ev) if val is not None else None
     if verbose:
         print(f"  init  objective {ev.L:.8f}  ({times[-1]:.2f}s)")
@@ -155,7 +155,7 @@ def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *
         if on_eval is not None:
             on_eval(it, ev)
         if val is not None:
-            val_hist.append(-val.evaluate(ev.theta, grads=()).nll)
+            val_hist.append(val.heldout_score(ev.theta))
             if val_hist[-1] > best[0] + 1e-7:
                 best = (val_hist[-1], it, ev)
             elif it - best[1] >= patience:

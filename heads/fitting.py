@@ -174,7 +174,7 @@ def fit_restarts(est, prep: Prepared, prob: Problem, val: Optional[Problem] = No
         if K == 1:
             res.theta = newton_polish_single(prob, res.theta)
             res.objective = prob.evaluate(res.theta, grads=()).L
-        score = val.evaluate(res.theta, grads=()).nll if val is not None else res.objective   # lower is better
+        score = -val.heldout_score(res.theta) if val is not None else res.objective   # lower is better
         scores.append(float(score))
         if best is None or score < best[0]:
             best = (score, Best(res.theta, res.objective, res.history, res.converged, res.n_iter, i, scores, res))

@@ -159,6 +159,13 @@ class Problem:
             out[s:e] = logsumexp(logf + log_expit(z), axis=0) - logsumexp(logf + log_expit(-z), axis=0)
         return out
 
+    def heldout_score(self, theta: np.ndarray) -> float:
+        """Mean log-likelihood of these (held-out) pairs after the temperature that suits them best
+        (:func:`heads.selection.calibrated_loglik`): what early stopping and the selection compare."""
+        from .selection import calibrated_loglik
+
+        return calibrated_loglik(self.log_odds(theta))[0]
+
     def evaluate(self, theta: np.ndarray, r_fixed: Optional[np.ndarray] = None, rlogr: float = 0.0,
                  grads: Tuple[str, ...] = ("L",)) -> Evaluation:
         """L, posterior r, optionally Q(theta | r_fixed) and the gradients named in ``grads`` ("L", "Q").

@@ -132,6 +132,13 @@ def l2_path(fit: Callable[[float], "object"], scales: tuple[float, float], start
     return sorted(points, key=lambda p: p.c)
 
 
+def calibrated_loglik(log_odds: np.ndarray) -> tuple[float, float]:
+    """(mean log-likelihood of sigma(log_odds / T), T) at the temperature T that maximises it: the held-out score
+    of a candidate, so that an over- or under-confident fit is judged by how well it ranks the pairs."""
+    t = fit_temperature(log_odds)
+    return float(np.mean(log_expit(np.asarray(log_odds, dtype=np.float64) / t))), t
+
+
 def fit_temperature(log_odds: np.ndarray) -> float:
     """T > 0 minimising the mean NLL of sigma(log_odds / T) (log_odds of the observed outcome, (n,))."""
     from scipy.optimize import minimize_scalar

@@ -95,7 +95,7 @@ class AdamWSolver(EMSolver):
         theta, hist = run_adamw(prob, start.theta, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                 seed=seed, on_epoch=cb)
         final = prob.evaluate(theta, grads=())
-        vh = [-val.evaluate(theta, grads=()).nll] if val is not None else []
+        vh = [val.heldout_score(theta)] if val is not None else []
         return EMResult(theta=theta, objective=final.L, history=start.history + hist, converged=True,
                         n_iter=int(self.epochs), final=final, val_history=vh, best_iter=len(vh) - 1 if vh else None)
 
