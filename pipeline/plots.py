@@ -127,3 +127,31 @@ def plot_budget_curve(budgets: Sequence[int], mean: np.ndarray, std: np.ndarray,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="group", title_fontsize=8)
     return _save(fig, path)
+
+
+def plot_lgo_budget(budgets: Sequence[int], curves: dict, references: dict, groups: Sequence, path: str | Path, *,
+                    title: str = "New users (leave-group-out): accuracy vs adaptation pairs B") -> Path:
+    """One panel per group (new user): ``curves`` {method: (nB, G) mean accuracy} as lines over ``budgets``,
+    ``references`` {method: (G,)} (budget-free rows) as dashed horizontal lines."""
+    b = np.asarray(budgets, dtype=float)
+    G = len(groups)
+    cols = min(G, 3)
+    rows = int(np.ceil(G / cols))
+    fig = _figure(3.4 * cols + 1.8, 2.8 * rows + 0.6)
+    for j, g in enumerate(groups):
+        ax = fig.add_subplot(rows, cols, j + 1)
+        for i, (m, v) in enumerate(curves.items()):
+            ax.plot(b, np.asarray(v)[:, j], marker="o", color=f"C{i}", label=m)
+        for i, (m, v) in enumerate(references.items()):
+            ax.axhline(float(np.asarray(v)[j]), color=f"C{i + len(curves)}", linestyle="--", linewidth=1, label=m)
+        ax.set_xscale("log")
+        ax.set_xticks(b, [str(int(x)) for x in b])
+        ax.minorticks_off()
+        ax.set_title(str(g), fontsize=9)
+        ax.grid(alpha=0.3)
+        if j % cols == 0:
+            ax.set_ylabel("test accuracy")
+        if j == 0:
+            fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
