@@ -14,7 +14,7 @@ Laplace method in dual form (:mod:`heads.laplace`): cost O(n^3), independent of 
 the residual is one vector v (d,) in feature space: r_u(x, a) = (1 + c) * sum_k f_k r_k(x, a) + v . phi(x, a).
 
 The prior variances (which includes "no residual") are chosen by K-fold cross-validation (held-out
-log-likelihood) on the user's own pairs: :func:`cv_loglik` and :class:`ResidualBT`.
+log-likelihood) on the user's own pairs: :func:`cv_heldout` and :class:`ResidualBT`.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import numpy as np
 from .em import thread_limit
 from .laplace import laplace_mode, laplace_predict, logsig, moderated_proba
 
-__all__ = ["BLOCKS", "DEFAULT_GRID", "block_features", "block_scales", "grams", "pca_basis", "kfold", "cv_loglik",
-           "ResidualBT"]
+__all__ = ["BLOCKS", "DEFAULT_GRID", "block_features", "block_scales", "grams", "pca_basis", "kfold", "cv_heldout",
+           "best_temperature", "ResidualBT"]
 
 BLOCKS = ("scale", "heads", "pca", "iso")
 
@@ -110,32 +110,48 @@ def grid_points(grid: Mapping[str, Sequence[float]], present: Sequence[str]) -> 
     return pts
 
 
-def cv_loglik(G: Mapping[str, np.ndarray], priors: np.ndarray, folds: list, points: list,
-              moderated: bool = True) -> np.ndarray:
-    """(P, n) held-out log-likelihood of every pair under every grid point (variances dict) by K-fold CV.
+def cv_heldout(G: Mapping[str, np.ndarray], priors: np.ndarray, folds: list, points: list,
+               moderated: bool = True):
+    """Out-of-fold predictions of every grid point (variances dict) by K-fold CV.
 
     ``G`` block Gram matrices over all n pairs except "scale"; ``priors`` (F, n): row j = prior logits of all
     pairs when the prior is fitted without fold j (a fixed prior repeats one row); ``folds`` the F test-row
-    arrays. Held-out probabilities are probit-moderated (``moderated``) or MAP."""
+    arrays. Returns (m (n,) the out-of-fold prior logits, mu (P, n) residual logit means, var (P, n) their
+    posterior variances (zeros unless ``moderated``))."""
     n = priors.shape[1]
-    out = np.zeros((len(points), n))
+    mu, var, m_oof = np.zeros((len(points), n)), np.zeros((len(points), n)), np.zeros(n)
     for j, te in enumerate(folds):
         tr = np.setdiff1d(np.arange(n), te)
         m = priors[j]
+        m_oof[te] = m[te]
         Gj = {**G, "scale": np.outer(m, m)}
-        for i, var in enumerate(points):
-            out[i, te] = heldout_loglik(Gj, var, m, tr, te, moderated)
-    return out
+        for i, v in enumerate(points):
+            K = _kernel(Gj, v, n)
+            if not K.any():
+                continue
+            fit = laplace_mode(K[np.ix_(tr, tr)], m[tr])
+            mean, s2 = laplace_predict(fit, K[np.ix_(te, tr)], np.diag(K)[te] if moderated else None)
+            mu[i, te] = mean
+            if s2 is not None:
+                var[i, te] = s2
+    return m_oof, mu, var
 
 
-def heldout_loglik(G, variances, m, tr, te, moderated=True) -> np.ndarray:
-    """log P of the ``te`` pairs after fitting the residual on the ``tr`` pairs (rows of the Gram matrices)."""
-    K = _kernel(G, variances, len(m))
-    if not K.any():
-        return logsig(m[te])
-    fit = laplace_mode(K[np.ix_(tr, tr)], m[tr])
-    mean, var = laplace_predict(fit, K[np.ix_(te, tr)], np.diag(K)[te] if moderated else None)
-    return np.log(np.clip(moderated_proba(m[te] + mean, var), 1e-300, 1.0))
+def heldout_loglik(m: np.ndarray, mu: np.ndarray, var: np.ndarray, t: float = 1.0) -> np.ndarray:
+    """(n,) log P(winner) = log sigma-moderated(m + t mu, t^2 var) of out-of-fold predictions."""
+    return np.log(np.clip(moderated_proba(m + t * mu, (t * t) * var), 1e-300, 1.0))
+
+
+def best_temperature(m: np.ndarray, mu: np.ndarray, var: np.ndarray, t_max: float = 30.0) -> float:
+    """t in [0, t_max] maximising the out-of-fold log-likelihood of m + t mu (residual scale calibration:
+    small prior variances give the best directions but too small logits)."""
+    from scipy.optimize import minimize_scalar
+
+    if not np.any(mu):
+        return 1.0
+    res = minimize_scalar(lambda t: -heldout_loglik(m, mu, var, t).sum(), bounds=(0.0, t_max), method="bounded",
+                          options={"xatol": 1e-3})
+    return float(res.x)
 
 
 def _as_fold_priors(name: str, p, n_folds: int, n: int) -> np.ndarray:
@@ -170,9 +186,9 @@ class ResidualBT:
     """
 
     def __init__(self, grid: Optional[Mapping[str, Sequence[float]]] = None, n_folds: int = 5,
-                 moderated: bool = True, combine: str = "select", random_state: int = 0):
+                 moderated: bool = True, combine: str = "select", calibrate: bool = True, random_state: int = 0):
         self.grid, self.n_folds, self.moderated, self.random_state = grid, n_folds, moderated, random_state
-        self.combine = combine
+        self.combine, self.calibrate = combine, calibrate
 
     def fit(self, delta, priors, heads=None, pca=None, folds=None, fold_groups=None) -> "ResidualBT":
         with thread_limit(int(np.shape(delta)[0]) ** 2):     # many small (n, n) factorisations
@@ -207,9 +223,11 @@ class ResidualBT:
                 points = [p for p in points if any(p.values())]
             if not points:
                 continue
-            ll = cv_loglik(G, rows[:F], self.folds_, points, self.moderated)
-            for p, row in zip(points, ll):
-                table.append((name, p, float(row.mean()), row))
+            m_oof, mu, var = cv_heldout(G, rows[:F], self.folds_, points, self.moderated)
+            for p, mu_i, var_i in zip(points, mu, var):
+                t = best_temperature(m_oof, mu_i, var_i) if self.calibrate else 1.0
+                row = heldout_loglik(m_oof, mu_i, var_i, t)
+                table.append((name, p, float(row.mean()), row, t))
                 if not any(p.values()):
                     self.cv_priors_[name] = row
         if not table:
@@ -217,7 +235,7 @@ class ResidualBT:
         self.cv_table_ = [t[:3] for t in table]
         means = np.array([t[2] for t in table])
         best = int(np.argmax(means))
-        self.prior_, self.variances_, self.cv_loglik_, self.cv_pairs_ = table[best]
+        self.prior_, self.variances_, self.cv_loglik_, self.cv_pairs_, self.temperature_ = table[best]
         if self.combine == "select":
             weights = np.zeros(len(table))
             weights[best] = 1.0
@@ -230,8 +248,9 @@ class ResidualBT:
             self.cv_pairs_ = np.log(np.clip(weights @ np.exp(rows), 1e-300, None))
         self.prior_weights_, self.coef_, self.n_features_in_ = {}, np.zeros(D.shape[1]), D.shape[1]
         for j in np.flatnonzero(weights > 1e-3 * weights.max()):
-            name, var = table[j][0], table[j][1]
+            name, var, t = table[j][0], table[j][1], table[j][4]
             c, v = self._refit(blocks, G, P[name][F], var, heads, pca)
+            c, v = 1.0 + t * (c - 1.0), t * v
             self.prior_weights_[name] = self.prior_weights_.get(name, 0.0) + weights[j] / weights[weights > 1e-3 * weights.max()].sum() * c
             self.coef_ += weights[j] / weights[weights > 1e-3 * weights.max()].sum() * v
         self.prior_scale_ = self.prior_weights_.get(self.prior_, 0.0)

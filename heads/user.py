@@ -30,7 +30,6 @@ __all__ = ["ADAPT", "UserAdapter"]
 ADAPT = ("auto", "mixture", "residual")
 #: residual search space (see heads.adapt): population-PCA and isotropic blocks, the prior's scale may move
 GRID = {"scale": (0.0, 1.0, 4.0), "pca": (0.0, 1.0, 3.0), "iso": (0.0, 0.1, 0.3, 1.0)}
-ROUTER = {"tau": 1.0, "epochs": 10, "lr": 3e-2, "batch_size": 32}
 
 
 def _clip_log(p: np.ndarray) -> np.ndarray:
@@ -43,7 +42,8 @@ class UserAdapter:
     Parameters: ``adapt`` (auto | mixture | residual); ``priors`` (subset of :data:`heads.priors.PRIORS`);
     ``grid`` residual variances (default :data:`GRID`); ``n_folds``; ``combine`` ("average": pseudo-Bayesian
     model averaging of the residual candidates by their CV likelihood, or "select" the best); ``margin`` (in
-    standard errors, for auto); ``router`` (Router keyword arguments, default :data:`ROUTER`); ``random_state``.
+    standard errors, for auto); ``router`` (Router keyword arguments, e.g. pipeline.route's tau / epochs / lr;
+    None = the Router class defaults); ``random_state``.
 
     ``fit(delta (n, d), heads (K, d), gate_params, gate_x (n, p) | None, route_x (n, q) | None, pca (r, d) | None,
     fold_groups (n,) | None)``: ``gate_x`` the Stage-1 gate's input features of the pairs, ``route_x`` the
@@ -74,7 +74,7 @@ class UserAdapter:
         return D, W
 
     def _router(self, z, route_x, gate_params, kind, rows, seed) -> Router:
-        r = Router(**{**ROUTER, **(self.router or {})}, random_state=seed)
+        r = Router(**(self.router or {}), random_state=seed)
         return r.fit(z[rows], None if route_x is None else route_x[rows], gate_params, kind)
 
     def fit(self, delta, heads, gate_params: Dict[str, np.ndarray], gate_x=None, route_x=None, pca=None,

@@ -104,10 +104,10 @@ def _fold(arrays: dict, meta: dict, job: dict) -> list[dict]:
             rng = np.random.default_rng([int(seed), int(B), gi])
             idx = np.sort(rng.choice(user, size=min(B, user.size), replace=False))
             Du, gxu, rxu, pid = take(D, idx), take(gx, idx), take(rx, idx), arrays["prompt_id"][idx]
-            ua = UserAdapter(adapt=job["adapt"], random_state=int(seed))
+            ua = UserAdapter(adapt=job["adapt"], router=job["router"], random_state=int(seed))
             ua.fit(Du, W, gate, gxu, rxu, pca=pca, fold_groups=pid)
             router = ua.router_ if job["adapt"] != "residual" else \
-                UserAdapter(adapt="mixture", random_state=int(seed)).fit(Du, W, gate, gxu, rxu).router_
+                UserAdapter(adapt="mixture", router=job["router"], random_state=int(seed)).fit(Du, W, gate, gxu, rxu).router_
             f = router.gate_weights(rxt, n_rows=test.size)
             head = ResidualBT(grid=USER_HEAD_GRID, combine="average", random_state=int(seed)).fit(
                 Du, {"none": np.zeros(len(idx))}, pca=pca, folds=kfold(len(idx), 5, int(seed), pid))
@@ -232,9 +232,12 @@ def _validate(data, budgets, seeds, adapt) -> tuple[list, list]:
 
 def leave_group_out(bundle: str | Path, run_dir: str | Path, *, budgets: Sequence[int] | str = (50, 200),
                     seeds: Sequence[int] = (0, 1, 2), adapt: str = "auto", report: str | Path | None = None,
-                    jobs: int | None = None, log: Callable[[str], None] = print) -> LGOResult:
+                    jobs: int | None = None, tau: float | None = None, epochs: int | None = None,
+                    lr: float | None = None, log: Callable[[str], None] = print) -> LGOResult:
     """Leave-one-group-out evaluation (module docstring); writes results.csv/.parquet/.md and a figure to
-    ``report``."""
+    ``report``. ``tau`` / ``epochs`` / ``lr``: the router's (default: pipeline.route's)."""
+    from pipeline import route as R
+
     from pipeline.bundle import check_fingerprint, load_bundle
     from pipeline.evaluate import _parse_budgets
     from pipeline.features import read_run
@@ -250,7 +253,10 @@ def leave_group_out(bundle: str | Path, run_dir: str | Path, *, budgets: Sequenc
     groups = list(data.meta["groups"])
     params = {k: v for k, v in meta["params"].items() if k not in ("verbose",)}
     gate_input = meta.get("gate_input", "prompt") if model.gate_kind_ != "static" else "none"
-    base = {"params": params, "gate_input": gate_input, "budgets": budgets, "seeds": seeds, "adapt": adapt}
+    router = {"tau": R.TAU if tau is None else tau, "epochs": R.EPOCHS if epochs is None else epochs,
+              "lr": R.LR if lr is None else lr}
+    base = {"params": params, "gate_input": gate_input, "budgets": budgets, "seeds": seeds, "adapt": adapt,
+            "router": router}
     job_list = [{**base, "group": None}] + [{**base, "group": g} for g in groups]
     n_jobs = max(1, min(len(job_list), jobs or n_cores()))
     threads = max(1, n_cores() // n_jobs)
