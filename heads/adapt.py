@@ -2,19 +2,22 @@
 
 The adapted model (logit space; Delta = phi(x, a_w) - phi(x, a_l))::
 
-    logit_i = m_i + c * s_i + sum_b theta_b . x_b(Delta_i),     P(a_w > a_l) = sigma(logit_i)
+    logit_i = (1 + c) m_i + sum_b theta_b . x_b(Delta_i),     P(a_w > a_l) = sigma(logit_i)
 
-``m`` (n,) the prior logit (for MiCRo: the routed mixture's mixed reward difference sum_k f_k(x, c) w_k . Delta),
-``s`` = m again (block "scale": the prior's scale may move, c ~ N(0, var)), and linear blocks of Delta:
-"heads" x = W Delta (the K Stage-1 heads as a basis: any signed combination of them, K parameters), "pca"
-x = P Delta (the population's top principal directions) and "iso" x = Delta (everything else). Each block has
-an independent Gaussian prior theta_b ~ N(0, var_b / c_b I), with c_b the mean squared norm of x_b on the fit
-pairs, so var_b is the prior variance of that block's logit on a typical pair. The posterior is found by the
-Laplace method in dual form (:mod:`heads.laplace`): cost O(n^3), independent of the feature width. Folded back,
-the residual is one vector v (d,) in feature space: r_u(x, a) = (1 + c) * sum_k f_k r_k(x, a) + v . phi(x, a).
+``m`` (n,) the prior logit (e.g. the mixture's reward difference sum_k f_k(x, c) w_k . Delta, see
+:mod:`heads.priors`); block "scale": c ~ N(0, var) lets the prior's scale move (or flip); linear blocks of Delta:
+"heads" x = W Delta (signed combinations of the K Stage-1 heads), "pca" x = P Delta (the population's top
+principal directions, :func:`pca_basis`) and "iso" x = Delta (everything else), each with a Gaussian prior
+theta_b ~ N(0, var_b / c_b I), c_b the mean squared norm of x_b on the fit pairs (var_b is then the prior
+variance of the block's logit on a typical pair). The posterior is found by the Laplace method in dual form
+(:mod:`heads.laplace`): O(n^3), independent of the feature width. Folded back, the residual is one vector
+v (d,): r_u(x, a) = (1 + c) * prior reward + v . phi(x, a).
 
-The prior variances (which includes "no residual") are chosen by K-fold cross-validation (held-out
-log-likelihood) on the user's own pairs: :func:`cv_heldout` and :class:`ResidualBT`.
+:class:`ResidualBT` scores every (prior, variances) candidate by K-fold cross-validation on the user's pairs
+(held-out log-likelihood, :func:`cv_heldout`). Small variances give the best residual DIRECTIONS (close to the
+mean of the user's Delta) but too small logits, so each candidate's residual logit is rescaled by a temperature
+t fitted on its out-of-fold predictions (:func:`best_temperature`); the final model is the best candidate
+("select") or the candidates averaged with pseudo-Bayesian weights exp(n * CV log-likelihood) ("average").
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ __all__ = ["BLOCKS", "DEFAULT_GRID", "block_features", "block_scales", "grams", 
 
 BLOCKS = ("scale", "heads", "pca", "iso")
 
-#: candidate prior variances per block (logit variance on a typical pair); the product is searched
+#: candidate prior variances per block (logit variance on a typical pair; "scale": variance of c); the product
+#: of the lists is searched
 DEFAULT_GRID: Dict[str, Sequence[float]] = {"scale": (0.0, 1.0), "heads": (0.0, 1.0, 4.0, 16.0),
                                             "pca": (0.0,), "iso": (0.0, 0.25, 1.0, 4.0)}
 
@@ -171,18 +175,20 @@ class ResidualBT:
     """Prior logit plus a linear residual with a block Gaussian prior; prior and variances chosen by CV.
 
     Parameters: ``grid`` {block: candidate variances} (see :data:`DEFAULT_GRID`; blocks without data are
-    skipped); ``n_folds``; ``moderated`` (probit-moderated held-out probabilities in the CV); ``random_state``
-    (fold assignment).
+    skipped); ``n_folds``; ``moderated`` (probit-moderated held-out probabilities in the CV); ``combine``
+    ("select" the best candidate, or "average" them with weights exp(n * CV log-lik)); ``calibrate`` (fit each
+    candidate's residual temperature on its out-of-fold predictions); ``random_state`` (fold assignment).
 
     ``fit(delta (n, d), priors, heads=(K, d) | None, pca=(r, d) | None, folds=None, fold_groups=(n,) | None)``:
     ``priors`` {name: logits} with logits (n,) for a fixed prior or (F + 1, n) for a prior fitted on the pairs
     (row j fitted without fold j, last row on all pairs; then pass the ``folds`` used, see :func:`kfold`).
-    Every (prior, variances) pair is scored by mean CV log-likelihood; the best is refitted on all pairs.
-    Fitted attributes: ``prior_`` (name), ``variances_``, ``cv_loglik_`` (mean held-out log-likelihood of the
-    choice), ``cv_pairs_`` (n,) its per-pair values, ``cv_priors_`` {name: (n,) per-pair held-out log-lik of
-    that prior alone}, ``cv_table_`` [(prior, variances, mean loglik)], ``prior_scale_`` (1 + c), ``coef_`` (d,)
-    the residual v in feature space, ``block_coef_`` {block: theta_b}, ``scales_`` {block: c_b},
-    ``log_evidence_``, ``folds_``.
+    A prior "none" of zeros without residual (P = 1/2 everywhere) is no candidate.
+    Fitted attributes: ``prior_``, ``variances_``, ``temperature_`` (of the best candidate), ``cv_loglik_``
+    (its mean held-out log-likelihood), ``cv_pairs_`` (n,) per-pair held-out log-likelihood of the fitted model
+    (of the average with "average"), ``cv_priors_`` {name: (n,) of that prior alone}, ``cv_table_``
+    [(prior, variances, mean loglik)], ``candidate_weights_``, ``prior_weights_`` {prior: multiplier of its
+    logit in the final model}, ``prior_scale_`` (the best prior's multiplier), ``coef_`` (d,) the residual v,
+    ``scales_`` {block: c_b}, ``folds_``, ``n_features_in_``.
     """
 
     def __init__(self, grid: Optional[Mapping[str, Sequence[float]]] = None, n_folds: int = 5,

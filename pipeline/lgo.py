@@ -42,10 +42,9 @@ USER_HEAD_GRID = {"pca": (0.0, 1.0, 3.0), "iso": (0.0, 0.1, 0.3, 1.0)}
 
 
 def _metrics(p: np.ndarray) -> dict:
-    from heads.metrics import accuracy, expected_calibration_error, log_likelihood
+    from pipeline.evaluate import _metrics as metrics
 
-    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
-    return {"accuracy": accuracy(p), "nll": -log_likelihood(p), "ece": expected_calibration_error(p), "n": p.size}
+    return dict(zip(("accuracy", "nll", "ece", "n"), metrics(p)))
 
 
 def _err(exc: BaseException) -> str:
@@ -79,6 +78,7 @@ def _oracle(arrays: dict, meta: dict, job: dict) -> list[dict]:
 def _fold(arrays: dict, meta: dict, job: dict) -> list[dict]:
     from heads.adapt import ResidualBT, kfold, pca_basis
     from heads.hyre import hyre_predict_proba, hyre_weights
+    from heads.laplace import moderated_proba
     from heads.mixture import MixtureBT
     from heads.user import UserAdapter
 
@@ -111,7 +111,7 @@ def _fold(arrays: dict, meta: dict, job: dict) -> list[dict]:
             f = router.gate_weights(rxt, n_rows=test.size)
             head = ResidualBT(grid=USER_HEAD_GRID, combine="average", random_state=int(seed)).fit(
                 Du, {"none": np.zeros(len(idx))}, pca=pca, folds=kfold(len(idx), 5, int(seed), pid))
-            probs = {"routing": (f * _sigmoid(zt)).sum(axis=1),
+            probs = {"routing": (f * moderated_proba(zt)).sum(axis=1),
                      "hyre": hyre_predict_proba(zt, hyre_weights(Du @ W.T)),
                      "user-head": head.predict_proba(Dt, {"none": np.zeros(test.size)}),
                      "adapted": ua.predict_proba(Dt, W, gxt, rxt)}
@@ -119,10 +119,6 @@ def _fold(arrays: dict, meta: dict, job: dict) -> list[dict]:
                 rows.append({"method": method, "group": name, "budget": int(B), "seed": int(seed),
                              "n_adapt": int(idx.size), "residual": ua.choice_ == "residual", **_metrics(p)})
     return rows
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -z))
 
 
 @dataclass
