@@ -82,6 +82,20 @@ def test_route_adapt_all_users_then_score(setup, tmp_path, monkeypatch, capsys):
     assert np.any(np.abs(residual) > 1e-3)
     # g1 prefers LOW a0: its adapted reward ranks "attrs -1 ..." above "attrs 1 ..."
     assert reward[1] > reward[0]
+    # a routing profile (--adapt mixture --user g0): weights = its router's gate on its context, no residual
+    code, _, err = run_cli(monkeypatch, capsys, "route", bundle, "--user-data", user, "--adapt", "mixture", "--user",
+                           "g0", "--out", tmp_path / "m", "--budget-per-group", "25", "--seeds", "1")
+    assert code == 0, err
+    g0 = json.loads((tmp_path / "m" / "g0.json").read_text())
+    assert g0["choice"] == "mixture" and g0["rule"] == "mixture" and g0["tensors"] == "g0.safetensors"
+    code, _, err = run_cli(monkeypatch, capsys, "score", bundle, "--input", rows, "--user", tmp_path / "m" / "g0.json",
+                           "--out", tmp_path / "r0.parquet")
+    assert code == 0, err
+    df = pl.read_parquet(tmp_path / "r0.parquet")
+    reward, residual, w = expected_rewards(bundle, tmp_path / "m" / "g0.json")
+    np.testing.assert_allclose(df["reward"].to_numpy(), reward, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.array(df["weights"].to_list()), w, rtol=1e-4, atol=1e-6)
+    assert "residual" not in df.columns and np.allclose(w.sum(axis=1), 1.0)
 
 
 def test_route_one_user_residual_and_mixture(setup, tmp_path, monkeypatch, capsys):
