@@ -151,7 +151,7 @@ def plot_lgo_budget(budgets: Sequence[int], curves: dict, references: dict, grou
         ax.grid(alpha=0.3)
         if j % cols == 0:
             ax.set_ylabel("test accuracy")
-        if j == 0:
-            fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="upper right")
+        if j == G - 1:
+            ax.legend(fontsize=6, loc="lower right", framealpha=0.8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
