@@ -392,37 +392,86 @@ def route(
     budget_per_group: int = typer.Option(50, help="Labelled pairs per group used to route (B)."),
     seeds: int = typer.Option(5, help="Random draws of the B pairs (results are mean ± std)."),
     lr: float = typer.Option(3e-2, help="Router learning rate (Adam)."),
-    user: Optional[str] = typer.Option(None, help="With --online: the user (group) whose profile to build."),
-    online: bool = typer.Option(False, help="Build a per-user Hedge profile instead of training a router."),
+    user: Optional[str] = typer.Option(None, help="Only this user (group): an adapted profile (or, with --online, "
+                                       "the online profile) of that user alone."),
+    online: bool = typer.Option(False, help="Build a per-user profile updated pair by pair instead of training."),
     hedge_tau: float = typer.Option(1.0, help="--online: Hedge temperature (1 = Bayesian posterior over heads)."),
+    adapt: str = typer.Option("auto", help="auto | mixture | residual: mixture = routing only (and the Hedge profile "
+                              "with --online); auto also fits per-user residuals, kept where cross-validation on the "
+                              "user's pairs prefers them; residual always keeps them."),
 ) -> None:
-    """Stage 2: route mixture weights to user contexts from a few labelled pairs (paper Alg. 1)."""
+    """Stage 2: route mixture weights to user contexts from a few labelled pairs (paper Alg. 1), and adapt per user."""
     from rich.console import Console
 
+    from heads.user import ADAPT
     from pipeline import route as R
     from pipeline.bundle import read_meta
 
     seed_list = _router_options(tau, epochs, budget_per_group, seeds, lr)
     C.number(hedge_tau, "--hedge-tau", low=0, low_open=True)
+    C.choice(adapt, "--adapt", ADAPT)
     if online and not user:
         raise MicroError("--online needs --user NAME (the group in the user data whose profile to build)")
-    if user and not online:
-        raise MicroError("--user is the user whose --online profile to build: it needs --online")
     read_meta(model)
     C.existing_file(user_data, "--user-data")
-    C.out_dir(out or (model.parent / "profiles" if online else model.parent / f"{model.name}-routed"), "--out")
+    C.out_dir(out or (model.parent / "profiles" if user else model.parent / f"{model.name}-routed"), "--out")
     console = Console(stderr=True)
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     if online:
-        from pipeline.profiles import build_profile
+        if adapt == "mixture":
+            from pipeline.profiles import build_profile
 
-        prof = build_profile(model, user_data, user, out or model.parent / "profiles", tau=hedge_tau, log=log)
-        _print_profile(console, prof)
+            _print_profile(console, build_profile(model, user_data, user, out or model.parent / "profiles",
+                                                  tau=hedge_tau, log=log))
+        else:
+            from pipeline.adapt import build_online
+
+            _print_online(console, build_online(model, user_data, user, out or model.parent / "profiles",
+                                                adapt=adapt, tau=hedge_tau, log=log))
         return
-    res = R.route(model, user_data, out or model.parent / f"{model.name}-routed", tau=tau, epochs=epochs,
-                  budget=budget_per_group, seeds=seed_list, lr=lr, log=log)
-    _print_route(console, res)
-    console.print(f"routed bundle: {out or model.parent / f'{model.name}-routed'}")
+    if user is None:
+        routed = out or model.parent / f"{model.name}-routed"
+        res = R.route(model, user_data, routed, tau=tau, epochs=epochs, budget=budget_per_group,
+                      seeds=seed_list, lr=lr, log=log)
+        _print_route(console, res)
+        console.print(f"routed bundle: {routed}")
+    if adapt != "mixture" or user is not None:
+        from pipeline.adapt import adapt_users
+
+        users_dir = (out or model.parent / f"{model.name}-routed") / "users" if user is None else \
+            (out or model.parent / "profiles")
+        _print_adapt(console, adapt_users(model, user_data, users_dir, adapt=adapt, budget=budget_per_group,
+                                          seeds=seed_list, user=user,
+                                          router={"tau": tau, "epochs": epochs, "lr": lr}, log=log))
+
+
+def _print_adapt(console, res) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"held-out accuracy per user: Stage-1 gate, routing, adapted (B={res.budget}, mean ± std over "
+                    f"{len(res.seeds)} seeds)")
+    for c in ("user", "n", "stage-1 gate", "routing", "adapted", "residual chosen"):
+        t.add_column(c, justify="right")
+    for j, u in enumerate(res.users):
+        r, a = res.routing[:, j], res.adapted[:, j]
+        t.add_row(str(u), str(res.counts[j]), f"{res.before[j]:.4f}", f"{r.mean():.4f} ± {r.std():.4f}",
+                  f"{a.mean():.4f} ± {a.std():.4f}", f"{res.choices[j]:.0%}")
+    console.print(t)
+    for note in res.notes:
+        console.print(f"note: {note}", soft_wrap=True)
+    for p in res.paths:
+        console.print(f"profile saved: {p}", soft_wrap=True)
+
+
+def _print_online(console, res) -> None:
+    console.print(f"profile of '{res.user}' after {res.n_stream} pairs: serving '{res.served}' (prequential "
+                  "log-loss " + ", ".join(f"{k} {v:.2f}" for k, v in res.losses.items()) + ")", soft_wrap=True)
+    if len(res.curve):
+        marks = sorted({0, 1, 2, 5, 10, 20, 50, len(res.curve) - 1} & set(range(len(res.curve))))
+        console.print(f"learning curve, accuracy on {res.n_heldout} held-out pairs after n pairs seen (prior alone): "
+                      + "  ".join(f"n={n}: {res.curve[n]:.3f} ({res.prior_curve[n]:.3f})" for n in marks),
+                      soft_wrap=True)
+    console.print(f"profile saved: {res.path}", soft_wrap=True)
 
 
 def _print_profile(console, prof) -> None:
@@ -441,9 +490,10 @@ def score(
     input: Path = typer.Option(..., "--input", "-i", help="Rows with 'prompt' and 'response' (jsonl/json/csv/parquet)."),
     out: Path = typer.Option(Path("rewards.parquet"), "--out", "-o", help="Output .parquet or .jsonl."),
     context: Optional[str] = typer.Option(None, help="User criterion the gate reads (context+prompt)."),
-    user: Optional[Path] = typer.Option(None, help="A profile JSON from `micro route --online`."),
+    user: Optional[Path] = typer.Option(None, help="A profile JSON from `micro route --online` or `micro route` "
+                                        "(OUT/users/NAME.json): its weights, and its residual v·φ when adapted."),
 ) -> None:
-    """Rewards per head and mixed (Σ_k f_k r_k) for (prompt, response) rows."""
+    """Rewards per head and mixed (Σ_k f_k r_k, + v·φ with an adapted profile) for (prompt, response) rows."""
     from pipeline.bundle import read_meta
     from pipeline.score import score_file
 
@@ -465,29 +515,48 @@ def eval_cmd(
     model: Path = typer.Argument(..., help="Stage-1 model bundle from `micro fit`."),
     run_dir: Path = typer.Argument(..., help="Run folder from `micro embed` (train split fits, test split scores)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write results.csv/.parquet/.md and figures here."),
+    protocol: str = typer.Option("seen", help="seen (the paper's tables: every group seen in Stage 1) | "
+                                 "leave-group-out (each group in turn is a new user: Stage 1 refitted without it)."),
     budget_per_group: int = typer.Option(50, help="Labelled train pairs per group for the MiCRo router (B)."),
-    seeds: int = typer.Option(5, help="Seeds of the HyRe draws and router budgets (mean ± std)."),
+    seeds: Optional[int] = typer.Option(None, help="Seeds of the HyRe draws and router budgets (mean ± std); "
+                                        "default 5 (seen) / 3 (leave-group-out)."),
     hyre_n: int = typer.Option(16, help="Labelled test pairs per group that (MiCRo-)HyRe adapts on."),
-    budgets: str = typer.Option("5,10,25,50,100,150", help="Budgets B of the accuracy-vs-budget figure (--report)."),
+    budgets: Optional[str] = typer.Option(None, help="Budgets B: of the accuracy-vs-budget figure (seen, default "
+                                          "5,10,25,50,100,150) / of the new users' adaptation (default 50,200)."),
     tau: float = typer.Option(1.0, help="Router soft-label temperature (paper: 1e-3)."),
     epochs: int = typer.Option(10, help="Router epochs."),
     lr: float = typer.Option(3e-2, help="Router learning rate (Adam)."),
+    adapt: str = typer.Option("auto", help="leave-group-out: the 'adapted' row's --adapt (auto | mixture | residual)."),
+    jobs: Optional[int] = typer.Option(None, help="leave-group-out: folds in parallel (default: CPU cores)."),
 ) -> None:
-    """Paper Table 2/3: single, static, shared-base, best head, (MiCRo-)HyRe, MiCRo and oracle per group."""
+    """Paper Table 2/3 (seen groups), or new users by leave-one-group-out (--protocol leave-group-out)."""
+    from heads.user import ADAPT
     from pipeline.bundle import read_meta
-    from pipeline.evaluate import _parse_budgets, evaluate
+    from pipeline.evaluate import _parse_budgets
     from pipeline.features import read_run
 
-    seed_list = _router_options(tau, epochs, budget_per_group, seeds, lr)
+    lgo = C.choice(protocol, "--protocol", ("seen", "leave-group-out")) == "leave-group-out"
+    seed_list = _router_options(tau, epochs, budget_per_group, (3 if lgo else 5) if seeds is None else seeds, lr)
     C.integer(hyre_n, "--hyre-n", minimum=0)
+    C.choice(adapt, "--adapt", ADAPT)
+    C.integer(jobs, "--jobs", optional=True)
+    budgets = budgets or ("50,200" if lgo else "5,10,25,50,100,150")
     _parse_budgets(budgets)
     read_meta(model)
     read_run(run_dir)
     if report is not None:
         C.out_dir(report, "--report")
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    res = evaluate(model, run_dir, report=report, budget=budget_per_group, seeds=seed_list, hyre_n=hyre_n,
-                   budgets=budgets, tau=tau, epochs=epochs, lr=lr, log=log)
+    if lgo:
+        from pipeline.lgo import leave_group_out
+
+        res = leave_group_out(model, run_dir, budgets=budgets, seeds=seed_list, adapt=adapt, report=report,
+                              jobs=jobs, tau=tau, epochs=epochs, lr=lr, log=log)
+    else:
+        from pipeline.evaluate import evaluate
+
+        res = evaluate(model, run_dir, report=report, budget=budget_per_group, seeds=seed_list, hyre_n=hyre_n,
+                       budgets=budgets, tau=tau, epochs=epochs, lr=lr, log=log)
     print(res.markdown())
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)

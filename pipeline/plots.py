@@ -144,3 +144,31 @@ def plot_selection(selection: dict, path: str | Path) -> Path:
     ax.set_title(f"Stage-1 selection: {selection['fit_pairs']} fit / {selection['val_pairs']} held-out pairs")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_lgo_budget(budgets: Sequence[int], curves: dict, references: dict, groups: Sequence, path: str | Path, *,
+                    title: str = "New users (leave-group-out): accuracy vs adaptation pairs B") -> Path:
+    """One panel per group (new user): ``curves`` {method: (nB, G) mean accuracy} as lines over ``budgets``,
+    ``references`` {method: (G,)} (budget-free rows) as dashed horizontal lines."""
+    b = np.asarray(budgets, dtype=float)
+    G = len(groups)
+    cols = min(G, 3)
+    rows = int(np.ceil(G / cols))
+    fig = _figure(3.4 * cols + 1.8, 2.8 * rows + 0.6)
+    for j, g in enumerate(groups):
+        ax = fig.add_subplot(rows, cols, j + 1)
+        for i, (m, v) in enumerate(curves.items()):
+            ax.plot(b, np.asarray(v)[:, j], marker="o", color=f"C{i}", label=m)
+        for i, (m, v) in enumerate(references.items()):
+            ax.axhline(float(np.asarray(v)[j]), color=f"C{i + len(curves)}", linestyle="--", linewidth=1, label=m)
+        ax.set_xscale("log")
+        ax.set_xticks(b, [str(int(x)) for x in b])
+        ax.minorticks_off()
+        ax.set_title(str(g), fontsize=9)
+        ax.grid(alpha=0.3)
+        if j % cols == 0:
+            ax.set_ylabel("test accuracy")
+        if j == G - 1:
+            ax.legend(fontsize=6, loc="lower right", framealpha=0.8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -77,7 +77,8 @@ def build_profile(bundle: str | Path, user_data: str | Path, user: str, out_dir:
 
 
 def load_profile(path: str | Path, meta: dict):
-    """A saved HedgeProfile; error if it belongs to another model."""
+    """A saved HedgeProfile (or an adapted profile, pipeline.adapt.AdaptedProfile); error if it belongs to another
+    model."""
     from heads.profile import HedgeProfile
 
     path = Path(path)
@@ -92,4 +93,8 @@ def load_profile(path: str | Path, meta: dict):
     if data.get("fingerprint_id") != meta.get("fingerprint_id") or data.get("n_heads") != len(meta["fitted"]["mixture_weights_"]):
         raise MicroError(f"{path}: profile of an unknown model (built for {data.get('bundle')}, "
                          f"embedder {data.get('fingerprint_id')}, {data.get('n_heads')} heads)")
+    if data.get("kind") == "adapted":              # micro route --adapt / --online with a residual
+        from pipeline.adapt import load_adapted
+
+        return load_adapted(data, path)
     return HedgeProfile.from_dict(data["profile"])

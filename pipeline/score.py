@@ -8,6 +8,7 @@ Python API::
     out["reward"]     # (N,) Σ_k f_k r_k, the mixed reward
     out["per_head"]   # (N, K) r_k = w_k·φ(x, a)
     out["weights"]    # (N, K) mixture weights f used for the mix
+    out["residual"]   # (N,) v·φ(x, a), only with an adapted profile (then reward = Σ_k w_k r_k + v·φ)
 """
 from __future__ import annotations
 
@@ -55,8 +56,11 @@ class RewardModel:
         return vecs
 
     def weights(self, prompts: list[list[dict]], context: str | None = None, profile=None) -> np.ndarray:
-        """(N, K) mixture weights: a profile's, or the gate's on context+prompt (prompt alone without context)."""
+        """(N, K) mixture weights: a profile's, or the gate's on context+prompt (prompt alone without context).
+        An adapted profile (pipeline.adapt) gives g f(x, c) + omega with its own gate on its user's context."""
         K = self.model.coef_.shape[0]
+        if getattr(profile, "head_weights", None) is not None:
+            return self._adapted_weights(prompts, profile)
         if profile is not None:
             return np.tile(np.asarray(profile.weights_, dtype=np.float64), (len(prompts), 1))
         if self.model.gate_kind_ == "static":
@@ -78,6 +82,19 @@ class RewardModel:
                              "context+prompt features): pass --context TEXT (the user's criterion) or --user "
                              "PROFILE.json")
 
+    def _adapted_weights(self, prompts: list[list[dict]], profile) -> np.ndarray:
+        from heads.gate import gate_weights
+
+        w = np.tile(profile.head_weights, (len(prompts), 1))
+        if profile.gate_multiplier:
+            x = None
+            if profile.gate_input != "none":
+                ctx = profile.context if profile.gate_input == "context" else None
+                b = self._backend_for_render()
+                x = self._embed([b.render_prompt(with_context(p, ctx) if ctx else p) for p in prompts])
+            w = w + profile.gate_multiplier * gate_weights(profile.gate_params, x, n_rows=len(prompts))
+        return w
+
     def _backend_for_render(self):
         if self._backend is None:
             self._embed([])
@@ -94,7 +111,12 @@ class RewardModel:
         feats = self._embed([b.render_response(m, r) for m, r in zip(msgs, responses)])
         per_head = self.model.head_rewards(feats)
         w = self.weights(msgs, context, profile)
-        return {"per_head": per_head, "weights": w, "reward": (per_head * w).sum(axis=1)}
+        out = {"per_head": per_head, "weights": w, "reward": (per_head * w).sum(axis=1)}
+        v = getattr(profile, "v", None)
+        if v is not None:                      # adapted profile: reward = sum_k w_k r_k + v . phi
+            out["residual"] = np.asarray(feats, dtype=np.float64) @ v
+            out["reward"] = out["reward"] + out["residual"]
+        return out
 
     def close(self) -> None:
         if self._backend is not None:
@@ -153,8 +175,10 @@ def score_file(bundle: str | Path, input_path: str | Path, out: str | Path, *, c
     K = res["per_head"].shape[1]
     # re-scoring an output file: replace its reward columns instead of writing duplicate column names
     table = table.drop_columns([c for c in table.column_names
-                                if c in ("reward", "weights") or c.startswith("reward_head_")])
+                                if c in ("reward", "weights", "residual") or c.startswith("reward_head_")])
     table = table.append_column("reward", pa.array(res["reward"]))
+    if "residual" in res:
+        table = table.append_column("residual", pa.array(res["residual"]))
     for k in range(K):
         table = table.append_column(f"reward_head_{k}", pa.array(res["per_head"][:, k]))
     table = table.append_column("weights", pa.array(res["weights"].tolist(), pa.list_(pa.float64())))

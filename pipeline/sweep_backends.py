@@ -218,7 +218,10 @@ def run_job(arrays: dict, meta: dict, job: dict) -> list[dict]:
 
 
 def error_rows(job: dict, exc: BaseException) -> list[dict]:
-    """Rows for a job whose worker died (the trial function itself never raises)."""
+    """Rows for a job whose worker died (the trial function itself never raises); one ``error`` row for a job
+    without sweep trials."""
+    if "trials" not in job:
+        return [{"error": _err(exc)}]
     return [{"config_hash": t["hash"], "error": _err(exc), "fit_reused": False, "wall_seconds": math.nan}
             for t in job["trials"]]
 
@@ -259,8 +262,8 @@ def _init_worker(npy_dir: str, names: list, aliases: dict, meta: dict, threads: 
         pass
 
 
-def _worker_job(job: dict) -> list[dict]:
-    return run_job(_WORKER["arrays"], _WORKER["meta"], job)
+def _worker_job(job: dict, fn=None) -> list[dict]:
+    return (fn or run_job)(_WORKER["arrays"], _WORKER["meta"], job)
 
 
 def _remove_stale_dirs() -> None:
@@ -277,16 +280,17 @@ def _remove_stale_dirs() -> None:
 
 
 def run_local(jobs: list, arrays: dict, meta: dict, n_jobs: int, threads: int, on_rows,
-              start_method: str | None = None) -> None:
+              start_method: str | None = None, fn=None) -> None:
     """Run ``jobs`` in a process pool of ``n_jobs`` workers (in this process when ``n_jobs == 1``). Start method:
     forkserver where available (workers fork from a server that imported numpy / torch / the heads once and ran
-    nothing, so no BLAS or OpenMP state is inherited), else spawn; never plain fork."""
+    nothing, so no BLAS or OpenMP state is inherited), else spawn; never plain fork. ``fn(arrays, meta, job)``
+    (a module-level function, default :func:`run_job`) runs each job and returns its rows."""
     if n_jobs <= 1:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(threads):
             for job in jobs:
-                on_rows(job, run_job(arrays, meta, job))
+                on_rows(job, (fn or run_job)(arrays, meta, job))
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -309,7 +313,7 @@ def run_local(jobs: list, arrays: dict, meta: dict, n_jobs: int, threads: int, o
                 ctx.set_forkserver_preload(PRELOAD)
             with ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_init_worker,
                                      initargs=(tmp, names, aliases, meta, threads, os.getpid())) as ex:
-                futs = {ex.submit(_worker_job, job): job for job in jobs}
+                futs = {ex.submit(_worker_job, job, fn): job for job in jobs}
                 try:
                     for f in as_completed(futs):
                         try:
