@@ -20,10 +20,6 @@ from .objective import Problem
 from .selection import best_point, dim_candidates, fit_temperature, holdout_rows, l2_path
 
 
-#: EM iterations of the refit on all train pairs when the chosen path point had stopped early
-REFIT_EARLY_STOPPED = 5
-
-
 def seed_of(random_state) -> int:
     return int(random_state) if isinstance(random_state, (int, np.integer)) else 0
 
@@ -196,7 +192,7 @@ def _merge(first: Optional[EMResult], second: EMResult) -> EMResult:
 def select(est, prep: Prepared, groups: np.ndarray, calibrate: bool, search: bool, fixed: tuple) -> dict:
     """Held-out selection on the train pairs: for every candidate width an L2 path (``search``; else the
     ``fixed`` (l2, gate_l2) at the widest candidate) and/or a temperature (``calibrate``). Returns {widths, theta
-    (fit-space start for the refit), l2, gate_l2, refit_iter, temperature, restart_scores, selection (JSON-able)}."""
+    (fit-space start for the refit), l2, gate_l2, temperature, restart_scores, selection (JSON-able)}."""
     fit_rows, val_rows = holdout_rows(groups, est.holdout, seed_of(est.random_state))
     if len(val_rows) == 0 or len(fit_rows) < int(est.n_components):
         prep.notes.append("too few prompts for a held-out slice: no selection, no calibration")
@@ -229,13 +225,14 @@ def select(est, prep: Prepared, groups: np.ndarray, calibrate: bool, search: boo
             points += path
         best = best_point(points)       # ties go to the stronger L2, then to the narrower width (listed first)
         widths, sub, val, first = thetas[id(best)]
-        # a converged point is the optimum of its L2: refit to convergence; an early-stopped one only a few steps
-        out.update(widths=widths, theta=best.theta, l2=best.l2, gate_l2=best.gate_l2, **first,
-                   refit_iter=REFIT_EARLY_STOPPED if best.stopped_early else est.max_iter)
+        # early stopping chose the L2; the model is its optimum: the chosen point runs on to convergence on the fit
+        # pairs (what the temperature is fitted to), and the refit on every train pair starts from there
+        fit = sub.problem(K, est, best.l2, best.gate_l2, fit_rows)
+        theta = est.solver_.resume(fit, best.theta, max_iter=est.max_iter, tol=est.tol).theta
+        out.update(widths=widths, theta=theta, l2=best.l2, gate_l2=best.gate_l2, **first)
         out["selection"].update(
             path=[dict(p.to_dict(), dim=thetas[id(p)][1].D.shape[1]) for p in points], chosen_c=best.c,
             seconds=float(seconds), scales=list(sub.scales))
-        theta = best.theta
     else:
         widths = prep.widths[-1]
         sub = prep.restrict(widths)

@@ -200,10 +200,8 @@ class MixtureBT(BaseEstimator):
         l2, gl2 = self._l2_values(sel, prep)
         prob = prep.problem(K, self, l2, gl2)
         if "theta" in sel:  # the held-out fit, refitted on every train pair from where it stopped
-            cap = min(self.max_iter, sel.get("refit_iter", self.max_iter))
-            res = self.solver_.resume(prob, sel["theta"], max_iter=cap, tol=self.tol, on_iter=self.on_iter)
-            done = res.converged or cap < self.max_iter   # an early-stopped choice is refitted a few steps on purpose
-            best = F.Best(res.theta, res.objective, res.history, done, res.n_iter, sel.get("restart", 0),
+            res = self.solver_.resume(prob, sel["theta"], max_iter=self.max_iter, tol=self.tol, on_iter=self.on_iter)
+            best = F.Best(res.theta, res.objective, res.history, res.converged, res.n_iter, sel.get("restart", 0),
                           sel.get("restart_scores", []))
         else:
             best = F.fit_restarts(self, prep, prob)
