@@ -34,6 +34,7 @@ from pipeline.backends.chat import (ChatRenderer, RenderedBackend, default_max_l
                                     quiet_transformers)
 from pipeline.backends.device import resolve_device
 from pipeline.errors import MicroError
+from pipeline.backends.truncation import DEFAULT_TRUNCATION
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16", "half": "float16"}
@@ -112,7 +113,7 @@ class TransformersBackend(RenderedBackend):
     def __init__(self, model: str | None = None, *, batch_size: int | None = None, max_batch_tokens: int | None = None,
                  max_length: int | None = None, device: str | None = None, dtype: str | None = None,
                  attn_implementation: str | None = None, trust_remote_code: bool = False,
-                 gguf_file: str | None = None, chunk_size: int | None = None, truncation: str = "left",
+                 gguf_file: str | None = None, chunk_size: int | None = None, truncation: str = DEFAULT_TRUNCATION,
                  packed: bool | None = None):
         import torch
         from transformers import AutoConfig, AutoModel

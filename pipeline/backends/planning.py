@@ -13,6 +13,7 @@ from typing import Callable
 
 from pipeline.backends.chat import RenderedBackend
 from pipeline.errors import MicroError
+from pipeline.backends.truncation import DEFAULT_TRUNCATION
 
 GPU_BACKENDS = ("vllm", "transformers")
 
@@ -68,7 +69,7 @@ class PlanningBackend(RenderedBackend):
 
     def __init__(self, name: str, model: str | None = None, *, max_length: int | None = None,
                  dtype: str | None = None, trust_remote_code: bool = False, gguf_file: str | None = None,
-                 device: str | None = None, chunk_size: int | None = None, truncation: str = "left",
+                 device: str | None = None, chunk_size: int | None = None, truncation: str = DEFAULT_TRUNCATION,
                  **_runtime_kwargs):
         from pipeline.backends.base import resolve_model_path
         from pipeline.backends.chat import load_identity, quiet_transformers

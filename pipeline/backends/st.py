@@ -14,6 +14,7 @@ import numpy as np
 
 from pipeline.backends.base import (Messages, check_max_length, check_model_folder, config_positions,
                                     model_load_error, render_plain, resolve_model_path, weights_hash)
+from pipeline.backends.truncation import DEFAULT_TRUNCATION
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -56,7 +57,7 @@ class SentenceTransformersBackend:
     name = "sentence-transformers"
 
     def __init__(self, model: str | None = None, *, batch_size: int = 32, max_length: int | None = None,
-                 device: str | None = None, dtype: str = "float32", normalize: bool = False, truncation: str = "left"):
+                 device: str | None = None, dtype: str = "float32", normalize: bool = False, truncation: str = DEFAULT_TRUNCATION):
         from pipeline.backends.chat import TRUNCATION_SIDES
         from pipeline.errors import MicroError
 
