@@ -378,6 +378,11 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
     for m in METHODS:
         rows += _method_rows(m, per_seed[m], names, seeded=m in SEEDED)
     macro_before = float(np.nanmean(res.before))
+    T = float(getattr(model, "temperature_", 1.0))
+    if T != 1.0:  # the Stage-1 mixture's calibration, before and after its temperature
+        raw, cal = _metrics(expit(model.log_odds(test.delta, stage1_x))), _metrics(model.predict_proba(test.delta, stage1_x))
+        notes.append(f"Stage-1 mixture on the test pairs, temperature {T:.3f} (fitted on held-out train prompts): "
+                     f"ECE {raw[2]:.3f} -> {cal[2]:.3f}, NLL {raw[1]:.3f} -> {cal[1]:.3f}")
     notes.insert(0, f"Stage-1 gate without routing (for reference): macro accuracy {macro_before:.3f}; "
                     + ", ".join(f"{g} {a:.3f}" for g, a in zip(names, res.before)))
     result = EvalResult(rows=rows, groups=names, counts=counts, head_group_accuracy=hg_acc,
