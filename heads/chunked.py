@@ -11,7 +11,7 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 
 #: bytes of compute-dtype rows per converted chunk (contiguous float32/float64 data is used in place, in larger views)
-CHUNK_BYTES = 1 << 25
+CHUNK_BYTES = 1 << 24
 
 
 def compute_dtype(A: np.ndarray):

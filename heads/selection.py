@@ -41,12 +41,15 @@ def dim_candidates(setting, width: int) -> List[Optional[int]]:
 
 def prompt_groups(prompt: Optional[np.ndarray], n: int) -> np.ndarray:
     """(n,) group ids: rows with identical prompt features share a prompt (and a group); each row its own group
-    without prompt features."""
+    without prompt features. Rows are compared through two random float64 projections, in chunks."""
     if prompt is None:
         return np.arange(n)
-    sig = np.ascontiguousarray(np.asarray(prompt[:, :min(prompt.shape[1], 32)], dtype=np.float32))
-    return np.unique(sig.view(np.dtype((np.void, sig.dtype.itemsize * sig.shape[1]))).ravel(),
-                     return_inverse=True)[1].ravel()
+    R = np.random.default_rng(12345).standard_normal((prompt.shape[1], 2))
+    sig = np.empty((n, 2))
+    step = max(256, (1 << 23) // (8 * prompt.shape[1]))
+    for s in range(0, n, step):
+        sig[s:s + step] = np.asarray(prompt[s:s + step], dtype=np.float64) @ R
+    return np.unique(sig, axis=0, return_inverse=True)[1].ravel()
 
 
 def holdout_rows(groups: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
