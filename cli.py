@@ -60,7 +60,7 @@ def data_prepare(
     opt: List[str] = typer.Option([], "--opt", help="recipe option KEY=VALUE, e.g. min_gap=2 (repeatable)"),
 ) -> None:
     """Prepare preference data into the canonical pair table (one row per pair, train/test split)."""
-    from pipeline.prepare import check_inputs, get_recipe, prepare
+    from pipeline.data.prepare import check_inputs, get_recipe, prepare
 
     C.number(test_size, "--test-size", low=0, high=1)
     C.integer(seed, "--seed", minimum=0)
@@ -141,11 +141,11 @@ def embed(
     from rich.console import Console
 
     from cache.store import DTYPES
-    from pipeline.backends import BACKENDS, check_options, get_backend
-    from pipeline.backends.chat import TRUNCATION_SIDES
-    from pipeline.backends.hf import _DTYPES as COMPUTE_DTYPES
-    from pipeline.embed import embed_pairs
-    from pipeline.schema import read_pairs
+    from pipeline.embed.backends import BACKENDS, check_options, get_backend
+    from pipeline.embed.backends.chat import TRUNCATION_SIDES
+    from pipeline.embed.backends.hf import _DTYPES as COMPUTE_DTYPES
+    from pipeline.embed.embed import embed_pairs
+    from pipeline.data.schema import read_pairs
 
     C.choice(backend, "--backend", (*BACKENDS, "st"))
     C.integer(batch_size, "--batch-size", optional=True)
@@ -173,7 +173,7 @@ def embed(
         max_num_batched_tokens=max_num_batched_tokens, enforce_eager=True if enforce_eager else None)
     embed_fn = None
     if workers != 1 or ray or address:
-        from pipeline.parallel_embed import BackendSpec, ParallelEmbedder, parent_backend
+        from pipeline.embed.workers import BackendSpec, ParallelEmbedder, parent_backend
 
         spec = BackendSpec(backend, model, kw, get_backend)  # each worker builds its own backend from this
         embed_fn = ParallelEmbedder(spec, workers, use_ray=ray, address=address)
@@ -285,14 +285,14 @@ def fit(
 
     from heads.initialise import INITS
     from heads.solvers import AdamWSolver
-    from pipeline.features import read_run
-    from pipeline.fit import BASELINES, fit_run
+    from pipeline.core.run import read_run
+    from pipeline.fit.fit import BASELINES, fit_run
 
     auto = k.strip().lower() == "auto"
     if not auto and (not k.strip().isdigit() or int(k) < 1):
         raise MicroError(f"--k must be a positive integer or 'auto', got {k!r}")
     if auto:
-        from pipeline.sweep_report import k_candidates, parse_k_range
+        from pipeline.sweep.report import k_candidates, parse_k_range
 
         k_candidates(*parse_k_range(k_range))
     C.choice(gate, "--gate", ("context", "static"))
@@ -334,7 +334,7 @@ def fit(
     out = out or Path(run_dir) / "model"
     extra_meta = None
     if auto:
-        from pipeline.sweep import auto_k
+        from pipeline.sweep.runner import auto_k
 
         sel = auto_k(run_dir, k_range, dict(gate="static" if baseline == "static" else gate, gate_input=gate_input,
                                             gate_hidden=gate_hidden, alpha=alpha, l2=sel_kw["l2"], n_init=n_init,
@@ -404,8 +404,8 @@ def route(
     from rich.console import Console
 
     from heads.user import ADAPT
-    from pipeline import route as R
-    from pipeline.bundle import read_meta
+    from pipeline.route import route as R
+    from pipeline.core.bundle import read_meta
 
     seed_list = _router_options(tau, epochs, budget_per_group, seeds, lr)
     C.number(hedge_tau, "--hedge-tau", low=0, low_open=True)
@@ -419,12 +419,12 @@ def route(
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     if online:
         if adapt == "mixture":
-            from pipeline.profiles import build_profile
+            from pipeline.route.profiles import build_profile
 
             _print_profile(console, build_profile(model, user_data, user, out or model.parent / "profiles",
                                                   tau=hedge_tau, log=log))
         else:
-            from pipeline.adapt import build_online
+            from pipeline.route.adapt import build_online
 
             _print_online(console, build_online(model, user_data, user, out or model.parent / "profiles",
                                                 adapt=adapt, tau=hedge_tau, log=log))
@@ -436,7 +436,7 @@ def route(
         _print_route(console, res)
         console.print(f"routed bundle: {routed}")
     if adapt != "mixture" or user is not None:
-        from pipeline.adapt import adapt_users
+        from pipeline.route.adapt import adapt_users
 
         users_dir = (out or model.parent / f"{model.name}-routed") / "users" if user is None else \
             (out or model.parent / "profiles")
@@ -494,8 +494,8 @@ def score(
                                         "(OUT/users/NAME.json): its weights, and its residual v·φ when adapted."),
 ) -> None:
     """Rewards per head and mixed (Σ_k f_k r_k, + v·φ with an adapted profile) for (prompt, response) rows."""
-    from pipeline.bundle import read_meta
-    from pipeline.score import score_file
+    from pipeline.core.bundle import read_meta
+    from pipeline.route.score import score_file
 
     if context and user:
         raise MicroError("give either --context or --user, not both")
@@ -531,9 +531,9 @@ def eval_cmd(
 ) -> None:
     """Paper Table 2/3 (seen groups), or new users by leave-one-group-out (--protocol leave-group-out)."""
     from heads.user import ADAPT
-    from pipeline.bundle import read_meta
-    from pipeline.evaluate import _parse_budgets
-    from pipeline.features import read_run
+    from pipeline.core.bundle import read_meta
+    from pipeline.evaluate.evaluate import _parse_budgets
+    from pipeline.core.run import read_run
 
     lgo = C.choice(protocol, "--protocol", ("seen", "leave-group-out")) == "leave-group-out"
     seed_list = _router_options(tau, epochs, budget_per_group, (3 if lgo else 5) if seeds is None else seeds, lr)
@@ -548,12 +548,12 @@ def eval_cmd(
         C.out_dir(report, "--report")
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     if lgo:
-        from pipeline.lgo import leave_group_out
+        from pipeline.evaluate.lgo import leave_group_out
 
         res = leave_group_out(model, run_dir, budgets=budgets, seeds=seed_list, adapt=adapt, report=report,
                               jobs=jobs, tau=tau, epochs=epochs, lr=lr, log=log)
     else:
-        from pipeline.evaluate import evaluate
+        from pipeline.evaluate.evaluate import evaluate
 
         res = evaluate(model, run_dir, report=report, budget=budget_per_group, seeds=seed_list, hyre_n=hyre_n,
                        budgets=budgets, tau=tau, epochs=epochs, lr=lr, log=log)
@@ -588,9 +588,9 @@ def sweep(
     """Grid / random hyperparameter search of fit (and route) on cached features; resumable Parquet results."""
     from rich.console import Console
 
-    from pipeline.features import read_run
-    from pipeline.sweep import STAGES, run_sweep, search_space
-    from pipeline.sweep_report import print_leaderboard
+    from pipeline.core.run import read_run
+    from pipeline.sweep.runner import STAGES, run_sweep, search_space
+    from pipeline.sweep.report import print_leaderboard
 
     C.integer(seeds, "--seeds")
     C.choice(stage, "--stage", STAGES)

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from heads import MixtureBT  # noqa: E402
 from heads.selection import prompt_groups  # noqa: E402
-from pipeline.features import load_features  # noqa: E402
+from pipeline.core.run import load_features  # noqa: E402
 
 
 def parse_fixed(text: str) -> dict:

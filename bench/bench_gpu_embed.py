@@ -8,7 +8,7 @@
            on the device (bf16 on CUDA) and saved with a local tokenizer (default: the bundled all-MiniLM-L6-v2
            tokenizer, 30,522 tokens, with a chat template set). Weights are irrelevant to speed.
 2. micro   the transformers backend with DEFAULT settings (what `micro embed --backend transformers --model M` does)
-           runs pipeline.embed.embed_pairs on the DSP pairs into a fresh cache; model load and a short warm-up are
+           runs pipeline.embed.embed.embed_pairs on the DSP pairs into a fresh cache; model load and a short warm-up are
            excluded. Reported: tokens/s of the embedding phase (passes, tokenisation, shard writes) and of the
            whole embed_pairs call (reading, rendering, hashing, token counting and the run folder included).
 3. bare    the same model object over the identical token ids (the backend's own tokenisation of the texts micro
@@ -40,8 +40,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.embed import ROLES, embed_pairs, open_store, render_inputs  # noqa: E402
-from pipeline.schema import write_pairs  # noqa: E402
+from pipeline.embed.embed import ROLES, embed_pairs, open_store, render_inputs  # noqa: E402
+from pipeline.data.schema import write_pairs  # noqa: E402
 
 DSP_NAME = "domain_specific_preference.test.json"
 DSP = REPO.parent / "shared/data/dsp" / DSP_NAME
@@ -125,7 +125,7 @@ def build_model(shape: str, tokenizer_dir: Path, out: Path, device) -> Path:
 
 
 def dsp_pairs(path: Path, n_pairs: int | None, work: Path) -> Path:
-    from pipeline.prepare import build_pairs
+    from pipeline.data.prepare import build_pairs
 
     table = build_pairs("dsp", [path])[0]
     if n_pairs:
@@ -136,7 +136,7 @@ def dsp_pairs(path: Path, n_pairs: int | None, work: Path) -> Path:
 # --- the three measurements --------------------------------------------------------------------------------------
 
 def unique_texts(pairs_path: Path, backend) -> list[str]:
-    from pipeline.schema import read_pairs
+    from pipeline.data.schema import read_pairs
 
     inputs = render_inputs(read_pairs(pairs_path), backend)
     return sorted({t for r in ROLES for t in inputs[r] if t is not None})
@@ -237,7 +237,7 @@ def measure_bare(be, ids, batch_sizes: list[int], device) -> list[dict]:
 
 def measure_batching(be, model_dir: Path, work: Path, sample: list[str], res: dict) -> np.ndarray:
     """Batched vs alone in the run's dtype (then ``be`` is closed) and in fp32; returns the run's vectors."""
-    from pipeline.backends.hf import TransformersBackend
+    from pipeline.embed.backends.hf import TransformersBackend
 
     low = cached(be, work, sample)
     res["batching_low"] = worst_cosine(low, alone(be, sample))
@@ -288,7 +288,7 @@ def main() -> None:
 
     import torch
 
-    from pipeline.backends.hf import TransformersBackend
+    from pipeline.embed.backends.hf import TransformersBackend
 
     t_start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -349,7 +349,7 @@ def run_vllm(model_dir, pairs_path, work, sample, low, params, peak, best) -> di
     if importlib.util.find_spec("vllm") is None:
         return {"skipped": "vllm is not installed"}
     try:
-        from pipeline.backends.vllm_backend import VLLMBackend
+        from pipeline.embed.backends.vllm_backend import VLLMBackend
 
         (be, load_s) = timed_sync(lambda: VLLMBackend(str(model_dir)), True)
         d = work / "vllm"

@@ -29,8 +29,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from heads.synthetic import make_helpsteer2_like  # noqa: E402
-from pipeline.sweep import SweepData, run_sweep  # noqa: E402
-from pipeline.sweep_backends import n_cores  # noqa: E402
+from pipeline.sweep.runner import SweepData, run_sweep  # noqa: E402
+from pipeline.sweep.trials import n_cores  # noqa: E402
 
 
 def main():

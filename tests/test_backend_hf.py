@@ -6,10 +6,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline.backends import get_backend
-from pipeline.backends.base import render_plain
-from pipeline.backends.chat import ChatRenderer, fold_system
-from pipeline.backends.hf import TransformersBackend
+from pipeline.embed.backends import get_backend
+from pipeline.embed.backends.base import render_plain
+from pipeline.embed.backends.chat import ChatRenderer, fold_system
+from pipeline.embed.backends.hf import TransformersBackend
 from pipeline.errors import MicroError
 
 from conftest import TINY_CHAT_TEMPLATE, build_tiny_llama
@@ -246,7 +246,7 @@ def test_layouts_and_defaults(tiny_llama_dir):
 
 
 def test_bad_options_are_one_line_errors_before_loading(tiny_llama_dir):
-    from pipeline.backends import check_options
+    from pipeline.embed.backends import check_options
 
     with pytest.raises(MicroError, match="--attn-implementation must be one of"):
         TransformersBackend(str(tiny_llama_dir), attn_implementation="flash")

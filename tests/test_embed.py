@@ -17,11 +17,11 @@ import pytest
 
 from cache.store import CacheDamaged, text_keys
 from conftest import FakeBackend, make_pair_rows
-from pipeline.backends.base import fingerprint_id, render_plain, with_context
-from pipeline.embed import embed_pairs, open_store, render_inputs
+from pipeline.embed.backends.base import fingerprint_id, render_plain, with_context
+from pipeline.embed.embed import embed_pairs, open_store, render_inputs
 from pipeline.errors import MicroError
-from pipeline.features import load_features
-from pipeline.schema import read_pairs
+from pipeline.core.run import load_features
+from pipeline.data.schema import read_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -187,14 +187,14 @@ RUNNER = textwrap.dedent("""
     import os, sys
     sys.path[:0] = [{repo!r}, {tests!r}]  # this checkout's code, not an installed copy
     from conftest import FakeBackend
-    import pipeline.backends
+    import pipeline.embed.backends
 
     def get_backend(name, model=None, **kw):
         die = os.environ.get("FAKE_DIE_AFTER")
         return FakeBackend(chunk_size=int(os.environ.get("FAKE_CHUNK", "4")),
                            die_after=int(die) if die else None, die_how=os.environ.get("FAKE_DIE_HOW", "sigkill"))
 
-    pipeline.backends.get_backend = get_backend
+    pipeline.embed.backends.get_backend = get_backend
     import cli
     sys.argv = ["micro", *sys.argv[1:]]
     cli.main()
@@ -261,7 +261,7 @@ def test_keyboard_interrupt_loses_at_most_the_chunk_in_flight(tmp_path, pair_tab
 HF_RUNNER = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, os.getcwd())  # this checkout's code (the test runs it from the repository root)
-    import pipeline.backends.hf as hf
+    import pipeline.embed.backends.hf as hf
 
     hf.DEFAULT_CHUNK = 4  # small shards: several of them before the kill
     init = hf.TransformersBackend.__init__
@@ -292,7 +292,7 @@ def test_overlapped_transformers_embedding_killed_resumes_with_exactly_the_missi
                                                                                         tiny_llama_dir):
     """Acceptance: the token-budget path (background tokenisation and shard writes) killed by SIGKILL loses only
     whole chunks, and a rerun embeds exactly the texts missing from the cache."""
-    from pipeline.backends.hf import TransformersBackend
+    from pipeline.embed.backends.hf import TransformersBackend
 
     path = pair_table(make_pair_rows(5))  # 25 unique texts
     cache = tmp_path / "cache"
@@ -380,7 +380,7 @@ def test_empty_table_and_missing_file_are_one_line_errors(tmp_path, pair_table):
 
 
 def test_bad_gpu_options_are_one_line_errors_before_any_model_loads(tmp_path, pair_table):
-    # every rule is tested on pipeline.backends.check_options (tests/test_backend_hf.py); here: the CLI uses it
+    # every rule is tested on pipeline.embed.backends.check_options (tests/test_backend_hf.py); here: the CLI uses it
     path = pair_table()
     cases = [(["--backend", "transformers", "--max-batch-tokens", "0"], "--max-batch-tokens must be an integer >= 1"),
              (["--backend", "vllm", "--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization must be in (0, 1]")]
@@ -414,7 +414,7 @@ def test_cli_embed_on_the_bundled_sample_with_the_default_backend(tmp_path, dsp_
     pairs, kept, skipped, uniq, hits, new, trunc, skipped_texts = summary_of(r.stderr)
     assert (pairs, kept, skipped, hits, skipped_texts) == (15, 15, 0, 0, 0)
     assert new == uniq == 10  # 1 query: prompt, 5 prompt+response, 4 domain contexts
-    from pipeline.backends.st import SentenceTransformersBackend
+    from pipeline.embed.backends.st import SentenceTransformersBackend
 
     be = SentenceTransformersBackend()
     texts = sorted({t for v in render_inputs(read_pairs(dsp_sample_pairs), be).values() for t in v if t})

@@ -1,4 +1,4 @@
-"""pipeline.features.load_features: dtype, alignment with pairs.parquet, float16 caches, damaged caches."""
+"""pipeline.core.run.load_features: dtype, alignment with pairs.parquet, float16 caches, damaged caches."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import FakeBackend, make_pair_rows
-from pipeline.backends.base import render_plain, with_context
-from pipeline.embed import embed_pairs, open_store
+from pipeline.embed.backends.base import render_plain, with_context
+from pipeline.embed.embed import embed_pairs, open_store
 from pipeline.errors import MicroError
-from pipeline.features import load_features
+from pipeline.core.run import load_features
 
 
 def quiet(msg: str) -> None:

@@ -1,4 +1,4 @@
-"""Leave-group-out protocol (pipeline/lgo.py, `micro eval --protocol leave-group-out`) on a tiny synthetic run.
+"""Leave-group-out protocol (pipeline/evaluate/lgo.py, `micro eval --protocol leave-group-out`) on a tiny synthetic run.
 
 Synthetic, no model (tests/_stage2.py): g0 prefers high a0, g1 low a0, g2 high a1. With g1 held out, Stage 1 sees
 only g0 and g2, whose heads cannot express g1 (the opposite of g0): routing stays near or below chance, the
@@ -27,7 +27,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(run):
-    from pipeline.lgo import leave_group_out
+    from pipeline.evaluate.lgo import leave_group_out
 
     root, bundle, run_dir = run
     lines = []
@@ -37,7 +37,7 @@ def result(run):
 
 
 def test_rows_counts_and_files(run, result):
-    from pipeline.lgo import BUDGETED, COLUMNS, METHODS
+    from pipeline.evaluate.lgo import BUDGETED, COLUMNS, METHODS
 
     root, *_ = run
     res, lines = result
@@ -88,7 +88,7 @@ def test_cli_leave_group_out_and_errors(run, tmp_path, monkeypatch, capsys):
 
 
 def test_group_without_test_pairs_is_an_error(run, tmp_path, monkeypatch, capsys):
-    from pipeline.embed import embed_pairs
+    from pipeline.embed.embed import embed_pairs
     from _stage2 import AttrBackend
 
     root, bundle, _ = run

@@ -1,9 +1,9 @@
-"""pipeline.plots: every figure is a valid PNG, NaN cells and a single group included."""
+"""pipeline.evaluate.plots: every figure is a valid PNG, NaN cells and a single group included."""
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline import plots
+from pipeline.evaluate import plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

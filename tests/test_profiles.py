@@ -28,7 +28,7 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(setup):
     """build_profile of user g1 (prefers low a0): (result, saved JSON)."""
-    from pipeline.profiles import build_profile
+    from pipeline.route.profiles import build_profile
 
     root, bundle, user = setup
     with pytest.MonkeyPatch.context() as mp:
@@ -42,8 +42,8 @@ def logsig(z):
 
 
 def test_profile_json_and_hand_computed_hedge(setup, built):
-    from pipeline.bundle import load_bundle
-    from pipeline.features import load_features
+    from pipeline.core.bundle import load_bundle
+    from pipeline.core.run import load_features
 
     root, bundle, _ = setup
     res, data = built
@@ -81,9 +81,9 @@ def test_profile_json_and_hand_computed_hedge(setup, built):
 
 def test_hedge_temperature_and_uniform_prior(setup, tmp_path, monkeypatch):
     from heads.profile import HedgeProfile
-    from pipeline.bundle import load_bundle
-    from pipeline.features import load_features
-    from pipeline.profiles import build_profile
+    from pipeline.core.bundle import load_bundle
+    from pipeline.core.run import load_features
+    from pipeline.route.profiles import build_profile
 
     root, bundle, user = setup
     patch_backend(monkeypatch)
@@ -103,7 +103,7 @@ def test_hedge_temperature_and_uniform_prior(setup, tmp_path, monkeypatch):
 
 
 def test_build_profile_errors(setup, tmp_path, monkeypatch):
-    from pipeline.profiles import build_profile
+    from pipeline.route.profiles import build_profile
 
     root, bundle, user = setup
     built = patch_backend(monkeypatch)
@@ -116,8 +116,8 @@ def test_build_profile_errors(setup, tmp_path, monkeypatch):
 
 
 def test_load_profile(setup, built, tmp_path):
-    from pipeline.bundle import read_meta
-    from pipeline.profiles import load_profile
+    from pipeline.core.bundle import read_meta
+    from pipeline.route.profiles import load_profile
 
     root, bundle, _ = setup
     res, data = built
@@ -178,7 +178,7 @@ def test_cli_online_profile_then_score_with_it(setup, tmp_path, monkeypatch, cap
 def test_user_names_from_data_never_write_outside_out(setup, tmp_path, monkeypatch, name):
     """A group called '../../x' or '/abs/path' in the user file names the profile and its work folder, but both
     stay inside --out (and do not collide with a plainly named user)."""
-    from pipeline.profiles import build_profile, safe_name
+    from pipeline.route.profiles import build_profile, safe_name
 
     root, bundle, _ = setup
     rows = synthetic_rows(n_per_group=6, seed=9, prefix="x", groups=("g0",), test_frac=0.5)

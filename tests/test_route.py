@@ -31,7 +31,7 @@ def stage1(tmp_path_factory):
 @pytest.fixture(scope="module")
 def routed(stage1):
     """route() on the user pair table: (result, routed bundle folder, built backends, log lines)."""
-    from pipeline.route import route
+    from pipeline.route.route import route
 
     root, bundle, _, user, _ = stage1
     lines = []
@@ -42,7 +42,7 @@ def routed(stage1):
 
 
 def user_feats(routed):
-    from pipeline.features import load_features
+    from pipeline.core.run import load_features
 
     feats = load_features(routed[1] / "work" / "user_run")
     return feats.split_rows("train"), feats.split_rows("test")
@@ -51,7 +51,7 @@ def user_feats(routed):
 # --- helpers ---------------------------------------------------------------------------------------
 
 def test_group_names_and_per_group_accuracy():
-    from pipeline.route import group_names, per_group_accuracy
+    from pipeline.route.route import group_names, per_group_accuracy
 
     g, names = group_names(np.array(["b", None, "a", "b"], dtype=object))
     assert g.tolist() == ["b", "all", "a", "b"] and names == ["a", "all", "b"]
@@ -63,8 +63,8 @@ def test_group_names_and_per_group_accuracy():
 # --- route_seeds -----------------------------------------------------------------------------------
 
 def test_route_seeds_deterministic_and_shapes(stage1, routed):
-    from pipeline.bundle import load_bundle
-    from pipeline.route import route_seeds
+    from pipeline.core.bundle import load_bundle
+    from pipeline.route.route import route_seeds
 
     res = routed[0]
     model, meta = load_bundle(stage1[1])
@@ -90,8 +90,8 @@ def test_routing_on_context_beats_the_prompt_gate(routed):
 
 
 def test_budget_larger_than_the_groups(stage1, routed):
-    from pipeline.bundle import load_bundle
-    from pipeline.route import route_seeds
+    from pipeline.core.bundle import load_bundle
+    from pipeline.route.route import route_seeds
 
     model, meta = load_bundle(stage1[1])
     train, test = user_feats(routed)
@@ -101,8 +101,8 @@ def test_budget_larger_than_the_groups(stage1, routed):
 
 
 def test_no_context_and_unseen_groups_notes(stage1, routed):
-    from pipeline.bundle import load_bundle
-    from pipeline.route import route_seeds
+    from pipeline.core.bundle import load_bundle
+    from pipeline.route.route import route_seeds
 
     model, meta = load_bundle(stage1[1])
     train, test = user_feats(routed)
@@ -120,8 +120,8 @@ def test_no_context_and_unseen_groups_notes(stage1, routed):
 # --- route(): routed bundle ------------------------------------------------------------------------
 
 def test_routed_bundle_loads_and_predicts_like_the_seed0_router(stage1, routed):
-    from pipeline.bundle import load_bundle
-    from pipeline.route import head_logits, per_group_accuracy
+    from pipeline.core.bundle import load_bundle
+    from pipeline.route.route import head_logits, per_group_accuracy
 
     res, out, built, lines = routed
     model0, meta0 = load_bundle(stage1[1])
@@ -142,7 +142,7 @@ def test_routed_bundle_loads_and_predicts_like_the_seed0_router(stage1, routed):
 
 
 def test_route_errors(stage1, tmp_path, monkeypatch):
-    from pipeline.route import route
+    from pipeline.route.route import route
 
     root, bundle, *_ = stage1
     patch_backend(monkeypatch)
@@ -160,8 +160,8 @@ def test_route_errors(stage1, tmp_path, monkeypatch):
 # --- user data embedding -------------------------------------------------------------------------
 
 def test_embed_user_data_embeds_only_new_texts(stage1, tmp_path, monkeypatch):
-    from pipeline.bundle import read_meta
-    from pipeline.route import embed_user_data
+    from pipeline.core.bundle import read_meta
+    from pipeline.route.route import embed_user_data
 
     root, bundle, rows, *_ = stage1
     new = synthetic_rows(n_per_group=4, seed=3, prefix="n")
@@ -181,13 +181,13 @@ def test_embed_user_data_embeds_only_new_texts(stage1, tmp_path, monkeypatch):
 
 
 def test_changed_embedder_fingerprint(stage1, tmp_path, monkeypatch):
-    from pipeline.backends.base import fingerprint_id
-    from pipeline.bundle import read_meta
-    from pipeline.route import backend_from_meta, embed_user_data
+    from pipeline.embed.backends.base import fingerprint_id
+    from pipeline.core.bundle import read_meta
+    from pipeline.route.route import backend_from_meta, embed_user_data
 
     root, bundle, _, user, _ = stage1
     meta = read_meta(bundle)
-    assert backend_from_meta.__module__ == "pipeline.route"
+    assert backend_from_meta.__module__ == "pipeline.route.route"
     patch_backend(monkeypatch, tag="v2")
     new_id = fingerprint_id(AttrBackend("v2").fingerprint())
     assert new_id != meta["fingerprint_id"]
@@ -195,12 +195,12 @@ def test_changed_embedder_fingerprint(stage1, tmp_path, monkeypatch):
         embed_user_data(meta, user, tmp_path / "work", log=lambda m: None)
     assert new_id in str(exc.value) and meta["fingerprint_id"] in str(exc.value)
 
-    import pipeline.backends
+    import pipeline.embed.backends
 
     def broken(name, model=None, **kw):
         raise MicroError(f"{model}: no such model folder")
 
-    monkeypatch.setattr(pipeline.backends, "get_backend", broken)
+    monkeypatch.setattr(pipeline.embed.backends, "get_backend", broken)
     with pytest.raises(MicroError, match="the bundle's embedder cannot be loaded"):
         backend_from_meta(meta)
 

@@ -1,0 +1,412 @@
+"""``micro eval``: the paper's Table 2/3 rows on a run's test split, per group and macro-averaged.
+
+Rows (fitted on the TRAIN split of the run; scored on its TEST split):
+
+==================  ===========================================================================================
+``single``          one Bradley-Terry head (``MixtureBT(n_components=1)``).
+``static``          Static Mixture: K heads, one global mixture (``MixtureBT(gate="static")``, K of the bundle).
+``shared-base-best`` SharedBase (HyRe architecture, K heads with frozen random priors); per group the best head,
+                    picked on the test labels (as the paper does: an optimistic reference).
+``stage1-best-head`` the bundle's own heads; per group the best single head picked on the test labels.
+``hyre``            HyRe over the bundle's heads: ``hyre_n`` labelled test pairs per group reweight the heads
+                    (uniform prior), scored on the group's remaining pairs; mean ± std over seeds.
+``micro-hyre``      the same with the Stage-1 gate's mean weights on the adaptation pairs as the prior.
+``micro``           the MiCRo router (Alg. 1) trained on B labelled pairs per group drawn from the train split,
+                    reading context+prompt features; mean ± std over seeds (:func:`pipeline.route.route.route_seeds`).
+``oracle``          one BT head per group fitted with the group labels (train), scored with the test group labels:
+                    the upper bound of linear heads on these features.
+==================  ===========================================================================================
+
+Decision rule (every row): a pair is counted correct when the model's probability of the observed outcome,
+``P(a_w ≻ a_l) = Σ_k f_k σ(w_k·Δ)`` with Δ = φ(x, a_w) − φ(x, a_l), is > 0.5 (a tie counts as wrong); a
+"best head" row uses its one head, ``σ(w_k·Δ)``. This is the probability-mixture rule of the model the heads
+were trained as. NOTE: the paper's released evaluation code differs (it scores the mixed reward
+``Σ_k f_k w_k·φ`` of each response and compares the two rewards, i.e. the sign of ``Σ_k f_k w_k·Δ``), which
+can disagree with this rule when heads disagree with different confidence.
+
+Metrics per (method, group): ``accuracy``; ``accuracy_std`` (std over seeds, population std, for the seeded rows
+hyre / micro-hyre / micro; empty otherwise); ``nll`` = −mean log P(chosen ≻ rejected) (lower is better);
+``ece`` (heads.metrics.expected_calibration_error, symmetrised 10-bin ECE); ``n`` the number of pairs scored
+(HyRe rows exclude the ``hyre_n`` adaptation pairs). Seeded rows average nll / ece over seeds. ``macro`` is
+the mean over groups of the per-group accuracy (and nll / ece); its std is the std over seeds of the per-seed
+macro accuracy.
+
+With ``report=DIR``: ``DIR/results.csv`` (long form, exact columns ``method, group, accuracy, accuracy_std,
+nll, ece, n``), ``DIR/results.parquet`` (same table), ``DIR/results.md`` and three PNG figures (see
+:mod:`pipeline.evaluate.plots`); the budget curve trains ``len(seeds)`` routers for every budget in ``budgets``.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy.special import expit
+
+from pipeline.route import route as R
+from pipeline.errors import MicroError
+
+METHODS = ("single", "static", "shared-base-best", "stage1-best-head", "hyre", "micro-hyre", "micro", "oracle")
+COLUMNS = ("method", "group", "accuracy", "accuracy_std", "nll", "ece", "n")
+SEEDED = ("hyre", "micro-hyre", "micro")
+
+#: fitting settings of the baselines (kept small so that ``micro eval`` on ~10k pairs takes well under a minute)
+SINGLE_MAX_ITER = 200
+STATIC_N_INIT, STATIC_MAX_ITER = 1, 100
+#: SharedBase: its objective averages the K heads' losses, so l2/K gives every head the bundle's per-head L2; a
+#: prior scale of 0.3 keeps the random priors (logit std ~0.3) from swamping the data on sentence-embedding
+#: deltas (scale 1.0 left every head near chance on DSP/MiniLM).
+SHARED_PRIOR_SCALE, SHARED_MAX_ITER = 0.3, 300
+
+
+@dataclass
+class EvalResult:
+    """What ``micro eval`` computed: the long table (one dict per (method, group)) and the figures."""
+
+    rows: list                       # dicts with COLUMNS
+    groups: list                     # group names (sorted), without "macro"
+    counts: list                     # test pairs per group
+    head_group_accuracy: np.ndarray  # (K, G) accuracy of every bundle head alone per group (test split)
+    best_heads: dict                 # method -> {group: head index} for the "best head" rows
+    stage1_accuracy: np.ndarray      # (G,) Stage-1 gate (no routing) accuracy per group
+    router_weights: np.ndarray       # (G, K) mean routed gate weights per group over test prompts and seeds
+    budget_curve: dict = field(default_factory=dict)   # budget -> (S, G) routed accuracy per seed
+    plots: list = field(default_factory=list)
+    files: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def frame(self):
+        """The long table as a polars DataFrame (exact COLUMNS; accuracy_std null where no seeds)."""
+        import polars as pl
+
+        return pl.DataFrame(
+            {c: [r[c] for r in self.rows] for c in COLUMNS},
+            schema={"method": pl.Utf8, "group": pl.Utf8, "accuracy": pl.Float64, "accuracy_std": pl.Float64,
+                    "nll": pl.Float64, "ece": pl.Float64, "n": pl.Int64})
+
+    def cell(self, method: str, group: str) -> dict:
+        """The row of (method, group)."""
+        for r in self.rows:
+            if r["method"] == method and r["group"] == group:
+                return r
+        raise KeyError((method, group))
+
+    def markdown(self) -> str:
+        """Accuracy table (rows = methods, columns = groups + macro) and a macro NLL / ECE table."""
+        cols = [*self.groups, "macro"]
+        head = "| method | " + " | ".join(f"{g} (n={n})" for g, n in zip(self.groups, self.counts)) + " | macro |"
+        lines = ["accuracy on the test split (mean ± std over seeds where seeded)", "", head,
+                 "|" + "---|" * (len(cols) + 1)]
+        for m in METHODS:
+            cells = [_fmt_acc(self.cell(m, g)) for g in cols]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines += ["", "macro-averaged negative log-likelihood and expected calibration error", "",
+                  "| method | nll | ece |", "|---|---|---|"]
+        for m in METHODS:
+            r = self.cell(m, "macro")
+            lines.append(f"| {m} | {_fmt(r['nll'])} | {_fmt(r['ece'])} |")
+        return "\n".join(lines) + "\n"
+
+
+def _isnum(v) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if _isnum(v) else "–"
+
+
+def _fmt_acc(r: dict) -> str:
+    if not _isnum(r["accuracy"]):
+        return "–"
+    return f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}" if _isnum(r["accuracy_std"]) else f"{r['accuracy']:.3f}"
+
+
+def _metrics(p: np.ndarray | None) -> tuple[float, float, float, int]:
+    """(accuracy, nll, ece, n) of probabilities of the observed outcome; NaNs for no pairs."""
+    from heads.metrics import accuracy, expected_calibration_error, log_likelihood
+
+    if p is None or len(p) == 0:
+        return math.nan, math.nan, math.nan, 0
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    return accuracy(p), -log_likelihood(p), expected_calibration_error(p), int(p.size)
+
+
+def _method_rows(method: str, per_seed: list[dict], names: list, seeded: bool) -> list[dict]:
+    """Long rows of one method from ``per_seed`` = [{group: probabilities (or None)} per seed]."""
+    S, G = len(per_seed), len(names)
+    acc, nll, ece = (np.full((S, G), np.nan) for _ in range(3))
+    n = np.zeros(G, dtype=int)
+    for s, probs in enumerate(per_seed):
+        for j, g in enumerate(names):
+            acc[s, j], nll[s, j], ece[s, j], n[j] = _metrics(probs.get(g))
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN groups stay NaN
+        for j, g in enumerate(names):
+            rows.append({"method": method, "group": g, "accuracy": _f(np.nanmean(acc[:, j])),
+                         "accuracy_std": _f(np.nanstd(acc[:, j])) if seeded else None,
+                         "nll": _f(np.nanmean(nll[:, j])), "ece": _f(np.nanmean(ece[:, j])), "n": int(n[j])})
+        macro = np.nanmean(acc, axis=1)                   # (S,) macro accuracy per seed
+        rows.append({"method": method, "group": "macro", "accuracy": _f(np.nanmean(macro)),
+                     "accuracy_std": _f(np.nanstd(macro)) if seeded else None,
+                     "nll": _f(np.nanmean(np.nanmean(nll, axis=0))), "ece": _f(np.nanmean(np.nanmean(ece, axis=0))),
+                     "n": int(n.sum())})
+    return rows
+
+
+def _f(v) -> float:
+    v = float(v)
+    return v if math.isfinite(v) else math.nan
+
+
+def _by_group(p: np.ndarray, groups: np.ndarray, names: list) -> dict:
+    return {g: p[groups == g] for g in names if (groups == g).any()}
+
+
+def _best_head(z: np.ndarray, groups: np.ndarray, names: list) -> tuple[dict, dict, np.ndarray]:
+    """Per group the head with the best test accuracy: ({group: σ(z_k*)}, {group: k*}, (K, G) accuracies)."""
+    K = z.shape[1]
+    acc = np.full((K, len(names)), np.nan)
+    probs, pick = {}, {}
+    for j, g in enumerate(names):
+        m = groups == g
+        if not m.any():
+            continue
+        acc[:, j] = (z[m] > 0).mean(axis=0)
+        k = int(np.argmax(acc[:, j]))
+        pick[g], probs[g] = k, expit(z[m, k])
+    return probs, pick, acc
+
+
+def _hyre_probs(z: np.ndarray, groups: np.ndarray, n: int, seeds: Sequence[int], prior_fn, names: list) -> list[dict]:
+    """Probabilities on the evaluated pairs of every (seed, group), with exactly the draws of
+    :func:`heads.hyre.hyre_eval` (``default_rng([seed, position of the group in np.unique order])``)."""
+    from heads.hyre import hyre_predict_proba, hyre_weights
+
+    uniq, inv = np.unique(groups, return_inverse=True)
+    out = []
+    for s in seeds:
+        per = {}
+        for j, u in enumerate(uniq):
+            rows = np.flatnonzero(inv == j)
+            if rows.size <= n:
+                continue
+            pick = np.random.default_rng([int(s), j]).permutation(rows.size)
+            ad, ev = rows[np.sort(pick[:n])], rows[np.sort(pick[n:])]
+            prior = None if prior_fn is None else prior_fn(ad)
+            w = hyre_weights(z[ad] if n else np.zeros((0, z.shape[1])), prior=prior)
+            per[u] = hyre_predict_proba(z[ev], w)
+        out.append(per)
+    return out
+
+
+def _hyre(z, groups, names, n, seeds, prior_fn, label, notes) -> list[dict]:
+    """hyre_eval (accuracy) + the same draws again for nll / ece; the two must agree."""
+    from heads.hyre import hyre_eval
+
+    res = hyre_eval(z, groups, n_per_group=n, seeds=seeds, prior_fn=prior_fn)
+    per_seed = _hyre_probs(z, groups, n, seeds, prior_fn, names)
+    for g, v in res["per_group"].items():
+        mine = [float(np.mean(per[g] > 0.5)) for per in per_seed]
+        if not np.allclose(mine, v["accs"]):
+            raise MicroError(f"internal: {label} accuracies of group {g} disagree with heads.hyre.hyre_eval")
+    if res["skipped"]:
+        notes.append(f"{label}: groups with <= {n} test pairs have nothing left to score after adaptation, "
+                     f"left out: " + ", ".join(f"{g} ({c})" for g, c in sorted(res["skipped"].items())))
+    return per_seed
+
+
+def fitted_l2(meta: dict) -> float:
+    """The heads' L2 of a bundle: the value its fit chose (``l2_``), else its ``l2`` parameter."""
+    v = meta.get("fitted", {}).get("l2_", meta.get("params", {}).get("l2", 1e-4))
+    return float(v) if v != "auto" else 1e-4
+
+
+def _parse_budgets(budgets) -> tuple[int, ...]:
+    if isinstance(budgets, str):
+        try:
+            budgets = [int(b) for b in budgets.replace(" ", "").split(",") if b]
+        except ValueError:
+            raise MicroError(f"--budgets must be comma-separated integers, got {budgets!r}") from None
+    out = tuple(int(b) for b in budgets)
+    if any(b < 1 for b in out):
+        raise MicroError(f"--budgets must all be >= 1, got {list(out)}")
+    return tuple(sorted(set(out)))
+
+
+def _write_report(result: EvalResult, report: Path) -> list[Path]:
+    from cache.atomic import atomic_path
+
+    report.mkdir(parents=True, exist_ok=True)
+    df = result.frame()
+    paths = [report / "results.csv", report / "results.parquet", report / "results.md"]
+    with atomic_path(paths[0]) as tmp:
+        df.write_csv(tmp)
+    with atomic_path(paths[1]) as tmp:
+        df.write_parquet(tmp)
+    with atomic_path(paths[2]) as tmp:
+        tmp.write_text(result.markdown() + "".join(f"\nnote: {n}" for n in result.notes) + "\n")
+    return paths
+
+
+def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | None = None, budget: int = 50,
+             seeds: Sequence[int] = (0, 1, 2, 3, 4), hyre_n: int = 16,
+             budgets: Sequence[int] | str = (5, 10, 25, 50, 100, 150), tau: float = R.TAU, epochs: int = R.EPOCHS,
+             lr: float = R.LR, log: Callable[[str], None] = print) -> EvalResult:
+    """Evaluate every method of the module docstring on the test split of ``run_dir``; see the module docstring."""
+    from heads.baselines import OracleBT, SharedBase
+    from heads.hyre import gate_prior_fn
+    from heads.mixture import MixtureBT
+    from heads.selection import prompt_groups
+    from pipeline.core.bundle import check_fingerprint, load_bundle
+    from pipeline.core.run import load_features, read_run
+    from pipeline.route.route import group_names, head_logits, route_seeds, stage1_gate_input
+
+    t0 = time.perf_counter()
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise MicroError("--seeds must be >= 1")
+    if int(budget) < 1:
+        raise MicroError(f"--budget-per-group must be >= 1, got {budget}")
+    if int(hyre_n) < 0:
+        raise MicroError(f"--hyre-n must be >= 0, got {hyre_n}")
+    budgets = _parse_budgets(budgets)
+    model, meta = load_bundle(bundle)
+    check_fingerprint(meta, read_run(run_dir), str(run_dir))
+    feats = load_features(run_dir)
+    train, test = feats.split_rows("train"), feats.split_rows("test")
+    if test.n == 0:
+        raise MicroError(f"{run_dir}: the test split is empty (no pairs with split == 'test') — nothing to score")
+    if train.n == 0:
+        raise MicroError(f"{run_dir}: the train split is empty (no pairs with split == 'train') — the baselines "
+                         "and the router need training pairs")
+    K = int(model.coef_.shape[0])
+    params = meta.get("params", {})
+    l2, alpha = fitted_l2(meta), float(params.get("alpha", 0.0))
+    g_train, train_names = group_names(train.group)
+    g_test, names = group_names(test.group)
+    counts = [int((g_test == g).sum()) for g in names]
+    notes: list[str] = []
+    if names == ["all"]:
+        notes.append("the run has no groups: every pair is scored as one group 'all'")
+    if meta.get("routed_from"):
+        notes.append(f"the bundle is a routed bundle (from {meta['routed_from']}): its gate stands in for the "
+                     "Stage-1 gate (micro-hyre prior, and micro re-routes starting from it)")
+    if meta.get("baseline"):
+        notes.append(f"the bundle is the '{meta['baseline']}' baseline (K={K}): hyre / micro rows mix its heads")
+    stage1_x = stage1_gate_input(meta, test) if model.gate_kind_ != "static" else None
+    if stage1_x is not None and stage1_x.shape[1] != model.n_prompt_features_in_:
+        raise MicroError(f"{bundle}: the gate reads {model.n_prompt_features_in_}-dim features but {run_dir} has "
+                         f"{stage1_x.shape[1]}-dim {meta.get('gate_input')} features")
+    if test.delta.shape[1] != model.n_features_in_:
+        raise MicroError(f"{bundle}: the heads read {model.n_features_in_}-dim features but {run_dir} has "
+                         f"{test.delta.shape[1]}-dim response features")
+    per_seed: dict[str, list[dict]] = {}
+    timings: dict[str, float] = {}
+
+    def tick(name: str, t: float) -> None:
+        timings[name] = time.perf_counter() - t
+        log(f"  {name}: {timings[name]:.1f} s")
+
+    log(f"eval: {train.n} train / {test.n} test pairs, {len(names)} group(s), K={K}, seeds {list(seeds)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                   # convergence notes of the capped baseline fits
+        t = time.perf_counter()
+        single = MixtureBT(n_components=1, gate="static", max_iter=SINGLE_MAX_ITER, random_state=0)
+        single.fit(train.delta, groups=prompt_groups(train.prompt, train.n))
+        per_seed["single"] = [_by_group(single.predict_proba(test.delta), g_test, names)]
+        tick("single", t)
+        t = time.perf_counter()
+        if K <= train.n:
+            static = MixtureBT(n_components=K, gate="static", alpha=alpha, n_init=STATIC_N_INIT,
+                               max_iter=STATIC_MAX_ITER, random_state=0).fit(train.delta,
+                                                                             groups=prompt_groups(train.prompt, train.n))
+            per_seed["static"] = [_by_group(static.predict_proba(test.delta), g_test, names)]
+        else:
+            per_seed["static"] = [{}]
+            notes.append(f"static: K={K} is larger than the {train.n} train pairs, not fitted")
+        tick("static", t)
+        t = time.perf_counter()
+        sb = SharedBase(n_components=min(K, train.n), prior_scale=SHARED_PRIOR_SCALE, l2=l2 / K,
+                        max_iter=SHARED_MAX_ITER, random_state=0).fit(train.delta)
+        probs, pick_sb, _ = _best_head(head_logits(sb, test), g_test, names)
+        per_seed["shared-base-best"] = [probs]
+        tick("shared-base", t)
+
+    z_te = head_logits(model, test)
+    probs, pick_s1, hg_acc = _best_head(z_te, g_test, names)
+    per_seed["stage1-best-head"] = [probs]
+
+    t = time.perf_counter()
+    per_seed["hyre"] = _hyre(z_te, g_test, names, int(hyre_n), seeds, None, "hyre", notes)
+    f_stage1 = model.gate_weights(stage1_x) if stage1_x is not None else np.repeat(model.gate_weights(None), test.n, 0)
+    per_seed["micro-hyre"] = _hyre(z_te, g_test, names, int(hyre_n), seeds, gate_prior_fn(f_stage1), "micro-hyre", [])
+    tick("hyre + micro-hyre", t)
+
+    t = time.perf_counter()
+    res = route_seeds(model, meta, train, test, tau=tau, epochs=epochs, budget=int(budget), seeds=seeds, lr=lr)
+    notes += [f"micro: {n}" for n in res.notes]
+    ctx = None if model.gate_kind_ == "static" else test.context
+    micro_probs, weights = [], []
+    for r in res.routers:
+        micro_probs.append(_by_group(r.predict_proba(z_te, ctx), g_test, names))
+        weights.append(r.gate_weights(ctx, n_rows=test.n))
+    W = np.mean(weights, axis=0)
+    router_w = np.stack([W[g_test == g].mean(axis=0) for g in names])
+    per_seed["micro"] = micro_probs
+    tick(f"micro (B={budget})", t)
+
+    t = time.perf_counter()
+    oracle = OracleBT(l2=l2).fit(train.delta, g_train.astype(str))
+    known = np.isin(g_test, np.asarray(train_names, dtype=object))
+    p_or = np.full(test.n, np.nan)
+    if known.any():
+        p_or[known] = oracle.predict_proba(test.delta[known], g_test[known].astype(str))
+    per_seed["oracle"] = [{g: p_or[g_test == g] for g in names if (g_test == g).any() and g in train_names}]
+    if not known.all():
+        notes.append("oracle: test groups with no train pairs are left out: "
+                     + ", ".join(sorted(set(g_test[~known].tolist()))))
+    tick("oracle", t)
+
+    rows = []
+    for m in METHODS:
+        rows += _method_rows(m, per_seed[m], names, seeded=m in SEEDED)
+    macro_before = float(np.nanmean(res.before))
+    notes.insert(0, f"Stage-1 gate without routing (for reference): macro accuracy {macro_before:.3f}; "
+                    + ", ".join(f"{g} {a:.3f}" for g, a in zip(names, res.before)))
+    result = EvalResult(rows=rows, groups=names, counts=counts, head_group_accuracy=hg_acc,
+                        best_heads={"shared-base-best": pick_sb, "stage1-best-head": pick_s1},
+                        stage1_accuracy=res.before, router_weights=router_w, notes=notes)
+    result.budget_curve[int(budget)] = res.after
+    if report is not None:
+        from pipeline.evaluate import plots
+
+        report = Path(report)
+        t = time.perf_counter()
+        for b in budgets:
+            if b not in result.budget_curve:
+                result.budget_curve[b] = route_seeds(model, meta, train, test, tau=tau, epochs=epochs, budget=b,
+                                                     seeds=seeds, lr=lr).after
+        tick(f"budget sweep {list(budgets)}", t)
+        curve = np.stack([result.budget_curve[b] for b in budgets])   # (nB, S, G)
+        t = time.perf_counter()
+        report.mkdir(parents=True, exist_ok=True)
+        result.plots = [
+            plots.plot_head_group_accuracy(hg_acc, names, report / "head_group_accuracy.png", counts=counts),
+            plots.plot_router_weights(router_w, names, report / "router_weights.png",
+                                      title=f"Mean routed mixture weight per group (test prompts, B={budget}, "
+                                            f"{len(seeds)} seeds)"),
+            plots.plot_budget_curve(budgets, curve.mean(axis=1), curve.std(axis=1), names,
+                                    report / "accuracy_vs_budget.png", reference=res.before),
+        ]
+        tick("plots", t)
+    result.seconds = time.perf_counter() - t0
+    if report is not None:
+        result.files = _write_report(result, Path(report))
+    return result
