@@ -77,7 +77,7 @@ def timed(fn) -> float:
 
 def bench_embed(work: Path, pairs_path: Path, table, backend, reps: int) -> dict:
     texts = unique_texts(table, backend)
-    model = backend._load()
+    model = backend.load()
     model.encode(texts[:backend.batch_size], batch_size=backend.batch_size)  # warm-up, not timed
     ours, ref, counter = [], [], [0]
     cpu = {id(ours): [], id(ref): []}
@@ -204,7 +204,7 @@ def bench_load(work: Path, rows: int, dim: int, shards: int, reps: int) -> dict:
 
     shard = st.shard_dir / st.manifest["shards"][0]["file"]
     s2 = EmbeddingStore(root, fp, "bench-load", "float16")
-    idx = s2._load_index()
+    idx = s2.index()
     parts = {
         "read+verify": min(timed(lambda: pq.read_table(shard, memory_map=True, page_checksum_verification=True))
                            for _ in range(3)),

@@ -229,7 +229,7 @@ def measure_bare(be, ids, batch_sizes: list[int], device) -> list[dict]:
     tokens, out = sum(map(len, ids)), []
     for layout in ("left", "right"):
         for rows in batch_sizes:
-            secs, peak = run_bare(be.model, ids, rows, be._pad, layout, device)
+            secs, peak = run_bare(be.model, ids, rows, be.pad_id, layout, device)
             out.append({"layout": layout, "rows": rows, "s": secs, "tokens_per_s": tokens / secs, "peak_gib": peak})
             say(f"bare loop {layout:5s} padding, {rows:4d} rows: {secs:.2f} s ({tokens / secs:,.0f} tokens/s)")
     return out

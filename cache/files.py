@@ -13,7 +13,7 @@ from pipeline.errors import CacheError
 
 
 @contextlib.contextmanager
-def _held(path: Path) -> Iterator[None]:
+def held(path: Path) -> Iterator[None]:
     """Hold an exclusive flock on the file at ``path`` (created if absent) while a shard is being written and
     registered, so that another process's recovery neither deletes its temp file nor adopts it as an orphan."""
     while True:
@@ -32,8 +32,8 @@ def _held(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _idle(path: Path, remove: bool = False) -> bool:
-    """True if no live writer holds ``path`` (see ``_held``); with ``remove``, unlink it while checking."""
+def idle(path: Path, remove: bool = False) -> bool:
+    """True if no live writer holds ``path`` (see ``held``); with ``remove``, unlink it while checking."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -54,7 +54,7 @@ def _idle(path: Path, remove: bool = False) -> bool:
 _READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def _writable_folder(folder: Path, root: Path) -> bool:
+def writable_folder(folder: Path, root: Path) -> bool:
     """Create ``folder`` (and parents) and probe it and its parent with a temp file: False where the file system
     refuses (permissions, read-only mount, immutable folder), CacheError when something else is in the way."""
     try:
@@ -71,7 +71,7 @@ def _writable_folder(folder: Path, root: Path) -> bool:
     return True
 
 
-def _check_manifest(m) -> None:
+def check_manifest(m) -> None:
     """TypeError/KeyError/ValueError unless ``m`` has the manifest's structure."""
     if not isinstance(m, dict) or not isinstance(m["shards"], list):
         raise TypeError("not a manifest object with a 'shards' list")

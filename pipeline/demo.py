@@ -67,3 +67,24 @@ def run_demo(out: str | Path, *, k: int = 10, seeds: int = 3, cache_dir: str | P
         rm.close()
     return {"eval": ev, "route": res, "picks": picks, "prompt": prompt[-1]["content"], "out": out,
             "seconds": time.perf_counter() - t0}
+
+
+def demo_command(out: Path, *, k: int, seeds: int, cache_dir: Path | None, console) -> None:
+    """``micro demo``: the whole pipeline, then the table, the figures and the two users' picks."""
+    from pipeline import checks as C
+    from pipeline.embed.command import progress_factory
+
+    C.integer(k, "--k")
+    C.integer(seeds, "--seeds")
+    C.out_dir(out, "--out")
+    C.cache_dir(cache_dir)
+    factory, _ = progress_factory(console)
+    res = run_demo(out, k=k, seeds=seeds, cache_dir=cache_dir, progress_factory=factory,
+                   log=lambda m: console.print(m, highlight=False))
+    print(res["eval"].markdown())
+    console.print(f"query: {res['prompt'][:100]!r}")
+    for domain, text in res["picks"].items():
+        console.print(f"  best response for a user who says they are into {domain}: {text[:100]!r}…", highlight=False)
+    for p in [*res["eval"].files, *res["eval"].plots]:
+        console.print(f"written: {p}")
+    console.print(f"demo finished in {res['seconds']:.0f} s; outputs in {res['out']}")

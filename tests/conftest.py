@@ -251,7 +251,7 @@ def st_backend():
     from pipeline.embed.backends.st import SentenceTransformersBackend
 
     be = SentenceTransformersBackend(batch_size=8)
-    be._load()
+    be.load()
     yield be
     be.close()
 

@@ -229,7 +229,7 @@ def test_layouts_and_defaults(tiny_llama_dir):
     assert be.max_batch_tokens == 8192 and be.device.type == "cpu"  # the fixed CPU default
     assert be.model.config._attn_implementation == "sdpa"
     batch = be.collate([[5, 6, 7], [8]])
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, be._pad, be._pad]] and "attention_mask" not in batch
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, be.pad_id, be.pad_id]] and "attention_mask" not in batch
     assert batch["gather"].tolist() == [2, 0]
     be.close()
     be = TransformersBackend(str(tiny_llama_dir), dtype="float32", packed=True, attn_implementation="eager")

@@ -20,7 +20,7 @@ from conftest import FakeBackend, make_pair_rows
 from pipeline.embed.backends.base import fingerprint_id, render_plain, with_context
 from pipeline.embed.embed import embed_pairs, open_store, render_inputs
 from pipeline.errors import MicroError
-from pipeline.core.run import load_features
+from pipeline.core.run import Run
 from pipeline.data.schema import read_pairs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def unique(texts: dict[str, list]) -> set[str]:
 
 def cache_contents(cache_dir: Path, backend) -> dict[bytes, np.ndarray]:
     s = open_store(cache_dir, backend, "float32")
-    idx = s._load_index()
+    idx = s.index()
     return {bytes(k): idx.vecs[i] for i, k in enumerate(idx.keys.view(np.uint8).reshape(-1, 16))}
 
 
@@ -110,7 +110,7 @@ def test_run_vectors_are_the_backends_vectors_per_role(tmp_path, pair_table):
     be = FakeBackend()
     assert render_inputs(read_pairs(path), be) == expected_texts(rows)
     embed_pairs(path, tmp_path / "run", be, cache_dir=tmp_path / "cache", log=quiet)
-    f = load_features(tmp_path / "run")
+    f = Run.load(tmp_path / "run")
     assert f.pairs.column("pair_id").to_pylist() == [r["pair_id"] for r in rows]
     texts = expected_texts(rows)
     for role in ("chosen", "rejected", "prompt"):
@@ -159,7 +159,7 @@ def test_overlong_skip_drops_exactly_those_pairs(tmp_path, pair_table):
     assert s.embedded == 12 and all(len(t.split()) <= 14 for t in be.embedded)
     kept = read_pairs(tmp_path / "run" / "pairs.parquet").column("pair_id").to_pylist()
     assert kept == ["p0-0", "p1-0", "p2-0"]
-    assert load_features(tmp_path / "run").n == 3
+    assert Run.load(tmp_path / "run").n == 3
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["overlong"] == "skip" and run["summary"]["skipped_pairs"] == 3
     # the same pairs are skipped when the rest is already cached
@@ -241,7 +241,7 @@ def test_resume_after_hard_kill(tmp_path, pair_table, how):
     assert got.keys() == want.keys() and len(got) == 25
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
-    f, g = load_features(tmp_path / "run"), load_features(tmp_path / "run_clean")
+    f, g = Run.load(tmp_path / "run"), Run.load(tmp_path / "run_clean")
     np.testing.assert_array_equal(f.delta, g.delta)
     np.testing.assert_array_equal(f.context, g.context)
 
@@ -353,7 +353,7 @@ def test_damaged_shard_is_reported_and_reembedded(tmp_path, pair_table):
     st = open_store(tmp_path / "cache", FakeBackend(), "float32")
     shard = st.shard_dir / st.manifest["shards"][0]["file"]
     raw = bytearray(shard.read_bytes())
-    pos = bytes(raw).find(st.lookup(st._load_index().keys[:1]).tobytes())
+    pos = bytes(raw).find(st.lookup(st.index().keys[:1]).tobytes())
     raw[pos + 2] ^= 0xFF
     shard.write_bytes(bytes(raw))
     be = FakeBackend()
@@ -361,7 +361,7 @@ def test_damaged_shard_is_reported_and_reembedded(tmp_path, pair_table):
         s = embed_pairs(path, tmp_path / "run", be, cache_dir=tmp_path / "cache", log=quiet)
     assert s.embedded == 15 and s.cache_hits == 0 and len(be.embedded) == 15
     assert len(s.damaged_shards) == 1 and shard.name in s.damaged_shards[0]
-    np.testing.assert_array_equal(load_features(tmp_path / "run").chosen[0],
+    np.testing.assert_array_equal(Run.load(tmp_path / "run").chosen[0],
                                   FakeBackend.vector(expected_texts(make_pair_rows())["chosen"][0]))
 
 
@@ -419,7 +419,7 @@ def test_cli_embed_on_the_bundled_sample_with_the_default_backend(tmp_path, dsp_
     be = SentenceTransformersBackend()
     texts = sorted({t for v in render_inputs(read_pairs(dsp_sample_pairs), be).values() for t in v if t})
     assert trunc == int((be.token_lengths(texts) > be.max_length).sum())
-    f = load_features(tmp_path / "run")
+    f = Run.load(tmp_path / "run")
     assert f.chosen.shape == (15, 384) and f.has_context.all()
     # a rerun is served from the cache without loading the model
     r = subprocess.run(list(map(str, args)), capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
@@ -432,7 +432,7 @@ def test_default_backend_vectors_match_sentence_transformers(tmp_path, pair_tabl
     path = pair_table(rows)
     s = embed_pairs(path, tmp_path / "run", st_backend, cache_dir=tmp_path / "cache", log=quiet)
     assert s.embedded == s.unique_texts == 10
-    f = load_features(tmp_path / "run")
+    f = Run.load(tmp_path / "run")
     texts = expected_texts(rows)
     assert render_inputs(read_pairs(path), st_backend) == texts
     for role in ("chosen", "rejected", "prompt", "context"):

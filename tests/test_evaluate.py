@@ -206,7 +206,8 @@ def test_bad_budgets(synth):
 def test_run_without_groups_and_routed_bundle(synth, tmp_path):
     from pipeline.core.bundle import load_bundle
     from pipeline.evaluate.evaluate import evaluate
-    from pipeline.core.run import load_features
+    from pipeline.core.model import Model
+    from pipeline.core.run import Run
     from pipeline.route.route import route_seeds, save_routed_bundle
 
     root, run, bundle = synth
@@ -215,10 +216,10 @@ def test_run_without_groups_and_routed_bundle(synth, tmp_path):
     assert res.groups == ["all"] and any("no groups" in n for n in res.notes)
     assert {r["group"] for r in res.rows} == {"all", "macro"} and len(res.rows) == 16
 
-    model, meta = load_bundle(bundle)
-    feats = load_features(run)
-    r = route_seeds(model, meta, feats.split_rows("train"), feats.split_rows("test"), budget=10, seeds=(0,))
-    routed = save_routed_bundle(model, meta, r.routers[0], tmp_path / "routed", {"bundle": bundle})
+    model = Model.load(bundle)
+    feats = Run.load(run)
+    r = route_seeds(model, feats.part("train"), feats.part("test"), budget=10, seeds=(0,))
+    routed = save_routed_bundle(model, r.routers[0], tmp_path / "routed", {"bundle": bundle})
     res = evaluate(routed, run, seeds=(0,), budget=10, hyre_n=8, log=lambda m: None)
     assert any("routed bundle" in n for n in res.notes)
     assert 0 <= res.cell("micro", "macro")["accuracy"] <= 1

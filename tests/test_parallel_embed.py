@@ -16,10 +16,11 @@ from cache.store import text_keys
 from conftest import FakeBackend, make_pair_rows
 from pipeline.embed.embed import embed_pairs, open_store, render_inputs
 from pipeline.errors import MicroError
-from pipeline.core.run import load_features
+from pipeline.core.run import Run
 from pipeline.data.schema import read_pairs
-from pipeline.embed.workers import (BackendSpec, ParallelEmbedder, gpu_assignment, shard_indices,
-                                     threads_per_worker)
+from pipeline.core.parallel import threads_per_worker
+from pipeline.embed.backends.planning import BackendSpec
+from pipeline.embed.workers import ParallelEmbedder, gpu_assignment, shard_indices
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -31,7 +32,7 @@ def quiet(msg: str) -> None:
 
 
 def cache_contents(cache_dir: Path, backend) -> dict[bytes, np.ndarray]:
-    idx = open_store(cache_dir, backend, "float32")._load_index()
+    idx = open_store(cache_dir, backend, "float32").index()
     return {bytes(k): idx.vecs[i] for i, k in enumerate(idx.keys.view(np.uint8).reshape(-1, 16))}
 
 
@@ -44,7 +45,7 @@ def assert_same_cache(a: Path, b: Path, backend, atol: float = 0.0) -> int:
 
 
 def assert_same_features(run_a: Path, run_b: Path, atol: float = 0.0) -> None:
-    f, g = load_features(run_a), load_features(run_b)
+    f, g = Run.load(run_a), Run.load(run_b)
     assert f.pairs.column("pair_id").to_pylist() == g.pairs.column("pair_id").to_pylist()
     for role in ("chosen", "rejected", "prompt", "context"):
         np.testing.assert_allclose(getattr(f, role), getattr(g, role), atol=atol, rtol=0)
@@ -133,7 +134,7 @@ def test_two_workers_with_the_default_backend_match_one_process(tmp_path, dsp_pa
 def test_planning_backend_has_the_chat_backends_identity(tiny_llama_dir):
     """The parent of transformers/vLLM workers plans without loading the model, under the same fingerprint."""
     from pipeline.embed.backends.hf import TransformersBackend
-    from pipeline.embed.workers import PlanningBackend, parent_backend
+    from pipeline.embed.backends.planning import PlanningBackend, parent_backend
 
     real = TransformersBackend(str(tiny_llama_dir), batch_size=3, dtype="float32", max_length=24)
     plan = parent_backend(BackendSpec("transformers", str(tiny_llama_dir),

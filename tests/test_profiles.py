@@ -43,7 +43,7 @@ def logsig(z):
 
 def test_profile_json_and_hand_computed_hedge(setup, built):
     from pipeline.core.bundle import load_bundle
-    from pipeline.core.run import load_features
+    from pipeline.core.run import Run
 
     root, bundle, _ = setup
     res, data = built
@@ -53,10 +53,10 @@ def test_profile_json_and_hand_computed_hedge(setup, built):
     model, meta = load_bundle(bundle)
     assert data["fingerprint_id"] == meta["fingerprint_id"]
 
-    feats = load_features(root / "profiles" / "work" / "g1" / "user_run")
-    assert set(feats.group) == {"g1"} and feats.n == 40          # only the user's pairs were embedded
-    mine = feats.subset(feats.group == "g1")
-    stream, held = mine.split_rows("train"), mine.split_rows("test")
+    feats = Run.load(root / "profiles" / "work" / "g1" / "user_run")
+    assert set(feats.groups) == {"g1"} and feats.n == 40          # only the user's pairs were embedded
+    mine = feats.take(feats.groups == "g1")
+    stream, held = mine.part("train"), mine.part("test")
     assert res.n_stream == stream.n == 20 and res.n_heldout == held.n == data["n_heldout"] == 20
     # prior: the Stage-1 gate (it reads prompts) averaged over the user's stream pairs
     prior = model.gate_weights(stream.prompt).mean(axis=0)
@@ -82,7 +82,7 @@ def test_profile_json_and_hand_computed_hedge(setup, built):
 def test_hedge_temperature_and_uniform_prior(setup, tmp_path, monkeypatch):
     from heads.profile import HedgeProfile
     from pipeline.core.bundle import load_bundle
-    from pipeline.core.run import load_features
+    from pipeline.core.run import Run
     from pipeline.route.profiles import build_profile
 
     root, bundle, user = setup
@@ -95,8 +95,8 @@ def test_hedge_temperature_and_uniform_prior(setup, tmp_path, monkeypatch):
     res = build_profile(static, bare, "g0", tmp_path / "p", tau=2.0, log=lambda m: None)
     assert res.prior == "uniform"
     model, _ = load_bundle(static)
-    feats = load_features(tmp_path / "p" / "work" / "g0" / "user_run")
-    stream = feats.subset((feats.group == "g0") & (feats.split == "train"))
+    feats = Run.load(tmp_path / "p" / "work" / "g0" / "user_run")
+    stream = feats.take((feats.groups == "g0") & feats.mask("train"))
     want = HedgeProfile(tau=2.0, n_heads=3).update(stream.delta @ model.coef_.T).weights_
     np.testing.assert_allclose(res.weights, want, rtol=1e-6)
     assert json.loads(res.path.read_text())["profile"]["tau"] == 2.0

@@ -151,11 +151,12 @@ def test_ray_equals_local(run, routed_local, tmp_path):
 
 def test_k_selection_true_k_and_one_se_rule(tmp_path):
     from heads.synthetic import make_mixture
-    from pipeline.sweep.runner import SweepData, run_sweep
+    from pipeline.core.run import Run
+    from pipeline.sweep.runner import run_sweep
 
     d = make_mixture(n=2500, d=DIM, p=DIM, k=K_TRUE, seed=3)
     split = np.where(np.arange(2500) % 5 == 0, "test", "train")
-    data = SweepData.from_arrays(d["delta"], d["prompt"], split)
+    data = Run.from_arrays(d["delta"], d["prompt"], split)
     res = run_sweep(data, "k=int:1..5; n_init=2; max_iter=60", seeds=3, jobs=1, out=tmp_path / "k.parquet", log=quiet)
     sel = res.k_selection
     assert abs(sel.chosen_k - K_TRUE) <= 1, sel.reason
@@ -174,7 +175,7 @@ def test_k_selection_true_k_and_one_se_rule(tmp_path):
 
 
 def test_random_search_ranges_and_determinism():
-    from pipeline.sweep.runner import grid_configs, parse_space, random_configs
+    from pipeline.sweep.space import grid_configs, parse_space, random_configs
 
     space = parse_space("tau=log:1e-4..1e-2; alpha=0..1; k=int:1..16; init=kmeans,random")
     a = random_configs(space, 40, seed=7)
@@ -193,7 +194,7 @@ def test_random_search_ranges_and_determinism():
 
 
 def test_k_candidates():
-    from pipeline.sweep.runner import k_candidates
+    from pipeline.sweep.report import k_candidates
 
     assert k_candidates(1, 16) == [1, 2, 4, 6, 8, 10, 12, 16]
     assert k_candidates(1, 12) == [1, 2, 4, 6, 8, 10, 12]
@@ -204,7 +205,7 @@ def test_k_candidates():
 def test_cli_sweep_and_fit_k_auto(run, tmp_path, monkeypatch):
     import json
 
-    import pipeline.sweep.trials as B
+    import pipeline.core.parallel as B
 
     from typer.testing import CliRunner
 

@@ -194,9 +194,11 @@ def load_bundle(path: str | Path):
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise InputError(f"{path}/model.json: unknown parameter(s) {', '.join(unknown)} in 'params'")
+    from heads.validation import validate_params
+
     model = cls(**params)
     try:
-        model._validate_params()
+        validate_params(model)
     except (ValueError, TypeError) as exc:
         raise InputError(f"{path}/model.json: bad 'params': {first_line(exc)}") from None
     for k, v in meta["fitted"].items():

@@ -220,3 +220,35 @@ def load_user_pairs(path: str | Path, *, test_size: float = 0.0, seed: int = 0, 
         log.report()
         print(f"{path}: {table.num_rows:,} pairs loaded, {len(log.skipped):,} rows skipped", file=sys.stderr)
     return validate_pairs(table, str(path))
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """'KEY=VALUE' (``--opt``) -> (key, bool | int | float | str)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise MicroError(f"--opt expects KEY=VALUE, got {text!r}")
+    low = raw.strip().lower()
+    if low in ("true", "false"):
+        return key.strip().replace("-", "_"), low == "true"
+    for cast in (int, float):
+        try:
+            return key.strip().replace("-", "_"), cast(raw)
+        except ValueError:
+            pass
+    return key.strip().replace("-", "_"), raw
+
+
+def prepare_command(recipe: str, inputs: list[Path], out: Path, *, test_size: float, seed: int, strict: bool,
+                    columns: dict, opt: list[str]) -> None:
+    """``micro data prepare``: the options checked (``columns``: the generic recipe's column options, None where
+    not given; ``opt``: KEY=VALUE recipe options), then :func:`prepare`."""
+    from pipeline import checks as C
+
+    C.number(test_size, "--test-size", low=0, high=1)
+    C.integer(seed, "--seed", minimum=0)
+    C.out_file(out, "--out", suffixes=(".parquet",))
+    options = {k: v for k, v in columns.items() if v is not None}
+    options.update(parse_option(o) for o in opt)
+    get_recipe(recipe, options)
+    check_inputs(inputs)
+    prepare(recipe, inputs, out, test_size=test_size, seed=seed, strict=strict, **options)

@@ -11,8 +11,8 @@ missing texts to :class:`ParallelEmbedder` instead of embedding them in-process:
 * **Workers build their own backend** from ``(factory, backend name, model, kwargs)``: a loaded model is never
   pickled. A worker checks that its backend's fingerprint equals the parent's (same cache folder, same keys).
   Each worker sees ``MICRO_WORKER_INDEX`` (0-based) and ``MICRO_WORKERS`` in its environment.
-* **Local processes** (``--workers N``) use the multiprocessing "spawn" context (safe with CUDA and with vLLM's own
-  engine processes; the workers are non-daemonic so vLLM may start its engine process). CPU threads are capped
+* **Local processes** (``--workers N``) are started by :func:`pipeline.core.parallel.run_processes` (spawned,
+  non-daemonic so vLLM may start its engine process, a parent watchdog in each). CPU threads are capped
   so that workers x threads <= the cores this process may use (``OMP_NUM_THREADS`` & co. and
   ``torch.set_num_threads``; a smaller value already in the environment wins). On GPUs (``--device cuda``, or
   ``auto`` where GPUs are visible; every backend), worker *i* gets ``CUDA_VISIBLE_DEVICES`` set to the
@@ -37,26 +37,18 @@ new shards (``EmbeddingStore.compact(only=...)``) and writes the run folder exac
 from __future__ import annotations
 
 import importlib.util
-import multiprocessing as mp
 import os
-import signal
 import sys
-import threading
-import time
 from dataclasses import dataclass
-from multiprocessing.connection import wait
 from typing import Callable, Sequence
 
 import numpy as np
 
-from cache.store import EmbeddingStore, _key_u64
-from pipeline.core.parallel import THREAD_ENV, temporary_environ
+from cache.store import EmbeddingStore, key_prefix_u64
+from pipeline.core.parallel import (describe_exit, quick_exit, ray_session, run_processes, thread_env,
+                                    threads_per_worker, watch_parent)
+from pipeline.embed.backends.planning import BackendSpec, visible_gpus
 from pipeline.errors import MicroError
-
-from pipeline.embed.backends.planning import (GPU_BACKENDS, BackendSpec, PlanningBackend, parent_backend,  # noqa: F401
-                                        visible_gpus)
-
-
 
 # --- planning -----------------------------------------------------------------------------------------------------
 
@@ -64,20 +56,8 @@ def shard_indices(keys: np.ndarray, n: int) -> list[np.ndarray]:
     """Positions of ``keys`` (|S16 content keys) per worker: worker ``u64(key[:8]) % n``, input order kept."""
     if n < 1:
         raise MicroError(f"--workers must be >= 1, got {n}")
-    owner = _key_u64(keys) % np.uint64(n) if len(keys) else np.empty(0, np.uint64)
+    owner = key_prefix_u64(keys) % np.uint64(n) if len(keys) else np.empty(0, np.uint64)
     return [np.flatnonzero(owner == np.uint64(i)) for i in range(n)]
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """CPU threads per worker so that workers x threads <= cores (at least 1)."""
-    return max(1, (cores or available_cores()) // max(1, workers))
 
 
 def uses_gpu(name: str, kwargs: dict) -> bool:
@@ -139,34 +119,9 @@ def _run_job(job: _Job, texts: list[str], keys: np.ndarray, progress: Callable[[
         backend.close()
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Exit when the parent is gone (a SIGKILLed ``micro embed`` must not leave workers running)."""
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-
-def _exit(code: int) -> None:
-    """Leave a worker without interpreter teardown (seconds with torch loaded); its work is already on disk and
-    its backend closed. Multiprocessing's own exit hooks still run (they release e.g. named semaphores)."""
-    try:
-        from multiprocessing import util
-
-        util._exit_function()
-    except Exception:  # noqa: BLE001 - best effort
-        pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001
-            pass
-    os._exit(code)
-
-
 def _process_worker(job: _Job, texts: list[str], keys: np.ndarray, conn, parent_pid: int) -> None:
     """Entry point of a spawned worker process: messages ("done", n) per chunk, then ("ok", n) or ("error", msg)."""
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    watch_parent(parent_pid)
     code = 0
     try:
         n = _run_job(job, texts, keys, lambda k: conn.send(("done", int(k))))
@@ -182,7 +137,7 @@ def _process_worker(job: _Job, texts: list[str], keys: np.ndarray, conn, parent_
     conn.close()
     if job.spec.name == "vllm":  # a normal exit: vLLM's finalizers release its engine's shared memory
         sys.exit(code)
-    _exit(code)
+    quick_exit(code)
 
 
 def _ray_worker(job: _Job, texts: list[str], keys: np.ndarray) -> int:
@@ -201,25 +156,10 @@ def _ray_worker(job: _Job, texts: list[str], keys: np.ndarray) -> int:
 
 def _worker_env(index: int, workers: int, threads: int, cuda: str | None) -> dict[str, str]:
     env = {"MICRO_WORKER_INDEX": str(index), "MICRO_WORKERS": str(workers),
-           "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false")}
-    for var in THREAD_ENV:
-        try:
-            mine = int(os.environ.get(var, ""))
-        except ValueError:
-            mine = 0
-        env[var] = str(min(threads, mine) if mine > 0 else threads)
+           "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false"), **thread_env(threads)}
     if cuda is not None:
         env["CUDA_VISIBLE_DEVICES"] = cuda
     return env
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 class ParallelEmbedder:
@@ -256,10 +196,13 @@ class ParallelEmbedder:
         split = [([texts[i] for i in p], keys[p]) for p in parts]
         run = self._run_ray if self.use_ray else self._run_processes
         done = run(store, split, progress)
-        with store._lock():  # the workers' shards, for embed_pairs' compaction and run.json
-            store.manifest = store._read_manifest()
-            store._index = None
+        store.refresh()  # the workers' shards, for embed_pairs' compaction and run.json
         return done
+
+    def _failed(self, store, why: list[str], total: int | None = None) -> MicroError:
+        saved = f"the {total} texts saved by the workers stay" if total is not None else "what the workers saved stays"
+        return MicroError("; ".join(why) + f"; {saved} in the cache ({store.dir}): rerun the same command to embed "
+                          "the rest")
 
     # --- local processes ---
     def _cuda(self) -> list[str | None]:
@@ -269,10 +212,8 @@ class ParallelEmbedder:
         return gpu_assignment(self.workers, visible_gpus(), tp, exclusive=self.spec.name == "vllm")
 
     def _run_processes(self, store, split, progress) -> int:
-        ctx = mp.get_context("spawn")
         cuda = self._cuda()
         work = [(job, t, k) for job, (t, k) in zip(self._jobs(store, cuda[0] is not None), split)]
-        procs, readers, sentinels = {}, {}, {}
         todo = {job.index: len(t) for job, t, _ in work}
         self.saved = [0] * self.workers
         errors: dict[int, str] = {}
@@ -286,106 +227,46 @@ class ParallelEmbedder:
             elif kind == "error":
                 errors[i] = val
 
-        def drain(conn, i: int) -> None:
-            try:
-                while conn.poll():
-                    handle(i, conn.recv())
-            except (EOFError, OSError):
-                pass
-
-        try:
-            for job, t, k in work:
-                if not t:
-                    continue
-                recv, send = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=_process_worker, args=(job, t, k, send, os.getpid()),
-                                name=f"micro-embed-{job.index}", daemon=False)  # vLLM starts its own process
-                with temporary_environ(_worker_env(job.index, self.workers, self.threads, cuda[job.index])):
-                    p.start()
-                send.close()
-                procs[job.index], readers[recv], sentinels[p.sentinel] = p, job.index, job.index
-            while sentinels:
-                for obj in wait([*readers, *sentinels]):
-                    if obj in readers:
-                        i = readers[obj]
-                        try:
-                            handle(i, obj.recv())
-                        except (EOFError, OSError):
-                            del readers[obj]
-                            obj.close()
-                    elif obj in sentinels:
-                        i = sentinels.pop(obj)
-                        procs[i].join()
-                        for conn, j in list(readers.items()):
-                            if j == i:
-                                drain(conn, i)
-                                del readers[conn]
-                                conn.close()
-        except BaseException:  # Ctrl-C (the workers got SIGINT too) or an error here: stop the workers
-            for p in procs.values():
-                if p.is_alive():
-                    p.terminate()
-            for p in procs.values():
-                p.join(timeout=10)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
-            for conn, i in list(readers.items()):
-                drain(conn, i)  # count what was saved, for the "interrupted: N saved" line
-            raise
+        procs = run_processes([(job.index, (job, t, k)) for job, t, k in work if t], _process_worker,
+                              {i: _worker_env(i, self.workers, self.threads, cuda[i]) for i in range(self.workers)},
+                              handle)
         failed = [i for i, p in procs.items() if p.exitcode != 0]
         if failed:
-            total = sum(self.saved)
             why = []
             for i in failed:
                 p = procs[i]
-                what = f"failed: {errors[i]}" if i in errors else _describe_exit(p.exitcode)
+                what = f"failed: {errors[i]}" if i in errors else describe_exit(p.exitcode)
                 why.append(f"embedding worker {i} of {self.workers} (pid {p.pid}) {what} after saving "
                            f"{self.saved[i]} of {todo[i]} texts")
-            raise MicroError("; ".join(why) + f"; the {total} texts saved by the workers stay in the cache "
-                             f"({store.dir}): rerun the same command to embed the rest")
+            raise self._failed(store, why, sum(self.saved))
         return sum(self.saved)
 
     # --- Ray ---
     def _run_ray(self, store, split, progress) -> int:
-        import ray
-
-        started = False
-        if not ray.is_initialized():
-            address = self.address or os.environ.get("RAY_ADDRESS") or None
-            ray.init(address=address, log_to_driver=True, **self.ray_init_kwargs)
-            started = True
-        try:
+        with ray_session(self.address, log_to_driver=True, **self.ray_init_kwargs) as (ray, _):
             return self._ray_tasks(ray, store, split, progress)
-        finally:
-            if started:
-                ray.shutdown()
 
     def _ray_tasks(self, ray, store, split, progress) -> int:
+        import json
+
         from pipeline.embed.backends.device import device_kind
 
         kind = device_kind(self.spec.kwargs.get("device"))
-        if kind is not None:
-            gpu = kind == "cuda"
-        else:  # auto: the cluster's GPUs, not this driver's
-            gpu = ray.cluster_resources().get("GPU", 0) > 0
+        gpu = kind == "cuda" if kind is not None else ray.cluster_resources().get("GPU", 0) > 0  # auto: the cluster's
         work = [(job, t, k) for job, (t, k) in zip(self._jobs(store, gpu), split)]
         tp = int(self.spec.kwargs.get("tensor_parallel_size", 1) or 1) if self.spec.name == "vllm" else 1
         task = ray.remote(_ray_worker).options(num_cpus=self.threads, num_gpus=tp if gpu else 0, max_retries=0)
         manifest = store.dir / "manifest.json"
 
-        def rows(default: int) -> int:
-            import json
-
+        def rows(default: int) -> int:  # progress: the manifest's row count
             try:
                 return int(json.loads(manifest.read_text())["rows"])
             except (OSError, ValueError, KeyError):
                 return default
         start = rows(store.rows)
         refs = {task.remote(job, t, k): job.index for job, t, k in work if len(t)}
-        todo = {job.index: len(t) for job, t, _ in work}
         self.saved = [0] * self.workers
-        shown, total = 0, sum(todo.values())
+        shown, total = 0, sum(len(t) for _, t, _ in work)
         errors: dict[int, str] = {}
         pending = list(refs)
         try:
@@ -411,8 +292,6 @@ class ParallelEmbedder:
         if progress and done > shown and not errors:
             progress(done - shown)
         if errors:
-            why = "; ".join(f"embedding worker {i} of {self.workers} (Ray task) failed: {m}"
-                            for i, m in sorted(errors.items()))
-            raise MicroError(f"{why}; what the workers saved stays in the cache ({store.dir}): "
-                             "rerun the same command to embed the rest")
+            raise self._failed(store, [f"embedding worker {i} of {self.workers} (Ray task) failed: {m}"
+                                       for i, m in sorted(errors.items())])
         return done

@@ -37,22 +37,20 @@ nll, ece, n``), ``DIR/results.parquet`` (same table), ``DIR/results.md`` and thr
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from scipy.special import expit
 
-from pipeline.route import route as R
+from heads.defaults import BUDGET, BUDGETS, HYRE_N, ROUTER_EPOCHS, ROUTER_LR, SEEDS, TAU
+from pipeline.core.model import Model
+from pipeline.core.run import Run, per_group_accuracy
 from pipeline.errors import MicroError
-
-METHODS = ("single", "static", "shared-base-best", "stage1-best-head", "hyre", "micro-hyre", "micro", "oracle")
-COLUMNS = ("method", "group", "accuracy", "accuracy_std", "nll", "ece", "n")
-SEEDED = ("hyre", "micro-hyre", "micro")
+from pipeline.evaluate.results import (METHODS, SEEDED, EvalResult, fitted_l2, method_rows, parse_budgets,
+                                       write_tables)
 
 #: fitting settings of the baselines (kept small so that ``micro eval`` on ~10k pairs takes well under a minute)
 SINGLE_MAX_ITER = 200
@@ -63,210 +61,44 @@ STATIC_N_INIT, STATIC_MAX_ITER = 1, 100
 SHARED_PRIOR_SCALE, SHARED_MAX_ITER = 0.3, 300
 
 
-@dataclass
-class EvalResult:
-    """What ``micro eval`` computed: the long table (one dict per (method, group)) and the figures."""
-
-    rows: list                       # dicts with COLUMNS
-    groups: list                     # group names (sorted), without "macro"
-    counts: list                     # test pairs per group
-    head_group_accuracy: np.ndarray  # (K, G) accuracy of every bundle head alone per group (test split)
-    best_heads: dict                 # method -> {group: head index} for the "best head" rows
-    stage1_accuracy: np.ndarray      # (G,) Stage-1 gate (no routing) accuracy per group
-    router_weights: np.ndarray       # (G, K) mean routed gate weights per group over test prompts and seeds
-    budget_curve: dict = field(default_factory=dict)   # budget -> (S, G) routed accuracy per seed
-    plots: list = field(default_factory=list)
-    files: list = field(default_factory=list)
-    notes: list = field(default_factory=list)
-    seconds: float = 0.0
-
-    def frame(self):
-        """The long table as a polars DataFrame (exact COLUMNS; accuracy_std null where no seeds)."""
-        import polars as pl
-
-        return pl.DataFrame(
-            {c: [r[c] for r in self.rows] for c in COLUMNS},
-            schema={"method": pl.Utf8, "group": pl.Utf8, "accuracy": pl.Float64, "accuracy_std": pl.Float64,
-                    "nll": pl.Float64, "ece": pl.Float64, "n": pl.Int64})
-
-    def cell(self, method: str, group: str) -> dict:
-        """The row of (method, group)."""
-        for r in self.rows:
-            if r["method"] == method and r["group"] == group:
-                return r
-        raise KeyError((method, group))
-
-    def markdown(self) -> str:
-        """Accuracy table (rows = methods, columns = groups + macro) and a macro NLL / ECE table."""
-        cols = [*self.groups, "macro"]
-        head = "| method | " + " | ".join(f"{g} (n={n})" for g, n in zip(self.groups, self.counts)) + " | macro |"
-        lines = ["accuracy on the test split (mean ± std over seeds where seeded)", "", head,
-                 "|" + "---|" * (len(cols) + 1)]
-        for m in METHODS:
-            cells = [_fmt_acc(self.cell(m, g)) for g in cols]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        lines += ["", "macro-averaged negative log-likelihood and expected calibration error", "",
-                  "| method | nll | ece |", "|---|---|---|"]
-        for m in METHODS:
-            r = self.cell(m, "macro")
-            lines.append(f"| {m} | {_fmt(r['nll'])} | {_fmt(r['ece'])} |")
-        return "\n".join(lines) + "\n"
-
-
-def _isnum(v) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _fmt(v) -> str:
-    return f"{v:.3f}" if _isnum(v) else "–"
-
-
-def _fmt_acc(r: dict) -> str:
-    if not _isnum(r["accuracy"]):
-        return "–"
-    return f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}" if _isnum(r["accuracy_std"]) else f"{r['accuracy']:.3f}"
-
-
-def _metrics(p: np.ndarray | None) -> tuple[float, float, float, int]:
-    """(accuracy, nll, ece, n) of probabilities of the observed outcome; NaNs for no pairs."""
-    from heads.metrics import accuracy, expected_calibration_error, log_likelihood
-
-    if p is None or len(p) == 0:
-        return math.nan, math.nan, math.nan, 0
-    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
-    return accuracy(p), -log_likelihood(p), expected_calibration_error(p), int(p.size)
-
-
-def _method_rows(method: str, per_seed: list[dict], names: list, seeded: bool) -> list[dict]:
-    """Long rows of one method from ``per_seed`` = [{group: probabilities (or None)} per seed]."""
-    S, G = len(per_seed), len(names)
-    acc, nll, ece = (np.full((S, G), np.nan) for _ in range(3))
-    n = np.zeros(G, dtype=int)
-    for s, probs in enumerate(per_seed):
-        for j, g in enumerate(names):
-            acc[s, j], nll[s, j], ece[s, j], n[j] = _metrics(probs.get(g))
-    rows = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN groups stay NaN
-        for j, g in enumerate(names):
-            rows.append({"method": method, "group": g, "accuracy": _f(np.nanmean(acc[:, j])),
-                         "accuracy_std": _f(np.nanstd(acc[:, j])) if seeded else None,
-                         "nll": _f(np.nanmean(nll[:, j])), "ece": _f(np.nanmean(ece[:, j])), "n": int(n[j])})
-        macro = np.nanmean(acc, axis=1)                   # (S,) macro accuracy per seed
-        rows.append({"method": method, "group": "macro", "accuracy": _f(np.nanmean(macro)),
-                     "accuracy_std": _f(np.nanstd(macro)) if seeded else None,
-                     "nll": _f(np.nanmean(np.nanmean(nll, axis=0))), "ece": _f(np.nanmean(np.nanmean(ece, axis=0))),
-                     "n": int(n.sum())})
-    return rows
-
-
-def _f(v) -> float:
-    v = float(v)
-    return v if math.isfinite(v) else math.nan
-
-
 def _by_group(p: np.ndarray, groups: np.ndarray, names: list) -> dict:
     return {g: p[groups == g] for g in names if (groups == g).any()}
 
 
 def _best_head(z: np.ndarray, groups: np.ndarray, names: list) -> tuple[dict, dict, np.ndarray]:
     """Per group the head with the best test accuracy: ({group: σ(z_k*)}, {group: k*}, (K, G) accuracies)."""
-    K = z.shape[1]
-    acc = np.full((K, len(names)), np.nan)
+    acc = per_group_accuracy(z, groups, names, threshold=0.0)
     probs, pick = {}, {}
     for j, g in enumerate(names):
         m = groups == g
-        if not m.any():
-            continue
-        acc[:, j] = (z[m] > 0).mean(axis=0)
-        k = int(np.argmax(acc[:, j]))
-        pick[g], probs[g] = k, expit(z[m, k])
+        if m.any():
+            k = int(np.argmax(acc[:, j]))
+            pick[g], probs[g] = k, expit(z[m, k])
     return probs, pick, acc
 
 
-def _hyre_probs(z: np.ndarray, groups: np.ndarray, n: int, seeds: Sequence[int], prior_fn, names: list) -> list[dict]:
-    """Probabilities on the evaluated pairs of every (seed, group), with exactly the draws of
-    :func:`heads.hyre.hyre_eval` (``default_rng([seed, position of the group in np.unique order])``)."""
-    from heads.hyre import hyre_predict_proba, hyre_weights
-
-    uniq, inv = np.unique(groups, return_inverse=True)
-    out = []
-    for s in seeds:
-        per = {}
-        for j, u in enumerate(uniq):
-            rows = np.flatnonzero(inv == j)
-            if rows.size <= n:
-                continue
-            pick = np.random.default_rng([int(s), j]).permutation(rows.size)
-            ad, ev = rows[np.sort(pick[:n])], rows[np.sort(pick[n:])]
-            prior = None if prior_fn is None else prior_fn(ad)
-            w = hyre_weights(z[ad] if n else np.zeros((0, z.shape[1])), prior=prior)
-            per[u] = hyre_predict_proba(z[ev], w)
-        out.append(per)
-    return out
-
-
-def _hyre(z, groups, names, n, seeds, prior_fn, label, notes) -> list[dict]:
-    """hyre_eval (accuracy) + the same draws again for nll / ece; the two must agree."""
+def _hyre(z, groups, n, seeds, prior_fn, label, notes) -> list[dict]:
+    """Per seed {group: probabilities of the pairs scored} of (MiCRo-)HyRe (:func:`heads.hyre.hyre_eval`)."""
     from heads.hyre import hyre_eval
 
     res = hyre_eval(z, groups, n_per_group=n, seeds=seeds, prior_fn=prior_fn)
-    per_seed = _hyre_probs(z, groups, n, seeds, prior_fn, names)
-    for g, v in res["per_group"].items():
-        mine = [float(np.mean(per[g] > 0.5)) for per in per_seed]
-        if not np.allclose(mine, v["accs"]):
-            raise MicroError(f"internal: {label} accuracies of group {g} disagree with heads.hyre.hyre_eval")
     if res["skipped"]:
         notes.append(f"{label}: groups with <= {n} test pairs have nothing left to score after adaptation, "
                      f"left out: " + ", ".join(f"{g} ({c})" for g, c in sorted(res["skipped"].items())))
-    return per_seed
+    return [{g: v["probs"][i] for g, v in res["per_group"].items()} for i in range(len(seeds))]
 
 
-def fitted_l2(meta: dict) -> float:
-    """The heads' L2 of a bundle: the value its fit chose (``l2_``), else its ``l2`` parameter."""
-    v = meta.get("fitted", {}).get("l2_", meta.get("params", {}).get("l2", 1e-4))
-    return float(v) if v != "auto" else 1e-4
-
-
-def _parse_budgets(budgets) -> tuple[int, ...]:
-    if isinstance(budgets, str):
-        try:
-            budgets = [int(b) for b in budgets.replace(" ", "").split(",") if b]
-        except ValueError:
-            raise MicroError(f"--budgets must be comma-separated integers, got {budgets!r}") from None
-    out = tuple(int(b) for b in budgets)
-    if any(b < 1 for b in out):
-        raise MicroError(f"--budgets must all be >= 1, got {list(out)}")
-    return tuple(sorted(set(out)))
-
-
-def _write_report(result: EvalResult, report: Path) -> list[Path]:
-    from cache.atomic import atomic_path
-
-    report.mkdir(parents=True, exist_ok=True)
-    df = result.frame()
-    paths = [report / "results.csv", report / "results.parquet", report / "results.md"]
-    with atomic_path(paths[0]) as tmp:
-        df.write_csv(tmp)
-    with atomic_path(paths[1]) as tmp:
-        df.write_parquet(tmp)
-    with atomic_path(paths[2]) as tmp:
-        tmp.write_text(result.markdown() + "".join(f"\nnote: {n}" for n in result.notes) + "\n")
-    return paths
-
-
-def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | None = None, budget: int = 50,
-             seeds: Sequence[int] = (0, 1, 2, 3, 4), hyre_n: int = 16,
-             budgets: Sequence[int] | str = (5, 10, 25, 50, 100, 150), tau: float = R.TAU, epochs: int = R.EPOCHS,
-             lr: float = R.LR, log: Callable[[str], None] = print) -> EvalResult:
+def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | None = None, budget: int = BUDGET,
+             seeds: Sequence[int] = tuple(range(SEEDS)), hyre_n: int = HYRE_N, budgets: Sequence[int] | str = BUDGETS,
+             tau: float = TAU, epochs: int = ROUTER_EPOCHS, lr: float = ROUTER_LR,
+             log: Callable[[str], None] = print) -> EvalResult:
     """Evaluate every method of the module docstring on the test split of ``run_dir``; see the module docstring."""
     from heads.baselines import OracleBT, SharedBase
     from heads.hyre import gate_prior_fn
     from heads.mixture import MixtureBT
     from heads.selection import prompt_groups
-    from pipeline.core.bundle import check_fingerprint, load_bundle
-    from pipeline.core.run import load_features, read_run
-    from pipeline.route.route import group_names, head_logits, route_seeds, stage1_gate_input
+    from pipeline.core.run import read_run
+    from pipeline.route.route import route_seeds
 
     t0 = time.perf_counter()
     seeds = tuple(int(s) for s in seeds)
@@ -276,21 +108,22 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
         raise MicroError(f"--budget-per-group must be >= 1, got {budget}")
     if int(hyre_n) < 0:
         raise MicroError(f"--hyre-n must be >= 0, got {hyre_n}")
-    budgets = _parse_budgets(budgets)
-    model, meta = load_bundle(bundle)
-    check_fingerprint(meta, read_run(run_dir), str(run_dir))
-    feats = load_features(run_dir)
-    train, test = feats.split_rows("train"), feats.split_rows("test")
+    budgets = parse_budgets(budgets)
+    bundle_model = Model.load(bundle)
+    model, meta = bundle_model.estimator, bundle_model.meta
+    bundle_model.check_run(read_run(run_dir), str(run_dir))
+    run = Run.load(run_dir)
+    train, test = run.part("train"), run.part("test")
     if test.n == 0:
         raise MicroError(f"{run_dir}: the test split is empty (no pairs with split == 'test') — nothing to score")
     if train.n == 0:
         raise MicroError(f"{run_dir}: the train split is empty (no pairs with split == 'train') — the baselines "
                          "and the router need training pairs")
-    K = int(model.coef_.shape[0])
+    K = bundle_model.n_heads
     params = meta.get("params", {})
     l2, alpha = fitted_l2(meta), float(params.get("alpha", 0.0))
-    g_train, train_names = group_names(train.group)
-    g_test, names = group_names(test.group)
+    g_train, train_names = train.groups, train.present_groups()
+    g_test, names = test.groups, test.present_groups()
     counts = [int((g_test == g).sum()) for g in names]
     notes: list[str] = []
     if names == ["all"]:
@@ -300,7 +133,7 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
                      "Stage-1 gate (micro-hyre prior, and micro re-routes starting from it)")
     if meta.get("baseline"):
         notes.append(f"the bundle is the '{meta['baseline']}' baseline (K={K}): hyre / micro rows mix its heads")
-    stage1_x = stage1_gate_input(meta, test) if model.gate_kind_ != "static" else None
+    stage1_x = bundle_model.gate_features(test)
     if stage1_x is not None and stage1_x.shape[1] != model.n_prompt_features_in_:
         raise MicroError(f"{bundle}: the gate reads {model.n_prompt_features_in_}-dim features but {run_dir} has "
                          f"{stage1_x.shape[1]}-dim {meta.get('gate_input')} features")
@@ -335,22 +168,22 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
         t = time.perf_counter()
         sb = SharedBase(n_components=min(K, train.n), prior_scale=SHARED_PRIOR_SCALE, l2=l2 / K,
                         max_iter=SHARED_MAX_ITER, random_state=0).fit(train.delta)
-        probs, pick_sb, _ = _best_head(head_logits(sb, test), g_test, names)
+        probs, pick_sb, _ = _best_head(test.delta @ sb.coef_.T, g_test, names)
         per_seed["shared-base-best"] = [probs]
         tick("shared-base", t)
 
-    z_te = head_logits(model, test)
+    z_te = bundle_model.head_logits(test)
     probs, pick_s1, hg_acc = _best_head(z_te, g_test, names)
     per_seed["stage1-best-head"] = [probs]
 
     t = time.perf_counter()
-    per_seed["hyre"] = _hyre(z_te, g_test, names, int(hyre_n), seeds, None, "hyre", notes)
-    f_stage1 = model.gate_weights(stage1_x) if stage1_x is not None else np.repeat(model.gate_weights(None), test.n, 0)
-    per_seed["micro-hyre"] = _hyre(z_te, g_test, names, int(hyre_n), seeds, gate_prior_fn(f_stage1), "micro-hyre", [])
+    per_seed["hyre"] = _hyre(z_te, g_test, int(hyre_n), seeds, None, "hyre", notes)
+    per_seed["micro-hyre"] = _hyre(z_te, g_test, int(hyre_n), seeds, gate_prior_fn(bundle_model.gate_weights(test)),
+                                   "micro-hyre", [])
     tick("hyre + micro-hyre", t)
 
     t = time.perf_counter()
-    res = route_seeds(model, meta, train, test, tau=tau, epochs=epochs, budget=int(budget), seeds=seeds, lr=lr)
+    res = route_seeds(bundle_model, train, test, tau=tau, epochs=epochs, budget=int(budget), seeds=seeds, lr=lr)
     notes += [f"micro: {n}" for n in res.notes]
     ctx = None if model.gate_kind_ == "static" else test.context
     micro_probs, weights = [], []
@@ -376,7 +209,7 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
 
     rows = []
     for m in METHODS:
-        rows += _method_rows(m, per_seed[m], names, seeded=m in SEEDED)
+        rows += method_rows(m, per_seed[m], names, seeded=m in SEEDED)
     macro_before = float(np.nanmean(res.before))
     notes.insert(0, f"Stage-1 gate without routing (for reference): macro accuracy {macro_before:.3f}; "
                     + ", ".join(f"{g} {a:.3f}" for g, a in zip(names, res.before)))
@@ -391,7 +224,7 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
         t = time.perf_counter()
         for b in budgets:
             if b not in result.budget_curve:
-                result.budget_curve[b] = route_seeds(model, meta, train, test, tau=tau, epochs=epochs, budget=b,
+                result.budget_curve[b] = route_seeds(bundle_model, train, test, tau=tau, epochs=epochs, budget=b,
                                                      seeds=seeds, lr=lr).after
         tick(f"budget sweep {list(budgets)}", t)
         curve = np.stack([result.budget_curve[b] for b in budgets])   # (nB, S, G)
@@ -408,5 +241,5 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
         tick("plots", t)
     result.seconds = time.perf_counter() - t0
     if report is not None:
-        result.files = _write_report(result, Path(report))
+        result.files = write_tables(result.frame(), result.markdown(), result.notes, Path(report))
     return result

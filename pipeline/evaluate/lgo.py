@@ -18,7 +18,7 @@ every budget B and seed, B of g's train pairs adapt the model and g's test pairs
 
 Budgeted rows are mean ± std over seeds; ``macro`` is the mean over groups (its std is over seeds of the
 per-seed macro). ``residual_share`` is the fraction of (seed) fits where ``adapted`` chose the residual.
-Folds run in parallel in a process pool (:func:`pipeline.sweep.trials.run_local`), on the run's cached
+Folds run in parallel in a process pool (:func:`pipeline.core.parallel.run_jobs`), on the run's cached
 features (nothing is re-embedded).
 """
 from __future__ import annotations
@@ -32,7 +32,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from heads.defaults import LGO_BUDGETS, LGO_SEEDS, ROUTER_EPOCHS, ROUTER_LR, TAU
+from pipeline.core.parallel import error_text
+from pipeline.core.run import Run
 from pipeline.errors import MicroError
+from pipeline.evaluate.results import format_accuracy, metrics
 
 METHODS = ("single", "stage1-gate", "routing", "hyre", "user-head", "adapted", "oracle")
 BUDGETED = ("routing", "hyre", "user-head", "adapted")
@@ -42,40 +46,35 @@ USER_HEAD_GRID = {"pca": (0.0, 1.0, 3.0), "iso": (0.0, 0.1, 0.3, 1.0)}
 
 
 def _metrics(p: np.ndarray) -> dict:
-    from pipeline.evaluate.evaluate import _metrics as metrics
-
     return dict(zip(("accuracy", "nll", "ece", "n"), metrics(p)))
 
 
-def _err(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:500]
-
-
 def fold_job(arrays: dict, meta: dict, job: dict) -> list[dict]:
-    """One fold (``job["group"]``) or the oracle (``job["group"] is None``); never raises (``error`` rows)."""
+    """One fold (``job["group"]``) or the oracle (``job["group"] is None``) on the run's shared arrays
+    (:meth:`pipeline.core.run.Run.shared`); never raises (``error`` rows)."""
     try:
+        run = Run.from_shared(arrays, meta)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")            # convergence notes of the refits
-            return _oracle(arrays, meta, job) if job["group"] is None else _fold(arrays, meta, job)
+            return _oracle(run, job) if job["group"] is None else _fold(run, job)
     except Exception as exc:  # noqa: BLE001 -- reported by the parent as one line
-        return [{"group": job["group"], "error": _err(exc)}]
+        return [{"group": job["group"], "error": error_text(exc)}]
 
 
-def _oracle(arrays: dict, meta: dict, job: dict) -> list[dict]:
+def _oracle(run: Run, job: dict) -> list[dict]:
     from heads.baselines import OracleBT
 
-    split, group, D = arrays["split"], arrays["group"], arrays["delta"]
-    train = split == 0
+    group, D = run.group, run.delta
+    train = run.mask("train")
     oracle = OracleBT(l2=job["oracle_l2"]).fit(D[train], group[train])
     rows = []
-    for gi, name in enumerate(meta["groups"]):
-        test = (split == 1) & (group == gi)
+    for gi, name in enumerate(run.group_names):
+        test = run.mask("test") & (group == gi)
         rows.append({"method": "oracle", "group": name, **_metrics(oracle.predict_proba(D[test], group[test]))})
     return rows
 
 
-def _fold(arrays: dict, meta: dict, job: dict) -> list[dict]:
+def _fold(run: Run, job: dict) -> list[dict]:
     from heads.adapt import ResidualBT, kfold, pca_basis
     from heads.hyre import hyre_predict_proba, hyre_weights
     from heads.laplace import moderated_proba
@@ -83,15 +82,15 @@ def _fold(arrays: dict, meta: dict, job: dict) -> list[dict]:
     from heads.user import UserAdapter
 
     name, params = job["group"], job["params"]
-    gi = meta["groups"].index(name)
-    split, group, D = arrays["split"], arrays["group"], arrays["delta"]
-    pop = np.flatnonzero((split == 0) & (group != gi))
-    user = np.flatnonzero((split == 0) & (group == gi))
-    test = np.flatnonzero((split == 1) & (group == gi))
-    gx = None if job["gate_input"] == "none" else arrays[job["gate_input"]]
-    rx = None if job["gate_input"] == "none" else arrays["context"]
+    gi = run.group_names.index(name)
+    train, group, D = run.mask("train"), run.group, run.delta
+    pop = np.flatnonzero(train & (group != gi))
+    user = np.flatnonzero(train & (group == gi))
+    test = np.flatnonzero(run.mask("test") & (group == gi))
+    gx = run.gate_features(job["gate_input"])
+    rx = None if job["gate_input"] == "none" else run.context
     take = lambda X, rows: None if X is None else np.ascontiguousarray(X[rows])  # noqa: E731
-    pid = arrays["prompt_id"][pop]   # the held-out slice of the Stage-1 selection never splits a prompt
+    pid = run.prompt_id[pop]   # the held-out slice of the Stage-1 selection never splits a prompt
     model = MixtureBT(**params).fit(take(D, pop), take(gx, pop) if params.get("n_components", 10) > 1 else None,
                                     groups=pid)
     single = MixtureBT(**{**params, "n_components": 1, "gate": "static"}).fit(take(D, pop), groups=pid)
@@ -105,7 +104,7 @@ def _fold(arrays: dict, meta: dict, job: dict) -> list[dict]:
         for seed in job["seeds"]:
             rng = np.random.default_rng([int(seed), int(B), gi])
             idx = np.sort(rng.choice(user, size=min(B, user.size), replace=False))
-            Du, gxu, rxu, pid = take(D, idx), take(gx, idx), take(rx, idx), arrays["prompt_id"][idx]
+            Du, gxu, rxu, pid = take(D, idx), take(gx, idx), take(rx, idx), run.prompt_id[idx]
             ua = UserAdapter(adapt=job["adapt"], router=job["router"], random_state=int(seed))
             ua.fit(Du, W, gate, gxu, rxu, pca=pca, fold_groups=pid)
             router = ua.router_ if job["adapt"] != "residual" else \
@@ -161,19 +160,11 @@ class LGOResult:
                     "| method | " + " | ".join(f"{g} (n={n})" for g, n in zip(self.groups, self.counts)) + " | macro |",
                     "|" + "---|" * (len(cols) + 1)]
             for m in METHODS:
-                cells = []
-                for g in cols:
-                    r = self.cell(m, g, b)
-                    acc, sd = r["accuracy"], r["accuracy_std"]
-                    cells.append("–" if not _num(acc) else (f"{acc:.3f} ± {sd:.3f}" if _num(sd) else f"{acc:.3f}"))
+                cells = [format_accuracy(self.cell(m, g, b)) for g in cols]
                 out.append(f"| {m} | " + " | ".join(cells) + " |")
             share = self.cell("adapted", "macro", b)["residual_share"]
             out += ["", f"adapted chose the residual in {share:.0%} of the fits", ""]
         return "\n".join(out)
-
-
-def _num(v) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def aggregate(raw: list[dict], groups: list, budgets: list) -> list[dict]:
@@ -203,20 +194,20 @@ def aggregate(raw: list[dict], groups: list, budgets: list) -> list[dict]:
     return out
 
 
-def _validate(data, budgets, seeds, adapt) -> tuple[list, list]:
+def _validate(run: Run, budgets, seeds, adapt) -> tuple[list, list]:
     from heads.user import ADAPT
 
     if adapt not in ADAPT:
         raise MicroError(f"--adapt must be one of {', '.join(ADAPT)}, got {adapt!r}")
     if not seeds:
         raise MicroError("--seeds must be >= 1")
-    groups = list(data.meta["groups"])
+    groups = list(run.group_names)
     if len(groups) < 2:
         raise MicroError(f"--protocol leave-group-out needs at least 2 groups, the run has {groups}")
-    split, group = data.arrays["split"], data.arrays["group"]
+    group, train, test = run.group, run.mask("train"), run.mask("test")
     counts, short = [], []
     for j, g in enumerate(groups):
-        n_test, n_train = int(((split == 1) & (group == j)).sum()), int(((split == 0) & (group == j)).sum())
+        n_test, n_train = int((test & (group == j)).sum()), int((train & (group == j)).sum())
         if n_test == 0:
             raise MicroError(f"group '{g}' has no test pairs (split == 'test'): nothing to score it on")
         if n_train < 2:
@@ -228,34 +219,30 @@ def _validate(data, budgets, seeds, adapt) -> tuple[list, list]:
     return counts, notes
 
 
-def leave_group_out(bundle: str | Path, run_dir: str | Path, *, budgets: Sequence[int] | str = (50, 200),
-                    seeds: Sequence[int] = (0, 1, 2), adapt: str = "auto", report: str | Path | None = None,
+def leave_group_out(bundle: str | Path, run_dir: str | Path, *, budgets: Sequence[int] | str = LGO_BUDGETS,
+                    seeds: Sequence[int] = tuple(range(LGO_SEEDS)), adapt: str = "auto", report: str | Path | None = None,
                     jobs: int | None = None, tau: float | None = None, epochs: int | None = None,
                     lr: float | None = None, log: Callable[[str], None] = print) -> LGOResult:
     """Leave-one-group-out evaluation (module docstring); writes results.csv/.parquet/.md and a figure to
-    ``report``. ``tau`` / ``epochs`` / ``lr``: the router's (default: pipeline.route.route's)."""
-    from pipeline.route import route as R
-
-    from pipeline.core.bundle import check_fingerprint, load_bundle
-    from pipeline.evaluate.evaluate import fitted_l2
-    from pipeline.evaluate.evaluate import _parse_budgets
+    ``report``. ``tau`` / ``epochs`` / ``lr``: the router's (default: heads.defaults)."""
+    from pipeline.core.model import Model
+    from pipeline.core.parallel import n_cores, run_jobs
     from pipeline.core.run import read_run
-    from pipeline.sweep.trials import SweepData, n_cores, run_local
+    from pipeline.evaluate.results import fitted_l2, parse_budgets
 
     t0 = time.perf_counter()
-    budgets = list(_parse_budgets(budgets))
+    budgets = list(parse_budgets(budgets))
     seeds = [int(s) for s in seeds]
-    model, meta = load_bundle(bundle)
-    check_fingerprint(meta, read_run(run_dir), str(run_dir))
-    data = SweepData.from_run(run_dir)
-    counts, notes = _validate(data, budgets, seeds, adapt)
-    groups = list(data.meta["groups"])
-    params = {k: v for k, v in model.get_params().items() if k not in ("verbose", "on_iter")}
-    gate_input = meta.get("gate_input", "prompt") if model.gate_kind_ != "static" else "none"
-    router = {"tau": R.TAU if tau is None else tau, "epochs": R.EPOCHS if epochs is None else epochs,
-              "lr": R.LR if lr is None else lr}
-    base = {"params": params, "oracle_l2": fitted_l2(meta), "gate_input": gate_input, "budgets": budgets, "seeds": seeds, "adapt": adapt,
-            "router": router}
+    model = Model.load(bundle)
+    model.check_run(read_run(run_dir), str(run_dir))
+    run = Run.load(run_dir)
+    counts, notes = _validate(run, budgets, seeds, adapt)
+    groups = list(run.group_names)
+    params = {k: v for k, v in model.estimator.get_params().items() if k not in ("verbose", "on_iter")}
+    router = {"tau": TAU if tau is None else tau, "epochs": ROUTER_EPOCHS if epochs is None else epochs,
+              "lr": ROUTER_LR if lr is None else lr}
+    base = {"params": params, "oracle_l2": fitted_l2(model.meta), "gate_input": model.gate_input, "budgets": budgets,
+            "seeds": seeds, "adapt": adapt, "router": router}
     job_list = [{**base, "group": None}] + [{**base, "group": g} for g in groups]
     n_jobs = max(1, min(len(job_list), jobs or n_cores()))
     threads = max(1, n_cores() // n_jobs)
@@ -269,7 +256,9 @@ def leave_group_out(bundle: str | Path, run_dir: str | Path, *, budgets: Sequenc
         raw.extend(r for r in rows if not r.get("error"))
         log(f"  fold {job['group'] or 'oracle'} done ({time.perf_counter() - t0:.0f} s)")
 
-    run_local(job_list, data.arrays, data.meta, n_jobs, threads, on_rows, fn=fold_job)
+    arrays, meta = run.shared()
+    run_jobs(job_list, fold_job, arrays, meta, on_rows, lambda job, exc: [{"error": error_text(exc)}],
+             n_jobs=n_jobs, threads=threads)
     if errors:
         raise MicroError(f"leave-group-out fold failed: {errors[0]}")
     result = LGOResult(rows=aggregate(raw, groups, budgets), groups=groups, counts=counts, budgets=budgets,
@@ -282,18 +271,10 @@ def leave_group_out(bundle: str | Path, run_dir: str | Path, *, budgets: Sequenc
 
 def write_report(result: LGOResult, report: Path) -> tuple[list, list]:
     """results.csv / .parquet / .md and the accuracy-vs-budget figure, written atomically."""
-    from cache.atomic import atomic_path
     from pipeline.evaluate.plots import plot_lgo_budget
+    from pipeline.evaluate.results import write_tables
 
-    report.mkdir(parents=True, exist_ok=True)
-    df = result.frame()
-    files = [report / "results.csv", report / "results.parquet", report / "results.md"]
-    with atomic_path(files[0]) as tmp:
-        df.write_csv(tmp)
-    with atomic_path(files[1]) as tmp:
-        df.write_parquet(tmp)
-    with atomic_path(files[2]) as tmp:
-        tmp.write_text(result.markdown() + "".join(f"\nnote: {n}" for n in result.notes) + "\n")
+    files = write_tables(result.frame(), result.markdown(), result.notes, report)
     cols = [*result.groups, "macro"]
     curves = {m: np.array([[result.cell(m, g, b)["accuracy"] for g in cols] for b in result.budgets])
               for m in BUDGETED}

@@ -14,27 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cache.atomic import atomic_path
-
-
-def _figure(width: float, height: float):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+from pipeline.core.figures import new_figure, save_figure
 
 
 def _annotate(ax, values: np.ndarray, fmt: str, vmin: float, vmax: float, dark_high: bool = False) -> None:
@@ -59,7 +39,7 @@ def plot_head_group_accuracy(acc: np.ndarray, groups: Sequence, path: str | Path
     """Heatmap of ``acc`` (K heads, G groups); the best head of each group is outlined."""
     acc = np.asarray(acc, dtype=float)
     K, G = acc.shape
-    fig = _figure(max(4.5, 1.3 * G + 2.5), max(3.0, 0.42 * K + 1.8))
+    fig = new_figure(max(4.5, 1.3 * G + 2.5), max(3.0, 0.42 * K + 1.8))
     ax = fig.add_subplot(1, 1, 1)
     finite = acc[np.isfinite(acc)]
     vmin = float(min(0.5, finite.min())) if finite.size else 0.0
@@ -80,7 +60,7 @@ def plot_head_group_accuracy(acc: np.ndarray, groups: Sequence, path: str | Path
     ax.set_ylabel("reward head")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label="accuracy (P(chosen ≻ rejected) > 0.5)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_router_weights(weights: np.ndarray, groups: Sequence, path: str | Path, *,
@@ -88,7 +68,7 @@ def plot_router_weights(weights: np.ndarray, groups: Sequence, path: str | Path,
     """Heatmap of ``weights`` (G groups, K heads): rows sum to 1."""
     w = np.asarray(weights, dtype=float)
     G, K = w.shape
-    fig = _figure(max(4.5, 0.55 * K + 3.0), max(2.6, 0.5 * G + 1.6))
+    fig = new_figure(max(4.5, 0.55 * K + 3.0), max(2.6, 0.5 * G + 1.6))
     ax = fig.add_subplot(1, 1, 1)
     vmax = max(1e-6, float(np.nanmax(w))) if np.isfinite(w).any() else 1.0
     im = ax.imshow(w, cmap="Blues", vmin=0.0, vmax=vmax, aspect="auto")
@@ -99,7 +79,7 @@ def plot_router_weights(weights: np.ndarray, groups: Sequence, path: str | Path,
     ax.set_ylabel("group")
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label="mean gate weight f_k")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_budget_curve(budgets: Sequence[int], mean: np.ndarray, std: np.ndarray, groups: Sequence, path: str | Path, *,
@@ -108,7 +88,7 @@ def plot_budget_curve(budgets: Sequence[int], mean: np.ndarray, std: np.ndarray,
     """Lines of ``mean`` (nB, G) with ± ``std`` bands over ``budgets``; optional dashed per-group ``reference`` (G,)."""
     b = np.asarray(budgets, dtype=float)
     mean, std = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
-    fig = _figure(8.2, 4.4)
+    fig = new_figure(8.2, 4.4)
     ax = fig.add_subplot(1, 1, 1)
     colors = [f"C{j % 10}" for j in range(len(groups))]
     for j, g in enumerate(groups):
@@ -126,13 +106,13 @@ def plot_budget_curve(budgets: Sequence[int], mean: np.ndarray, std: np.ndarray,
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="group", title_fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_selection(selection: dict, path: str | Path) -> Path:
     """Held-out log-likelihood per pair along the fit's L2 path (relative L2, log scale), the chosen point marked."""
     pts = sorted(selection["path"], key=lambda p: p["c"])
-    fig = _figure(5.6, 3.6)
+    fig = new_figure(5.6, 3.6)
     ax = fig.add_subplot(1, 1, 1)
     c = [p["c"] for p in pts]
     ax.plot(c, [p["val_loglik"] for p in pts], "o-", color="C0", label="held-out prompts")
@@ -143,7 +123,7 @@ def plot_selection(selection: dict, path: str | Path) -> Path:
     ax.set_ylabel("mean log-likelihood per pair")
     ax.set_title(f"Stage-1 selection: {selection['fit_pairs']} fit / {selection['val_pairs']} held-out pairs")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_lgo_budget(budgets: Sequence[int], curves: dict, references: dict, groups: Sequence, path: str | Path, *,
@@ -154,7 +134,7 @@ def plot_lgo_budget(budgets: Sequence[int], curves: dict, references: dict, grou
     G = len(groups)
     cols = min(G, 3)
     rows = int(np.ceil(G / cols))
-    fig = _figure(3.4 * cols + 1.8, 2.8 * rows + 0.6)
+    fig = new_figure(3.4 * cols + 1.8, 2.8 * rows + 0.6)
     for j, g in enumerate(groups):
         ax = fig.add_subplot(rows, cols, j + 1)
         for i, (m, v) in enumerate(curves.items()):
@@ -171,4 +151,4 @@ def plot_lgo_budget(budgets: Sequence[int], curves: dict, references: dict, grou
         if j == G - 1:
             ax.legend(fontsize=6, loc="lower right", framealpha=0.8)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -8,12 +8,12 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.core.bundle import save_bundle
-from pipeline.errors import MicroError
 from heads.chunked import matmul_t
 from heads.metrics import expected_calibration_error
 from heads.selection import prompt_groups
-from pipeline.core.run import Features, load_features
+from pipeline.core.bundle import save_bundle
+from pipeline.core.run import Run, per_group_accuracy
+from pipeline.errors import MicroError
 
 BASELINES = ("single", "static")
 
@@ -35,40 +35,11 @@ class FitReport:
     head_group_split: str = "test"      # the split of head_group_accuracy (train when there is no test split)
 
 
-def gate_features(feats: Features, gate_input: str) -> np.ndarray:
-    """(N, p) what the gate reads: the prompt feature or the context+prompt feature."""
-    if gate_input == "prompt":
-        return feats.prompt
-    if gate_input == "context":
-        return feats.context
-    raise MicroError(f"--gate-input must be 'prompt' or 'context', got {gate_input!r}")
-
-
-def resolve_gate_input(feats: Features, gate_input: str | None) -> tuple[str, str | None]:
-    """'auto' → context when every train pair has a context, else prompt; returns (choice, note)."""
-    if gate_input not in (None, "auto"):
-        if gate_input == "context" and not feats.has_context.any():
-            raise MicroError("--gate-input context: this run has no contexts (the pair table's 'context' is empty)")
-        return gate_input, None
-    train = feats.split == "train"
-    if feats.has_context[train].all():
-        return "context", "gate reads context+prompt (every train pair has a context; --gate-input prompt to change)"
-    return "prompt", "gate reads the prompt alone (not every pair has a context)"
-
-
-def head_group_table(coef: np.ndarray, delta: np.ndarray, groups: np.ndarray) -> tuple[list, np.ndarray, list]:
-    """(names, (K, G) accuracy of each head alone per group, counts)."""
-    names = sorted({g for g in groups if g is not None})
-    if not names:
-        names, groups = ["all"], np.array(["all"] * len(delta), dtype=object)
-    z = matmul_t(delta, coef)
-    acc = np.zeros((coef.shape[0], len(names)))
-    counts = []
-    for j, g in enumerate(names):
-        m = groups == g
-        counts.append(int(m.sum()))
-        acc[:, j] = (z[m] > 0).mean(axis=0) if m.any() else np.nan
-    return names, acc, counts
+def head_group_table(coef: np.ndarray, part: Run) -> tuple[list, np.ndarray, list]:
+    """(names, (K, G) accuracy of each head alone per group, counts) on the pairs of ``part``."""
+    cols = np.unique(part.group)
+    acc = per_group_accuracy(matmul_t(part.delta, coef), part.group, cols, threshold=0.0)
+    return [part.group_names[j] for j in cols], acc, [int((part.group == j).sum()) for j in cols]
 
 
 def selection_summary(model) -> dict:
@@ -96,15 +67,15 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
             **params) -> FitReport:
     """Fit on the train split of ``run_dir``; evaluate on train and test; save a bundle to ``out``."""
     t0 = time.perf_counter()
-    feats = load_features(run_dir, dtype=None)   # the cache's dtype: the fit computes in float32 chunks
-    train, test = feats.split_rows("train"), feats.split_rows("test")
+    run = Run.load(run_dir, dtype=None)   # the cache's dtype: the fit computes in float32 chunks
+    train, test = run.part("train"), run.part("test")
     if train.n == 0:
         raise MicroError(f"{run_dir}: the train split is empty (pairs.parquet has no split == 'train' rows)")
-    choice, note = resolve_gate_input(feats, gate_input)
+    choice, note = run.resolve_gate_input(gate_input)
     model = build_model(k, gate, baseline, on_iter=on_iter, **params)
     needs_gate = model.gate == "context" and model.n_components > 1
     try:
-        model.fit(train.delta, gate_features(train, choice) if needs_gate else None,
+        model.fit(train.delta, train.gate_features(choice) if needs_gate else None,
                   groups=prompt_groups(train.prompt, train.n))
     except ValueError as exc:
         raise MicroError(f"{run_dir}: {exc}") from None
@@ -112,7 +83,7 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
     for name, part in (("train", train), ("test", test)):
         if part.n == 0:
             continue
-        x = gate_features(part, choice) if needs_gate else None
+        x = part.gate_features(choice) if needs_gate else None
         p = model.predict_proba(part.delta, x)
         metrics[name] = {"loglik": float(np.mean(np.log(np.clip(p, 1e-300, None)))),
                          "accuracy": float(np.mean(p > 0.5)), "ece": expected_calibration_error(p), "n": part.n}
@@ -120,7 +91,7 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
             raw = 1.0 / (1.0 + np.exp(-model.log_odds(part.delta, x)))
             metrics[name]["ece_uncalibrated"] = expected_calibration_error(raw)
     ref = test if test.n else train
-    names, acc, counts = head_group_table(model.coef_, ref.delta, ref.group)
+    names, acc, counts = head_group_table(model.coef_, ref)
     report = FitReport(metrics=metrics, groups=names, head_group_accuracy=acc, group_counts=counts,
                        gate_input=choice if needs_gate else "none", seconds=0.0, notes=[note] if note and needs_gate else [],
                        head_group_split="test" if test.n else "train")
@@ -130,10 +101,10 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
     report.seconds = time.perf_counter() - t0
     if out is not None:
         report.bundle = save_bundle(model, out, {
-            "fingerprint": feats.run["fingerprint"], "fingerprint_id": feats.fingerprint_id,
-            "embedder": {"backend": feats.run["backend"], "model_path": feats.run.get("model_path"),
-                         "max_length": feats.run.get("max_length"), "cache_dir": feats.run["cache_dir"],
-                         "cache_dtype": feats.run["cache_dtype"]},
+            "fingerprint": run.info["fingerprint"], "fingerprint_id": run.fingerprint_id,
+            "embedder": {"backend": run.info["backend"], "model_path": run.info.get("model_path"),
+                         "max_length": run.info.get("max_length"), "cache_dir": run.info["cache_dir"],
+                         "cache_dtype": run.info["cache_dtype"]},
             "gate_input": report.gate_input, "baseline": baseline, "train_run": str(Path(run_dir).resolve()),
             "metrics": metrics, "groups": names, "head_group_accuracy": acc.tolist(),
             "timings": {"fit_seconds": float(getattr(model, "fit_time_", 0.0)), "total_seconds": report.seconds,

@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from cache.atomic import atomic_path, write_json_atomic
+from heads.defaults import BUDGET, HEDGE_TAU, ROUTER_EPOCHS, ROUTER_LR, SEEDS, TAU
+from pipeline.core.model import Model
+from pipeline.core.run import Run
 from pipeline.errors import MicroError
-from pipeline.route.route import EPOCHS, LR, TAU, embed_user_data, group_names, stage1_gate_input
 
 FORMAT = "micro-profile"
 KIND = "adapted"
-ROUTER = {"tau": TAU, "epochs": EPOCHS, "lr": LR}     # the router of `micro route` (one source: pipeline.route.route)
+ROUTER = {"tau": TAU, "epochs": ROUTER_EPOCHS, "lr": ROUTER_LR}     # the router of `micro route` (heads.defaults)
 
 
 def profile_file(out_dir: Path, user: str) -> Path:
@@ -32,9 +34,10 @@ def profile_file(out_dir: Path, user: str) -> Path:
     return Path(out_dir) / ((re.sub(r"[^A-Za-z0-9._-]", "_", str(user)).lstrip(".") or "_") + ".json")
 
 
-def prompt_ids(feats) -> np.ndarray:
-    """(N,) integer id of each pair's prompt (pairs of one prompt share a cross-validation fold)."""
-    texts = [str(p) for p in feats.pairs.column("prompt").to_pylist()]
+def prompt_ids(run: Run) -> np.ndarray:
+    """(N,) integer id of each pair's prompt, numbered in the order of the prompts' text (pairs of one prompt share a
+    cross-validation fold)."""
+    texts = [str(p) for p in run.pairs.column("prompt").to_pylist()]
     return np.unique(np.array(texts, dtype=object), return_inverse=True)[1]
 
 
@@ -42,14 +45,13 @@ def population_basis(meta: dict, fallback: np.ndarray | None, dim: int = 16):
     """PCA basis (r, d) of the population's pair differences: the bundle's training run when it is still there,
     else ``fallback`` (the user data's train pairs); (basis, where it came from)."""
     from heads.adapt import pca_basis
-    from pipeline.core.run import load_features
 
     run = meta.get("train_run")
     if run and (Path(run) / "run.json").exists():
         try:
-            feats = load_features(run)
-            if feats.fingerprint_id == meta.get("fingerprint_id"):
-                return pca_basis(feats.split_rows("train").delta, dim), f"training run {run}"
+            pop = Run.load(run)
+            if pop.fingerprint_id == meta.get("fingerprint_id"):
+                return pca_basis(pop.part("train").delta, dim), f"training run {run}"
         except MicroError:
             pass
     if fallback is None or len(fallback) < 2:
@@ -57,9 +59,9 @@ def population_basis(meta: dict, fallback: np.ndarray | None, dim: int = 16):
     return pca_basis(fallback, dim), "the user data's train pairs"
 
 
-def user_context(feats) -> str | None:
+def user_context(run: Run) -> str | None:
     """The most common context of the pairs (None when they have none)."""
-    ctx = [c for c in feats.pairs.column("context").to_pylist() if c]
+    ctx = [c for c in run.pairs.column("context").to_pylist() if c]
     return max(set(ctx), key=ctx.count) if ctx else None
 
 
@@ -135,39 +137,38 @@ class AdaptResult:
     notes: list = field(default_factory=list)
 
 
-def adapt_users(bundle, user_data, out, *, adapt: str = "auto", budget: int = 50, seeds=(0, 1, 2, 3, 4),
+def adapt_users(bundle, user_data, out, *, adapt: str = "auto", budget: int = BUDGET, seeds=tuple(range(SEEDS)),
                 user: str | None = None, router: dict | None = None, log=print) -> AdaptResult:
     """Fit a UserAdapter per user (``user`` only, or every group) on ``budget`` of their train pairs per seed,
     score on their test pairs, and save the seed-0 model of each user as a profile in ``out``. ``router``:
     Router keyword arguments (default :data:`ROUTER`)."""
     from heads.user import ADAPT, UserAdapter
-    from pipeline.core.bundle import load_bundle
 
     if adapt not in ADAPT:
         raise MicroError(f"--adapt must be one of {', '.join(ADAPT)}, got {adapt!r}")
-    model, meta = load_bundle(bundle)
+    bundle_model = Model.load(bundle)
+    model, meta = bundle_model.estimator, bundle_model.meta
     out = Path(out)
-    feats = embed_user_data(meta, user_data, out / "work", log=log, user=user)
-    groups, names = group_names(feats.group)
-    train_all = feats.split == "train"
-    pca, source = population_basis(meta, feats.delta[train_all])
+    run = bundle_model.embed_user_data(user_data, out / "work", log=log, user=user)
+    groups, names = run.groups, run.group_names
+    pca, source = population_basis(meta, run.delta[run.mask("train")])
     notes = [f"residual basis: population principal directions from {source}"]
     static = model.gate_kind_ == "static"
-    pids = prompt_ids(feats)
+    pids = prompt_ids(run)
     res = AdaptResult(users=[], counts=[], before=np.zeros(0), routing=np.zeros((len(seeds), 0)),
                       adapted=np.zeros((len(seeds), 0)), choices=[], paths=[], budget=budget, seeds=list(seeds),
                       notes=notes)
     before, routing, adapted = [], [], []
     for name in names:
-        mine = feats.subset(groups == name)
-        tr, te = np.flatnonzero(mine.split == "train"), np.flatnonzero(mine.split == "test")
+        mine = run.take(groups == name)
+        tr, te = np.flatnonzero(mine.mask("train")), np.flatnonzero(mine.mask("test"))
         if tr.size < 2:
             raise MicroError(f"{user_data}: user '{name}' has {tr.size} train pairs; adapting needs at least 2")
         if te.size == 0:
             raise MicroError(f"{user_data}: user '{name}' has no held-out pairs (split == 'test') to score on")
         if tr.size < budget:
             notes.append(f"{name}: {tr.size} train pairs, fewer than the budget {budget}: used all")
-        gx = None if static else stage1_gate_input(meta, mine)
+        gx = None if static else bundle_model.gate_features(mine)
         rx = None if static else mine.context
         take = lambda X, rows: None if X is None else X[rows]  # noqa: E731
         D, W = mine.delta, model.coef_
@@ -216,21 +217,22 @@ class OnlineResult:
     n_heldout: int
 
 
-def build_online(bundle, user_data, user: str, out_dir, *, adapt: str = "auto", tau: float = 1.0,
+def build_online(bundle, user_data, user: str, out_dir, *, adapt: str = "auto", tau: float = HEDGE_TAU,
                  log=print) -> OnlineResult:
     """Online profile of ``user`` (:class:`heads.online.OnlineProfile`) from their train pairs in stream order,
     scored on their test pairs after every pair; saved as an adapted profile."""
     from heads.adapt import block_features, block_scales
     from heads.online import OnlineProfile
-    from pipeline.core.bundle import load_bundle
 
-    model, meta = load_bundle(bundle)
+    bundle_model = Model.load(bundle)
+    model, meta = bundle_model.estimator, bundle_model.meta
     out_dir = Path(out_dir)
-    feats = embed_user_data(meta, user_data, out_dir / "work" / profile_file(Path(), user).stem, log=log, user=user)
-    stream, held = feats.split_rows("train"), feats.split_rows("test")
+    run = bundle_model.embed_user_data(user_data, out_dir / "work" / profile_file(Path(), user).stem, log=log,
+                                       user=user)
+    stream, held = run.part("train"), run.part("test")
     if stream.n == 0:
         raise MicroError(f"{user_data}: user '{user}' has no pairs to learn from (split == 'train')")
-    gx = stage1_gate_input(meta, stream)
+    gx = bundle_model.gate_features(stream)
     prior = model.gate_weights(gx).mean(axis=0) if gx is not None else None
     pca, _ = population_basis(meta, None)
     pop = stream.delta

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from cache.atomic import write_json_atomic
-from pipeline.core.bundle import load_bundle
+from heads.defaults import HEDGE_TAU
+from pipeline.core.model import Model
 from pipeline.errors import MicroError
-from pipeline.route.route import embed_user_data, group_names, head_logits, stage1_gate_input
 
 FORMAT = "micro-profile"
 
@@ -40,36 +40,35 @@ def safe_name(user: str) -> str:
 
 
 def build_profile(bundle: str | Path, user_data: str | Path, user: str, out_dir: str | Path, *,
-                  tau: float = 1.0, log=print) -> ProfileResult:
+                  tau: float = HEDGE_TAU, log=print) -> ProfileResult:
     """Hedge profile of ``user`` from their 'train' pairs in stream order, scored on their 'test' pairs."""
     from heads.profile import HedgeProfile
 
-    model, meta = load_bundle(bundle)
+    model = Model.load(bundle)
     out_dir = Path(out_dir)
-    feats = embed_user_data(meta, user_data, out_dir / "work" / safe_name(user), log=log, user=user)
-    groups, names = group_names(feats.group)
-    if user not in names:
+    run = model.embed_user_data(user_data, out_dir / "work" / safe_name(user), log=log, user=user)
+    if user not in run.group_names:
         raise MicroError(f"{user_data}: user '{user}' not found in the 'group' column; users present: "
-                         f"{', '.join(map(str, names[:20]))}")
-    mine = feats.subset(groups == user)
-    stream, heldout = mine.split_rows("train"), mine.split_rows("test")
+                         f"{', '.join(map(str, run.group_names[:20]))}")
+    mine = run.take(run.groups == user)
+    stream, heldout = mine.part("train"), mine.part("test")
     if stream.n == 0:
         raise MicroError(f"{user_data}: user '{user}' has no pairs to learn from (split == 'train')")
-    gate_x = stage1_gate_input(meta, stream)
-    reads = "contexts" if meta.get("gate_input") == "context" else "prompts"
+    gate_x = model.gate_features(stream)
+    reads = "contexts" if model.meta.get("gate_input") == "context" else "prompts"
     if gate_x is not None and (reads == "prompts" or stream.has_context.any()):
-        prior = model.gate_weights(gate_x).mean(axis=0)
+        prior = model.estimator.gate_weights(gate_x).mean(axis=0)
         prior_name = f"Stage-1 gate on the user's {reads}"
     else:
         prior, prior_name = None, "uniform"
-    prof = HedgeProfile(tau=tau, prior=prior, n_heads=model.coef_.shape[0])
-    z_stream = head_logits(model, stream)
-    curve = (np.asarray(prof.learning_curve(z_stream, head_logits(model, heldout))) if heldout.n
+    prof = HedgeProfile(tau=tau, prior=prior, n_heads=model.n_heads)
+    z_stream = model.head_logits(stream)
+    curve = (np.asarray(prof.learning_curve(z_stream, model.head_logits(heldout))) if heldout.n
              else np.array([]))
     prof.update(z_stream)
     path = out_dir / f"{safe_name(user)}.json"
     write_json_atomic(path, {"format": FORMAT, "user": user, "bundle": str(Path(bundle).resolve()),
-                             "fingerprint_id": meta["fingerprint_id"], "n_heads": int(model.coef_.shape[0]),
+                             "fingerprint_id": model.meta["fingerprint_id"], "n_heads": model.n_heads,
                              "prior": prior_name, "profile": prof.to_dict(), "learning_curve": curve.tolist(),
                              "n_heldout": heldout.n})
     return ProfileResult(user=user, path=path, weights=np.asarray(prof.weights_), curve=curve,

@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from pipeline.core.model import Model
 from pipeline.embed.backends.base import with_context
-from pipeline.core.bundle import load_bundle
 from pipeline.errors import MicroError
 
 
@@ -35,23 +35,21 @@ def as_messages(prompt) -> list[dict]:
 class RewardModel:
     """A Stage-1 or routed bundle plus its embedder, ready to score responses."""
 
-    def __init__(self, model, meta: dict, path: Path):
-        self.model, self.meta, self.path = model, meta, path
+    def __init__(self, bundle: Model):
+        self.bundle = bundle
+        self.model, self.meta, self.path = bundle.estimator, bundle.meta, bundle.path
         self._backend = self._store = None
 
     @classmethod
     def load(cls, path: str | Path) -> "RewardModel":
-        model, meta = load_bundle(path)
-        return cls(model, meta, Path(path))
+        return cls(Model.load(path))
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         from pipeline.embed.embed import embed_texts, open_store
-        from pipeline.route.route import backend_from_meta
 
         if self._backend is None:
-            self._backend = backend_from_meta(self.meta)
-            root = Path(self.meta["embedder"]["cache_dir"]).parent
-            self._store = open_store(root, self._backend, self.meta["embedder"]["cache_dtype"])
+            self._backend = self.bundle.embedder()
+            self._store = open_store(self.bundle.cache_root, self._backend, self.meta["embedder"]["cache_dtype"])
         vecs, _ = embed_texts(self._store, self._backend, texts)
         return vecs
 

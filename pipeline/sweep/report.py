@@ -5,15 +5,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.figures import new_figure, save_figure
 from pipeline.errors import MicroError
+from pipeline.sweep.space import PARAMS
 
 EXTRA = ("test_loglik", "val_loglik", "test_acc_macro", "routed_acc_macro")  # leaderboard columns
 K_LADDER = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128)
 
 
 def param_columns(frame) -> list:
-    from pipeline.sweep.runner import PARAMS
-
     return [c for c in PARAMS if c in frame.columns]
 
 
@@ -134,9 +134,7 @@ def plot_k(frame, sel: KSelection, path: str | Path) -> Path:
     import numpy as np
     import polars as pl
 
-    from pipeline.evaluate.plots import _figure, _save
-
-    fig = _figure(6.0, 4.0)
+    fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     styles = {"val_loglik": ("validation (selects K)", "C0", "-"), "train_loglik": ("train (fit rows)", "C1", "--"),
               "test_loglik": ("test (not used)", "0.5", ":")}
@@ -162,7 +160,7 @@ def plot_k(frame, sel: KSelection, path: str | Path) -> Path:
     ax.set_ylabel("mean log-likelihood per pair")
     ax.set_title("K selection: one-standard-error rule")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_params(frame, metric: str, stem: str | Path) -> list:
@@ -170,12 +168,10 @@ def plot_params(frame, metric: str, stem: str | Path) -> list:
     (dots: each configuration's mean over seeds; line: the best configuration per value, ± std over seeds)."""
     import numpy as np
 
-    from pipeline.evaluate.plots import _figure, _save
-
     out = []
     metrics = [m for m in dict.fromkeys([metric, "val_loglik"]) if m in frame.columns]
     for p in swept(frame):
-        fig = _figure(4.2 * len(metrics), 3.6)
+        fig = new_figure(4.2 * len(metrics), 3.6)
         for j, m in enumerate(metrics):
             ax = fig.add_subplot(1, len(metrics), j + 1)
             agg = aggregate(frame, m)
@@ -198,5 +194,5 @@ def plot_params(frame, metric: str, stem: str | Path) -> list:
                 ax.set_xticks(list(xs.values()), [str(v) for v in vals])
             ax.set_xlabel(p)
             ax.set_ylabel(m)
-        out.append(_save(fig, f"{stem}_{p}.png"))
+        out.append(save_figure(fig, f"{stem}_{p}.png"))
     return out

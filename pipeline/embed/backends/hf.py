@@ -35,7 +35,7 @@ from pipeline.embed.backends.chat import (ChatRenderer, RenderedBackend, default
 from pipeline.embed.backends.device import resolve_device
 from pipeline.errors import MicroError
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+COMPUTE_DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16", "half": "float16"}
 
 
@@ -44,9 +44,9 @@ def resolve_dtype(dtype, on_gpu: bool) -> str:
     if dtype is None or dtype == "auto":
         return "bfloat16" if on_gpu else "float32"
     name = str(dtype).replace("torch.", "")
-    if name not in _DTYPES:
+    if name not in COMPUTE_DTYPES:
         raise MicroError(f"unknown dtype '{dtype}': use float32, bfloat16 or float16")
-    return _DTYPES[name]
+    return COMPUTE_DTYPES[name]
 
 
 DEFAULT_ATTENTION = "sdpa"
@@ -160,7 +160,7 @@ class TransformersBackend(RenderedBackend):
         self.max_batch_tokens = budget or self._default_budget(config)
         self.batch_size = self.max_batch_rows
         self.chunk_size = int(chunk_size or DEFAULT_CHUNK)
-        self._pad = self.renderer.pad_id()
+        self.pad_id = self.renderer.pad_id()
         self._weights_hash = None
 
     def _default_budget(self, config) -> int:
@@ -182,7 +182,7 @@ class TransformersBackend(RenderedBackend):
         """Host tensors of one batch in this backend's layout (pinned on CUDA, for non-blocking copies)."""
         import torch
 
-        ids = [x if len(x) else [self._pad] for x in ids]
+        ids = [x if len(x) else [self.pad_id] for x in ids]
         lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         out: dict = {}
         if self.layout == "packed":
@@ -197,7 +197,7 @@ class TransformersBackend(RenderedBackend):
                 out["max_length_q"] = out["max_length_k"] = int(lens.max())
         else:
             width = int(lens.max())
-            arr = np.full((len(ids), width), self._pad, dtype=np.int64)
+            arr = np.full((len(ids), width), self.pad_id, dtype=np.int64)
             if self.layout == "right":
                 for r, x in enumerate(ids):
                     arr[r, :len(x)] = x

@@ -92,11 +92,11 @@ class SentenceTransformersBackend:
     @property
     def dim(self) -> int:
         if self._dim is None:
-            m = self._load()  # sentence-transformers >= 5.2 renamed get_sentence_embedding_dimension
+            m = self.load()  # sentence-transformers >= 5.2 renamed get_sentence_embedding_dimension
             self._dim = int((getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension)())
         return self._dim
 
-    def _load(self):
+    def load(self):
         if self._model is None:
             import transformers
             from sentence_transformers import SentenceTransformer
@@ -166,7 +166,7 @@ class SentenceTransformersBackend:
         return np.asarray(n, dtype=np.int64)
 
     def embed(self, inputs: Sequence[str]) -> np.ndarray:
-        out = self._load().encode(list(inputs), batch_size=self.batch_size, convert_to_numpy=True,
+        out = self.load().encode(list(inputs), batch_size=self.batch_size, convert_to_numpy=True,
                                   normalize_embeddings=self.normalize, show_progress_bar=False)
         return np.asarray(out, dtype=np.float32)
 
