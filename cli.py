@@ -7,8 +7,26 @@ from pathlib import Path
 
 import typer
 
-from heads.defaults import (ALPHA, ALPHA_PAPER, BUDGET, BUDGETS, HEDGE_TAU, HOLDOUT, HYRE_N, LGO_BUDGETS, LGO_SEEDS,
-                            MAX_ITER, N_INIT, PATIENCE, ROUTER_EPOCHS, ROUTER_LR, SEEDS, TAU, TAU_PAPER, TOL)
+from heads.defaults import (
+    ALPHA,
+    ALPHA_PAPER,
+    BUDGET,
+    BUDGETS,
+    HEDGE_TAU,
+    HOLDOUT,
+    HYRE_N,
+    LGO_BUDGETS,
+    LGO_SEEDS,
+    MAX_ITER,
+    N_INIT,
+    PATIENCE,
+    ROUTER_EPOCHS,
+    ROUTER_LR,
+    SEEDS,
+    TAU,
+    TAU_PAPER,
+    TOL,
+)
 from pipeline.boundary import DEBUG_HELP
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -67,7 +85,8 @@ def embed(
     batch_size: int | None = typer.Option(None, help="sentence-transformers: texts per forward pass (default "
                                              "32); transformers: at most this many texts in a token-budget batch."),
     max_batch_tokens: int | None = typer.Option(None, help="transformers: padded tokens per forward pass (default: "
-                                                   "what free GPU memory holds; 8192 on CPU); halved on out-of-memory."),
+                                                   "what free GPU memory holds; 8192 on CPU); halved on "
+                                                   "out-of-memory."),
     device: str = typer.Option("auto", help="auto (CUDA when present) | cpu | cuda | cuda:N, every backend."),
     attn_implementation: str | None = typer.Option(None, help="transformers: sdpa (default) | eager | "
                                                       "flash_attention_2 (packed batches without padding)."),
@@ -76,7 +95,8 @@ def embed(
     cache_dir: Path | None = typer.Option(None, help="Embedding cache root (default ~/.cache/micro/embeddings)."),
     cache_dtype: str = typer.Option("float32", help="Stored vector dtype: float32 | float16."),
     overlong: str = typer.Option("truncate", help="Texts over max length: truncate | skip (counted either way)."),
-    truncation: str = typer.Option("left", help="Texts over --max-length: keep the last (left) or first (right) tokens, or history: drop the oldest turns, then cut the response's end."),
+    truncation: str = typer.Option("left", help="Texts over --max-length: keep the last (left) or first (right) "
+                                   "tokens, or history: drop the oldest turns, then cut the response's end."),
     tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs per model replica."),
     gpu_memory_utilization: float | None = typer.Option(None, help="vLLM: fraction of GPU memory the engine takes "
                                                            "(default 0.9)."),
@@ -118,7 +138,8 @@ def fit(
     l2: str = typer.Option("auto", help="L2 penalty on the heads, or auto: chosen on held-out train prompts "
                            "(a path in units of the features' scale; early stopping; refit on all pairs)."),
     gate_l2: float | None = typer.Option(None, help="L2 penalty on the gate weights (default: --l2)."),
-    holdout: float = typer.Option(HOLDOUT, help="Fraction of the train prompts held out for --l2 auto and calibration."),
+    holdout: float = typer.Option(HOLDOUT, help="Fraction of the train prompts held out for --l2 auto and "
+                                  "calibration."),
     patience: int = typer.Option(PATIENCE, help="EM iterations without a better held-out log-likelihood before a "
                                  "selection fit stops."),
     calibrate: str = typer.Option("auto", help="Temperature on the mixture logit fitted on the held-out prompts: "
@@ -174,7 +195,8 @@ def route(
 @app.command()
 def score(
     model: Path = typer.Argument(..., help="Model bundle (Stage-1 or routed)."),
-    input: Path = typer.Option(..., "--input", "-i", help="Rows with 'prompt' and 'response' (jsonl/json/csv/parquet)."),
+    input: Path = typer.Option(..., "--input", "-i", help="Rows with 'prompt' and 'response' "
+                               "(jsonl/json/csv/parquet)."),
     out: Path = typer.Option(Path("rewards.parquet"), "--out", "-o", help="Output .parquet or .jsonl."),
     context: str | None = typer.Option(None, help="User criterion the gate reads (context+prompt)."),
     user: Path | None = typer.Option(None, help="A profile JSON from `micro route --online` or `micro route` "
@@ -199,7 +221,8 @@ def eval_cmd(
                                         f"default {SEEDS} (seen) / {LGO_SEEDS} (leave-group-out)."),
     hyre_n: int = typer.Option(HYRE_N, help="Labelled test pairs per group that (MiCRo-)HyRe adapts on."),
     budgets: str | None = typer.Option(None, help="Budgets B: of the accuracy-vs-budget figure (seen, default "
-                                          f"{_csv(BUDGETS)}) / of the new users' adaptation (default {_csv(LGO_BUDGETS)})."),
+                                          f"{_csv(BUDGETS)}) / of the new users' adaptation (default "
+                                          f"{_csv(LGO_BUDGETS)})."),
     tau: float = typer.Option(TAU, help=f"Router soft-label temperature (paper: {TAU_PAPER:g})."),
     epochs: int = typer.Option(ROUTER_EPOCHS, help="Router epochs."),
     lr: float = typer.Option(ROUTER_LR, help="Router learning rate (Adam)."),
@@ -215,7 +238,8 @@ def eval_cmd(
 
 @app.command()
 def sweep(
-    run_dir: Path = typer.Argument(..., help="Run folder from `micro embed` (features are loaded once, never re-embedded)."),
+    run_dir: Path = typer.Argument(..., help="Run folder from `micro embed` (features are loaded once, never "
+                                   "re-embedded)."),
     grid: list[str] = typer.Option(..., "--grid", help="Search space, e.g. 'k=1,2,5,10; alpha=0,0.5; l2=1e-4,1e-3'; "
                                    "with --samples also ranges: alpha=0..1, tau=log:1e-4..1e-2, k=int:1..16."),
     seeds: int = typer.Option(3, help="Seeds per configuration (fit random_state, validation draw, router draw)."),
@@ -224,8 +248,10 @@ def sweep(
     jobs: int | None = typer.Option(None, help="Trials in parallel (default: CPU cores)."),
     samples: int | None = typer.Option(None, help="Random search: draw N configurations from the space."),
     sample_seed: int = typer.Option(0, help="Seed of the random-search draws."),
-    holdout: float = typer.Option(HOLDOUT, help="Fraction of the train prompts held out for val_* metrics / K selection."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Results Parquet (default RUN_DIR/sweep/results.parquet)."),
+    holdout: float = typer.Option(HOLDOUT, help="Fraction of the train prompts held out for val_* metrics / K "
+                                  "selection."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Results Parquet (default "
+                                    "RUN_DIR/sweep/results.parquet)."),
     address: str | None = typer.Option(None, help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)."),
     rank_by: str | None = typer.Option(None, help="Leaderboard column (default test_acc_macro; routed_acc_macro "
                                           "with routing); e.g. test_loglik, val_loglik."),

@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cache.store import EmbeddingStore, text_keys  # noqa: E402
-from pipeline.embed.embed import ROLES, embed_pairs, render_inputs  # noqa: E402
 from pipeline.data.schema import write_pairs  # noqa: E402
+from pipeline.embed.embed import ROLES, embed_pairs, render_inputs  # noqa: E402
 
 DSP = REPO.parent / "shared/data/dsp/domain_specific_preference.test.json"
 MICRO = Path(sys.executable).parent / "micro"
@@ -115,14 +115,15 @@ def bench_embed(work: Path, pairs_path: Path, table, backend, reps: int) -> dict
     backend.embed = real_embed
     med = statistics.median
     overhead = [w - i for w, i in zip(ours, inside)]
-    return {"overhead": overhead, "overhead_ratio": 1 + med(overhead) / med(ref),"texts": len(texts), "ours": ours, "ref": ref, "ratio": med(ours) / med(ref),
+    return {"overhead": overhead, "overhead_ratio": 1 + med(overhead) / med(ref), "texts": len(texts), "ours": ours,
+            "ref": ref, "ratio": med(ours) / med(ref),
             "cpu_ours": cpu[id(ours)], "cpu_ref": cpu[id(ref)], "cpu_ratio": med(cpu[id(ours)]) / med(cpu[id(ref)])}
 
 
 def overhead_breakdown(work: Path, pairs_path: Path, table, backend) -> dict:
     """Time the non-model parts of embed_pairs on their own (no model: vectors are random)."""
-    from pipeline.embed.embed import open_store
     from pipeline.data.schema import read_pairs
+    from pipeline.embed.embed import open_store
 
     out = {}
     out["read pairs"] = timed(lambda: read_pairs(pairs_path))

@@ -40,8 +40,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.embed.embed import ROLES, embed_pairs, open_store, render_inputs  # noqa: E402
 from pipeline.data.schema import write_pairs  # noqa: E402
+from pipeline.embed.embed import ROLES, embed_pairs, open_store, render_inputs  # noqa: E402
 
 DSP_NAME = "domain_specific_preference.test.json"
 DSP = REPO.parent / "shared/data/dsp" / DSP_NAME
@@ -368,7 +368,8 @@ def report(res: dict) -> None:
     m, best = res["micro"], max(res["bare"], key=lambda r: r["tokens_per_s"])
     gib = lambda v: f"{v:.1f} GiB" if v is not None else "n/a"  # noqa: E731
     pct = lambda v: f"{v:.3f}" if v is not None else "n/a (no GPU peak)"  # noqa: E731
-    rows = [("device / shape", f"{res['device']} / {res['shape']} ({res['params'] / 1e9:.2f} B params, {res['dtype']})"),
+    rows = [("device / shape",
+             f"{res['device']} / {res['shape']} ({res['params'] / 1e9:.2f} B params, {res['dtype']})"),
             ("texts / tokens", f"{m['texts']:,} / {m['tokens']:,} (max length {res['max_length']})"),
             ("micro embed, default settings", f"{m['tokens_per_s']:,.0f} tokens/s ({m['embed_s']:.2f} s; budget "
              f"{m['max_batch_tokens']} tokens, {m['layout']} layout; peak {gib(m['peak_gib'])})"),
@@ -376,7 +377,8 @@ def report(res: dict) -> None:
             ("bare loop, best", f"{best['tokens_per_s']:,.0f} tokens/s ({best['layout']} padding, {best['rows']} rows; "
              f"peak {gib(best['peak_gib'])})"),
             ("micro / bare (target >= 0.95)", f"{res['ratio']:.3f}"),
-            ("MFU micro / bare", f"{pct(res['mfu_micro'])} / {pct(res['mfu_bare'])} (peak {res['peak_tflops']} TFLOP/s)"),
+            ("MFU micro / bare",
+             f"{pct(res['mfu_micro'])} / {pct(res['mfu_bare'])} (peak {res['peak_tflops']} TFLOP/s)"),
             (f"worst cosine, batched vs alone, {res['dtype']}", f"{res['batching_low']['worst_cosine']:.6f} "
              f"(max abs diff {res['batching_low']['max_abs_diff']:.3g})"),
             ("worst cosine, batched vs alone, float32", f"{res['batching_fp32']['worst_cosine']:.8f} "
@@ -385,7 +387,8 @@ def report(res: dict) -> None:
         rows.append((f"worst cosine, {res['dtype']} vs float32", f"{res['low_vs_fp32']['worst_cosine']:.6f}"))
     if "vllm" in res:
         v = res["vllm"]
-        rows.append(("vLLM", f"{v['tokens_per_s']:,.0f} tokens/s, {v['ratio_to_bare']:.3f} x bare, MFU {pct(v['mfu'])}, "
+        rows.append(("vLLM", f"{v['tokens_per_s']:,.0f} tokens/s, {v['ratio_to_bare']:.3f} x bare, "
+                             f"MFU {pct(v['mfu'])}, "
                      f"worst cosine vs transformers {v['vs_transformers']['worst_cosine']:.6f}"
                      if "tokens_per_s" in v else str(v)))
     rows.append(("bench wall time", f"{res['total_s']:.0f} s (model build {res['build_s']:.0f} s, load "

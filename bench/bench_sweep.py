@@ -29,9 +29,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from heads.synthetic import make_helpsteer2_like  # noqa: E402
+from pipeline.core.parallel import n_cores  # noqa: E402
 from pipeline.core.run import Run  # noqa: E402
 from pipeline.sweep.runner import run_sweep  # noqa: E402
-from pipeline.core.parallel import n_cores  # noqa: E402
 
 
 def main():

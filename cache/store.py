@@ -316,7 +316,8 @@ class EmbeddingStore:
         if self.dim is not None and vectors.shape[1] != self.dim:
             raise CacheError(f"vector width {vectors.shape[1]} != cache width {self.dim} in {self.dir}")
         if not np.isfinite(vectors).all():
-            raise CacheError(f"the model returned non-finite embeddings (NaN/inf) for {int((~np.isfinite(vectors)).any(1).sum())}"
+            bad = int((~np.isfinite(vectors)).any(1).sum())
+            raise CacheError(f"the model returned non-finite embeddings (NaN/inf) for {bad}"
                              " texts; refusing to cache them (try --dtype float32)")
         if len(keys) == 0:
             return

@@ -19,7 +19,6 @@ from .initialise import MAX_KMEANS_DIM, initialise, normalised_rows, sketch
 from .objective import Problem
 from .selection import best_point, dim_candidates, fit_temperature, holdout_rows, l2_path
 
-
 #: EM iterations of the refit on all train pairs when the chosen path point had stopped early
 REFIT_EARLY_STOPPED = 5
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
-from scipy.special import log_expit, logsumexp
+from scipy.special import log_expit
 
 __all__ = ["hyre_log_weights", "hyre_weights", "hyre_predict_proba", "hyre_eval", "gate_prior_fn"]
 

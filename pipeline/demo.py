@@ -13,13 +13,13 @@ SAMPLE = Path(__file__).parent / "sample" / "dsp_sample.json"
 def run_demo(out: str | Path, *, k: int = 10, seeds: int = 3, cache_dir: str | Path | None = None,
              progress_factory=None, log=print) -> dict:
     """Run every stage into ``out``; returns the paths and the evaluation result."""
-    from pipeline.embed.embed import embed_pairs
+    from pipeline.data.prepare import prepare
+    from pipeline.data.recipes.dsp import DOMAIN_CONTEXT
     from pipeline.embed.backends import get_backend
+    from pipeline.embed.embed import embed_pairs
     from pipeline.evaluate.evaluate import evaluate
     from pipeline.fit.fit import fit_run
-    from pipeline.data.prepare import prepare
     from pipeline.route.route import route
-    from pipeline.data.recipes.dsp import DOMAIN_CONTEXT
     from pipeline.route.score import RewardModel
 
     out = Path(out)

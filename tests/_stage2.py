@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from conftest import PlainTextBackend
 
 DIM = 15
@@ -135,8 +136,8 @@ def patch_backend(monkeypatch, tag: str = "v1") -> list:
 
 def rendered_texts(rows: list[dict]) -> set:
     """Every exact model input AttrBackend would embed for these pair rows."""
-    from pipeline.embed.embed import render_inputs
     from pipeline.data.schema import pairs_to_table
+    from pipeline.embed.embed import render_inputs
 
     inputs = render_inputs(pairs_to_table(rows), AttrBackend())
     return {t for v in inputs.values() for t in v if t is not None}

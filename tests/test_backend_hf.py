@@ -6,13 +6,12 @@ import hashlib
 import numpy as np
 import pytest
 
+from conftest import TINY_CHAT_TEMPLATE, build_tiny_llama
 from pipeline.embed.backends import get_backend
 from pipeline.embed.backends.base import render_plain
 from pipeline.embed.backends.chat import ChatRenderer, fold_system
 from pipeline.embed.backends.hf import TransformersBackend
 from pipeline.errors import MicroError
-
-from conftest import TINY_CHAT_TEMPLATE, build_tiny_llama
 
 CONVS = [
     ([{"role": "user", "content": "hello"}], "fox"),

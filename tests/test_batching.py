@@ -4,8 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.embed.backends.batching import (GPU_MAX_BATCH_TOKENS, GPU_MIN_BATCH_TOKENS, activation_bytes_per_token,
-                                        batch_cost, budget_for_memory, is_oom, plan_batches)
+from pipeline.embed.backends.batching import (
+    GPU_MAX_BATCH_TOKENS,
+    GPU_MIN_BATCH_TOKENS,
+    activation_bytes_per_token,
+    batch_cost,
+    budget_for_memory,
+    is_oom,
+    plan_batches,
+)
 
 
 @pytest.mark.parametrize("packed", [False, True])

@@ -17,11 +17,11 @@ import pytest
 
 from cache.store import CacheDamaged, text_keys
 from conftest import FakeBackend, make_pair_rows
+from pipeline.core.run import Run
+from pipeline.data.schema import read_pairs
 from pipeline.embed.backends.base import fingerprint_id, render_plain, with_context
 from pipeline.embed.embed import embed_pairs, open_store, render_inputs
 from pipeline.errors import MicroError
-from pipeline.core.run import Run
-from pipeline.data.schema import read_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -201,7 +201,8 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-def micro_fake(tmp_path: Path, *args, die_after: int | None = None, how: str = "sigkill") -> subprocess.CompletedProcess:
+def micro_fake(tmp_path: Path, *args, die_after: int | None = None,
+               how: str = "sigkill") -> subprocess.CompletedProcess:
     """Run the real `micro` CLI in a subprocess with the FakeBackend in place of the named backend."""
     script = tmp_path / "micro_fake.py"
     script.write_text(RUNNER.format(repo=str(REPO), tests=str(TESTS)))

@@ -14,10 +14,10 @@ import re
 import shutil
 
 import numpy as np
-from conftest import PlainTextBackend
 import polars as pl
 import pytest
 
+from conftest import PlainTextBackend
 from pipeline.errors import MicroError
 
 DIM = 12
@@ -78,8 +78,8 @@ def synthetic_rows(n_per_group: int = 120, test_frac: float = 0.35, seed: int = 
 
 
 def make_run(root, rows, name: str, tag: str = "v1"):
-    from pipeline.embed.embed import embed_pairs
     from pipeline.data.schema import pairs_to_table, write_pairs
+    from pipeline.embed.embed import embed_pairs
 
     pairs = write_pairs(pairs_to_table(rows), root / f"{name}.parquet")
     embed_pairs(pairs, root / name, AttrBackend(tag), cache_dir=root / "cache", log=lambda m: None)
@@ -204,10 +204,9 @@ def test_bad_budgets(synth):
 
 
 def test_run_without_groups_and_routed_bundle(synth, tmp_path):
-    from pipeline.core.bundle import load_bundle
-    from pipeline.evaluate.evaluate import evaluate
     from pipeline.core.model import Model
     from pipeline.core.run import Run
+    from pipeline.evaluate.evaluate import evaluate
     from pipeline.route.route import route_seeds, save_routed_bundle
 
     root, run, bundle = synth

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import FakeBackend, make_pair_rows
+from pipeline.core.run import Run
 from pipeline.embed.backends.base import render_plain, with_context
 from pipeline.embed.embed import embed_pairs, open_store
 from pipeline.errors import MicroError
-from pipeline.core.run import Run
 
 
 def quiet(msg: str) -> None:

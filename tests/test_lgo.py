@@ -6,8 +6,6 @@ adapted model learns g1 from its few pairs.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import polars as pl
 import pytest
@@ -88,8 +86,8 @@ def test_cli_leave_group_out_and_errors(run, tmp_path, monkeypatch, capsys):
 
 
 def test_group_without_test_pairs_is_an_error(run, tmp_path, monkeypatch, capsys):
-    from pipeline.embed.embed import embed_pairs
     from _stage2 import AttrBackend
+    from pipeline.embed.embed import embed_pairs
 
     root, bundle, _ = run
     rows = [r for r in synthetic_rows(n_per_group=30, topic=True, test_frac=0.3)

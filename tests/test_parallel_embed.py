@@ -14,13 +14,13 @@ import pytest
 
 from cache.store import text_keys
 from conftest import FakeBackend, make_pair_rows
-from pipeline.embed.embed import embed_pairs, open_store, render_inputs
-from pipeline.errors import MicroError
+from pipeline.core.parallel import threads_per_worker
 from pipeline.core.run import Run
 from pipeline.data.schema import read_pairs
-from pipeline.core.parallel import threads_per_worker
 from pipeline.embed.backends.planning import BackendSpec
+from pipeline.embed.embed import embed_pairs, open_store, render_inputs
 from pipeline.embed.workers import ParallelEmbedder, gpu_assignment, shard_indices
+from pipeline.errors import MicroError
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

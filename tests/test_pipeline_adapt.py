@@ -99,9 +99,9 @@ def test_route_adapt_all_users_then_score(setup, tmp_path, monkeypatch, capsys):
 
 
 def test_route_one_user_residual_and_mixture(setup, tmp_path, monkeypatch, capsys):
+    from pipeline.core.bundle import read_meta
     from pipeline.route.adapt import adapt_users
     from pipeline.route.profiles import load_profile
-    from pipeline.core.bundle import read_meta
 
     root, bundle, user = setup
     patch_backend(monkeypatch)

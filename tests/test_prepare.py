@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import MicroError
 from pipeline.data.prepare import build_pairs, load_user_pairs, prepare
 from pipeline.data.schema import PAIR_SCHEMA, read_pairs
 from pipeline.data.split import prompts_in_both
+from pipeline.errors import MicroError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "pipeline/sample/dsp_sample.json"

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from _stage2 import run_cli, make_bundle, patch_backend, synthetic_rows, write_jsonl, write_table
+from _stage2 import make_bundle, patch_backend, run_cli, synthetic_rows, write_jsonl, write_table
 from pipeline.errors import MicroError
 
 

@@ -11,7 +11,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from _stage2 import run_cli, AttrBackend, make_bundle, patch_backend, rendered_texts, synthetic_rows, write_jsonl, write_table
+from _stage2 import (
+    AttrBackend,
+    make_bundle,
+    patch_backend,
+    rendered_texts,
+    run_cli,
+    synthetic_rows,
+    write_jsonl,
+    write_table,
+)
 from pipeline.errors import MicroError
 
 SEEDS = (0, 1)
@@ -100,7 +109,8 @@ def test_budget_larger_than_the_groups(stage1, routed):
     model = Model.load(stage1[1])
     train, test = user_feats(routed)
     res = route_seeds(model, train, test, budget=1000, seeds=(0,), epochs=1)
-    assert res.short == {g: int((train.groups == g).sum()) for g in ("g0", "g1", "g2")} == {"g0": 30, "g1": 30, "g2": 30}
+    want = {"g0": 30, "g1": 30, "g2": 30}
+    assert res.short == {g: int((train.groups == g).sum()) for g in ("g0", "g1", "g2")} == want
     assert any("used all" in n and "g0 (30 pairs)" in n for n in res.notes), res.notes
 
 
@@ -185,8 +195,8 @@ def test_embed_user_data_embeds_only_new_texts(stage1, tmp_path, monkeypatch):
 
 
 def test_changed_embedder_fingerprint(stage1, tmp_path, monkeypatch):
-    from pipeline.embed.backends.base import fingerprint_id
     from pipeline.core.model import Model
+    from pipeline.embed.backends.base import fingerprint_id
 
     root, bundle, _, user, _ = stage1
     model = Model.load(bundle)

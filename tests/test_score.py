@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from _stage2 import run_cli, AttrBackend, make_bundle, patch_backend, synthetic_rows, write_jsonl
+from _stage2 import AttrBackend, make_bundle, patch_backend, run_cli, synthetic_rows, write_jsonl
 from pipeline.embed.backends.base import render_plain, with_context
 from pipeline.errors import MicroError
 

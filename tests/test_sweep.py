@@ -7,10 +7,10 @@ import math
 import re
 
 import numpy as np
-from conftest import PlainTextBackend
 import polars as pl
 import pytest
 
+from conftest import PlainTextBackend
 from pipeline.errors import MicroError
 
 DIM, N, K_TRUE = 8, 600, 3
@@ -53,8 +53,8 @@ class VectorBackend(PlainTextBackend):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from heads.synthetic import make_mixture
-    from pipeline.embed.embed import embed_pairs
     from pipeline.data.schema import pairs_to_table, write_pairs
+    from pipeline.embed.embed import embed_pairs
 
     root = tmp_path_factory.mktemp("sweep")
     data = make_mixture(n=N, d=DIM, p=DIM, k=K_TRUE, seed=0)
@@ -205,10 +205,9 @@ def test_k_candidates():
 def test_cli_sweep_and_fit_k_auto(run, tmp_path, monkeypatch):
     import json
 
-    import pipeline.core.parallel as B
-
     from typer.testing import CliRunner
 
+    import pipeline.core.parallel as B
     from cli import app
 
     r = CliRunner().invoke(app, ["sweep", str(run), "--grid", f"k=1,2; {FAST}", "--seeds", "2", "--jobs", "1",

@@ -104,7 +104,8 @@ def read_meta(path: str | Path) -> dict:
     if path.is_file():
         raise InputError(f"{path}: is a file, not a model bundle folder (model.json + model.safetensors)")
     if not meta_path.exists():
-        raise MicroError(f"{path}: not a model bundle (no model.json); create one with `micro fit RUN_DIR --out {path}`")
+        raise MicroError(f"{path}: not a model bundle (no model.json); create one with "
+                         f"`micro fit RUN_DIR --out {path}`")
     try:
         meta = json.loads(meta_path.read_text())
     except (ValueError, OSError) as exc:

@@ -112,7 +112,8 @@ class Run:
                 raise MicroError(f"{option} context: this run has no contexts (the pair table's 'context' is empty)")
             return value, None
         if self.has_context.any() and self.has_context[self.mask("train")].all():
-            return "context", "gate reads context+prompt (every train pair has a context; --gate-input prompt to change)"
+            return "context", ("gate reads context+prompt (every train pair has a context; --gate-input prompt to "
+                               "change)")
         return "prompt", "gate reads the prompt alone (not every pair has a context)"
 
     def gate_features(self, kind: str) -> np.ndarray | None:
@@ -182,7 +183,8 @@ def read_run(run_dir: str | Path) -> dict:
     if Path(run_dir).is_file():
         raise InputError(f"{run_dir}: is a file, not a run folder (create one with `micro embed PAIRS --out DIR`)")
     if not path.exists():
-        raise MicroError(f"{run_dir}: not a run folder (no run.json); create it with `micro embed PAIRS --out {run_dir}`")
+        raise MicroError(f"{run_dir}: not a run folder (no run.json); create it with "
+                         f"`micro embed PAIRS --out {run_dir}`")
     try:
         run = json.loads(path.read_text())
     except (ValueError, OSError) as exc:
@@ -246,7 +248,8 @@ def load_run(run_dir: str | Path, dtype=np.float32) -> Run:
         miss = store.missing(want)
         if miss.any():
             raise MicroError(f"{run_dir}: {int(miss.sum())} {role} vectors are missing from the cache {store.dir} "
-                             f"(deleted or damaged); rerun `micro embed {info.get('source_pairs', 'PAIRS')} --out {run_dir}`")
+                             f"(deleted or damaged); rerun `micro embed {info.get('source_pairs', 'PAIRS')} "
+                             f"--out {run_dir}`")
         if role == "context":
             has_ctx = valid
             if valid.any():

@@ -16,12 +16,12 @@ from typing import Iterable, Iterator
 
 import pyarrow as pa
 
-from pipeline.errors import MicroError, OutputError
 from pipeline.data.recipes import RECIPES
 from pipeline.data.recipes.base import Record
 from pipeline.data.recipes.readers import columns, has_bad_text, read_records, stable_names
 from pipeline.data.schema import RowLog, is_pair_table, pairs_to_table, read_pairs, validate_pairs, write_pairs
 from pipeline.data.split import assign_split
+from pipeline.errors import MicroError, OutputError
 
 USER_COLUMNS = {  # load_user_pairs: option -> column names tried, in order (case-insensitive)
     "prompt_col": ("prompt", "instruction", "query", "question", "input"),

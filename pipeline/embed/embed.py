@@ -29,10 +29,10 @@ from cache.atomic import atomic_paths
 from cache.store import EmbeddingStore, text_keys
 from cache.writer import ShardWriter
 from pipeline.core.run import ROLES
+from pipeline.data.schema import read_pairs, validate_pairs
 from pipeline.embed.backends.base import fingerprint_id, with_context
 from pipeline.embed.stream import length_order, stream_vectors
 from pipeline.errors import MicroError
-from pipeline.data.schema import read_pairs, validate_pairs
 
 DEFAULT_CACHE = Path("~/.cache/micro/embeddings")
 

@@ -8,7 +8,8 @@ missing set) and reads vectors from one of two streams:
   optionally ``prefetch``). A background thread tokenises the next texts, cuts them into token-budget batches
   (:func:`pipeline.embed.backends.batching.plan_batches`) and collates them into host tensors (pinned on CUDA), a few
   batches ahead (bounded queue); with ``prefetch = False`` (the transformers backend on the CPU, whose forward
-  pass uses every core: a thread beside it only slows its OpenMP threads) this runs in the caller's thread. The caller's thread launches batch i+1 before it waits for batch i's vectors, so
+  pass uses every core: a thread beside it only slows its OpenMP threads) this runs in the caller's thread. The
+  caller's thread launches batch i+1 before it waits for batch i's vectors, so
   the device always has queued work. A CUDA out-of-memory error halves the budget (said once), and the batch is
   split and retried; a single text that does not fit is a one-line error.
 * :func:`chunk_stream`, for the others (sentence-transformers, vLLM): ``chunk_size`` texts per ``embed`` call;

@@ -49,8 +49,7 @@ from heads.defaults import BUDGET, BUDGETS, HYRE_N, ROUTER_EPOCHS, ROUTER_LR, SE
 from pipeline.core.model import Model
 from pipeline.core.run import Run, per_group_accuracy
 from pipeline.errors import MicroError
-from pipeline.evaluate.results import (METHODS, SEEDED, EvalResult, fitted_l2, method_rows, parse_budgets,
-                                       write_tables)
+from pipeline.evaluate.results import METHODS, SEEDED, EvalResult, fitted_l2, method_rows, parse_budgets, write_tables
 
 #: fitting settings of the baselines (kept small so that ``micro eval`` on ~10k pairs takes well under a minute)
 SINGLE_MAX_ITER = 200
@@ -158,8 +157,8 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
         t = time.perf_counter()
         if K <= train.n:
             static = MixtureBT(n_components=K, gate="static", alpha=alpha, n_init=STATIC_N_INIT,
-                               max_iter=STATIC_MAX_ITER, random_state=0).fit(train.delta,
-                                                                             groups=prompt_groups(train.prompt, train.n))
+                               max_iter=STATIC_MAX_ITER, random_state=0)
+            static.fit(train.delta, groups=prompt_groups(train.prompt, train.n))
             per_seed["static"] = [_by_group(static.predict_proba(test.delta), g_test, names)]
         else:
             per_seed["static"] = [{}]

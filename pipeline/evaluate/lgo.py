@@ -23,7 +23,6 @@ features (nothing is re-embedded).
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -107,8 +106,8 @@ def _fold(run: Run, job: dict) -> list[dict]:
             Du, gxu, rxu, pid = take(D, idx), take(gx, idx), take(rx, idx), run.prompt_id[idx]
             ua = UserAdapter(adapt=job["adapt"], router=job["router"], random_state=int(seed))
             ua.fit(Du, W, gate, gxu, rxu, pca=pca, fold_groups=pid)
-            router = ua.router_ if job["adapt"] != "residual" else \
-                UserAdapter(adapt="mixture", router=job["router"], random_state=int(seed)).fit(Du, W, gate, gxu, rxu).router_
+            router = ua.router_ if job["adapt"] != "residual" else UserAdapter(
+                adapt="mixture", router=job["router"], random_state=int(seed)).fit(Du, W, gate, gxu, rxu).router_
             f = router.gate_weights(rxt, n_rows=test.size)
             head = ResidualBT(grid=USER_HEAD_GRID, combine="average", random_state=int(seed)).fit(
                 Du, {"none": np.zeros(len(idx))}, pca=pca, folds=kfold(len(idx), 5, int(seed), pid))
@@ -220,7 +219,8 @@ def _validate(run: Run, budgets, seeds, adapt) -> tuple[list, list]:
 
 
 def leave_group_out(bundle: str | Path, run_dir: str | Path, *, budgets: Sequence[int] | str = LGO_BUDGETS,
-                    seeds: Sequence[int] = tuple(range(LGO_SEEDS)), adapt: str = "auto", report: str | Path | None = None,
+                    seeds: Sequence[int] = tuple(range(LGO_SEEDS)), adapt: str = "auto",
+                    report: str | Path | None = None,
                     jobs: int | None = None, tau: float | None = None, epochs: int | None = None,
                     lr: float | None = None, log: Callable[[str], None] = print) -> LGOResult:
     """Leave-one-group-out evaluation (module docstring); writes results.csv/.parquet/.md and a figure to

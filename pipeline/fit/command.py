@@ -19,7 +19,8 @@ def print_fit_report(console, report) -> None:
                           f"{p['c']:.3g}→{p['val_loglik']:.4f}" for p in sorted(sel["path"], key=lambda p: p["c"]))
                       + " (relative L2 → held-out log-lik)", highlight=False, soft_wrap=True)
     cal = sel.get("calibration")
-    console.print(f"chosen: l2 {sel['l2']:.3g}, gate l2 {sel['gate_l2']:.3g}, width {sel['dim']} (gate {sel['gate_dim']}),"
+    console.print(f"chosen: l2 {sel['l2']:.3g}, gate l2 {sel['gate_l2']:.3g}, width {sel['dim']} "
+                  f"(gate {sel['gate_dim']}),"
                   f" temperature {sel['temperature']:.3f}"
                   + (f" (held-out NLL {cal['val_nll_before']:.4f} → {cal['val_nll_after']:.4f})" if cal else ""),
                   highlight=False, soft_wrap=True)

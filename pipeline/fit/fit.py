@@ -93,7 +93,8 @@ def fit_run(run_dir: str | Path, *, k: int = 10, gate: str = "context", gate_inp
     ref = test if test.n else train
     names, acc, counts = head_group_table(model.coef_, ref)
     report = FitReport(metrics=metrics, groups=names, head_group_accuracy=acc, group_counts=counts,
-                       gate_input=choice if needs_gate else "none", seconds=0.0, notes=[note] if note and needs_gate else [],
+                       gate_input=choice if needs_gate else "none", seconds=0.0,
+                       notes=[note] if note and needs_gate else [],
                        head_group_split="test" if test.n else "train")
     if getattr(model, "collapsed_pairs_", None):
         report.notes.append(f"collapsed heads (cosine ≥ 0.99): {model.collapsed_pairs_[:5]}")

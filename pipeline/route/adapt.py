@@ -177,8 +177,10 @@ def adapt_users(bundle, user_data, out, *, adapt: str = "auto", budget: int = BU
         for s in seeds:
             idx = np.sort(np.random.default_rng([int(s), 7]).choice(tr, min(budget, tr.size), replace=False))
             ua = UserAdapter(adapt=adapt, router=router or ROUTER, random_state=int(s)).fit(
-                D[idx], W, model.gate_params_, take(gx, idx), take(rx, idx), pca=pca, fold_groups=pids[groups == name][idx])
-            routed = ua.router_ if adapt != "residual" else UserAdapter(adapt="mixture", router=router or ROUTER, random_state=int(s)).fit(
+                D[idx], W, model.gate_params_, take(gx, idx), take(rx, idx), pca=pca,
+                fold_groups=pids[groups == name][idx])
+            routed = ua.router_ if adapt != "residual" else UserAdapter(
+                adapt="mixture", router=router or ROUTER, random_state=int(s)).fit(
                 D[idx], W, model.gate_params_, take(gx, idx), take(rx, idx)).router_
             acc_r.append(float(np.mean(routed.predict_proba(D[te] @ W.T, take(rx, te)) > 0.5)))
             acc_a.append(float(np.mean(ua.predict_proba(D[te], W, take(gx, te), take(rx, te)) > 0.5)))

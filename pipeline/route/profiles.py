@@ -89,7 +89,8 @@ def load_profile(path: str | Path, meta: dict):
         raise MicroError(f"{path}: not a JSON profile ({exc})") from None
     if data.get("format") != FORMAT:
         raise MicroError(f"{path}: field 'format' is {data.get('format')!r}, expected {FORMAT!r}")
-    if data.get("fingerprint_id") != meta.get("fingerprint_id") or data.get("n_heads") != len(meta["fitted"]["mixture_weights_"]):
+    n_heads = len(meta["fitted"]["mixture_weights_"])
+    if data.get("fingerprint_id") != meta.get("fingerprint_id") or data.get("n_heads") != n_heads:
         raise MicroError(f"{path}: profile of an unknown model (built for {data.get('bundle')}, "
                          f"embedder {data.get('fingerprint_id')}, {data.get('n_heads')} heads)")
     if data.get("kind") == "adapted":              # micro route --adapt / --online with a residual

@@ -31,6 +31,7 @@ from pipeline.errors import InputError, MicroError, first_line
 from pipeline.sweep.report import KSelection, select_k, swept
 from pipeline.sweep.space import FIT_PARAMS, PARAMS, ROUTE_PARAMS, STAGES, config_hash, resolve, search_space
 
+
 def _dtype(col: str):
     import polars as pl
 

@@ -132,7 +132,8 @@ def random_configs(space: dict[str, Dim], n: int, seed: int = 0) -> list[dict]:
                 cfg[name] = d.values[int(rng.integers(len(d.values)))]
             elif d.scale == "log":
                 v = float(np.exp(rng.uniform(np.log(d.low), np.log(d.high))))
-                cfg[name] = v if PARAMS[name][0] in ("float", "autofloat") else int(np.clip(round(v), math.ceil(d.low), d.high))
+                cfg[name] = v if PARAMS[name][0] in ("float", "autofloat") else \
+                    int(np.clip(round(v), math.ceil(d.low), d.high))
             elif d.scale == "int":
                 cfg[name] = int(rng.integers(int(math.ceil(d.low)), int(math.floor(d.high)) + 1))
             else:

@@ -26,8 +26,8 @@ from typing import Callable
 
 import pytest
 
-from conftest import ReadOnly
 from _stage2 import make_bundle, patch_backend, run_cli, synthetic_rows, write_jsonl, write_table
+from conftest import ReadOnly
 
 
 @dataclass

@@ -7,8 +7,8 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from _corpus import Case, cases, check, corpus_template, ws  # noqa: F401 (fixtures)
+
 from conftest import make_pair_rows
 
 GOOD = {"prompt": "q", "chosen": "good", "rejected": "bad", "group": "g0"}

@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
-
 from _corpus import Case, cases, check, corpus_template, ws  # noqa: F401 (fixtures)
+
 from _stage2 import AttrBackend
 
 FIT = "fit {run} --out {ws}/m"
@@ -168,8 +168,9 @@ def model_folder(weights: bytes | None = b"", drop=(), garbage=()):
     """Setup: a copy of the bundled MiniLM folder's small files, with ``weights`` as model.safetensors (None: no
     weights file), files in ``drop`` removed and files in ``garbage`` overwritten with junk."""
     def setup(ws):
-        from pipeline.embed.backends.st import default_model_path
         from pathlib import Path
+
+        from pipeline.embed.backends.st import default_model_path
 
         src, dst = Path(default_model_path()), ws.path("model")
         for p in src.rglob("*"):
@@ -258,6 +259,7 @@ def test_bad_state(case, ws, monkeypatch, capsys):
 def test_ctrl_c_embed_resumes_with_the_rest(ws, monkeypatch, capsys):
     """After the Ctrl-C above, a rerun embeds exactly the texts that were not saved."""
     from _corpus import run_cli
+
     from _stage2 import patch_backend
 
     interrupted_embed(ws)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from _corpus import corpus_template, snapshot, ws  # noqa: F401 (fixtures)
+
 from _stage2 import patch_backend, run_cli
 
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from pipeline.errors import MicroError, OptionError
 from pipeline.data.recipes.base import BadRow, Record, make_pair, need
 from pipeline.data.recipes.messages import resolve
 from pipeline.data.schema import RowLog
 from pipeline.data.split import normalize_split
+from pipeline.errors import MicroError, OptionError
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.errors import MicroError
 from pipeline.data.recipes.base import Record
 from pipeline.data.schema import RowLog
+from pipeline.errors import MicroError
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv",
            ".tsv": "tsv"}

@@ -11,11 +11,11 @@ The split comes from the file name (train* / test*) unless ``file_split`` is fal
 """
 from __future__ import annotations
 
-from pipeline.errors import MicroError
 from pipeline.data.recipes.base import Record, make_pair, need_text, per_record
 from pipeline.data.recipes.messages import prompt_messages
 from pipeline.data.schema import RowLog
 from pipeline.data.split import split_from_name
+from pipeline.errors import MicroError
 
 CONTEXT_FIELDS = ("criteria", "scenario")
 

@@ -27,7 +27,8 @@ class Backend(Protocol):
     chunk_size: int    # how many inputs the caller should pass to one ``embed`` call
 
     def fingerprint(self) -> dict:
-        """JSON-able identity of the embedder: backend, model, weights_hash, pooling, dtype, max_length, chat_template."""
+        """JSON-able identity of the embedder: backend, model, weights_hash, pooling, dtype, max_length,
+        chat_template."""
 
     def render_response(self, prompt: Messages, response: str) -> str:
         """Exact model input for prompt + final assistant response."""

@@ -15,7 +15,8 @@
   runs its fastest causal kernel; **left** (bidirectional encoders): left padding, an attention mask and position
   ids counted from each row's first real token.
 * Rendering/tokenisation/truncation: :mod:`pipeline.embed.backends.chat` (shared with the vLLM backend). Inputs longer
-  than ``max_length`` tokens keep their last ``max_length`` tokens (``truncation='right'``: first); ``token_lengths`` reports untruncated counts.
+  than ``max_length`` tokens keep their last ``max_length`` tokens (``truncation='right'``: first);
+  ``token_lengths`` reports untruncated counts.
 """
 from __future__ import annotations
 
@@ -30,12 +31,18 @@ import numpy as np
 
 from pipeline.embed.backends.base import check_max_length, config_positions, model_load_error, resolve_model_path
 from pipeline.embed.backends.batching import CPU_BATCH_TOKENS, activation_bytes_per_token, budget_for_memory
-from pipeline.embed.backends.chat import (ChatRenderer, RenderedBackend, default_max_length, load_tokenizer,
-                                    quiet_transformers)
+from pipeline.embed.backends.chat import (
+    ChatRenderer,
+    RenderedBackend,
+    default_max_length,
+    load_tokenizer,
+    quiet_transformers,
+)
 from pipeline.embed.backends.device import resolve_device
 from pipeline.errors import MicroError
 
-COMPUTE_DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+COMPUTE_DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16",
+                  "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16", "half": "float16"}
 
 

@@ -12,8 +12,16 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.embed.backends.base import (Messages, check_max_length, check_model_folder, config_positions,
-                                    model_load_error, render_plain, resolve_model_path, weights_hash)
+from pipeline.embed.backends.base import (
+    Messages,
+    check_max_length,
+    check_model_folder,
+    config_positions,
+    model_load_error,
+    render_plain,
+    resolve_model_path,
+    weights_hash,
+)
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
