@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache.atomic import atomic_path, write_json_atomic
-from cache.files import check_manifest, held, idle, writable_folder
+from cache.files import check_manifest, check_shard, held, idle, vector_width, writable_folder
 from cache.keys import KEY_BYTES, KeyIndex, key_prefix_u64, text_keys  # noqa: F401 (re-exported)
 from pipeline.errors import CacheError
 
@@ -151,33 +151,10 @@ class EmbeddingStore:
 
     def _check_shard(self, name: str, dim: int | None) -> tuple[int, int] | str:
         """(rows, bytes) of a readable shard with the right schema, or the reason it is unusable."""
-        path = self.shard_dir / name
-        try:
-            meta = pq.read_metadata(path)
-            schema = meta.schema.to_arrow_schema()
-        except Exception as exc:  # noqa: BLE001 - any read failure means damaged
-            return f"unreadable footer: {exc}"
-        if schema.names != ["key", "vec"]:
-            return f"unexpected columns {schema.names}"
-        width = self._vec_dim(schema.field("vec"))
-        if isinstance(width, str):
-            return width
-        if dim is not None and width != dim:
-            return f"vector width {width} != {dim}"
-        return meta.num_rows, path.stat().st_size
+        return check_shard(self.shard_dir / name, dim, self.dtype)
 
     def _vec_dim(self, f: pa.Field) -> int | str:
-        """Vector width of a shard's ``vec`` field, or why it is not a vector of this store's dtype."""
-        t = f.type
-        if pa.types.is_fixed_size_binary(t):  # raw vector bytes per row: no list levels, reads at memcpy speed
-            tag = (f.metadata or {}).get(b"dtype")
-            item = np.dtype(self.np_dtype).itemsize
-            if tag != self.dtype.encode() or t.byte_width % item:
-                return f"unexpected vector type {t} (dtype {tag})"
-            return t.byte_width // item
-        if pa.types.is_fixed_size_list(t) and t.value_type == self.pa_dtype:  # the earlier layout
-            return t.list_size
-        return f"unexpected vector type {t}"
+        return vector_width(f, self.dtype)
 
     def _recover(self) -> dict:
         manifest, problem = self._load_manifest()
