@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cache.atomic import atomic_paths
+from pipeline.core.run import check_fields, read_folder_json
 from pipeline.errors import InputError, MicroError, first_line
 
 FORMAT = "micro-bundle"
@@ -101,23 +102,12 @@ def read_meta(path: str | Path) -> dict:
     """model.json of a bundle folder; InputError naming the file and what is wrong when it is damaged."""
     path = Path(path)
     meta_path = path / "model.json"
-    if path.is_file():
-        raise InputError(f"{path}: is a file, not a model bundle folder (model.json + model.safetensors)")
-    if not meta_path.exists():
-        raise MicroError(f"{path}: not a model bundle (no model.json); create one with "
-                         f"`micro fit RUN_DIR --out {path}`")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{meta_path}: damaged model.json ({first_line(exc)}); refit with `micro fit`") from None
-    if not isinstance(meta, dict):
-        raise InputError(f"{meta_path}: damaged model.json (not a JSON object)")
+    meta = read_folder_json(path, "model.json", is_file="not a model bundle folder (model.json + model.safetensors)",
+                            missing=f"not a model bundle (no model.json); create one with `micro fit RUN_DIR --out "
+                            f"{path}`", repair="refit with `micro fit`")
     if meta.get("format") != FORMAT:
         raise MicroError(f"{meta_path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
-    for key, kind in (("class", str), ("params", dict), ("fitted", dict), ("fingerprint_id", str)):
-        if not isinstance(meta.get(key), kind):
-            what = "missing" if key not in meta else f"not a {kind.__name__}"
-            raise InputError(f"{meta_path}: field '{key}' is {what}")
+    check_fields(meta, {"class": str, "params": dict, "fitted": dict, "fingerprint_id": str}, meta_path)
     return meta
 
 

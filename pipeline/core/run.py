@@ -177,24 +177,40 @@ def _rerun(run_dir) -> str:
     return f"rerun `micro embed PAIRS --out {run_dir}` to rebuild it"
 
 
+def read_folder_json(folder: str | Path, name: str, *, is_file: str, missing: str, repair: str,
+                     hint: str = "") -> dict:
+    """The JSON object ``folder/name`` (run.json, model.json); one-line errors: ``folder`` is a file (``is_file``),
+    the file is absent (``missing``, MicroError), unreadable (``repair`` appended) or not an object (``hint``)."""
+    folder = Path(folder)
+    path = folder / name
+    if folder.is_file():
+        raise InputError(f"{folder}: is a file, {is_file}")
+    if not path.exists():
+        raise MicroError(f"{folder}: {missing}")
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: damaged {name} ({first_line(exc)}); {repair}") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: damaged {name} (not a JSON object)" + (f"; {hint}" if hint else ""))
+    return doc
+
+
+def check_fields(doc: dict, fields: dict, path: Path, hint: str = "") -> None:
+    """InputError naming the first of ``fields`` ({name: type}) that ``doc`` lacks or has with another type."""
+    for key, kind in fields.items():
+        if not isinstance(doc.get(key), kind):
+            what = "missing" if key not in doc else f"not a {kind.__name__}"
+            raise InputError(f"{path}: field '{key}' is {what}" + (f"; {hint}" if hint else ""))
+
+
 def read_run(run_dir: str | Path) -> dict:
     """run.json of a run folder written by ``micro embed``; InputError naming the file if it is damaged."""
     path = Path(run_dir) / "run.json"
-    if Path(run_dir).is_file():
-        raise InputError(f"{run_dir}: is a file, not a run folder (create one with `micro embed PAIRS --out DIR`)")
-    if not path.exists():
-        raise MicroError(f"{run_dir}: not a run folder (no run.json); create it with "
-                         f"`micro embed PAIRS --out {run_dir}`")
-    try:
-        run = json.loads(path.read_text())
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path}: damaged run.json ({first_line(exc)}); {_rerun(run_dir)}") from None
-    if not isinstance(run, dict):
-        raise InputError(f"{path}: damaged run.json (not a JSON object); {_rerun(run_dir)}")
-    for key, kind in RUN_FIELDS.items():
-        if not isinstance(run.get(key), kind):
-            what = "missing" if key not in run else f"not a {kind.__name__}"
-            raise InputError(f"{path}: field '{key}' is {what}; {_rerun(run_dir)}")
+    run = read_folder_json(run_dir, "run.json", is_file="not a run folder (create one with `micro embed PAIRS "
+                           "--out DIR`)", missing=f"not a run folder (no run.json); create it with "
+                           f"`micro embed PAIRS --out {run_dir}`", repair=_rerun(run_dir), hint=_rerun(run_dir))
+    check_fields(run, RUN_FIELDS, path, _rerun(run_dir))
     if run["cache_dtype"] not in DTYPES:
         raise InputError(f"{path}: field 'cache_dtype' is {run['cache_dtype']!r}, expected one of {', '.join(DTYPES)}")
     return run

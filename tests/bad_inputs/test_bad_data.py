@@ -94,7 +94,7 @@ PREPARED = [
 
 PAIR_TABLES = [
     Case("table-missing-split-column", "embed {ws}/bad.parquet --out {ws}/nr", r"bad\.parquet: missing column\(s\) split",
-         table(drop_split, schema=pa.schema([f for f in __import__("pipeline.data.schema").schema.PAIR_SCHEMA
+         table(drop_split, schema=pa.schema([f for f in __import__("pipeline.data.schema").data.schema.PAIR_SCHEMA
                                              if f.name != "split"]))),
     Case("table-null-chosen", "embed {ws}/bad.parquet --out {ws}/nr", r"bad\.parquet: row 1: field 'chosen' is null",
          table(set_(1, "chosen", None))),
