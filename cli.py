@@ -95,8 +95,9 @@ def embed(
     cache_dir: Path | None = typer.Option(None, help="Embedding cache root (default ~/.cache/micro/embeddings)."),
     cache_dtype: str = typer.Option("float32", help="Stored vector dtype: float32 | float16."),
     overlong: str = typer.Option("truncate", help="Texts over max length: truncate | skip (counted either way)."),
-    truncation: str = typer.Option("left", help="Texts over --max-length: keep the last (left) or first (right) "
-                                   "tokens, or history: drop the oldest turns, then cut the response's end."),
+    truncation: str = typer.Option("history", help="Texts over --max-length: history drops the oldest turns, then "
+                                   "cuts the response's end (the template stays intact); left / right keep the "
+                                   "last / first tokens."),
     tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs per model replica."),
     gpu_memory_utilization: float | None = typer.Option(None, help="vLLM: fraction of GPU memory the engine takes "
                                                            "(default 0.9)."),

@@ -29,7 +29,7 @@ from heads import MixtureBT  # noqa: E402
 from heads import gate as G  # noqa: E402
 from heads.em import run_em  # noqa: E402
 from heads.fitting import fit_projection  # noqa: E402
-from heads.initialise import initialise, sketch  # noqa: E402
+from heads.initialise import Sketch, initialise  # noqa: E402
 from heads.objective import Problem  # noqa: E402
 from heads.sgd import run_adamw  # noqa: E402
 from heads.synthetic import make_helpsteer2_like, split  # noqa: E402
@@ -50,7 +50,8 @@ def heldout_nll(prob_te: Problem, theta):
 
 def em_iteration_ratio(D, X, K, iters, mm):
     prob = Problem(D, X, K, "linear", 0.5, 1e-3)
-    W0, r0 = initialise("gate-kmeans", K, D.shape[1], 0, prompt_sketch=sketch(X, 128, np.random.default_rng(0)))
+    W0, r0 = initialise("gate-kmeans", K, D.shape[1], 0, rows=np.arange(len(D)),
+                        prompt_sketch=Sketch(X, 128, np.random.default_rng(0)))
     theta0 = prob.packer.pack(W0, G.init_gate_params("linear", K, X.shape[1]))
     at0 = []
     res = run_em(prob, theta0, r0, max_iter=iters, tol=0.0, init_m_steps=3,
@@ -117,7 +118,8 @@ def race(D, X, te, args):
     prob = Problem(D, X, K, "linear", 0.5, 1e-3)
     prob_te = Problem(te["delta"], te["prompt"], K, "linear", 0.5, 1e-3)
     t_init0 = time.perf_counter()
-    W0, r0 = initialise("gate-kmeans", K, D.shape[1], 0, prompt_sketch=sketch(X, 128, np.random.default_rng(0)))
+    W0, r0 = initialise("gate-kmeans", K, D.shape[1], 0, rows=np.arange(len(D)),
+                        prompt_sketch=Sketch(X, 128, np.random.default_rng(0)))
     theta0 = prob.packer.pack(W0, G.init_gate_params("linear", K, X.shape[1]))
     t_kmeans = time.perf_counter() - t_init0
     trace = []  # (seconds of fitting so far, held-out nll)

@@ -10,8 +10,8 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-#: bytes of float32 rows per converted chunk (contiguous float32/float64 data is used in place, in larger views)
-CHUNK_BYTES = 1 << 26
+#: bytes of compute-dtype rows per converted chunk (contiguous float32/float64 data is used in place, in larger views)
+CHUNK_BYTES = 1 << 25
 
 
 def compute_dtype(A: np.ndarray):

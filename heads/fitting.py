@@ -15,12 +15,9 @@ from scipy.special import log_expit
 from . import gate as G
 from .chunked import mean_sq_norm, project
 from .em import EMResult, newton_polish_single, run_em
-from .initialise import MAX_KMEANS_DIM, initialise, normalised_rows, sketch
+from .initialise import MAX_KMEANS_DIM, Sketch, initialise
 from .objective import Problem
 from .selection import best_point, dim_candidates, fit_temperature, holdout_rows, l2_path
-
-#: EM iterations of the refit on all train pairs when the chosen path point had stopped early
-REFIT_EARLY_STOPPED = 5
 
 
 def seed_of(random_state) -> int:
@@ -57,8 +54,8 @@ class Prepared:
     prompt_projection: Optional[np.ndarray]
     method: str                         # initialisation actually used
     seeds: List[int]
-    sk_prompt: Optional[np.ndarray] = None
-    sk_delta: Optional[np.ndarray] = None
+    sk_prompt: Optional[Sketch] = None
+    sk_delta: Optional[Sketch] = None
     delta_rms: float = 1.0
     scales: tuple = (1.0, 1.0)          # (s_D, s_X): mean squared row norm / width (relative L2 units)
     notes: list = field(default_factory=list)
@@ -115,9 +112,9 @@ def prepare(est, D: np.ndarray, X: Optional[np.ndarray], kind: str) -> Prepared:
     rng = np.random.default_rng(seeds[0])
     prep = Prepared(Dfit, Xfit, kind, P, Pp, method, seeds, widths=widths)
     if K > 1 and method == "gate-kmeans":
-        prep.sk_prompt = sketch(Xfit, MAX_KMEANS_DIM, rng)
+        prep.sk_prompt = Sketch(Xfit, MAX_KMEANS_DIM, rng)
     if K > 1 and method == "kmeans":
-        prep.sk_delta = sketch(normalised_rows(Dfit), MAX_KMEANS_DIM, rng)
+        prep.sk_delta = Sketch(Dfit, MAX_KMEANS_DIM, rng, normalise=True)
     prep.delta_rms = float(np.sqrt(mean_sq_norm(Dfit, max_rows=2048)))
     return prep.restrict(widths[-1]) if len(widths) == 1 or P is None else prep
 
@@ -141,15 +138,12 @@ def _start(est, prep: Prepared, prob: Problem, seed: int):
         p1 = Problem(prep.D, None, 1, "static", 0.0, prob.l2, rows=prob.rows, scale=prob.scale)
         single = p1.packer.unpack(run_em(p1, np.zeros(p1.packer.size), max_iter=est.max_iter,
                                          tol=est.tol).theta)[0][0]
-    W0, r0 = initialise(prep.method, K, prep.D.shape[1], seed, delta_sketch=_rows(prep.sk_delta, prob.rows),
-                        prompt_sketch=_rows(prep.sk_prompt, prob.rows), delta_rms=prep.delta_rms * prob.scale[0],
+    rows = np.arange(prob.n) if prob.rows is None else prob.rows
+    W0, r0 = initialise(prep.method, K, prep.D.shape[1], seed, rows=rows, delta_sketch=prep.sk_delta,
+                        prompt_sketch=prep.sk_prompt, delta_rms=prep.delta_rms * prob.scale[0],
                         single_coef=single)
     g0 = G.init_gate_params(prep.kind, K, prob.p, est.gate_hidden, np.random.default_rng(seed))
     return prob.packer.pack(W0, g0), r0
-
-
-def _rows(a: Optional[np.ndarray], rows: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    return a if a is None or rows is None else a[rows]
 
 
 def fit_restarts(est, prep: Prepared, prob: Problem, val: Optional[Problem] = None,
@@ -198,7 +192,7 @@ def _merge(first: Optional[EMResult], second: EMResult) -> EMResult:
 def select(est, prep: Prepared, groups: np.ndarray, calibrate: bool, search: bool, fixed: tuple) -> dict:
     """Held-out selection on the train pairs: for every candidate width an L2 path (``search``; else the
     ``fixed`` (l2, gate_l2) at the widest candidate) and/or a temperature (``calibrate``). Returns {widths, theta
-    (fit-space start for the refit), l2, gate_l2, refit_iter, temperature, restart_scores, selection (JSON-able)}."""
+    (fit-space start for the refit), l2, gate_l2, temperature, restart_scores, selection (JSON-able)}."""
     fit_rows, val_rows = holdout_rows(groups, est.holdout, seed_of(est.random_state))
     if len(val_rows) == 0 or len(fit_rows) < int(est.n_components):
         prep.notes.append("too few prompts for a held-out slice: no selection, no calibration")
@@ -231,13 +225,14 @@ def select(est, prep: Prepared, groups: np.ndarray, calibrate: bool, search: boo
             points += path
         best = best_point(points)       # ties go to the stronger L2, then to the narrower width (listed first)
         widths, sub, val, first = thetas[id(best)]
-        # a converged point is the optimum of its L2: refit to convergence; an early-stopped one only a few steps
-        out.update(widths=widths, theta=best.theta, l2=best.l2, gate_l2=best.gate_l2, **first,
-                   refit_iter=REFIT_EARLY_STOPPED if best.stopped_early else est.max_iter)
+        # early stopping chose the L2; the model is its optimum: the chosen point runs on to convergence on the fit
+        # pairs (what the temperature is fitted to), and the refit on every train pair starts from there
+        fit = sub.problem(K, est, best.l2, best.gate_l2, fit_rows)
+        theta = est.solver_.resume(fit, best.theta, max_iter=est.max_iter, tol=est.tol).theta
+        out.update(widths=widths, theta=theta, l2=best.l2, gate_l2=best.gate_l2, **first)
         out["selection"].update(
             path=[dict(p.to_dict(), dim=thetas[id(p)][1].D.shape[1]) for p in points], chosen_c=best.c,
             seconds=float(seconds), scales=list(sub.scales))
-        theta = best.theta
     else:
         widths = prep.widths[-1]
         sub = prep.restrict(widths)

@@ -25,22 +25,45 @@ INITS = ("gate-kmeans", "kmeans", "random", "split")
 MAX_KMEANS_DIM = 128
 
 
-def sketch(X: np.ndarray, max_dim: int, rng: np.random.Generator) -> np.ndarray:
-    """X itself when narrow, else X @ R with R Gaussian (p, max_dim) / sqrt(max_dim), float32."""
-    if X.shape[1] <= max_dim:
-        return np.asarray(X, dtype=np.float32)
-    R = rng.standard_normal((X.shape[1], max_dim), dtype=np.float32) / np.float32(np.sqrt(max_dim))
-    return np.asarray(X, dtype=np.float32) @ R
+#: k-means is fitted on at most this many rows (seeded sample); every row is then assigned to its nearest centre
+MAX_KMEANS_ROWS = 50_000
 
 
-def kmeans_labels(X: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Hard k-means labels (sklearn Lloyd, one init, k-means++ seeding)."""
+class Sketch:
+    """Rows of X (row-normalised with ``normalise``) as float32, through a fixed Gaussian projection R (p, max_dim)
+    / sqrt(max_dim) when X is wider than ``max_dim``; computed in chunks on demand, so no float32 copy of X exists."""
+
+    def __init__(self, X: np.ndarray, max_dim: int, rng: np.random.Generator, normalise: bool = False):
+        self.X, self.normalise = X, normalise
+        self.R = (rng.standard_normal((X.shape[1], max_dim), dtype=np.float32) / np.float32(np.sqrt(max_dim))
+                  if X.shape[1] > max_dim else None)
+
+    def rows(self, idx: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        """(len(idx), m) float32 sketch of the rows ``idx``."""
+        m = self.X.shape[1] if self.R is None else self.R.shape[1]
+        out = np.empty((len(idx), m), dtype=np.float32)
+        for s in range(0, len(idx), chunk):
+            A = np.asarray(self.X[idx[s:s + chunk]], dtype=np.float32)
+            if self.normalise:
+                nrm = np.linalg.norm(A, axis=1, keepdims=True)
+                A /= np.where(nrm > 0, nrm, 1.0)
+            out[s:s + chunk] = A if self.R is None else A @ self.R
+        return out
+
+
+def kmeans_labels(sk: Sketch, rows: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Hard k-means labels of the rows ``rows`` of a sketch (sklearn Lloyd, one init, k-means++ seeding), fitted on
+    at most MAX_KMEANS_ROWS of them."""
     from sklearn.cluster import KMeans
 
+    rng = np.random.default_rng(seed)
+    fit = rows if len(rows) <= MAX_KMEANS_ROWS else np.sort(rng.choice(rows, MAX_KMEANS_ROWS, replace=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        km = KMeans(n_clusters=k, n_init=1, max_iter=100, random_state=seed)
-        return km.fit_predict(X)
+        km = KMeans(n_clusters=k, n_init=1, max_iter=100, random_state=seed).fit(sk.rows(fit))
+    if fit is rows:
+        return km.labels_
+    return np.concatenate([km.predict(sk.rows(rows[s:s + 65536])) for s in range(0, len(rows), 65536)])
 
 
 def smoothed(labels: np.ndarray, k: int, own: float = 0.9) -> np.ndarray:
@@ -52,19 +75,20 @@ def smoothed(labels: np.ndarray, k: int, own: float = 0.9) -> np.ndarray:
     return r
 
 
-def initialise(method: str, k: int, d: int, seed: int, *, delta_sketch: Optional[np.ndarray] = None,
-               prompt_sketch: Optional[np.ndarray] = None, delta_rms: float = 1.0,
+def initialise(method: str, k: int, d: int, seed: int, *, rows: np.ndarray, delta_sketch: Optional[Sketch] = None,
+               prompt_sketch: Optional[Sketch] = None, delta_rms: float = 1.0,
                single_coef: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Initial heads W0 (k, d) and first responsibilities r0 (or None). Sketches are precomputed by the
-    caller once per fit (shared by restarts); ``delta_rms`` is the root-mean-square norm of Delta rows."""
+    """Initial heads W0 (k, d) and first responsibilities r0 (len(rows), k) (or None) for the pairs ``rows``.
+    Sketches are made by the caller once per fit (shared by restarts); ``delta_rms`` is the root-mean-square norm
+    of Delta rows."""
     rng = np.random.default_rng(seed)
     W0 = np.zeros((k, d))
     if k == 1:
         return W0, None
     if method == "gate-kmeans":
-        return W0, smoothed(kmeans_labels(prompt_sketch, k, seed), k)
+        return W0, smoothed(kmeans_labels(prompt_sketch, rows, k, seed), k)
     if method == "kmeans":
-        return W0, smoothed(kmeans_labels(delta_sketch, k, seed), k)
+        return W0, smoothed(kmeans_labels(delta_sketch, rows, k, seed), k)
     if method == "random":
         U = rng.standard_normal((k, d))
         U *= 0.1 / (np.linalg.norm(U, axis=1, keepdims=True) * max(delta_rms, 1e-12))
@@ -76,10 +100,3 @@ def initialise(method: str, k: int, d: int, seed: int, *, delta_sketch: Optional
         scale = 0.3 * max(float(np.linalg.norm(w1)), 0.1 / max(delta_rms, 1e-12))
         return w1[None, :] + scale * U, None
     raise ValueError(f"unknown init {method!r}; expected one of {INITS}")
-
-
-def normalised_rows(A: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit norm (zero rows stay zero), float32."""
-    A = np.asarray(A, dtype=np.float32)
-    nrm = np.linalg.norm(A, axis=1, keepdims=True)
-    return A / np.where(nrm > 0, nrm, 1.0)

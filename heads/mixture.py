@@ -189,7 +189,7 @@ class MixtureBT(BaseEstimator):
         self.n_features_in_, self.n_prompt_features_in_ = D.shape[1], (X.shape[1] if X is not None else 0)
         prep = F.prepare(self, D, X if kind != "static" else None, kind)
         self.init_used_ = prep.method
-        search = self.l2 == "auto"
+        search = self.l2 == "auto" and self.solver_.name == "em"   # AdamW (the paper's recipe) runs as it is
         calibrate = self.calibrate is True or (self.calibrate == "auto" and search)
         fixed = self._l2_values({}, prep.restrict(prep.widths[-1]))
         sel = (F.select(self, prep, groups, calibrate, search, fixed)
@@ -200,10 +200,8 @@ class MixtureBT(BaseEstimator):
         l2, gl2 = self._l2_values(sel, prep)
         prob = prep.problem(K, self, l2, gl2)
         if "theta" in sel:  # the held-out fit, refitted on every train pair from where it stopped
-            cap = min(self.max_iter, sel.get("refit_iter", self.max_iter))
-            res = self.solver_.resume(prob, sel["theta"], max_iter=cap, tol=self.tol, on_iter=self.on_iter)
-            done = res.converged or cap < self.max_iter   # an early-stopped choice is refitted a few steps on purpose
-            best = F.Best(res.theta, res.objective, res.history, done, res.n_iter, sel.get("restart", 0),
+            res = self.solver_.resume(prob, sel["theta"], max_iter=self.max_iter, tol=self.tol, on_iter=self.on_iter)
+            best = F.Best(res.theta, res.objective, res.history, res.converged, res.n_iter, sel.get("restart", 0),
                           sel.get("restart_scores", []))
         else:
             best = F.fit_restarts(self, prep, prob)
@@ -215,7 +213,7 @@ class MixtureBT(BaseEstimator):
     def _l2_values(self, sel: dict, prep) -> tuple:
         if "l2" in sel:
             return sel["l2"], sel["gate_l2"]
-        if self.l2 == "auto":   # no held-out slice: the relative value the search starts from
+        if self.l2 == "auto":   # AdamW, or no held-out slice: the relative value the search starts from
             c = C_START
             return c * prep.scales[0], c * prep.scales[1]
         return float(self.l2), float(self.l2 if self.gate_l2 is None else self.gate_l2)

@@ -118,8 +118,15 @@ class Problem:
         self.gate_l2 = float(l2 if gate_l2 is None else gate_l2)
         self.l2_weights = self.packer.penalty_weights(self.l2, self.gate_l2)
 
-    def _scaled(self, A: np.ndarray, a: float) -> np.ndarray:
-        return A if a == 1.0 else A * A.dtype.type(a)
+    @staticmethod
+    def _scaled(A: np.ndarray, a: float, source: np.ndarray) -> np.ndarray:
+        """A * a; in place when A is a converted / gathered copy (not a view of the caller's ``source``)."""
+        if a == 1.0:
+            return A
+        if np.shares_memory(A, source):
+            return A * A.dtype.type(a)
+        A *= A.dtype.type(a)
+        return A
 
     def block(self, start: int, stop: int, rows: Optional[np.ndarray] = None):
         """(Delta, prompt or None) of rows ``start:stop`` (or of the global ``rows``) in the compute dtype, scaled."""
@@ -129,7 +136,7 @@ class Problem:
         if self.X is not None:
             X = take(self.X, rows, 0, len(rows), self.np_dtype) if rows is not None else \
                 take(self.X, self.rows, start, stop, self.np_dtype)
-        return self._scaled(D, self.scale[0]), (None if X is None else self._scaled(X, self.scale[1]))
+        return self._scaled(D, self.scale[0], self.D), (None if X is None else self._scaled(X, self.scale[1], self.X))
 
     def chunks(self):
         """(start, stop, Delta rows, prompt rows or None) in the compute dtype."""

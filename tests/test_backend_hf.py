@@ -93,9 +93,9 @@ def test_rendering_uses_the_chat_template(backend):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_truncation_keeps_last_tokens_by_default(tiny_llama_dir, reference, side):
+def test_token_truncation_keeps_last_or_first_tokens(tiny_llama_dir, reference, side):
     _, model = reference
-    kw = {} if side == "left" else {"truncation": "right"}
+    kw = {"truncation": side}
     be = TransformersBackend(str(tiny_llama_dir), batch_size=2, max_length=16, **kw)
     assert be.max_length == 16 and be.fingerprint()["truncation"] == side
     texts = [be.render_response([{"role": "user", "content": "the sea"}], " ".join(["the sky"] * 20)),
@@ -129,7 +129,7 @@ def test_fingerprint(backend, tiny_llama_dir, tmp_path):
     assert fp == {"backend": "transformers", "model": tiny_llama_dir.name, "weights_hash": fp["weights_hash"],
                   "pooling": "last", "dtype": "float32", "max_length": 512,
                   "chat_template": hashlib.sha256(TINY_CHAT_TEMPLATE.encode()).hexdigest()[:16], "padding": "left",
-                  "truncation": "left"}
+                  "truncation": "history"}
     other = build_tiny_llama(tmp_path / tiny_llama_dir.name, seed=1)  # same name and config, other weights
     be2 = TransformersBackend(str(other))
     fp2 = be2.fingerprint()

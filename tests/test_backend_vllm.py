@@ -40,14 +40,15 @@ def test_vllm_matches_transformers(tiny_llama_dir, tmp_path):
     inputs = meta["inputs"]
 
     hf = TransformersBackend(str(tiny_llama_dir), batch_size=3, max_length=MAX_LENGTH, dtype="float32")
+    # the same rendering (history truncation included) as the vLLM backend's
+    assert inputs == [hf.render_response(p, r) if i % 2 == 0 else hf.render_prompt(p)
+                      for (p, r) in _convs() for i in (0, 1)]
     ref = hf.embed(inputs)
     lengths = hf.token_lengths(inputs)
 
     assert emb.shape == ref.shape == (len(inputs), 64) and emb.dtype == np.float32
     assert meta["token_lengths"] == lengths.tolist()
     assert max(lengths) > MAX_LENGTH  # truncation exercised
-    assert inputs == [hf.render_response(p, r) if i % 2 == 0 else hf.render_prompt(p)
-                      for (p, r) in _convs() for i in (0, 1)]
     diff = float(np.abs(emb - ref).max())
     print(f"vLLM vs transformers max abs diff: {diff:.3g}; vLLM load {meta['load_s']:.1f}s")
     assert diff <= 1e-4

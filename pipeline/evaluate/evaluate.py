@@ -49,7 +49,16 @@ from heads.defaults import BUDGET, BUDGETS, HYRE_N, ROUTER_EPOCHS, ROUTER_LR, SE
 from pipeline.core.model import Model
 from pipeline.core.run import Run, per_group_accuracy
 from pipeline.errors import MicroError
-from pipeline.evaluate.results import METHODS, SEEDED, EvalResult, fitted_l2, method_rows, parse_budgets, write_tables
+from pipeline.evaluate.results import (
+    METHODS,
+    SEEDED,
+    EvalResult,
+    fitted_l2,
+    method_rows,
+    metrics,
+    parse_budgets,
+    write_tables,
+)
 
 #: fitting settings of the baselines (kept small so that ``micro eval`` on ~10k pairs takes well under a minute)
 SINGLE_MAX_ITER = 200
@@ -210,6 +219,12 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
     for m in METHODS:
         rows += method_rows(m, per_seed[m], names, seeded=m in SEEDED)
     macro_before = float(np.nanmean(res.before))
+    T = float(getattr(model, "temperature_", 1.0))
+    if T != 1.0:  # the Stage-1 mixture's calibration, before and after its temperature
+        raw = metrics(expit(model.log_odds(test.delta, stage1_x)))
+        cal = metrics(model.predict_proba(test.delta, stage1_x))
+        notes.append(f"Stage-1 mixture on the test pairs, temperature {T:.3f} (fitted on held-out train prompts): "
+                     f"ECE {raw[2]:.3f} -> {cal[2]:.3f}, NLL {raw[1]:.3f} -> {cal[1]:.3f}")
     notes.insert(0, f"Stage-1 gate without routing (for reference): macro accuracy {macro_before:.3f}; "
                     + ", ".join(f"{g} {a:.3f}" for g, a in zip(names, res.before)))
     result = EvalResult(rows=rows, groups=names, counts=counts, head_group_accuracy=hg_acc,

@@ -110,12 +110,15 @@ def plot_budget_curve(budgets: Sequence[int], mean: np.ndarray, std: np.ndarray,
 
 
 def plot_selection(selection: dict, path: str | Path) -> Path:
-    """Held-out log-likelihood per pair along the fit's L2 path (relative L2, log scale), the chosen point marked."""
-    pts = sorted(selection["path"], key=lambda p: p["c"])
+    """Held-out (calibrated) log-likelihood per pair along the fit's L2 path (relative L2, log scale), one line per
+    candidate width, the chosen point marked."""
     fig = new_figure(5.6, 3.6)
     ax = fig.add_subplot(1, 1, 1)
-    c = [p["c"] for p in pts]
-    ax.plot(c, [p["val_loglik"] for p in pts], "o-", color="C0", label="held-out prompts")
+    dims = sorted({p.get("dim") for p in selection["path"]}, key=lambda d: d or 0)
+    for i, dim in enumerate(dims):
+        pts = sorted((p for p in selection["path"] if p.get("dim") == dim), key=lambda p: p["c"])
+        ax.plot([p["c"] for p in pts], [p["val_loglik"] for p in pts], "o-", color=f"C{i}",
+                label=f"width {dim}" if len(dims) > 1 else "held-out prompts")
     ax.axvline(selection["chosen_c"], color="C3", lw=1.0,
                label=f"chosen: l2 {selection['l2']:.3g}, gate l2 {selection['gate_l2']:.3g}")
     ax.set_xscale("log")

@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.embed.backends.base import Messages, check_max_length, config_positions, render_plain, weights_hash
+from pipeline.embed.backends.truncation import DEFAULT_TRUNCATION
 from pipeline.errors import MicroError
 
 DEFAULT_MAX_LENGTH = 4096
@@ -83,7 +84,7 @@ def fold_system(messages: Messages) -> list[dict]:
 class ChatRenderer:
     """Renders conversations and turns rendered strings into (optionally truncated) token ids."""
 
-    def __init__(self, tokenizer, max_length: int, truncation: str = "left"):
+    def __init__(self, tokenizer, max_length: int, truncation: str = DEFAULT_TRUNCATION):
         if truncation not in TRUNCATION_SIDES:
             raise MicroError(f"truncation must be one of {', '.join(TRUNCATION_SIDES)}, got {truncation!r}")
         self.tok = tokenizer

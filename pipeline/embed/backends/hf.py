@@ -39,6 +39,7 @@ from pipeline.embed.backends.chat import (
     quiet_transformers,
 )
 from pipeline.embed.backends.device import resolve_device
+from pipeline.embed.backends.truncation import DEFAULT_TRUNCATION
 from pipeline.errors import MicroError
 
 COMPUTE_DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16",
@@ -119,7 +120,7 @@ class TransformersBackend(RenderedBackend):
     def __init__(self, model: str | None = None, *, batch_size: int | None = None, max_batch_tokens: int | None = None,
                  max_length: int | None = None, device: str | None = None, dtype: str | None = None,
                  attn_implementation: str | None = None, trust_remote_code: bool = False,
-                 gguf_file: str | None = None, chunk_size: int | None = None, truncation: str = "left",
+                 gguf_file: str | None = None, chunk_size: int | None = None, truncation: str = DEFAULT_TRUNCATION,
                  packed: bool | None = None):
         import torch
         from transformers import AutoConfig, AutoModel

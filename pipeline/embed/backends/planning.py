@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline.embed.backends.chat import RenderedBackend
+from pipeline.embed.backends.truncation import DEFAULT_TRUNCATION
 from pipeline.errors import MicroError
 
 GPU_BACKENDS = ("vllm", "transformers")
@@ -68,7 +69,7 @@ class PlanningBackend(RenderedBackend):
 
     def __init__(self, name: str, model: str | None = None, *, max_length: int | None = None,
                  dtype: str | None = None, trust_remote_code: bool = False, gguf_file: str | None = None,
-                 device: str | None = None, chunk_size: int | None = None, truncation: str = "left",
+                 device: str | None = None, chunk_size: int | None = None, truncation: str = DEFAULT_TRUNCATION,
                  **_runtime_kwargs):
         from pipeline.embed.backends.base import resolve_model_path
         from pipeline.embed.backends.chat import load_identity, quiet_transformers

@@ -22,6 +22,7 @@ from pipeline.embed.backends.base import (
     resolve_model_path,
     weights_hash,
 )
+from pipeline.embed.backends.truncation import DEFAULT_TRUNCATION
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -64,7 +65,8 @@ class SentenceTransformersBackend:
     name = "sentence-transformers"
 
     def __init__(self, model: str | None = None, *, batch_size: int = 32, max_length: int | None = None,
-                 device: str | None = None, dtype: str = "float32", normalize: bool = False, truncation: str = "left"):
+                 device: str | None = None, dtype: str = "float32", normalize: bool = False,
+                 truncation: str = DEFAULT_TRUNCATION):
         from pipeline.embed.backends.chat import TRUNCATION_SIDES
         from pipeline.errors import MicroError
 

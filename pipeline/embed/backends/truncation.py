@@ -23,6 +23,8 @@ Render = Callable[[list, "str | None"], str]
 Count = Callable[[str], int]
 Cut = Callable[[str, int, str], str]
 
+#: the default truncation mode of every backend (README "Truncation": history beats left and right on DSP and HH)
+DEFAULT_TRUNCATION = "history"
 #: share of max_length a cut response keeps at least (the reward model must see some of the response)
 MIN_RESPONSE = 0.25
 

@@ -22,6 +22,7 @@ import numpy as np
 from pipeline.embed.backends.base import resolve_model_path
 from pipeline.embed.backends.chat import RenderedBackend, load_identity, quiet_transformers
 from pipeline.embed.backends.hf import resolve_dtype, split_gguf
+from pipeline.embed.backends.truncation import DEFAULT_TRUNCATION
 from pipeline.errors import MicroError
 
 
@@ -83,7 +84,7 @@ class VLLMBackend(RenderedBackend):
                  max_model_len: int | None = None, max_num_batched_tokens: int | None = None,
                  batch_size: int | None = None, chunk_size: int = 8192, trust_remote_code: bool = False,
                  gguf_file: str | None = None, device: str | None = None, enforce_eager: bool | None = None,
-                 truncation: str = "left", **llm_kwargs):
+                 truncation: str = DEFAULT_TRUNCATION, **llm_kwargs):
         from pipeline.embed.backends.device import device_kind
 
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vllm is imported; the user's value wins
