@@ -27,6 +27,7 @@ demo: $(VENV)/.base
 	$(VENV)/bin/micro demo --out runs/demo
 
 test: $(VENV)/.test
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.base

@@ -3,7 +3,7 @@
     python bench/bench_embed.py                # all three, 1,000 unique DSP texts, 100k x 1024 float16 load
     python bench/bench_embed.py --n 300 --only embed,rerun
 
-1. embed   pipeline.embed.embed_pairs (default sentence-transformers backend, fresh temp cache each time) vs
+1. embed   pipeline.embed.embed.embed_pairs (default sentence-transformers backend, fresh temp cache each time) vs
            SentenceTransformer.encode of the same unique rendered texts, same batch size.  The model is loaded
            once before either is timed (load excluded from both); each is timed --reps times, alternating
            (A B, B A, ...), and the ratio of the medians is printed.  Target <= 1.10.
@@ -15,7 +15,7 @@
            .npy file (page cache warm for both).  Median of 5.  Target <= 2.
 
 Pairs come from ``../shared/data/dsp/domain_specific_preference.test.json`` (``--dsp``) through
-``pipeline.prepare.build_pairs("dsp", ...)``; the first pairs are taken until they hold --n unique texts.
+``pipeline.data.prepare.build_pairs("dsp", ...)``; the first pairs are taken until they hold --n unique texts.
 Numbers are wall-clock on whatever machine runs this; on shared cores expect noise of several percent.
 """
 from __future__ import annotations
@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cache.store import EmbeddingStore, text_keys  # noqa: E402
-from pipeline.embed import ROLES, embed_pairs, render_inputs  # noqa: E402
-from pipeline.schema import write_pairs  # noqa: E402
+from pipeline.data.schema import write_pairs  # noqa: E402
+from pipeline.embed.embed import ROLES, embed_pairs, render_inputs  # noqa: E402
 
 DSP = REPO.parent / "shared/data/dsp/domain_specific_preference.test.json"
 MICRO = Path(sys.executable).parent / "micro"
@@ -55,7 +55,7 @@ def unique_texts(table, backend) -> list[str]:
 
 def pair_slice(dsp: Path, n: int, backend):
     """The first pairs of the DSP table that hold at least ``n`` unique rendered texts."""
-    from pipeline.prepare import build_pairs
+    from pipeline.data.prepare import build_pairs
 
     table = build_pairs("dsp", [dsp])[0]
     inputs = render_inputs(table, backend)
@@ -77,7 +77,7 @@ def timed(fn) -> float:
 
 def bench_embed(work: Path, pairs_path: Path, table, backend, reps: int) -> dict:
     texts = unique_texts(table, backend)
-    model = backend._load()
+    model = backend.load()
     model.encode(texts[:backend.batch_size], batch_size=backend.batch_size)  # warm-up, not timed
     ours, ref, counter = [], [], [0]
     cpu = {id(ours): [], id(ref): []}
@@ -115,14 +115,15 @@ def bench_embed(work: Path, pairs_path: Path, table, backend, reps: int) -> dict
     backend.embed = real_embed
     med = statistics.median
     overhead = [w - i for w, i in zip(ours, inside)]
-    return {"overhead": overhead, "overhead_ratio": 1 + med(overhead) / med(ref),"texts": len(texts), "ours": ours, "ref": ref, "ratio": med(ours) / med(ref),
+    return {"overhead": overhead, "overhead_ratio": 1 + med(overhead) / med(ref), "texts": len(texts), "ours": ours,
+            "ref": ref, "ratio": med(ours) / med(ref),
             "cpu_ours": cpu[id(ours)], "cpu_ref": cpu[id(ref)], "cpu_ratio": med(cpu[id(ours)]) / med(cpu[id(ref)])}
 
 
 def overhead_breakdown(work: Path, pairs_path: Path, table, backend) -> dict:
     """Time the non-model parts of embed_pairs on their own (no model: vectors are random)."""
-    from pipeline.embed import open_store
-    from pipeline.schema import read_pairs
+    from pipeline.data.schema import read_pairs
+    from pipeline.embed.embed import open_store
 
     out = {}
     out["read pairs"] = timed(lambda: read_pairs(pairs_path))
@@ -204,7 +205,7 @@ def bench_load(work: Path, rows: int, dim: int, shards: int, reps: int) -> dict:
 
     shard = st.shard_dir / st.manifest["shards"][0]["file"]
     s2 = EmbeddingStore(root, fp, "bench-load", "float16")
-    idx = s2._load_index()
+    idx = s2.index()
     parts = {
         "read+verify": min(timed(lambda: pq.read_table(shard, memory_map=True, page_checksum_verification=True))
                            for _ in range(3)),
@@ -237,7 +238,7 @@ def main() -> None:
     try:
         print(f"cpu cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
         if parts & {"embed", "rerun"}:
-            from pipeline.backends.st import SentenceTransformersBackend
+            from pipeline.embed.backends.st import SentenceTransformersBackend
 
             backend = SentenceTransformersBackend(batch_size=args.batch_size)
             table = pair_slice(args.dsp, args.n, backend)

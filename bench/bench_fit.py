@@ -29,8 +29,8 @@ from heads import MixtureBT  # noqa: E402
 from heads import gate as G  # noqa: E402
 from heads.em import run_em  # noqa: E402
 from heads.fitting import fit_projection  # noqa: E402
-from heads.objective import Problem  # noqa: E402
 from heads.initialise import Sketch, initialise  # noqa: E402
+from heads.objective import Problem  # noqa: E402
 from heads.sgd import run_adamw  # noqa: E402
 from heads.synthetic import make_helpsteer2_like, split  # noqa: E402
 
@@ -96,8 +96,8 @@ def iteration_costs(D, X, args):
     Dt = torch.from_numpy(D)
     for K in (5, 10):
         W = np.random.default_rng(0).standard_normal((K, D.shape[1])).astype(np.float32)
-        mm_t = median_time(lambda: Dt @ torch.from_numpy(W).T)
-        mm_n = median_time(lambda: D @ W.T)
+        mm_t = median_time(lambda W=W: Dt @ torch.from_numpy(W).T)
+        mm_n = median_time(lambda W=W: D @ W.T)
         mm = min(mm_t, mm_n)
         it_full, r_full, ev_full = em_iteration_ratio(D, X, K, 8 if args.quick else 20, mm)
         Dp = np.ascontiguousarray(D @ fit_projection(D, 256, 0).T.astype(np.float32))
@@ -233,7 +233,7 @@ def memory(args):
         D = rng.standard_normal((n, d), dtype=np.float32).astype(np.float16)
         prob = Problem(D, D, K, "linear", 0.0, 1e-3)
         theta = np.random.default_rng(1).standard_normal(prob.packer.size) * 1e-2
-        times.append(median_time(lambda: prob.evaluate(theta, grads=("L",)), reps=3))
+        times.append(median_time(lambda prob=prob, theta=theta: prob.evaluate(theta, grads=("L",)), reps=3))
     print("   seconds per objective+gradient pass (float16, d=1024, K=10): "
           + ", ".join(f"N={n:,}: {t:.2f}s ({t / n * 1e6:.2f} us/row)" for n, t in zip(sizes, times)))
 

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from heads import MixtureBT  # noqa: E402
 from heads.selection import prompt_groups  # noqa: E402
-from pipeline.features import load_features  # noqa: E402
+from pipeline.core.run import Run  # noqa: E402
 
 
 def parse_fixed(text: str) -> dict:
@@ -40,8 +40,8 @@ def main() -> None:
     args = ap.parse_args()
     fixed = args.fixed or ["l2=1e-4,dim=none,gate_dim=none"]
     t0 = time.perf_counter()
-    f = load_features(args.run_dir, dtype=None)
-    tr, te = f.split_rows("train"), f.split_rows("test")
+    f = Run.load(args.run_dir, dtype=None)
+    tr, te = f.part("train"), f.part("test")
     ctx = bool(tr.has_context.all())
     gx = (lambda part: part.context) if ctx else (lambda part: part.prompt)
     print(f"{args.run_dir}: {tr.n} train / {te.n} test pairs, d = {tr.delta.shape[1]}, gate reads "

@@ -8,7 +8,7 @@
            on the device (bf16 on CUDA) and saved with a local tokenizer (default: the bundled all-MiniLM-L6-v2
            tokenizer, 30,522 tokens, with a chat template set). Weights are irrelevant to speed.
 2. micro   the transformers backend with DEFAULT settings (what `micro embed --backend transformers --model M` does)
-           runs pipeline.embed.embed_pairs on the DSP pairs into a fresh cache; model load and a short warm-up are
+           runs pipeline.embed.embed.embed_pairs on the DSP pairs into a fresh cache; model load and a short warm-up are
            excluded. Reported: tokens/s of the embedding phase (passes, tokenisation, shard writes) and of the
            whole embed_pairs call (reading, rendering, hashing, token counting and the run folder included).
 3. bare    the same model object over the identical token ids (the backend's own tokenisation of the texts micro
@@ -40,8 +40,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.embed import ROLES, embed_pairs, open_store, render_inputs  # noqa: E402
-from pipeline.schema import write_pairs  # noqa: E402
+from pipeline.data.schema import write_pairs  # noqa: E402
+from pipeline.embed.embed import ROLES, embed_pairs, open_store, render_inputs  # noqa: E402
 
 DSP_NAME = "domain_specific_preference.test.json"
 DSP = REPO.parent / "shared/data/dsp" / DSP_NAME
@@ -125,7 +125,7 @@ def build_model(shape: str, tokenizer_dir: Path, out: Path, device) -> Path:
 
 
 def dsp_pairs(path: Path, n_pairs: int | None, work: Path) -> Path:
-    from pipeline.prepare import build_pairs
+    from pipeline.data.prepare import build_pairs
 
     table = build_pairs("dsp", [path])[0]
     if n_pairs:
@@ -136,7 +136,7 @@ def dsp_pairs(path: Path, n_pairs: int | None, work: Path) -> Path:
 # --- the three measurements --------------------------------------------------------------------------------------
 
 def unique_texts(pairs_path: Path, backend) -> list[str]:
-    from pipeline.schema import read_pairs
+    from pipeline.data.schema import read_pairs
 
     inputs = render_inputs(read_pairs(pairs_path), backend)
     return sorted({t for r in ROLES for t in inputs[r] if t is not None})
@@ -229,7 +229,7 @@ def measure_bare(be, ids, batch_sizes: list[int], device) -> list[dict]:
     tokens, out = sum(map(len, ids)), []
     for layout in ("left", "right"):
         for rows in batch_sizes:
-            secs, peak = run_bare(be.model, ids, rows, be._pad, layout, device)
+            secs, peak = run_bare(be.model, ids, rows, be.pad_id, layout, device)
             out.append({"layout": layout, "rows": rows, "s": secs, "tokens_per_s": tokens / secs, "peak_gib": peak})
             say(f"bare loop {layout:5s} padding, {rows:4d} rows: {secs:.2f} s ({tokens / secs:,.0f} tokens/s)")
     return out
@@ -237,7 +237,7 @@ def measure_bare(be, ids, batch_sizes: list[int], device) -> list[dict]:
 
 def measure_batching(be, model_dir: Path, work: Path, sample: list[str], res: dict) -> np.ndarray:
     """Batched vs alone in the run's dtype (then ``be`` is closed) and in fp32; returns the run's vectors."""
-    from pipeline.backends.hf import TransformersBackend
+    from pipeline.embed.backends.hf import TransformersBackend
 
     low = cached(be, work, sample)
     res["batching_low"] = worst_cosine(low, alone(be, sample))
@@ -288,7 +288,7 @@ def main() -> None:
 
     import torch
 
-    from pipeline.backends.hf import TransformersBackend
+    from pipeline.embed.backends.hf import TransformersBackend
 
     t_start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -349,7 +349,7 @@ def run_vllm(model_dir, pairs_path, work, sample, low, params, peak, best) -> di
     if importlib.util.find_spec("vllm") is None:
         return {"skipped": "vllm is not installed"}
     try:
-        from pipeline.backends.vllm_backend import VLLMBackend
+        from pipeline.embed.backends.vllm_backend import VLLMBackend
 
         (be, load_s) = timed_sync(lambda: VLLMBackend(str(model_dir)), True)
         d = work / "vllm"
@@ -368,7 +368,8 @@ def report(res: dict) -> None:
     m, best = res["micro"], max(res["bare"], key=lambda r: r["tokens_per_s"])
     gib = lambda v: f"{v:.1f} GiB" if v is not None else "n/a"  # noqa: E731
     pct = lambda v: f"{v:.3f}" if v is not None else "n/a (no GPU peak)"  # noqa: E731
-    rows = [("device / shape", f"{res['device']} / {res['shape']} ({res['params'] / 1e9:.2f} B params, {res['dtype']})"),
+    rows = [("device / shape",
+             f"{res['device']} / {res['shape']} ({res['params'] / 1e9:.2f} B params, {res['dtype']})"),
             ("texts / tokens", f"{m['texts']:,} / {m['tokens']:,} (max length {res['max_length']})"),
             ("micro embed, default settings", f"{m['tokens_per_s']:,.0f} tokens/s ({m['embed_s']:.2f} s; budget "
              f"{m['max_batch_tokens']} tokens, {m['layout']} layout; peak {gib(m['peak_gib'])})"),
@@ -376,7 +377,8 @@ def report(res: dict) -> None:
             ("bare loop, best", f"{best['tokens_per_s']:,.0f} tokens/s ({best['layout']} padding, {best['rows']} rows; "
              f"peak {gib(best['peak_gib'])})"),
             ("micro / bare (target >= 0.95)", f"{res['ratio']:.3f}"),
-            ("MFU micro / bare", f"{pct(res['mfu_micro'])} / {pct(res['mfu_bare'])} (peak {res['peak_tflops']} TFLOP/s)"),
+            ("MFU micro / bare",
+             f"{pct(res['mfu_micro'])} / {pct(res['mfu_bare'])} (peak {res['peak_tflops']} TFLOP/s)"),
             (f"worst cosine, batched vs alone, {res['dtype']}", f"{res['batching_low']['worst_cosine']:.6f} "
              f"(max abs diff {res['batching_low']['max_abs_diff']:.3g})"),
             ("worst cosine, batched vs alone, float32", f"{res['batching_fp32']['worst_cosine']:.8f} "
@@ -385,7 +387,8 @@ def report(res: dict) -> None:
         rows.append((f"worst cosine, {res['dtype']} vs float32", f"{res['low_vs_fp32']['worst_cosine']:.6f}"))
     if "vllm" in res:
         v = res["vllm"]
-        rows.append(("vLLM", f"{v['tokens_per_s']:,.0f} tokens/s, {v['ratio_to_bare']:.3f} x bare, MFU {pct(v['mfu'])}, "
+        rows.append(("vLLM", f"{v['tokens_per_s']:,.0f} tokens/s, {v['ratio_to_bare']:.3f} x bare, "
+                             f"MFU {pct(v['mfu'])}, "
                      f"worst cosine vs transformers {v['vs_transformers']['worst_cosine']:.6f}"
                      if "tokens_per_s" in v else str(v)))
     rows.append(("bench wall time", f"{res['total_s']:.0f} s (model build {res['build_s']:.0f} s, load "

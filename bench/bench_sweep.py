@@ -29,8 +29,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from heads.synthetic import make_helpsteer2_like  # noqa: E402
-from pipeline.sweep import SweepData, run_sweep  # noqa: E402
-from pipeline.sweep_backends import n_cores  # noqa: E402
+from pipeline.core.parallel import n_cores  # noqa: E402
+from pipeline.core.run import Run  # noqa: E402
+from pipeline.sweep.runner import run_sweep  # noqa: E402
 
 
 def main():
@@ -55,7 +56,7 @@ def main():
     test_prompts = rng.random(n // 2 + 1) < 0.2         # test split grouped by prompt
     split = np.where(test_prompts[prompt_id], "test", "train")
     groups = np.array([f"c{c}" for c in data["clusters"]])
-    sd = SweepData.from_arrays(data["delta"], data["prompt"], split, group=groups, prompt_id=prompt_id,
+    sd = Run.from_arrays(data["delta"], data["prompt"], split, group=groups, prompt_id=prompt_id,
                                fingerprint_id="bench-helpsteer2-like", unique_texts=2 * n + n // 2)
     del data
     print(f"data: {n} x {d} float32 (+ prompts {n} x {d}), {time.perf_counter() - t0:.1f} s to generate; "
@@ -81,7 +82,7 @@ def main():
               f"median EM iterations {np.median(s['n_iter'].to_numpy()):.0f}, "
               f"test macro acc {s['test_acc_macro'].mean():.3f}")
     print(f"parallel efficiency = {trial_sum:.1f} / ({wall:.1f} × {cores}) = {eff:.1%}  (target ≥ 75 %)")
-    texts = sd.unique_texts
+    texts = sd.info["summary"]["unique_texts"]
     reembed = f.height * texts / a.texts_per_s
     print(f"re-embedding per trial: {f.height} × {texts:,} texts ÷ {a.texts_per_s:g} texts/s = {reembed:,.0f} s "
           f"({reembed / 3600:.1f} h) vs this sweep {wall:.1f} s -> ratio {reembed / wall:,.0f}×")

@@ -22,20 +22,20 @@ def text_keys(fingerprint_id: str, texts: Sequence[str]) -> np.ndarray:
 
 
 
-def _key_u64(keys: np.ndarray) -> np.ndarray:
+def key_prefix_u64(keys: np.ndarray) -> np.ndarray:
     """First 8 bytes of each |S16 key as big-endian uint64 (sortable, for searchsorted)."""
     return np.ascontiguousarray(keys).view(np.uint8).reshape(-1, KEY_BYTES)[:, :8].copy().view(">u8").ravel()
 
 
 @dataclass
-class _Index:
+class KeyIndex:
     keys: np.ndarray                     # (M,) |S16, all stored keys in load order
     vecs: np.ndarray                     # (M, d) stored dtype
     order: np.ndarray = field(init=False)  # argsort of the u64 prefix
     sorted_u64: np.ndarray = field(init=False)
 
     def __post_init__(self):
-        u = _key_u64(self.keys)
+        u = key_prefix_u64(self.keys)
         self.order = np.argsort(u, kind="stable")
         self.sorted_u64 = u[self.order]
 
@@ -43,7 +43,7 @@ class _Index:
         """(n,) row into ``vecs`` for each key, -1 where absent."""
         if len(self.keys) == 0 or len(keys) == 0:
             return np.full(len(keys), -1, dtype=np.int64)
-        u = _key_u64(keys)
+        u = key_prefix_u64(keys)
         pos = np.searchsorted(self.sorted_u64, u)
         pos = np.minimum(pos, len(self.order) - 1)
         rows = self.order[pos]

@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache.atomic import atomic_path, write_json_atomic
-from cache.files import _check_manifest, _held, _idle, _writable_folder
-from cache.keys import KEY_BYTES, _Index, _key_u64, text_keys  # noqa: F401 (re-exported)
+from cache.files import check_manifest, check_shard, held, idle, vector_width, writable_folder
+from cache.keys import KEY_BYTES, KeyIndex, key_prefix_u64, text_keys  # noqa: F401 (re-exported)
 from pipeline.errors import CacheError
 
 DTYPES = {"float16": (np.float16, pa.float16(), "f16"), "float32": (np.float32, pa.float32(), "f32")}
@@ -64,8 +64,8 @@ class EmbeddingStore:
         self.dir = Path(root).expanduser().resolve() / f"{fingerprint_id}-{tag}"
         self.shard_dir = self.dir / "shards"
         self.damaged: list[tuple[str, str]] = []  # (file, reason) found on open
-        self.read_only = not _writable_folder(self.shard_dir, Path(root).expanduser())
-        self._index: _Index | None = None
+        self.read_only = not writable_folder(self.shard_dir, Path(root).expanduser())
+        self._index: KeyIndex | None = None
         self._lock_depth = 0
         with self._lock():
             self.manifest = self._recover()
@@ -118,7 +118,7 @@ class EmbeddingStore:
             return self._empty_manifest(), f"unreadable ({exc})"
         try:
             manifest = json.loads(text)
-            _check_manifest(manifest)
+            check_manifest(manifest)
         except (ValueError, TypeError, KeyError) as exc:
             return self._empty_manifest(), f"invalid ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         return manifest, None
@@ -151,39 +151,16 @@ class EmbeddingStore:
 
     def _check_shard(self, name: str, dim: int | None) -> tuple[int, int] | str:
         """(rows, bytes) of a readable shard with the right schema, or the reason it is unusable."""
-        path = self.shard_dir / name
-        try:
-            meta = pq.read_metadata(path)
-            schema = meta.schema.to_arrow_schema()
-        except Exception as exc:  # noqa: BLE001 - any read failure means damaged
-            return f"unreadable footer: {exc}"
-        if schema.names != ["key", "vec"]:
-            return f"unexpected columns {schema.names}"
-        width = self._vec_dim(schema.field("vec"))
-        if isinstance(width, str):
-            return width
-        if dim is not None and width != dim:
-            return f"vector width {width} != {dim}"
-        return meta.num_rows, path.stat().st_size
+        return check_shard(self.shard_dir / name, dim, self.dtype)
 
     def _vec_dim(self, f: pa.Field) -> int | str:
-        """Vector width of a shard's ``vec`` field, or why it is not a vector of this store's dtype."""
-        t = f.type
-        if pa.types.is_fixed_size_binary(t):  # raw vector bytes per row: no list levels, reads at memcpy speed
-            tag = (f.metadata or {}).get(b"dtype")
-            item = np.dtype(self.np_dtype).itemsize
-            if tag != self.dtype.encode() or t.byte_width % item:
-                return f"unexpected vector type {t} (dtype {tag})"
-            return t.byte_width // item
-        if pa.types.is_fixed_size_list(t) and t.value_type == self.pa_dtype:  # the earlier layout
-            return t.list_size
-        return f"unexpected vector type {t}"
+        return vector_width(f, self.dtype)
 
     def _recover(self) -> dict:
         manifest, problem = self._load_manifest()
         if not self.read_only:
             for tmp in self.dir.rglob(".*.tmp"):
-                _idle(tmp, remove=True)  # leftovers of dead writers; a live writer's temp file is locked
+                idle(tmp, remove=True)  # leftovers of dead writers; a live writer's temp file is locked
         on_disk = {p.name for p in self.shard_dir.glob("part-*.parquet")}
         kept = []
         for s in manifest["shards"]:
@@ -199,7 +176,7 @@ class EmbeddingStore:
             kept.append(s)
         listed = {s["file"] for s in kept}
         for name in sorted(on_disk - listed - {d[0] for d in self.damaged}):
-            if not _idle(self.shard_dir / name) and not self.read_only:
+            if not idle(self.shard_dir / name) and not self.read_only:
                 continue  # renamed by a live writer that is about to list it in the manifest
             got = self._check_shard(name, manifest["dim"])
             if isinstance(got, str):
@@ -252,7 +229,14 @@ class EmbeddingStore:
                 self._write_manifest(manifest)
             return None
 
-    def _load_index(self) -> _Index:
+    def refresh(self) -> None:
+        """Re-read the manifest (e.g. after other processes stored shards) and drop the in-memory key index."""
+        with self._lock():
+            self.manifest = self._read_manifest()
+            self._index = None
+
+    def index(self) -> KeyIndex:
+        """The in-memory index of every stored key and vector (built on first use: reads and verifies the shards)."""
         if self._index is None:
             with self._lock():  # the current shard list (another process may have compacted since we opened)
                 self.manifest = self._read_manifest()
@@ -266,16 +250,16 @@ class EmbeddingStore:
                 vecs = np.concatenate([v for _, v in parts]) if len(parts) > 1 else parts[0][1]
             else:
                 keys, vecs = np.empty(0, f"S{KEY_BYTES}"), np.empty((0, dim), self.np_dtype)
-            self._index = _Index(keys, vecs)
+            self._index = KeyIndex(keys, vecs)
         return self._index
 
     def missing(self, keys: np.ndarray) -> np.ndarray:
         """(n,) bool: which keys are not in the cache."""
-        return self._load_index().find(keys) < 0
+        return self.index().find(keys) < 0
 
     def lookup(self, keys: np.ndarray, dtype=None) -> np.ndarray:
         """(n, dim) vectors for ``keys`` (all must be present), as ``dtype`` (default: stored dtype)."""
-        idx = self._load_index()
+        idx = self.index()
         rows = idx.find(keys)
         if (rows < 0).any():
             raise KeyError(f"{int((rows < 0).sum())} of {len(keys)} keys are not in the cache {self.dir}")
@@ -296,7 +280,7 @@ class EmbeddingStore:
         name = f"part-{uuid.uuid4().hex}.parquet"
         with atomic_path(self.shard_dir / name) as tmp:
             if hold is not None:
-                hold.enter_context(_held(tmp))  # kept (on the renamed file) until ``hold`` closes
+                hold.enter_context(held(tmp))  # kept (on the renamed file) until ``hold`` closes
             pq.write_table(table, tmp, compression="none", use_dictionary=False, write_page_checksum=True,
                            write_statistics=False)
         return {"file": name, "rows": len(keys), "bytes": (self.shard_dir / name).stat().st_size}
@@ -309,7 +293,8 @@ class EmbeddingStore:
         if self.dim is not None and vectors.shape[1] != self.dim:
             raise CacheError(f"vector width {vectors.shape[1]} != cache width {self.dim} in {self.dir}")
         if not np.isfinite(vectors).all():
-            raise CacheError(f"the model returned non-finite embeddings (NaN/inf) for {int((~np.isfinite(vectors)).any(1).sum())}"
+            bad = int((~np.isfinite(vectors)).any(1).sum())
+            raise CacheError(f"the model returned non-finite embeddings (NaN/inf) for {bad}"
                              " texts; refusing to cache them (try --dtype float32)")
         if len(keys) == 0:
             return
@@ -324,7 +309,7 @@ class EmbeddingStore:
                 self._write_manifest(manifest)
         if self._index is not None:
             cast = np.asarray(vectors, dtype=self.np_dtype)
-            self._index = _Index(np.concatenate([self._index.keys, keys]),
+            self._index = KeyIndex(np.concatenate([self._index.keys, keys]),
                                  np.concatenate([self._index.vecs, cast]) if len(self._index.vecs) else cast)
 
     def compact(self, min_shards: int = 2, only: Sequence[str] | None = None) -> int:

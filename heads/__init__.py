@@ -1,18 +1,25 @@
-"""The math: Bradley-Terry mixture heads, gates, routers (numpy/torch, no file I/O)."""
-from .align import align_heads, cosine_matrix, mean_aligned_cosine
-from .baselines import OracleBT, SharedBase, fit_single_bt
-from .objective import objective_and_grad
-from .gate import (gate_kind, gate_log_weights, gate_logits, gate_logits_torch, gate_weights, init_gate_params,
-                   params_from_torch, params_to_torch)
-from .metrics import accuracy, expected_calibration_error, log_likelihood
-from .mixture import MixtureBT, collapsed_pairs
-from .synthetic import bayes_accuracy, make_helpsteer2_like, make_mixture
+"""The math: Bradley-Terry mixture heads, gates, routers (numpy/torch, no file I/O).
 
-__all__ = [
-    "MixtureBT", "SharedBase", "OracleBT", "fit_single_bt", "objective_and_grad", "collapsed_pairs",
-    "gate_kind", "gate_logits", "gate_log_weights", "gate_weights", "gate_logits_torch", "init_gate_params",
-    "params_to_torch", "params_from_torch",
-    "align_heads", "mean_aligned_cosine", "cosine_matrix",
-    "accuracy", "log_likelihood", "expected_calibration_error",
-    "make_mixture", "make_helpsteer2_like", "bayes_accuracy",
-]
+The names below are imported on first use (PEP 562), so ``import heads.defaults`` (the CLI's defaults) does not
+load torch."""
+from importlib import import_module
+
+_EXPORTS = {
+    "heads.align": ("align_heads", "cosine_matrix", "mean_aligned_cosine"),
+    "heads.baselines": ("OracleBT", "SharedBase", "fit_single_bt"),
+    "heads.objective": ("objective_and_grad",),
+    "heads.gate": ("gate_kind", "gate_log_weights", "gate_logits", "gate_logits_torch", "gate_weights",
+                   "init_gate_params", "params_from_torch", "params_to_torch"),
+    "heads.metrics": ("accuracy", "expected_calibration_error", "log_likelihood"),
+    "heads.mixture": ("MixtureBT", "collapsed_pairs"),
+    "heads.synthetic": ("bayes_accuracy", "make_helpsteer2_like", "make_mixture"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'heads' has no attribute {name!r}")

@@ -26,7 +26,7 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from .em import thread_limit
-from .laplace import laplace_mode, laplace_predict, logsig, moderated_proba
+from .laplace import laplace_mode, laplace_predict, moderated_proba
 
 __all__ = ["BLOCKS", "DEFAULT_GRID", "block_features", "block_scales", "grams", "pca_basis", "kfold", "cv_heldout",
            "best_temperature", "ResidualBT"]
@@ -257,7 +257,8 @@ class ResidualBT:
             name, var, t = table[j][0], table[j][1], table[j][4]
             c, v = self._refit(blocks, G, P[name][F], var, heads, pca)
             c, v = 1.0 + t * (c - 1.0), t * v
-            self.prior_weights_[name] = self.prior_weights_.get(name, 0.0) + weights[j] / weights[weights > 1e-3 * weights.max()].sum() * c
+            kept = weights[weights > 1e-3 * weights.max()].sum()
+            self.prior_weights_[name] = self.prior_weights_.get(name, 0.0) + weights[j] / kept * c
             self.coef_ += weights[j] / weights[weights > 1e-3 * weights.max()].sum() * v
         self.prior_scale_ = self.prior_weights_.get(self.prior_, 0.0)
         return self

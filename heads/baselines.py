@@ -8,19 +8,16 @@
 """
 from __future__ import annotations
 
-
-
 from numbers import Integral, Real
 
 import numpy as np
-from scipy.special import expit, log_expit
 from scipy.optimize import minimize
+from scipy.special import log_expit
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from .defaults import FIXED_L2
-
 from .em import newton_polish_single, run_em, thread_limit
 from .objective import Problem
 from .validation import as_matrix, check_rows, check_width

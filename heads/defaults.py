@@ -23,3 +23,5 @@ N_INIT, MAX_ITER, TOL = 4, 200, 1e-6
 HOLDOUT, PATIENCE = 0.2, 10
 #: L2 of the baselines that do not select one (SharedBase, OracleBT); micro eval passes the bundle's chosen L2
 FIXED_L2 = 1e-4
+#: budgets and seeds of the leave-group-out protocol (new users: `micro eval --protocol leave-group-out`)
+LGO_BUDGETS, LGO_SEEDS = (50, 200), 3

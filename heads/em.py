@@ -140,7 +140,8 @@ def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *
         if new is None:
             _finite(ev, f"at iteration {it}")
             converged = True  # no descent possible at numerical precision
-            history.append(ev.L); times.append(time.perf_counter() - t0)
+            history.append(ev.L)
+            times.append(time.perf_counter() - t0)
             break
         prev = ev.L
         ev = _finite(new, f"at iteration {it}")

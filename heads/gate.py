@@ -91,7 +91,8 @@ def log_softmax(a: np.ndarray) -> np.ndarray:
     return s - np.log(np.exp(s).sum(axis=1, keepdims=True))
 
 
-def gate_log_weights(params: Dict[str, np.ndarray], X: Optional[np.ndarray], n_rows: Optional[int] = None) -> np.ndarray:
+def gate_log_weights(params: Dict[str, np.ndarray], X: Optional[np.ndarray],
+                     n_rows: Optional[int] = None) -> np.ndarray:
     """log f(x): row-wise log-softmax of :func:`gate_logits`, (N, K)."""
     return log_softmax(gate_logits(params, X, n_rows))
 
@@ -114,7 +115,8 @@ def gate_logits_torch(params_torch: Dict[str, torch.Tensor], X: Optional[torch.T
     return X.to(params_torch["coef"].dtype) @ params_torch["coef"].T + params_torch["intercept"]
 
 
-def params_to_torch(params: Dict[str, np.ndarray], dtype=torch.float64, requires_grad: bool = False) -> Dict[str, torch.Tensor]:
+def params_to_torch(params: Dict[str, np.ndarray], dtype=torch.float64,
+                    requires_grad: bool = False) -> Dict[str, torch.Tensor]:
     """Copy a numpy gate dict into torch tensors (e.g. to continue training in a router)."""
     return {k: torch.tensor(np.asarray(v), dtype=dtype, requires_grad=requires_grad) for k, v in params.items()}
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
-from scipy.special import log_expit, logsumexp
+from scipy.special import log_expit
 
 __all__ = ["hyre_log_weights", "hyre_weights", "hyre_predict_proba", "hyre_eval", "gate_prior_fn"]
 
@@ -91,7 +91,9 @@ def hyre_eval(head_logits: np.ndarray, groups: np.ndarray, n_per_group: int = 16
     loser) on the group's REMAINING pairs. The draw depends only on (seed, the group's position in sorted
     order), so HyRe and MiCRo-HyRe given the same seeds see the same adaptation sets.
 
-    Returns a dict: ``per_group`` {group: {"mean", "std", "accs" (per seed), "n_pairs", "n_eval"}},
+    Returns a dict: ``per_group`` {group: {"mean", "std", "accs" (per seed), "probs" (per seed: (n_eval,)
+    probabilities of the evaluated pairs, in row order), "rows" (per seed: their row indices), "n_pairs",
+    "n_eval"}},
     ``macro_mean`` / ``macro_std`` (mean over groups of the per-group mean / std), ``skipped`` {group:
     n_pairs} for groups with <= n_per_group pairs (nothing left to evaluate), ``n_per_group``, ``seeds``.
     """
@@ -117,17 +119,19 @@ def hyre_eval(head_logits: np.ndarray, groups: np.ndarray, n_per_group: int = 16
         if rows.size <= n:
             skipped[key] = int(rows.size)
             continue
-        accs = []
+        accs, probs, evals = [], [], []
         for s in seeds:
             rng = np.random.default_rng([s, j])
             pick = rng.permutation(rows.size)
             ad, ev = rows[np.sort(pick[:n])], rows[np.sort(pick[n:])]
             prior = None if prior_fn is None else prior_fn(ad)
             w = hyre_weights(z[ad] if n else np.zeros((0, z.shape[1])), prior=prior, beta=beta)
-            accs.append(float((hyre_predict_proba(z[ev], w) > 0.5).mean()))
+            probs.append(hyre_predict_proba(z[ev], w))
+            evals.append(ev)
+            accs.append(float((probs[-1] > 0.5).mean()))
         accs = np.asarray(accs)
         per_group[key] = {"mean": float(accs.mean()), "std": float(accs.std()), "accs": accs.tolist(),
-                          "n_pairs": int(rows.size), "n_eval": int(rows.size - n)}
+                          "probs": probs, "rows": evals, "n_pairs": int(rows.size), "n_eval": int(rows.size - n)}
     means = [v["mean"] for v in per_group.values()]
     stds = [v["std"] for v in per_group.values()]
     return {"per_group": per_group,

@@ -32,8 +32,10 @@ def accumulate(out: np.ndarray, gT: np.ndarray, A: np.ndarray) -> None:
         out += g @ A
 
 
-def gate_forward(kind: str, params: Dict[str, np.ndarray], Xc: Optional[np.ndarray], n: int) -> Tuple[np.ndarray, object]:
-    """Transposed gate logits (K, n) float64 for a chunk of n rows; returns (logits, cache for :func:`gate_backward`)."""
+def gate_forward(kind: str, params: Dict[str, np.ndarray], Xc: Optional[np.ndarray],
+                 n: int) -> Tuple[np.ndarray, object]:
+    """Transposed gate logits (K, n) float64 for a chunk of n rows; returns (logits, cache for
+    :func:`gate_backward`)."""
     if kind == "static":
         return np.broadcast_to(params["logits"][:, None], (params["logits"].shape[0], n)), None
     if kind == "linear":

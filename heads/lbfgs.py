@@ -26,9 +26,11 @@ class LBFGS:
         sy = float(s @ y)
         if not np.isfinite(sy) or sy <= 1e-10 * np.sqrt(float(s @ s) * float(y @ y)):
             return False
-        self.S.append(s); self.Y.append(y); self.rho.append(1.0 / sy)
+        self.S.append(s)
+        self.Y.append(y)
+        self.rho.append(1.0 / sy)
         if len(self.S) > self.m:
-            self.S.pop(0); self.Y.pop(0); self.rho.pop(0)
+            del self.S[0], self.Y[0], self.rho[0]
         return True
 
     def direction(self, g: np.ndarray) -> np.ndarray:

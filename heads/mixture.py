@@ -294,5 +294,6 @@ class MixtureBT(BaseEstimator):
         logf = G.gate_log_weights(self.gate_params_, X, n_rows=D.shape[0])
         nll = -float(np.mean(logsumexp(logf + self._logsig_heads(D), axis=1)))
         ent = float(np.mean((np.exp(logf) * logf).sum(axis=1)))
-        pen = 0.5 * (self.l2_ * float(np.sum(self.coef_fit_ ** 2)) + self.gate_l2_ * G.gate_penalty(self.gate_params_fit_))
+        pen = 0.5 * (self.l2_ * float(np.sum(self.coef_fit_ ** 2))
+                     + self.gate_l2_ * G.gate_penalty(self.gate_params_fit_))
         return nll + self.alpha * ent + pen

@@ -42,15 +42,23 @@ from numbers import Integral, Real
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
+import torch
 from scipy.special import expit, log_expit, logsumexp
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
-import torch
 
 from heads.defaults import ROUTER_BATCH, ROUTER_EPOCHS, ROUTER_LR, TAU
-from heads.gate import (GATE_KINDS, PENALISED, gate_kind as _infer_gate_kind, gate_log_weights,
-                        gate_logits_torch, n_gate_components, params_from_torch, params_to_torch)
+from heads.gate import (
+    GATE_KINDS,
+    PENALISED,
+    gate_log_weights,
+    gate_logits_torch,
+    n_gate_components,
+    params_from_torch,
+    params_to_torch,
+)
+from heads.gate import gate_kind as _infer_gate_kind
 
 __all__ = ["Router", "router_soft_labels", "per_head_losses", "draw_budget"]
 

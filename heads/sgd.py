@@ -3,7 +3,8 @@
 Minibatch 32, lr 2e-3, AdamW with weight decay 0 (the L2 term is in the loss, exactly as in the EM
 objective), linear warm-up over the first 5 % of steps then cosine decay to 0, ``epochs`` passes over
 a per-epoch shuffle. Per minibatch B the loss is
-``-(1/|B|) sum_B log sum_k f_k sigma(w_k . Delta) + alpha (1/|B|) sum_B sum_k f log f + (l2/2)||W||^2 + (gate_l2/2)||gate W||^2``,
+``-(1/|B|) sum_B log sum_k f_k sigma(w_k . Delta) + alpha (1/|B|) sum_B sum_k f log f + (l2/2)||W||^2
++ (gate_l2/2)||gate W||^2``,
 an unbiased estimate of the full objective L.
 """
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .objective import Problem
 from .gate import PENALISED, gate_logits_torch
+from .objective import Problem
 
 
 def run_adamw(prob: Problem, theta0: np.ndarray, *, epochs: int = 1, batch_size: int = 32, lr: float = 2e-3,

@@ -39,7 +39,8 @@ class EMSolver:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if key == "init_m_steps" else 1):
                 raise ValueError(f"EMSolver.{key} must be a positive integer, got {v!r}")
-        if self.screen_iter is not None and (not isinstance(self.screen_iter, (int, np.integer)) or self.screen_iter < 1):
+        si = self.screen_iter
+        if si is not None and (not isinstance(si, (int, np.integer)) or si < 1):
             raise ValueError(f"EMSolver.screen_iter must be None or a positive integer, got {self.screen_iter!r}")
 
     def screening(self, n_restarts: int, n_components: int) -> Optional[int]:

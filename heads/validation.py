@@ -42,3 +42,16 @@ def check_width(A: np.ndarray, expected: int, name: str) -> None:
 def check_rows(A: np.ndarray, B: Optional[np.ndarray], a: str, b: str) -> None:
     if B is not None and A.shape[0] != B.shape[0]:
         raise ValueError(f"{a} has {A.shape[0]} rows but {b} has {B.shape[0]}")
+
+
+def validate_params(estimator) -> None:
+    """Check ``estimator``'s parameters against its ``_parameter_constraints`` (what ``fit`` does first); raises
+    scikit-learn's :class:`InvalidParameterError` (a ValueError) naming the parameter."""
+    estimator._validate_params()
+
+
+def invalid_parameter_error() -> type:
+    """scikit-learn's InvalidParameterError class (its module is private), for callers that tell it apart."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    return InvalidParameterError

@@ -13,14 +13,14 @@ SAMPLE = Path(__file__).parent / "sample" / "dsp_sample.json"
 def run_demo(out: str | Path, *, k: int = 10, seeds: int = 3, cache_dir: str | Path | None = None,
              progress_factory=None, log=print) -> dict:
     """Run every stage into ``out``; returns the paths and the evaluation result."""
-    from pipeline.embed import embed_pairs
-    from pipeline.backends import get_backend
-    from pipeline.evaluate import evaluate
-    from pipeline.fit import fit_run
-    from pipeline.prepare import prepare
-    from pipeline.route import route
-    from pipeline.recipes.dsp import DOMAIN_CONTEXT
-    from pipeline.score import RewardModel
+    from pipeline.data.prepare import prepare
+    from pipeline.data.recipes.dsp import DOMAIN_CONTEXT
+    from pipeline.embed.backends import get_backend
+    from pipeline.embed.embed import embed_pairs
+    from pipeline.evaluate.evaluate import evaluate
+    from pipeline.fit.fit import fit_run
+    from pipeline.route.route import route
+    from pipeline.route.score import RewardModel
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,3 +67,24 @@ def run_demo(out: str | Path, *, k: int = 10, seeds: int = 3, cache_dir: str | P
         rm.close()
     return {"eval": ev, "route": res, "picks": picks, "prompt": prompt[-1]["content"], "out": out,
             "seconds": time.perf_counter() - t0}
+
+
+def demo_command(out: Path, *, k: int, seeds: int, cache_dir: Path | None, console) -> None:
+    """``micro demo``: the whole pipeline, then the table, the figures and the two users' picks."""
+    from pipeline import checks as C
+    from pipeline.embed.command import progress_factory
+
+    C.integer(k, "--k")
+    C.integer(seeds, "--seeds")
+    C.out_dir(out, "--out")
+    C.cache_dir(cache_dir)
+    factory, _ = progress_factory(console)
+    res = run_demo(out, k=k, seeds=seeds, cache_dir=cache_dir, progress_factory=factory,
+                   log=lambda m: console.print(m, highlight=False))
+    print(res["eval"].markdown())
+    console.print(f"query: {res['prompt'][:100]!r}")
+    for domain, text in res["picks"].items():
+        console.print(f"  best response for a user who says they are into {domain}: {text[:100]!r}…", highlight=False)
+    for p in [*res["eval"].files, *res["eval"].plots]:
+        console.print(f"written: {p}")
+    console.print(f"demo finished in {res['seconds']:.0f} s; outputs in {res['out']}")

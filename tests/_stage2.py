@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from conftest import PlainTextBackend
 
 DIM = 15
@@ -92,7 +93,7 @@ def synthetic_rows(n_per_group: int = 120, test_frac: float = 0.35, seed: int = 
 
 
 def write_table(rows: list[dict], path: Path) -> Path:
-    from pipeline.schema import pairs_to_table, write_pairs
+    from pipeline.data.schema import pairs_to_table, write_pairs
 
     return write_pairs(pairs_to_table(rows), path)
 
@@ -108,8 +109,8 @@ def write_jsonl(rows: list[dict], path: Path, drop=("pair_id", "source")) -> Pat
 def make_bundle(root: Path, rows: list[dict], *, gate_input: str = "prompt", k: int = 3, name: str = "bundle",
                 **fit_kw) -> Path:
     """Embed ``rows`` with AttrBackend into ``root/cache`` and fit a bundle at ``root/name``."""
-    from pipeline.embed import embed_pairs
-    from pipeline.fit import fit_run
+    from pipeline.embed.embed import embed_pairs
+    from pipeline.fit.fit import fit_run
 
     pairs = write_table(rows, root / f"{name}_pairs.parquet")
     embed_pairs(pairs, root / f"{name}_run", AttrBackend(), cache_dir=root / "cache", log=lambda m: None)
@@ -119,8 +120,8 @@ def make_bundle(root: Path, rows: list[dict], *, gate_input: str = "prompt", k: 
 
 
 def patch_backend(monkeypatch, tag: str = "v1") -> list:
-    """Make ``pipeline.backends.get_backend`` build AttrBackend(tag); returns the list of backends built."""
-    import pipeline.backends
+    """Make ``pipeline.embed.backends.get_backend`` build AttrBackend(tag); returns the list of backends built."""
+    import pipeline.embed.backends
 
     built = []
 
@@ -129,14 +130,14 @@ def patch_backend(monkeypatch, tag: str = "v1") -> list:
         built.append(be)
         return be
 
-    monkeypatch.setattr(pipeline.backends, "get_backend", get_backend)
+    monkeypatch.setattr(pipeline.embed.backends, "get_backend", get_backend)
     return built
 
 
 def rendered_texts(rows: list[dict]) -> set:
     """Every exact model input AttrBackend would embed for these pair rows."""
-    from pipeline.embed import render_inputs
-    from pipeline.schema import pairs_to_table
+    from pipeline.data.schema import pairs_to_table
+    from pipeline.embed.embed import render_inputs
 
     inputs = render_inputs(pairs_to_table(rows), AttrBackend())
     return {t for v in inputs.values() for t in v if t is not None}

@@ -25,7 +25,7 @@ CONVERSATIONS = [
 
 
 def main() -> None:
-    from pipeline.backends.vllm_backend import VLLMBackend
+    from pipeline.embed.backends.vllm_backend import VLLMBackend
 
     model, out = sys.argv[1], Path(sys.argv[2])
     max_length = int(sys.argv[3]) if len(sys.argv) > 3 else None

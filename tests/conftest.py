@@ -65,12 +65,12 @@ class PlainTextBackend:
     """Backend-protocol stand-in without a model: plain rendering, whitespace token counts; subclasses embed."""
 
     def render_response(self, prompt, response: str) -> str:
-        from pipeline.backends.base import render_plain
+        from pipeline.embed.backends.base import render_plain
 
         return render_plain([*prompt, {"role": "assistant", "content": response}])
 
     def render_prompt(self, prompt) -> str:
-        from pipeline.backends.base import render_plain
+        from pipeline.embed.backends.base import render_plain
 
         return render_plain(prompt)
 
@@ -146,7 +146,7 @@ class FakeBackend(PlainTextBackend):
 
 
 class FakeTokenBackend(FakeBackend):
-    """FakeBackend with the transformers backend's token-level interface (see ``pipeline.embed_stream``).
+    """FakeBackend with the transformers backend's token-level interface (see ``pipeline.embed.stream``).
 
     Token ids are word hashes; a text's vector depends on its ids only (``FakeTokenBackend.vector_of(text)``).
     ``capacity`` is how many token slots one pass holds: a bigger batch raises ``torch.OutOfMemoryError``, as CUDA
@@ -184,7 +184,7 @@ class FakeTokenBackend(FakeBackend):
         import numpy as np
         import torch
 
-        from pipeline.backends.batching import batch_cost
+        from pipeline.embed.backends.batching import batch_cost
 
         self.maybe_die(len(self.launched))
         cost = batch_cost([len(x) for x in batch], self.packed)
@@ -223,7 +223,7 @@ def make_pair_rows(n_prompts: int = 3, *, context_every: int = 2) -> list[dict]:
 @pytest.fixture
 def pair_table(tmp_path):
     """Write pair rows (default: make_pair_rows()) as a pair table; returns its path."""
-    from pipeline.schema import pairs_to_table, write_pairs
+    from pipeline.data.schema import pairs_to_table, write_pairs
 
     def write(rows: list[dict] | None = None, name: str = "pairs.parquet"):
         return write_pairs(pairs_to_table(make_pair_rows() if rows is None else rows), tmp_path / name)
@@ -236,8 +236,8 @@ def dsp_sample_pairs(tmp_path_factory):
     """The first 15 pairs of `micro data prepare dsp pipeline/sample/dsp_sample.json` as a pair table."""
     from pathlib import Path
 
-    from pipeline.prepare import prepare
-    from pipeline.schema import read_pairs, write_pairs
+    from pipeline.data.prepare import prepare
+    from pipeline.data.schema import read_pairs, write_pairs
 
     d = tmp_path_factory.mktemp("dsp_sample")
     sample = Path(__file__).resolve().parents[1] / "pipeline/sample/dsp_sample.json"
@@ -248,10 +248,10 @@ def dsp_sample_pairs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def st_backend():
     """The default sentence-transformers backend (bundled all-MiniLM-L6-v2), weights loaded once per session."""
-    from pipeline.backends.st import SentenceTransformersBackend
+    from pipeline.embed.backends.st import SentenceTransformersBackend
 
     be = SentenceTransformersBackend(batch_size=8)
-    be._load()
+    be.load()
     yield be
     be.close()
 

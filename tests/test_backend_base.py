@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.backends.base import fingerprint_id, resolve_model_path, weights_hash
+from pipeline.embed.backends.base import fingerprint_id, resolve_model_path, weights_hash
 from pipeline.errors import MicroError, OptionError
 
 
 def st_folder(dst: Path, weights: bytes) -> Path:
     """The bundled MiniLM folder's small files plus ``weights`` as model.safetensors (nothing is loaded)."""
-    from pipeline.backends.st import default_model_path
+    from pipeline.embed.backends.st import default_model_path
 
     src = Path(default_model_path())
     for p in src.rglob("*"):
@@ -31,7 +31,7 @@ def test_weights_under_a_cache_folder_are_hashed(tmp_path):
     b = st_folder(tmp_path / ".cache" / "hub" / "b" / "model", b"\x00" * 4095 + b"\x01")
     assert weights_hash(a) != weights_hash(b)
     assert weights_hash(a) != hashlib.sha256().hexdigest()[:16]  # not the hash of no files at all
-    from pipeline.backends.st import SentenceTransformersBackend
+    from pipeline.embed.backends.st import SentenceTransformersBackend
 
     fa, fb = SentenceTransformersBackend(str(a)).fingerprint(), SentenceTransformersBackend(str(b)).fingerprint()
     assert fa["model"] == fb["model"] == "model" and fingerprint_id(fa) != fingerprint_id(fb)
@@ -54,7 +54,7 @@ def test_non_local_model_names_the_model():
 @pytest.mark.parametrize("bad", [0, -3])
 def test_max_length_must_be_positive(bad):
     """--max-length 0 used to become the model default silently (same fingerprint as a default run)."""
-    from pipeline.backends.st import SentenceTransformersBackend
+    from pipeline.embed.backends.st import SentenceTransformersBackend
 
     with pytest.raises(OptionError, match=f"--max-length must be an integer >= 1, got {bad}"):
         SentenceTransformersBackend(max_length=bad)

@@ -6,13 +6,12 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline.backends import get_backend
-from pipeline.backends.base import render_plain
-from pipeline.backends.chat import ChatRenderer, fold_system
-from pipeline.backends.hf import TransformersBackend
-from pipeline.errors import MicroError
-
 from conftest import TINY_CHAT_TEMPLATE, build_tiny_llama
+from pipeline.embed.backends import get_backend
+from pipeline.embed.backends.base import render_plain
+from pipeline.embed.backends.chat import ChatRenderer, fold_system
+from pipeline.embed.backends.hf import TransformersBackend
+from pipeline.errors import MicroError
 
 CONVS = [
     ([{"role": "user", "content": "hello"}], "fox"),
@@ -229,7 +228,7 @@ def test_layouts_and_defaults(tiny_llama_dir):
     assert be.max_batch_tokens == 8192 and be.device.type == "cpu"  # the fixed CPU default
     assert be.model.config._attn_implementation == "sdpa"
     batch = be.collate([[5, 6, 7], [8]])
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, be._pad, be._pad]] and "attention_mask" not in batch
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, be.pad_id, be.pad_id]] and "attention_mask" not in batch
     assert batch["gather"].tolist() == [2, 0]
     be.close()
     be = TransformersBackend(str(tiny_llama_dir), dtype="float32", packed=True, attn_implementation="eager")
@@ -246,7 +245,7 @@ def test_layouts_and_defaults(tiny_llama_dir):
 
 
 def test_bad_options_are_one_line_errors_before_loading(tiny_llama_dir):
-    from pipeline.backends import check_options
+    from pipeline.embed.backends import check_options
 
     with pytest.raises(MicroError, match="--attn-implementation must be one of"):
         TransformersBackend(str(tiny_llama_dir), attn_implementation="flash")

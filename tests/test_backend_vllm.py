@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.backends.hf import TransformersBackend
+from pipeline.embed.backends.hf import TransformersBackend
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")]
@@ -68,7 +68,7 @@ def _convs():
 
 
 def test_engine_settings_are_checked_before_the_engine_starts(tiny_llama_dir):
-    from pipeline.backends.vllm_backend import VLLMBackend, check_engine_options
+    from pipeline.embed.backends.vllm_backend import VLLMBackend, check_engine_options
     from pipeline.errors import MicroError
 
     with pytest.raises(MicroError, match="--max-model-len 32 is below the max length 64"):

@@ -1,11 +1,18 @@
-"""pipeline.backends.batching: token-budget plans, the memory-derived default, out-of-memory detection."""
+"""pipeline.embed.backends.batching: token-budget plans, the memory-derived default, out-of-memory detection."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.backends.batching import (GPU_MAX_BATCH_TOKENS, GPU_MIN_BATCH_TOKENS, activation_bytes_per_token,
-                                        batch_cost, budget_for_memory, is_oom, plan_batches)
+from pipeline.embed.backends.batching import (
+    GPU_MAX_BATCH_TOKENS,
+    GPU_MIN_BATCH_TOKENS,
+    activation_bytes_per_token,
+    batch_cost,
+    budget_for_memory,
+    is_oom,
+    plan_batches,
+)
 
 
 @pytest.mark.parametrize("packed", [False, True])

@@ -30,7 +30,8 @@ def test_bench_tiny_runs_on_cpu_without_optional_packages(tmp_path):
     assert (tmp_path / "assets/tokenizer/tokenizer.json").exists()
     assert (tmp_path / "assets/domain_specific_preference.test.json").exists()
     r = subprocess.run([sys.executable, "-c", RUN_WITHOUT, "--shape", "tiny", "--assets", str(tmp_path / "assets"),
-                        "--pairs", "30", "--batch-sizes", "4,16", "--consistency", "12", "--out", str(tmp_path / "out")],
+                        "--pairs", "30", "--batch-sizes", "4,16", "--consistency", "12",
+                        "--out", str(tmp_path / "out")],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "out/results.json").read_text())

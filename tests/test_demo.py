@@ -18,7 +18,7 @@ DOMAINS = ("academy", "business", "entertainment", "literature")
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """run_demo(k=2, seeds=1) with FakeBackend; returns (result, out folder, log lines, built backends)."""
-    import pipeline.backends
+    import pipeline.embed.backends
     from pipeline.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo") / "demo"
@@ -29,14 +29,14 @@ def demo(tmp_path_factory):
         return built[-1]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline.backends, "get_backend", get_backend)
+        mp.setattr(pipeline.embed.backends, "get_backend", get_backend)
         res = run_demo(out, k=2, seeds=1, cache_dir=out.parent / "cache", log=lines.append)
     return res, out, lines, built
 
 
 def test_demo_writes_every_stage(demo):
-    from pipeline.bundle import read_meta
-    from pipeline.evaluate import METHODS
+    from pipeline.core.bundle import read_meta
+    from pipeline.evaluate.evaluate import METHODS
 
     res, out, lines, built = demo
     assert res["out"] == out and res["seconds"] > 0
@@ -67,12 +67,12 @@ def test_demo_picks_one_response_per_domain(demo):
 
 
 def test_demo_rerun_embeds_nothing(demo, tmp_path, monkeypatch):
-    import pipeline.backends
+    import pipeline.embed.backends
     from pipeline.demo import run_demo
 
     res, out, *_ = demo
     built = []
-    monkeypatch.setattr(pipeline.backends, "get_backend",
+    monkeypatch.setattr(pipeline.embed.backends, "get_backend",
                         lambda *a, **k: built.append(FakeBackend(dim=16)) or built[-1])
     lines = []
     run_demo(tmp_path / "again", k=2, seeds=1, cache_dir=out.parent / "cache", log=lines.append)
@@ -82,10 +82,10 @@ def test_demo_rerun_embeds_nothing(demo, tmp_path, monkeypatch):
 
 def test_cli_demo(demo, tmp_path, monkeypatch, capsys):
     import cli
-    import pipeline.backends
+    import pipeline.embed.backends
 
     res, out, *_ = demo
-    monkeypatch.setattr(pipeline.backends, "get_backend", lambda *a, **k: FakeBackend(dim=16))
+    monkeypatch.setattr(pipeline.embed.backends, "get_backend", lambda *a, **k: FakeBackend(dim=16))
     monkeypatch.setattr(sys, "argv", ["micro", "demo", "--out", str(tmp_path / "cli"), "--k", "2", "--seeds", "1",
                                       "--cache-dir", str(out.parent / "cache")])
     try:

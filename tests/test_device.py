@@ -1,9 +1,9 @@
-"""pipeline.backends.device: --device values for every backend."""
+"""pipeline.embed.backends.device: --device values for every backend."""
 from __future__ import annotations
 
 import pytest
 
-from pipeline.backends.device import check_device, device_kind, resolve_device
+from pipeline.embed.backends.device import check_device, device_kind, resolve_device
 from pipeline.errors import MicroError
 
 

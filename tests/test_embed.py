@@ -17,11 +17,11 @@ import pytest
 
 from cache.store import CacheDamaged, text_keys
 from conftest import FakeBackend, make_pair_rows
-from pipeline.backends.base import fingerprint_id, render_plain, with_context
-from pipeline.embed import embed_pairs, open_store, render_inputs
+from pipeline.core.run import Run
+from pipeline.data.schema import read_pairs
+from pipeline.embed.backends.base import fingerprint_id, render_plain, with_context
+from pipeline.embed.embed import embed_pairs, open_store, render_inputs
 from pipeline.errors import MicroError
-from pipeline.features import load_features
-from pipeline.schema import read_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -51,7 +51,7 @@ def unique(texts: dict[str, list]) -> set[str]:
 
 def cache_contents(cache_dir: Path, backend) -> dict[bytes, np.ndarray]:
     s = open_store(cache_dir, backend, "float32")
-    idx = s._load_index()
+    idx = s.index()
     return {bytes(k): idx.vecs[i] for i, k in enumerate(idx.keys.view(np.uint8).reshape(-1, 16))}
 
 
@@ -110,7 +110,7 @@ def test_run_vectors_are_the_backends_vectors_per_role(tmp_path, pair_table):
     be = FakeBackend()
     assert render_inputs(read_pairs(path), be) == expected_texts(rows)
     embed_pairs(path, tmp_path / "run", be, cache_dir=tmp_path / "cache", log=quiet)
-    f = load_features(tmp_path / "run")
+    f = Run.load(tmp_path / "run")
     assert f.pairs.column("pair_id").to_pylist() == [r["pair_id"] for r in rows]
     texts = expected_texts(rows)
     for role in ("chosen", "rejected", "prompt"):
@@ -159,7 +159,7 @@ def test_overlong_skip_drops_exactly_those_pairs(tmp_path, pair_table):
     assert s.embedded == 12 and all(len(t.split()) <= 14 for t in be.embedded)
     kept = read_pairs(tmp_path / "run" / "pairs.parquet").column("pair_id").to_pylist()
     assert kept == ["p0-0", "p1-0", "p2-0"]
-    assert load_features(tmp_path / "run").n == 3
+    assert Run.load(tmp_path / "run").n == 3
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["overlong"] == "skip" and run["summary"]["skipped_pairs"] == 3
     # the same pairs are skipped when the rest is already cached
@@ -187,21 +187,22 @@ RUNNER = textwrap.dedent("""
     import os, sys
     sys.path[:0] = [{repo!r}, {tests!r}]  # this checkout's code, not an installed copy
     from conftest import FakeBackend
-    import pipeline.backends
+    import pipeline.embed.backends
 
     def get_backend(name, model=None, **kw):
         die = os.environ.get("FAKE_DIE_AFTER")
         return FakeBackend(chunk_size=int(os.environ.get("FAKE_CHUNK", "4")),
                            die_after=int(die) if die else None, die_how=os.environ.get("FAKE_DIE_HOW", "sigkill"))
 
-    pipeline.backends.get_backend = get_backend
+    pipeline.embed.backends.get_backend = get_backend
     import cli
     sys.argv = ["micro", *sys.argv[1:]]
     cli.main()
 """)
 
 
-def micro_fake(tmp_path: Path, *args, die_after: int | None = None, how: str = "sigkill") -> subprocess.CompletedProcess:
+def micro_fake(tmp_path: Path, *args, die_after: int | None = None,
+               how: str = "sigkill") -> subprocess.CompletedProcess:
     """Run the real `micro` CLI in a subprocess with the FakeBackend in place of the named backend."""
     script = tmp_path / "micro_fake.py"
     script.write_text(RUNNER.format(repo=str(REPO), tests=str(TESTS)))
@@ -241,7 +242,7 @@ def test_resume_after_hard_kill(tmp_path, pair_table, how):
     assert got.keys() == want.keys() and len(got) == 25
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
-    f, g = load_features(tmp_path / "run"), load_features(tmp_path / "run_clean")
+    f, g = Run.load(tmp_path / "run"), Run.load(tmp_path / "run_clean")
     np.testing.assert_array_equal(f.delta, g.delta)
     np.testing.assert_array_equal(f.context, g.context)
 
@@ -261,7 +262,7 @@ def test_keyboard_interrupt_loses_at_most_the_chunk_in_flight(tmp_path, pair_tab
 HF_RUNNER = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, os.getcwd())  # this checkout's code (the test runs it from the repository root)
-    import pipeline.backends.hf as hf
+    import pipeline.embed.backends.hf as hf
 
     hf.DEFAULT_CHUNK = 4  # small shards: several of them before the kill
     init = hf.TransformersBackend.__init__
@@ -292,7 +293,7 @@ def test_overlapped_transformers_embedding_killed_resumes_with_exactly_the_missi
                                                                                         tiny_llama_dir):
     """Acceptance: the token-budget path (background tokenisation and shard writes) killed by SIGKILL loses only
     whole chunks, and a rerun embeds exactly the texts missing from the cache."""
-    from pipeline.backends.hf import TransformersBackend
+    from pipeline.embed.backends.hf import TransformersBackend
 
     path = pair_table(make_pair_rows(5))  # 25 unique texts
     cache = tmp_path / "cache"
@@ -353,7 +354,7 @@ def test_damaged_shard_is_reported_and_reembedded(tmp_path, pair_table):
     st = open_store(tmp_path / "cache", FakeBackend(), "float32")
     shard = st.shard_dir / st.manifest["shards"][0]["file"]
     raw = bytearray(shard.read_bytes())
-    pos = bytes(raw).find(st.lookup(st._load_index().keys[:1]).tobytes())
+    pos = bytes(raw).find(st.lookup(st.index().keys[:1]).tobytes())
     raw[pos + 2] ^= 0xFF
     shard.write_bytes(bytes(raw))
     be = FakeBackend()
@@ -361,7 +362,7 @@ def test_damaged_shard_is_reported_and_reembedded(tmp_path, pair_table):
         s = embed_pairs(path, tmp_path / "run", be, cache_dir=tmp_path / "cache", log=quiet)
     assert s.embedded == 15 and s.cache_hits == 0 and len(be.embedded) == 15
     assert len(s.damaged_shards) == 1 and shard.name in s.damaged_shards[0]
-    np.testing.assert_array_equal(load_features(tmp_path / "run").chosen[0],
+    np.testing.assert_array_equal(Run.load(tmp_path / "run").chosen[0],
                                   FakeBackend.vector(expected_texts(make_pair_rows())["chosen"][0]))
 
 
@@ -380,7 +381,7 @@ def test_empty_table_and_missing_file_are_one_line_errors(tmp_path, pair_table):
 
 
 def test_bad_gpu_options_are_one_line_errors_before_any_model_loads(tmp_path, pair_table):
-    # every rule is tested on pipeline.backends.check_options (tests/test_backend_hf.py); here: the CLI uses it
+    # every rule is tested on pipeline.embed.backends.check_options (tests/test_backend_hf.py); here: the CLI uses it
     path = pair_table()
     cases = [(["--backend", "transformers", "--max-batch-tokens", "0"], "--max-batch-tokens must be an integer >= 1"),
              (["--backend", "vllm", "--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization must be in (0, 1]")]
@@ -414,12 +415,12 @@ def test_cli_embed_on_the_bundled_sample_with_the_default_backend(tmp_path, dsp_
     pairs, kept, skipped, uniq, hits, new, trunc, skipped_texts = summary_of(r.stderr)
     assert (pairs, kept, skipped, hits, skipped_texts) == (15, 15, 0, 0, 0)
     assert new == uniq == 10  # 1 query: prompt, 5 prompt+response, 4 domain contexts
-    from pipeline.backends.st import SentenceTransformersBackend
+    from pipeline.embed.backends.st import SentenceTransformersBackend
 
     be = SentenceTransformersBackend()
     texts = sorted({t for v in render_inputs(read_pairs(dsp_sample_pairs), be).values() for t in v if t})
     assert trunc == int((be.token_lengths(texts) > be.max_length).sum())
-    f = load_features(tmp_path / "run")
+    f = Run.load(tmp_path / "run")
     assert f.chosen.shape == (15, 384) and f.has_context.all()
     # a rerun is served from the cache without loading the model
     r = subprocess.run(list(map(str, args)), capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
@@ -432,7 +433,7 @@ def test_default_backend_vectors_match_sentence_transformers(tmp_path, pair_tabl
     path = pair_table(rows)
     s = embed_pairs(path, tmp_path / "run", st_backend, cache_dir=tmp_path / "cache", log=quiet)
     assert s.embedded == s.unique_texts == 10
-    f = load_features(tmp_path / "run")
+    f = Run.load(tmp_path / "run")
     texts = expected_texts(rows)
     assert render_inputs(read_pairs(path), st_backend) == texts
     for role in ("chosen", "rejected", "prompt", "context"):

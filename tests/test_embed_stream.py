@@ -1,4 +1,4 @@
-"""pipeline.embed_stream: token-budget batches in input order, out-of-memory retry, background work."""
+"""pipeline.embed.stream: token-budget batches in input order, out-of-memory retry, background work."""
 from __future__ import annotations
 
 import threading
@@ -8,9 +8,9 @@ import pytest
 
 from cache.store import text_keys
 from conftest import FakeBackend, FakeTokenBackend
-from pipeline.backends.batching import batch_cost
-from pipeline.embed import embed_missing, open_store
-from pipeline.embed_stream import chunk_stream, length_order, prefetched, token_stream
+from pipeline.embed.backends.batching import batch_cost
+from pipeline.embed.embed import embed_missing, open_store
+from pipeline.embed.stream import chunk_stream, length_order, prefetched, token_stream
 from pipeline.errors import MicroError
 
 

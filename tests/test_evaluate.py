@@ -14,10 +14,10 @@ import re
 import shutil
 
 import numpy as np
-from conftest import PlainTextBackend
 import polars as pl
 import pytest
 
+from conftest import PlainTextBackend
 from pipeline.errors import MicroError
 
 DIM = 12
@@ -78,8 +78,8 @@ def synthetic_rows(n_per_group: int = 120, test_frac: float = 0.35, seed: int = 
 
 
 def make_run(root, rows, name: str, tag: str = "v1"):
-    from pipeline.embed import embed_pairs
-    from pipeline.schema import pairs_to_table, write_pairs
+    from pipeline.data.schema import pairs_to_table, write_pairs
+    from pipeline.embed.embed import embed_pairs
 
     pairs = write_pairs(pairs_to_table(rows), root / f"{name}.parquet")
     embed_pairs(pairs, root / name, AttrBackend(tag), cache_dir=root / "cache", log=lambda m: None)
@@ -87,7 +87,7 @@ def make_run(root, rows, name: str, tag: str = "v1"):
 
 
 def make_bundle(run, out, k: int = 3):
-    from pipeline.fit import fit_run
+    from pipeline.fit.fit import fit_run
 
     fit_run(run, k=k, alpha=0.0, l2=1e-3, n_init=2, max_iter=60, random_state=0, out=out)
     return out
@@ -102,14 +102,14 @@ def synth(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(synth):
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate.evaluate import evaluate
 
     root, run, bundle = synth
     return evaluate(bundle, run, report=root / "report", **FAST), root / "report"
 
 
 def test_results_table_shape_and_columns(evaluated):
-    from pipeline.evaluate import METHODS
+    from pipeline.evaluate.evaluate import METHODS
 
     res, report = evaluated
     df = pl.read_csv(report / "results.csv")
@@ -164,7 +164,7 @@ def test_plots_are_pngs(evaluated):
 
 
 def test_no_report_writes_nothing_and_markdown(synth, tmp_path):
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate.evaluate import evaluate
 
     root, run, bundle = synth
     res = evaluate(bundle, run, seeds=(0,), budget=10, hyre_n=8, log=lambda m: None)
@@ -174,7 +174,7 @@ def test_no_report_writes_nothing_and_markdown(synth, tmp_path):
 
 
 def test_fingerprint_mismatch(synth, tmp_path):
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate.evaluate import evaluate
 
     root, run, bundle = synth
     other = tmp_path / "other"
@@ -187,7 +187,7 @@ def test_fingerprint_mismatch(synth, tmp_path):
 
 
 def test_empty_test_split(synth):
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate.evaluate import evaluate
 
     root, run, bundle = synth
     train_only = make_run(root, synthetic_rows(n_per_group=20, split="train"), "train_only")
@@ -196,7 +196,7 @@ def test_empty_test_split(synth):
 
 
 def test_bad_budgets(synth):
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate.evaluate import evaluate
 
     root, run, bundle = synth
     with pytest.raises(MicroError, match="budgets"):
@@ -204,10 +204,10 @@ def test_bad_budgets(synth):
 
 
 def test_run_without_groups_and_routed_bundle(synth, tmp_path):
-    from pipeline.bundle import load_bundle
-    from pipeline.evaluate import evaluate
-    from pipeline.features import load_features
-    from pipeline.route import route_seeds, save_routed_bundle
+    from pipeline.core.model import Model
+    from pipeline.core.run import Run
+    from pipeline.evaluate.evaluate import evaluate
+    from pipeline.route.route import route_seeds, save_routed_bundle
 
     root, run, bundle = synth
     nogroup = make_run(root, synthetic_rows(n_per_group=40, with_group=False), "nogroup")
@@ -215,10 +215,10 @@ def test_run_without_groups_and_routed_bundle(synth, tmp_path):
     assert res.groups == ["all"] and any("no groups" in n for n in res.notes)
     assert {r["group"] for r in res.rows} == {"all", "macro"} and len(res.rows) == 16
 
-    model, meta = load_bundle(bundle)
-    feats = load_features(run)
-    r = route_seeds(model, meta, feats.split_rows("train"), feats.split_rows("test"), budget=10, seeds=(0,))
-    routed = save_routed_bundle(model, meta, r.routers[0], tmp_path / "routed", {"bundle": bundle})
+    model = Model.load(bundle)
+    feats = Run.load(run)
+    r = route_seeds(model, feats.part("train"), feats.part("test"), budget=10, seeds=(0,))
+    routed = save_routed_bundle(model, r.routers[0], tmp_path / "routed", {"bundle": bundle})
     res = evaluate(routed, run, seeds=(0,), budget=10, hyre_n=8, log=lambda m: None)
     assert any("routed bundle" in n for n in res.notes)
     assert 0 <= res.cell("micro", "macro")["accuracy"] <= 1

@@ -1,4 +1,4 @@
-"""pipeline.features.load_features: dtype, alignment with pairs.parquet, float16 caches, damaged caches."""
+"""pipeline.core.run.Run.load: dtype, alignment with pairs.parquet, float16 caches, damaged caches."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import FakeBackend, make_pair_rows
-from pipeline.backends.base import render_plain, with_context
-from pipeline.embed import embed_pairs, open_store
+from pipeline.core.run import Run
+from pipeline.embed.backends.base import render_plain, with_context
+from pipeline.embed.embed import embed_pairs, open_store
 from pipeline.errors import MicroError
-from pipeline.features import load_features
 
 
 def quiet(msg: str) -> None:
@@ -41,7 +41,7 @@ def shuffled_rows():
 
 def test_features_are_float32_and_aligned_with_pairs(tmp_path, pair_table, shuffled_rows):
     embed_pairs(pair_table(shuffled_rows), tmp_path / "run", FakeBackend(), cache_dir=tmp_path / "cache", log=quiet)
-    f = load_features(tmp_path / "run")
+    f = Run.load(tmp_path / "run")
     ids = pq.read_table(tmp_path / "run" / "pairs.parquet").column("pair_id").to_pylist()
     assert ids == [r["pair_id"] for r in shuffled_rows] == f.pairs.column("pair_id").to_pylist()
     want = vectors(shuffled_rows)
@@ -51,12 +51,16 @@ def test_features_are_float32_and_aligned_with_pairs(tmp_path, pair_table, shuff
         np.testing.assert_array_equal(got, want[role])
     np.testing.assert_array_equal(f.delta, want["chosen"] - want["rejected"])
     assert f.has_context.tolist() == [r["context"] is not None for r in shuffled_rows]
-    assert f.split.tolist() == [r["split"] for r in shuffled_rows]
-    assert f.group.tolist() == [r["group"] for r in shuffled_rows]
-    tr = f.split_rows("train")
+    assert f.split.tolist() == [{"train": 0, "test": 1}[r["split"]] for r in shuffled_rows]
+    assert f.groups.tolist() == ["all" if r["group"] is None else r["group"] for r in shuffled_rows]
+    assert f.group_names == sorted({"all" if r["group"] is None else r["group"] for r in shuffled_rows})
+    tr = f.part("train")
     assert tr.n == sum(r["split"] == "train" for r in shuffled_rows)
-    np.testing.assert_array_equal(tr.chosen, want["chosen"][f.split == "train"])
-    assert load_features(tmp_path / "run", dtype=np.float64).chosen.dtype == np.float64
+    np.testing.assert_array_equal(tr.chosen, want["chosen"][f.mask("train")])
+    np.testing.assert_array_equal(tr.delta, f.delta[f.mask("train")])
+    prompts = [str(r["prompt"]) for r in shuffled_rows]  # pairs of one prompt, and only they, share a prompt id
+    assert all((f.prompt_id[i] == f.prompt_id[j]) == (prompts[i] == prompts[j]) for i in range(8) for j in range(8))
+    assert Run.load(tmp_path / "run", dtype=np.float64).chosen.dtype == np.float64
 
 
 def test_float16_cache_gives_float32_features(tmp_path, pair_table, shuffled_rows):
@@ -64,7 +68,7 @@ def test_float16_cache_gives_float32_features(tmp_path, pair_table, shuffled_row
                 dtype="float16", log=quiet)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["cache_dtype"] == "float16" and run["cache_dir"].endswith("-f16")
-    f = load_features(tmp_path / "run")
+    f = Run.load(tmp_path / "run")
     want = vectors(shuffled_rows)
     for role in want:
         got = getattr(f, role)
@@ -76,7 +80,7 @@ def test_float16_cache_gives_float32_features(tmp_path, pair_table, shuffled_row
 def test_all_contexts_null(tmp_path, pair_table):
     rows = [{**r, "context": None} for r in make_pair_rows(2)]
     embed_pairs(pair_table(rows), tmp_path / "run", FakeBackend(), cache_dir=tmp_path / "cache", log=quiet)
-    f = load_features(tmp_path / "run")
+    f = Run.load(tmp_path / "run")
     assert not f.has_context.any()
     np.testing.assert_array_equal(f.context, f.prompt)
 
@@ -90,20 +94,20 @@ def test_deleted_shard_names_the_rerun_command(tmp_path, pair_table):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(MicroError) as exc:
-            load_features(tmp_path / "run")
+            Run.load(tmp_path / "run")
     msg = str(exc.value)
     assert "\n" not in msg and "missing from the cache" in msg
     assert f"micro embed {pairs.resolve()} --out {tmp_path / 'run'}" in msg
     # rerunning that command heals the run
     embed_pairs(pairs, tmp_path / "run", FakeBackend(), cache_dir=tmp_path / "cache", log=quiet)
-    np.testing.assert_array_equal(load_features(tmp_path / "run").chosen, vectors(make_pair_rows())["chosen"])
+    np.testing.assert_array_equal(Run.load(tmp_path / "run").chosen, vectors(make_pair_rows())["chosen"])
 
 
 def test_not_a_run_folder_and_mismatched_keys(tmp_path, pair_table):
     with pytest.raises(MicroError, match="micro embed"):
-        load_features(tmp_path)
+        Run.load(tmp_path)
     embed_pairs(pair_table(), tmp_path / "run", FakeBackend(), cache_dir=tmp_path / "cache", log=quiet)
     keys = pq.read_table(tmp_path / "run" / "keys.parquet")
     pq.write_table(keys.take(pa.array(list(range(keys.num_rows))[::-1])), tmp_path / "run" / "keys.parquet")
     with pytest.raises(MicroError, match="disagree"):
-        load_features(tmp_path / "run")
+        Run.load(tmp_path / "run")

@@ -5,7 +5,7 @@ from _stage2 import AttrBackend, run_cli, synthetic_rows, write_table
 
 
 def test_head_table_names_the_train_split_when_there_is_no_test_split(tmp_path, monkeypatch, capsys):
-    from pipeline.embed import embed_pairs
+    from pipeline.embed.embed import embed_pairs
 
     pairs = write_table(synthetic_rows(n_per_group=20, topic=True, split="train"), tmp_path / "pairs.parquet")
     embed_pairs(pairs, tmp_path / "run", AttrBackend(), cache_dir=tmp_path / "cache", log=lambda m: None)

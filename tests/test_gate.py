@@ -13,7 +13,8 @@ def test_format_and_torch_twin(kind, hidden):
     K, p, n = 4, 5, 30
     params = G.init_gate_params(kind, K, p, hidden, rng, scale=1.0)
     expected = {"linear": {"coef": (K, p), "intercept": (K,)},
-                "mlp": {"hidden_coef": (hidden, p), "hidden_intercept": (hidden,), "coef": (K, hidden), "intercept": (K,)},
+                "mlp": {"hidden_coef": (hidden, p), "hidden_intercept": (hidden,), "coef": (K, hidden),
+                        "intercept": (K,)},
                 "static": {"logits": (K,)}}[kind]
     assert {k: v.shape for k, v in params.items()} == expected
     if kind == "static":

@@ -105,7 +105,17 @@ def test_eval_same_adaptation_sets_and_skips_small_groups():
     assert r1["per_group"]["b"]["n_eval"] == 57 - 4
     # uniform prior given explicitly == no prior
     r3 = hyre_eval(z, G, n_per_group=4, seeds=(0, 1))
-    assert r3["per_group"] == r1["per_group"] == r2["per_group"]
+    scalars = lambda r: {g: {k: v for k, v in d.items() if k not in ("probs", "rows")}  # noqa: E731
+                         for g, d in r["per_group"].items()}
+    assert scalars(r3) == scalars(r1) == scalars(r2)
+    # the probabilities of the scored pairs come back: their accuracy is "accs", their rows the group minus the
+    # adaptation pairs (what micro eval's nll / ece use, without redoing the draws)
+    for g, d in r1["per_group"].items():
+        for i, (p, rows) in enumerate(zip(d["probs"], d["rows"])):
+            np.testing.assert_array_equal(p, r3["per_group"][g]["probs"][i])
+            assert float(np.mean(p > 0.5)) == d["accs"][i] and len(p) == len(rows) == d["n_eval"]
+            adapt = first[list(r1["per_group"]).index(g) * 2 + i]
+            assert sorted(set(rows) | set(adapt)) == np.flatnonzero(G == g).tolist() and not set(rows) & set(adapt)
     with pytest.raises(ValueError):
         hyre_eval(z, G[:-1])
 

@@ -1,12 +1,10 @@
-"""Leave-group-out protocol (pipeline/lgo.py, `micro eval --protocol leave-group-out`) on a tiny synthetic run.
+"""Leave-group-out protocol (pipeline/evaluate/lgo.py, `micro eval --protocol leave-group-out`) on a tiny synthetic run.
 
 Synthetic, no model (tests/_stage2.py): g0 prefers high a0, g1 low a0, g2 high a1. With g1 held out, Stage 1 sees
 only g0 and g2, whose heads cannot express g1 (the opposite of g0): routing stays near or below chance, the
 adapted model learns g1 from its few pairs.
 """
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import polars as pl
@@ -27,7 +25,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(run):
-    from pipeline.lgo import leave_group_out
+    from pipeline.evaluate.lgo import leave_group_out
 
     root, bundle, run_dir = run
     lines = []
@@ -37,7 +35,7 @@ def result(run):
 
 
 def test_rows_counts_and_files(run, result):
-    from pipeline.lgo import BUDGETED, COLUMNS, METHODS
+    from pipeline.evaluate.lgo import BUDGETED, COLUMNS, METHODS
 
     root, *_ = run
     res, lines = result
@@ -88,8 +86,8 @@ def test_cli_leave_group_out_and_errors(run, tmp_path, monkeypatch, capsys):
 
 
 def test_group_without_test_pairs_is_an_error(run, tmp_path, monkeypatch, capsys):
-    from pipeline.embed import embed_pairs
     from _stage2 import AttrBackend
+    from pipeline.embed.embed import embed_pairs
 
     root, bundle, _ = run
     rows = [r for r in synthetic_rows(n_per_group=30, topic=True, test_frac=0.3)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
-from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.linear_model import LogisticRegression
+from sklearn.utils._param_validation import InvalidParameterError
 
 from heads import MixtureBT, accuracy, collapsed_pairs, make_mixture, mean_aligned_cosine, objective_and_grad
 from heads import gate as G
@@ -136,7 +136,8 @@ def test_same_seed_identical_and_best_restart(small, screen_iter):
 def test_inits_run(small, init):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = MixtureBT(n_components=3, n_init=1, max_iter=20, init=init, random_state=0).fit(small["delta"], small["prompt"])
+        m = MixtureBT(n_components=3, n_init=1, max_iter=20, init=init, random_state=0)
+        m.fit(small["delta"], small["prompt"])
     assert m.coef_.shape == (3, 6) and np.isfinite(m.objective_)
 
 

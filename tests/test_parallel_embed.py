@@ -14,12 +14,13 @@ import pytest
 
 from cache.store import text_keys
 from conftest import FakeBackend, make_pair_rows
-from pipeline.embed import embed_pairs, open_store, render_inputs
+from pipeline.core.parallel import threads_per_worker
+from pipeline.core.run import Run
+from pipeline.data.schema import read_pairs
+from pipeline.embed.backends.planning import BackendSpec
+from pipeline.embed.embed import embed_pairs, open_store, render_inputs
+from pipeline.embed.workers import ParallelEmbedder, gpu_assignment, shard_indices
 from pipeline.errors import MicroError
-from pipeline.features import load_features
-from pipeline.schema import read_pairs
-from pipeline.parallel_embed import (BackendSpec, ParallelEmbedder, gpu_assignment, shard_indices,
-                                     threads_per_worker)
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -31,7 +32,7 @@ def quiet(msg: str) -> None:
 
 
 def cache_contents(cache_dir: Path, backend) -> dict[bytes, np.ndarray]:
-    idx = open_store(cache_dir, backend, "float32")._load_index()
+    idx = open_store(cache_dir, backend, "float32").index()
     return {bytes(k): idx.vecs[i] for i, k in enumerate(idx.keys.view(np.uint8).reshape(-1, 16))}
 
 
@@ -44,7 +45,7 @@ def assert_same_cache(a: Path, b: Path, backend, atol: float = 0.0) -> int:
 
 
 def assert_same_features(run_a: Path, run_b: Path, atol: float = 0.0) -> None:
-    f, g = load_features(run_a), load_features(run_b)
+    f, g = Run.load(run_a), Run.load(run_b)
     assert f.pairs.column("pair_id").to_pylist() == g.pairs.column("pair_id").to_pylist()
     for role in ("chosen", "rejected", "prompt", "context"):
         np.testing.assert_allclose(getattr(f, role), getattr(g, role), atol=atol, rtol=0)
@@ -99,8 +100,8 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def dsp_pairs_60(tmp_path_factory):
     """60 pairs of the bundled DSP sample: 39 unique model inputs for the default backend."""
-    from pipeline.prepare import build_pairs
-    from pipeline.schema import write_pairs
+    from pipeline.data.prepare import build_pairs
+    from pipeline.data.schema import write_pairs
 
     table, _, _ = build_pairs("dsp", [REPO / "pipeline/sample/dsp_sample.json"])
     return write_pairs(table.slice(0, 60), tmp_path_factory.mktemp("dsp60") / "pairs.parquet")
@@ -109,7 +110,7 @@ def dsp_pairs_60(tmp_path_factory):
 @pytest.mark.slow
 def test_two_workers_with_the_default_backend_match_one_process(tmp_path, dsp_pairs_60, st_backend,
                                                                 one_torch_thread):
-    from pipeline.backends.st import SentenceTransformersBackend
+    from pipeline.embed.backends.st import SentenceTransformersBackend
 
     assert st_backend.batch_size == 8  # the session's loaded model: the single-process reference
     s1 = embed_pairs(dsp_pairs_60, tmp_path / "run1", st_backend, cache_dir=tmp_path / "c1", log=quiet)
@@ -132,8 +133,8 @@ def test_two_workers_with_the_default_backend_match_one_process(tmp_path, dsp_pa
 
 def test_planning_backend_has_the_chat_backends_identity(tiny_llama_dir):
     """The parent of transformers/vLLM workers plans without loading the model, under the same fingerprint."""
-    from pipeline.backends.hf import TransformersBackend
-    from pipeline.parallel_embed import PlanningBackend, parent_backend
+    from pipeline.embed.backends.hf import TransformersBackend
+    from pipeline.embed.backends.planning import PlanningBackend, parent_backend
 
     real = TransformersBackend(str(tiny_llama_dir), batch_size=3, dtype="float32", max_length=24)
     plan = parent_backend(BackendSpec("transformers", str(tiny_llama_dir),
@@ -144,7 +145,7 @@ def test_planning_backend_has_the_chat_backends_identity(tiny_llama_dir):
     texts = [plan.render_response(prompt, "the fox " * 20), plan.render_prompt(prompt)]
     assert texts == [real.render_response(prompt, "the fox " * 20), real.render_prompt(prompt)]
     assert plan.token_lengths(texts).tolist() == real.token_lengths(texts).tolist()
-    # vLLM: the transformers fingerprint with backend "vllm" (pipeline.backends.vllm_backend), no engine started
+    # vLLM: the transformers fingerprint with backend "vllm" (pipeline.embed.backends.vllm_backend), no engine started
     vplan = PlanningBackend("vllm", str(tiny_llama_dir), dtype="float32", max_length=24, tensor_parallel_size=2)
     assert vplan.fingerprint() == {**real.fingerprint(), "backend": "vllm"}
     real.close()
@@ -156,7 +157,7 @@ RUNNER = textwrap.dedent("""
     import os, sys
     sys.path[:0] = [{repo!r}, {tests!r}]  # this checkout's code, not an installed copy
     from conftest import FakeBackend
-    import pipeline.backends
+    import pipeline.embed.backends
 
     def get_backend(name, model=None, **kw):
         # worker FAKE_DIE_WORKER SIGKILLs itself in its second embed call (after its first chunk is saved)
@@ -164,7 +165,7 @@ RUNNER = textwrap.dedent("""
         dies = bool(die) and os.environ.get("MICRO_WORKER_INDEX") == die
         return FakeBackend(chunk_size=4, die_after=1 if dies else None)
 
-    pipeline.backends.get_backend = get_backend
+    pipeline.embed.backends.get_backend = get_backend
 
     if __name__ == "__main__":  # spawned workers import this file as __mp_main__
         import cli

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from _stage2 import AttrBackend, make_bundle, patch_backend, run_cli, synthetic_rows, write_jsonl, write_table
-from pipeline.backends.base import render_plain, with_context
+from pipeline.embed.backends.base import render_plain, with_context
 from pipeline.errors import MicroError
 
 ROWS = [{"prompt": "question x", "response": "answer attrs 1 0 0"},
@@ -99,9 +99,9 @@ def test_route_adapt_all_users_then_score(setup, tmp_path, monkeypatch, capsys):
 
 
 def test_route_one_user_residual_and_mixture(setup, tmp_path, monkeypatch, capsys):
-    from pipeline.adapt import adapt_users
-    from pipeline.profiles import load_profile
-    from pipeline.bundle import read_meta
+    from pipeline.core.bundle import read_meta
+    from pipeline.route.adapt import adapt_users
+    from pipeline.route.profiles import load_profile
 
     root, bundle, user = setup
     patch_backend(monkeypatch)
@@ -153,6 +153,6 @@ def test_bad_adapt_options(setup, tmp_path, monkeypatch, capsys):
     assert code == 2 and err.splitlines()[-1].startswith("error: ") and "has 0 train pairs" in err, err
     train_only = write_table(synthetic_rows(n_per_group=6, seed=8, prefix="t", split="train"), tmp_path / "r.parquet")
     with pytest.raises(MicroError, match="no held-out pairs"):
-        from pipeline.adapt import adapt_users
+        from pipeline.route.adapt import adapt_users
 
         adapt_users(bundle, train_only, tmp_path / "y", user="g1", log=lambda m: None)

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.data.prepare import build_pairs, load_user_pairs, prepare
+from pipeline.data.schema import PAIR_SCHEMA, read_pairs
+from pipeline.data.split import prompts_in_both
 from pipeline.errors import MicroError
-from pipeline.prepare import build_pairs, load_user_pairs, prepare
-from pipeline.schema import PAIR_SCHEMA, read_pairs
-from pipeline.split import prompts_in_both
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "pipeline/sample/dsp_sample.json"

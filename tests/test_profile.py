@@ -68,7 +68,7 @@ def test_prior_and_labels():
     with pytest.raises(ValueError, match="NaN"):
         p.update(np.array([np.nan, 0.0, 0.0]))
     with pytest.raises(ValueError):
-        HedgeProfile().weights_
+        _ = HedgeProfile().weights_
 
 
 def test_learning_curve():

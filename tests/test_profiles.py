@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from _stage2 import run_cli, make_bundle, patch_backend, synthetic_rows, write_jsonl, write_table
+from _stage2 import make_bundle, patch_backend, run_cli, synthetic_rows, write_jsonl, write_table
 from pipeline.errors import MicroError
 
 
@@ -28,7 +28,7 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(setup):
     """build_profile of user g1 (prefers low a0): (result, saved JSON)."""
-    from pipeline.profiles import build_profile
+    from pipeline.route.profiles import build_profile
 
     root, bundle, user = setup
     with pytest.MonkeyPatch.context() as mp:
@@ -42,8 +42,8 @@ def logsig(z):
 
 
 def test_profile_json_and_hand_computed_hedge(setup, built):
-    from pipeline.bundle import load_bundle
-    from pipeline.features import load_features
+    from pipeline.core.bundle import load_bundle
+    from pipeline.core.run import Run
 
     root, bundle, _ = setup
     res, data = built
@@ -53,10 +53,10 @@ def test_profile_json_and_hand_computed_hedge(setup, built):
     model, meta = load_bundle(bundle)
     assert data["fingerprint_id"] == meta["fingerprint_id"]
 
-    feats = load_features(root / "profiles" / "work" / "g1" / "user_run")
-    assert set(feats.group) == {"g1"} and feats.n == 40          # only the user's pairs were embedded
-    mine = feats.subset(feats.group == "g1")
-    stream, held = mine.split_rows("train"), mine.split_rows("test")
+    feats = Run.load(root / "profiles" / "work" / "g1" / "user_run")
+    assert set(feats.groups) == {"g1"} and feats.n == 40          # only the user's pairs were embedded
+    mine = feats.take(feats.groups == "g1")
+    stream, held = mine.part("train"), mine.part("test")
     assert res.n_stream == stream.n == 20 and res.n_heldout == held.n == data["n_heldout"] == 20
     # prior: the Stage-1 gate (it reads prompts) averaged over the user's stream pairs
     prior = model.gate_weights(stream.prompt).mean(axis=0)
@@ -81,9 +81,9 @@ def test_profile_json_and_hand_computed_hedge(setup, built):
 
 def test_hedge_temperature_and_uniform_prior(setup, tmp_path, monkeypatch):
     from heads.profile import HedgeProfile
-    from pipeline.bundle import load_bundle
-    from pipeline.features import load_features
-    from pipeline.profiles import build_profile
+    from pipeline.core.bundle import load_bundle
+    from pipeline.core.run import Run
+    from pipeline.route.profiles import build_profile
 
     root, bundle, user = setup
     patch_backend(monkeypatch)
@@ -95,15 +95,15 @@ def test_hedge_temperature_and_uniform_prior(setup, tmp_path, monkeypatch):
     res = build_profile(static, bare, "g0", tmp_path / "p", tau=2.0, log=lambda m: None)
     assert res.prior == "uniform"
     model, _ = load_bundle(static)
-    feats = load_features(tmp_path / "p" / "work" / "g0" / "user_run")
-    stream = feats.subset((feats.group == "g0") & (feats.split == "train"))
+    feats = Run.load(tmp_path / "p" / "work" / "g0" / "user_run")
+    stream = feats.take((feats.groups == "g0") & feats.mask("train"))
     want = HedgeProfile(tau=2.0, n_heads=3).update(stream.delta @ model.coef_.T).weights_
     np.testing.assert_allclose(res.weights, want, rtol=1e-6)
     assert json.loads(res.path.read_text())["profile"]["tau"] == 2.0
 
 
 def test_build_profile_errors(setup, tmp_path, monkeypatch):
-    from pipeline.profiles import build_profile
+    from pipeline.route.profiles import build_profile
 
     root, bundle, user = setup
     built = patch_backend(monkeypatch)
@@ -116,8 +116,8 @@ def test_build_profile_errors(setup, tmp_path, monkeypatch):
 
 
 def test_load_profile(setup, built, tmp_path):
-    from pipeline.bundle import read_meta
-    from pipeline.profiles import load_profile
+    from pipeline.core.bundle import read_meta
+    from pipeline.route.profiles import load_profile
 
     root, bundle, _ = setup
     res, data = built
@@ -178,7 +178,7 @@ def test_cli_online_profile_then_score_with_it(setup, tmp_path, monkeypatch, cap
 def test_user_names_from_data_never_write_outside_out(setup, tmp_path, monkeypatch, name):
     """A group called '../../x' or '/abs/path' in the user file names the profile and its work folder, but both
     stay inside --out (and do not collide with a plainly named user)."""
-    from pipeline.profiles import build_profile, safe_name
+    from pipeline.route.profiles import build_profile, safe_name
 
     root, bundle, _ = setup
     rows = synthetic_rows(n_per_group=6, seed=9, prefix="x", groups=("g0",), test_frac=0.5)

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.data.prepare import build_pairs
+from pipeline.data.recipes import RECIPES
+from pipeline.data.recipes.base import BadRow
+from pipeline.data.recipes.dsp import DOMAIN_CONTEXT
+from pipeline.data.recipes.helpsteer2 import ATTRIBUTE_CONTEXT, helpsteer_prompt
+from pipeline.data.recipes.hh import OBJECTIVE_CONTEXT, hh_subset
+from pipeline.data.recipes.messages import as_messages, parse_hh, resolve
+from pipeline.data.split import prompts_in_both
 from pipeline.errors import MicroError
-from pipeline.prepare import build_pairs
-from pipeline.recipes import RECIPES
-from pipeline.recipes.base import BadRow
-from pipeline.recipes.dsp import DOMAIN_CONTEXT
-from pipeline.recipes.helpsteer2 import ATTRIBUTE_CONTEXT, helpsteer_prompt
-from pipeline.recipes.hh import OBJECTIVE_CONTEXT, hh_subset
-from pipeline.recipes.messages import as_messages, parse_hh, resolve
-from pipeline.split import prompts_in_both
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data"

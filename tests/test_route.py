@@ -11,7 +11,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from _stage2 import run_cli, AttrBackend, make_bundle, patch_backend, rendered_texts, synthetic_rows, write_jsonl, write_table
+from _stage2 import (
+    AttrBackend,
+    make_bundle,
+    patch_backend,
+    rendered_texts,
+    run_cli,
+    synthetic_rows,
+    write_jsonl,
+    write_table,
+)
 from pipeline.errors import MicroError
 
 SEEDS = (0, 1)
@@ -31,7 +40,7 @@ def stage1(tmp_path_factory):
 @pytest.fixture(scope="module")
 def routed(stage1):
     """route() on the user pair table: (result, routed bundle folder, built backends, log lines)."""
-    from pipeline.route import route
+    from pipeline.route.route import route
 
     root, bundle, _, user, _ = stage1
     lines = []
@@ -42,43 +51,47 @@ def routed(stage1):
 
 
 def user_feats(routed):
-    from pipeline.features import load_features
+    from pipeline.core.run import Run
 
-    feats = load_features(routed[1] / "work" / "user_run")
-    return feats.split_rows("train"), feats.split_rows("test")
+    feats = Run.load(routed[1] / "work" / "user_run")
+    return feats.part("train"), feats.part("test")
 
 
 # --- helpers ---------------------------------------------------------------------------------------
 
-def test_group_names_and_per_group_accuracy():
-    from pipeline.route import group_names, per_group_accuracy
+def test_group_codes_and_per_group_accuracy():
+    from pipeline.core.run import Run, per_group_accuracy
 
-    g, names = group_names(np.array(["b", None, "a", "b"], dtype=object))
-    assert g.tolist() == ["b", "all", "a", "b"] and names == ["a", "all", "b"]
+    run = Run.from_arrays(np.zeros((4, 2)), np.zeros((4, 2)), ["train"] * 4, group=["b", None, "a", "b"])
+    assert run.groups.tolist() == ["b", "all", "a", "b"] and run.group_names == ["a", "all", "b"]
     p = np.array([0.9, 0.4, 0.6, 0.2])
-    acc = per_group_accuracy(p, g, ["a", "all", "b", "zz"])
+    acc = per_group_accuracy(p, run.groups, ["a", "all", "b", "zz"])
     assert acc[:3].tolist() == [1.0, 0.0, 0.5] and np.isnan(acc[3])
+    assert run.group_accuracy(p).tolist() == [1.0, 0.0, 0.5]
+    assert run.take(run.groups != "all").present_groups() == ["a", "b"]
+    z = np.array([[1.0, -1.0], [-2.0, 3.0], [0.5, 0.5], [-1.0, 2.0]])      # (N, K) logits: (K, G) per head
+    np.testing.assert_array_equal(per_group_accuracy(z, run.groups, ["a", "b"], threshold=0.0), [[1, .5], [1, .5]])
 
 
 # --- route_seeds -----------------------------------------------------------------------------------
 
 def test_route_seeds_deterministic_and_shapes(stage1, routed):
-    from pipeline.bundle import load_bundle
-    from pipeline.route import route_seeds
+    from pipeline.core.model import Model
+    from pipeline.route.route import route_seeds
 
     res = routed[0]
-    model, meta = load_bundle(stage1[1])
+    model = Model.load(stage1[1])
     train, test = user_feats(routed)
-    again = route_seeds(model, meta, train, test, budget=BUDGET, seeds=SEEDS)
+    again = route_seeds(model, train, test, budget=BUDGET, seeds=SEEDS)
     assert res.after.shape == (len(SEEDS), 3) and res.groups == ["g0", "g1", "g2"]
     np.testing.assert_array_equal(again.after, res.after)
     # each seed's router depends on its seed only, not on the other seeds run with it
-    one = route_seeds(model, meta, train, test, budget=BUDGET, seeds=(SEEDS[1],))
+    one = route_seeds(model, train, test, budget=BUDGET, seeds=(SEEDS[1],))
     np.testing.assert_array_equal(one.after[0], res.after[1])
-    assert res.counts == [int((test.group == g).sum()) for g in res.groups] == [30, 30, 30]
+    assert res.counts == [int((test.groups == g).sum()) for g in res.groups] == [30, 30, 30]
     # 'before' is the Stage-1 model with its own (prompt) gate input on the test pairs
-    p = model.predict_proba(test.delta, test.prompt)
-    assert res.before.tolist() == [float(np.mean(p[test.group == g] > 0.5)) for g in res.groups]
+    p = model.estimator.predict_proba(test.delta, test.prompt)
+    assert res.before.tolist() == [float(np.mean(p[test.groups == g] > 0.5)) for g in res.groups]
     assert res.short == {} and res.notes == [] and len(res.routers) == len(SEEDS)
 
 
@@ -90,38 +103,39 @@ def test_routing_on_context_beats_the_prompt_gate(routed):
 
 
 def test_budget_larger_than_the_groups(stage1, routed):
-    from pipeline.bundle import load_bundle
-    from pipeline.route import route_seeds
+    from pipeline.core.model import Model
+    from pipeline.route.route import route_seeds
 
-    model, meta = load_bundle(stage1[1])
+    model = Model.load(stage1[1])
     train, test = user_feats(routed)
-    res = route_seeds(model, meta, train, test, budget=1000, seeds=(0,), epochs=1)
-    assert res.short == {g: int((train.group == g).sum()) for g in ("g0", "g1", "g2")} == {"g0": 30, "g1": 30, "g2": 30}
+    res = route_seeds(model, train, test, budget=1000, seeds=(0,), epochs=1)
+    want = {"g0": 30, "g1": 30, "g2": 30}
+    assert res.short == {g: int((train.groups == g).sum()) for g in ("g0", "g1", "g2")} == want
     assert any("used all" in n and "g0 (30 pairs)" in n for n in res.notes), res.notes
 
 
 def test_no_context_and_unseen_groups_notes(stage1, routed):
-    from pipeline.bundle import load_bundle
-    from pipeline.route import route_seeds
+    from pipeline.core.model import Model
+    from pipeline.route.route import route_seeds
 
-    model, meta = load_bundle(stage1[1])
+    model = Model.load(stage1[1])
     train, test = user_feats(routed)
     bare = replace(train, context=train.prompt, has_context=np.zeros(train.n, dtype=bool))
-    res = route_seeds(model, meta, bare, test, budget=10, seeds=(0,), epochs=1)
+    res = route_seeds(model, bare, test, budget=10, seeds=(0,), epochs=1)
     assert any("routing on the prompt alone" in n for n in res.notes), res.notes
-    partial = train.subset(train.group != "g2")
-    res = route_seeds(model, meta, partial, test, budget=10, seeds=(0,), epochs=1)
+    partial = train.take(train.groups != "g2")
+    res = route_seeds(model, partial, test, budget=10, seeds=(0,), epochs=1)
     assert any("no routing pairs" in n and "'g2'" in n for n in res.notes), res.notes
     assert res.groups == ["g0", "g1", "g2"] and np.isfinite(res.after).all()
     with pytest.raises(MicroError, match="no user pairs"):
-        route_seeds(model, meta, train.subset(np.zeros(train.n, dtype=bool)), test, seeds=(0,))
+        route_seeds(model, train.take(np.zeros(train.n, dtype=bool)), test, seeds=(0,))
 
 
 # --- route(): routed bundle ------------------------------------------------------------------------
 
 def test_routed_bundle_loads_and_predicts_like_the_seed0_router(stage1, routed):
-    from pipeline.bundle import load_bundle
-    from pipeline.route import head_logits, per_group_accuracy
+    from pipeline.core.bundle import load_bundle
+    from pipeline.core.run import per_group_accuracy
 
     res, out, built, lines = routed
     model0, meta0 = load_bundle(stage1[1])
@@ -134,15 +148,15 @@ def test_routed_bundle_loads_and_predicts_like_the_seed0_router(stage1, routed):
     np.testing.assert_allclose(model.coef_, model0.coef_)
     _, test = user_feats(routed)
     p = model.predict_proba(test.delta, test.context)
-    want = res.routers[0].predict_proba(head_logits(model0, test), test.context)
+    want = res.routers[0].predict_proba(test.delta @ model0.coef_.T, test.context)
     np.testing.assert_allclose(p, want, rtol=1e-5, atol=1e-6)     # bundle stores float32 gate weights
-    assert per_group_accuracy(p, test.group, res.groups).tolist() == res.after[0].tolist()
+    assert per_group_accuracy(p, test.groups, res.groups).tolist() == res.after[0].tolist()
     assert len(built) == 1 and built[0].closed == 1
     assert any("user data: 180 pairs" in m for m in lines), lines
 
 
 def test_route_errors(stage1, tmp_path, monkeypatch):
-    from pipeline.route import route
+    from pipeline.route.route import route
 
     root, bundle, *_ = stage1
     patch_backend(monkeypatch)
@@ -160,49 +174,48 @@ def test_route_errors(stage1, tmp_path, monkeypatch):
 # --- user data embedding -------------------------------------------------------------------------
 
 def test_embed_user_data_embeds_only_new_texts(stage1, tmp_path, monkeypatch):
-    from pipeline.bundle import read_meta
-    from pipeline.route import embed_user_data
+    from pipeline.core.model import Model
 
     root, bundle, rows, *_ = stage1
     new = synthetic_rows(n_per_group=4, seed=3, prefix="n")
     user_rows = rows[:5] + new           # five pairs whose texts are cached by the Stage-1 run
     path = write_table(user_rows, tmp_path / "mixed.parquet")
     built = patch_backend(monkeypatch)
-    meta = read_meta(bundle)
-    feats = embed_user_data(meta, path, tmp_path / "work", log=lambda m: None)
+    model = Model.load(bundle)
+    meta = model.meta
+    feats = model.embed_user_data(path, tmp_path / "work", log=lambda m: None)
     want = rendered_texts(user_rows) - rendered_texts(rows)
     assert len(want) == 4 * 3 * 4                # chosen, rejected, prompt, context+prompt of the 12 new pairs
     assert sorted(built[0].embedded) == sorted(want)
     assert feats.n == len(user_rows) and feats.fingerprint_id == meta["fingerprint_id"]
     np.testing.assert_allclose(feats.chosen[-1], AttrBackend.vector(AttrBackend().render_response(
         new[-1]["prompt"], new[-1]["chosen"])))
-    embed_user_data(meta, path, tmp_path / "work2", log=lambda m: None)      # all cached now
+    model.embed_user_data(path, tmp_path / "work2", log=lambda m: None)      # all cached now
     assert built[1].embedded == []
 
 
 def test_changed_embedder_fingerprint(stage1, tmp_path, monkeypatch):
-    from pipeline.backends.base import fingerprint_id
-    from pipeline.bundle import read_meta
-    from pipeline.route import backend_from_meta, embed_user_data
+    from pipeline.core.model import Model
+    from pipeline.embed.backends.base import fingerprint_id
 
     root, bundle, _, user, _ = stage1
-    meta = read_meta(bundle)
-    assert backend_from_meta.__module__ == "pipeline.route"
+    model = Model.load(bundle)
+    meta = model.meta
     patch_backend(monkeypatch, tag="v2")
     new_id = fingerprint_id(AttrBackend("v2").fingerprint())
     assert new_id != meta["fingerprint_id"]
     with pytest.raises(MicroError) as exc:
-        embed_user_data(meta, user, tmp_path / "work", log=lambda m: None)
+        model.embed_user_data(user, tmp_path / "work", log=lambda m: None)
     assert new_id in str(exc.value) and meta["fingerprint_id"] in str(exc.value)
 
-    import pipeline.backends
+    import pipeline.embed.backends
 
     def broken(name, model=None, **kw):
         raise MicroError(f"{model}: no such model folder")
 
-    monkeypatch.setattr(pipeline.backends, "get_backend", broken)
+    monkeypatch.setattr(pipeline.embed.backends, "get_backend", broken)
     with pytest.raises(MicroError, match="the bundle's embedder cannot be loaded"):
-        backend_from_meta(meta)
+        model.embedder()
 
 
 # --- CLI ---------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from _stage2 import run_cli, AttrBackend, make_bundle, patch_backend, synthetic_rows, write_jsonl
-from pipeline.backends.base import render_plain, with_context
+from _stage2 import AttrBackend, make_bundle, patch_backend, run_cli, synthetic_rows, write_jsonl
+from pipeline.embed.backends.base import render_plain, with_context
 from pipeline.errors import MicroError
 
 PROMPTS = ["question one", "question two", "question three"]
@@ -49,7 +49,7 @@ def per_head_expected(bundle, prompts=PROMPTS, responses=RESPONSES):
 
 
 def test_rewards_with_context(bundles, monkeypatch):
-    from pipeline.score import RewardModel
+    from pipeline.route.score import RewardModel
 
     root, gated, _ = bundles
     built = patch_backend(monkeypatch)
@@ -83,7 +83,7 @@ def test_rewards_with_context(bundles, monkeypatch):
 
 def test_static_gate_and_profile_weights(bundles, monkeypatch):
     from heads.profile import HedgeProfile
-    from pipeline.score import RewardModel
+    from pipeline.route.score import RewardModel
 
     root, gated, static = bundles
     built = patch_backend(monkeypatch)
@@ -107,7 +107,7 @@ def test_static_gate_and_profile_weights(bundles, monkeypatch):
 
 
 def test_read_score_input(tmp_path):
-    from pipeline.score import read_score_input
+    from pipeline.route.score import read_score_input
 
     rows = [{"prompt": p, "response": r, "id": i} for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))]
     df = pl.DataFrame(rows)
@@ -137,7 +137,7 @@ def test_read_score_input(tmp_path):
 
 
 def test_score_file_parquet_and_jsonl(bundles, tmp_path, monkeypatch):
-    from pipeline.score import RewardModel, score_file
+    from pipeline.route.score import RewardModel, score_file
 
     root, gated, _ = bundles
     patch_backend(monkeypatch)
@@ -184,7 +184,7 @@ def test_cli_score(bundles, tmp_path, monkeypatch, capsys):
 def test_context_gated_bundle_needs_a_context(tmp_path_factory, monkeypatch):
     """The gate of a context bundle was fitted on context+prompt features: scoring without a context used to
     read prompt-only features silently."""
-    from pipeline.score import RewardModel
+    from pipeline.route.score import RewardModel
 
     root = tmp_path_factory.mktemp("ctx")
     bundle = make_bundle(root, synthetic_rows(n_per_group=40, topic=True), gate_input="context", name="ctx")
@@ -197,7 +197,7 @@ def test_context_gated_bundle_needs_a_context(tmp_path_factory, monkeypatch):
 
 def test_score_input_columns_from_every_row(tmp_path):
     """A column that first appears after row 100 is kept (polars used to infer the schema from 100 rows)."""
-    from pipeline.score import read_score_input
+    from pipeline.route.score import read_score_input
 
     rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(150)]
     rows[120]["note"] = "keep me"

@@ -9,7 +9,7 @@ import pytest
 from heads import MixtureBT
 from heads.em import run_em
 from heads.objective import Problem
-from heads.selection import best_point, fit_temperature, holdout_rows, prompt_groups, PathPoint
+from heads.selection import PathPoint, best_point, fit_temperature, holdout_rows, prompt_groups
 from heads.synthetic import make_llm_like, make_mixture, split
 
 

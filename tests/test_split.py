@@ -5,7 +5,14 @@ import random
 
 import pytest
 
-from pipeline.split import assign_split, normalize_split, prompt_unit, prompts_in_both, render_prompt, split_from_name
+from pipeline.data.split import (
+    assign_split,
+    normalize_split,
+    prompt_unit,
+    prompts_in_both,
+    render_prompt,
+    split_from_name,
+)
 
 
 def prompt(i: int) -> list[dict]:

@@ -31,7 +31,7 @@ def shard_files(s: EmbeddingStore) -> list:
 
 
 def all_keys(s: EmbeddingStore) -> set[bytes]:
-    return {bytes(k) for k in np.asarray(s._load_index().keys).view(np.uint8).reshape(-1, 16)}
+    return {bytes(k) for k in np.asarray(s.index().keys).view(np.uint8).reshape(-1, 16)}
 
 
 # --- keys ---------------------------------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_compact_dedupes_and_preserves_values(tmp_path):
     files = shard_files(s)
     assert len(files) == 1 and len(list(s.shard_dir.glob("*.parquet"))) == 1
     s2 = store(tmp_path)
-    assert s2.rows == 30 and len(s2._load_index().keys) == 30
+    assert s2.rows == 30 and len(s2.index().keys) == 30
     np.testing.assert_array_equal(s2.lookup(k), v)
     assert s2.compact() == 0  # one shard: nothing to do
 

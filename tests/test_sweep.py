@@ -7,10 +7,10 @@ import math
 import re
 
 import numpy as np
-from conftest import PlainTextBackend
 import polars as pl
 import pytest
 
+from conftest import PlainTextBackend
 from pipeline.errors import MicroError
 
 DIM, N, K_TRUE = 8, 600, 3
@@ -53,8 +53,8 @@ class VectorBackend(PlainTextBackend):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from heads.synthetic import make_mixture
-    from pipeline.embed import embed_pairs
-    from pipeline.schema import pairs_to_table, write_pairs
+    from pipeline.data.schema import pairs_to_table, write_pairs
+    from pipeline.embed.embed import embed_pairs
 
     root = tmp_path_factory.mktemp("sweep")
     data = make_mixture(n=N, d=DIM, p=DIM, k=K_TRUE, seed=0)
@@ -90,7 +90,7 @@ def assert_same(a: pl.DataFrame, b: pl.DataFrame, atol: float = 0.0) -> None:
 
 
 def test_grid_trials_resume_and_errors(run, tmp_path):
-    from pipeline.sweep import run_sweep
+    from pipeline.sweep.runner import run_sweep
 
     out = tmp_path / "res.parquet"
     grid = f"k=1,2,100000; alpha=0,-1; {FAST}"
@@ -117,7 +117,7 @@ def test_grid_trials_resume_and_errors(run, tmp_path):
 @pytest.fixture(scope="module")
 def routed_local(run, tmp_path_factory):
     """The same routing sweep with --jobs 1 (in process) and --jobs 2 (spawned pool, memory-mapped arrays)."""
-    from pipeline.sweep import run_sweep
+    from pipeline.sweep.runner import run_sweep
 
     root = tmp_path_factory.mktemp("routed")
     kw = dict(grid=f"k=2,3; tau=0.1,1; budget=20; epochs=3; {FAST}", seeds=2, stage="all", log=quiet, plots=False)
@@ -137,7 +137,7 @@ def test_jobs2_equals_jobs1(routed_local):
 
 def test_ray_equals_local(run, routed_local, tmp_path):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'micro-rm[ray]')")
-    from pipeline.sweep import run_sweep
+    from pipeline.sweep.runner import run_sweep
 
     one, _, kw = routed_local
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -151,11 +151,12 @@ def test_ray_equals_local(run, routed_local, tmp_path):
 
 def test_k_selection_true_k_and_one_se_rule(tmp_path):
     from heads.synthetic import make_mixture
-    from pipeline.sweep import SweepData, run_sweep
+    from pipeline.core.run import Run
+    from pipeline.sweep.runner import run_sweep
 
     d = make_mixture(n=2500, d=DIM, p=DIM, k=K_TRUE, seed=3)
     split = np.where(np.arange(2500) % 5 == 0, "test", "train")
-    data = SweepData.from_arrays(d["delta"], d["prompt"], split)
+    data = Run.from_arrays(d["delta"], d["prompt"], split)
     res = run_sweep(data, "k=int:1..5; n_init=2; max_iter=60", seeds=3, jobs=1, out=tmp_path / "k.parquet", log=quiet)
     sel = res.k_selection
     assert abs(sel.chosen_k - K_TRUE) <= 1, sel.reason
@@ -174,7 +175,7 @@ def test_k_selection_true_k_and_one_se_rule(tmp_path):
 
 
 def test_random_search_ranges_and_determinism():
-    from pipeline.sweep import grid_configs, parse_space, random_configs
+    from pipeline.sweep.space import grid_configs, parse_space, random_configs
 
     space = parse_space("tau=log:1e-4..1e-2; alpha=0..1; k=int:1..16; init=kmeans,random")
     a = random_configs(space, 40, seed=7)
@@ -193,7 +194,7 @@ def test_random_search_ranges_and_determinism():
 
 
 def test_k_candidates():
-    from pipeline.sweep import k_candidates
+    from pipeline.sweep.report import k_candidates
 
     assert k_candidates(1, 16) == [1, 2, 4, 6, 8, 10, 12, 16]
     assert k_candidates(1, 12) == [1, 2, 4, 6, 8, 10, 12]
@@ -204,10 +205,9 @@ def test_k_candidates():
 def test_cli_sweep_and_fit_k_auto(run, tmp_path, monkeypatch):
     import json
 
-    import pipeline.sweep_backends as B
-
     from typer.testing import CliRunner
 
+    import pipeline.core.parallel as B
     from cli import app
 
     r = CliRunner().invoke(app, ["sweep", str(run), "--grid", f"k=1,2; {FAST}", "--seeds", "2", "--jobs", "1",

@@ -1,12 +1,12 @@
-"""The history truncation mode (pipeline.backends.truncation): what it keeps, in which order, and the counts."""
+"""The history truncation mode (pipeline.embed.backends.truncation): what it keeps, in which order, and the counts."""
 from __future__ import annotations
 
 import re
 
 import pytest
 
-from pipeline.backends.base import render_plain
-from pipeline.backends.truncation import HistoryRenderer, fit_history, offsets_cut
+from pipeline.embed.backends.base import render_plain
+from pipeline.embed.backends.truncation import HistoryRenderer, fit_history, offsets_cut
 
 
 def _words(text: str) -> list[tuple[int, int]]:
@@ -75,7 +75,7 @@ def test_renderer_remembers_the_untruncated_counts():
 
 @pytest.mark.slow
 def test_sentence_transformers_backend_history_mode():
-    from pipeline.backends.st import SentenceTransformersBackend
+    from pipeline.embed.backends.st import SentenceTransformersBackend
 
     be = SentenceTransformersBackend(max_length=32, truncation="history")
     text = be.render_response(CONV, "Paris is the capital of France. " * 10)
@@ -85,7 +85,7 @@ def test_sentence_transformers_backend_history_mode():
 
 
 def test_transformers_backend_history_mode_keeps_the_template(tiny_llama_dir):
-    from pipeline.backends.hf import TransformersBackend
+    from pipeline.embed.backends.hf import TransformersBackend
 
     be = TransformersBackend(str(tiny_llama_dir), max_length=24)
     assert be.fingerprint()["truncation"] == "history"   # the default

@@ -26,8 +26,8 @@ from typing import Callable
 
 import pytest
 
-from conftest import ReadOnly
 from _stage2 import make_bundle, patch_backend, run_cli, synthetic_rows, write_jsonl, write_table
+from conftest import ReadOnly
 
 
 @dataclass
@@ -56,7 +56,7 @@ def cases(*items: Case):
 # ------------------------------------------------------------------------------------------- the workspace
 def build_template(root: Path) -> None:
     """Valid inputs and outputs of every stage (synthetic data, AttrBackend, no model)."""
-    from pipeline.profiles import build_profile
+    from pipeline.route.profiles import build_profile
 
     rows = synthetic_rows(n_per_group=24, topic=True, seed=1)
     write_table(rows, root / "pairs.parquet")
@@ -71,7 +71,7 @@ def build_template(root: Path) -> None:
     write_jsonl([{"prompt": "q one", "chosen": "good one", "rejected": "bad one", "group": "g0"},
                  {"prompt": "q two", "chosen": "good two", "rejected": "bad two", "group": "g1"}], root / "raw.jsonl")
     with pytest.MonkeyPatch.context() as mp:
-        from pipeline.score import score_file
+        from pipeline.route.score import score_file
 
         patch_backend(mp)
         build_profile(root / "bundle", root / "user.parquet", "g1", root / "profiles", log=lambda m: None)
@@ -209,9 +209,9 @@ def corpus_template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def ws(corpus_template, tmp_path, monkeypatch):
-    import pipeline.embed
+    import pipeline.embed.embed
 
     w = Workspace(corpus_template, tmp_path / "ws", monkeypatch)
-    monkeypatch.setattr(pipeline.embed, "DEFAULT_CACHE", tmp_path / "default_cache")  # never the user's cache
+    monkeypatch.setattr(pipeline.embed.embed, "DEFAULT_CACHE", tmp_path / "default_cache")  # never the user's cache
     yield w
     w.read_only.undo()

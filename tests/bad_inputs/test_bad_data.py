@@ -7,8 +7,8 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from _corpus import Case, cases, check, corpus_template, ws  # noqa: F401 (fixtures)
+
 from conftest import make_pair_rows
 
 GOOD = {"prompt": "q", "chosen": "good", "rejected": "bad", "group": "g0"}
@@ -29,7 +29,7 @@ def text(name: str, content: str | bytes):
 
 def table(mutate, name: str = "bad.parquet", schema=None):
     """Setup: a hand-made pair table (written without validation) from make_pair_rows() changed by ``mutate``."""
-    from pipeline.schema import PAIR_SCHEMA
+    from pipeline.data.schema import PAIR_SCHEMA
 
     def setup(ws):
         rows = make_pair_rows()
@@ -94,7 +94,7 @@ PREPARED = [
 
 PAIR_TABLES = [
     Case("table-missing-split-column", "embed {ws}/bad.parquet --out {ws}/nr", r"bad\.parquet: missing column\(s\) split",
-         table(drop_split, schema=pa.schema([f for f in __import__("pipeline.schema").schema.PAIR_SCHEMA
+         table(drop_split, schema=pa.schema([f for f in __import__("pipeline.data.schema").data.schema.PAIR_SCHEMA
                                              if f.name != "split"]))),
     Case("table-null-chosen", "embed {ws}/bad.parquet --out {ws}/nr", r"bad\.parquet: row 1: field 'chosen' is null",
          table(set_(1, "chosen", None))),
@@ -176,6 +176,6 @@ def test_gzip_helper_roundtrip(tmp_path):
     """The corrupt-gzip case really is corrupt (a valid gzip of the same name would be read)."""
     p = tmp_path / "ok.jsonl.gz"
     p.write_bytes(gzip.compress(json.dumps(GOOD).encode()))
-    from pipeline.prepare import build_pairs
+    from pipeline.data.prepare import build_pairs
 
     assert build_pairs("generic", [p])[0].num_rows == 1

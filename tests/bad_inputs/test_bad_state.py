@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
-
 from _corpus import Case, cases, check, corpus_template, ws  # noqa: F401 (fixtures)
+
 from _stage2 import AttrBackend
 
 FIT = "fit {run} --out {ws}/m"
@@ -168,8 +168,9 @@ def model_folder(weights: bytes | None = b"", drop=(), garbage=()):
     """Setup: a copy of the bundled MiniLM folder's small files, with ``weights`` as model.safetensors (None: no
     weights file), files in ``drop`` removed and files in ``garbage`` overwritten with junk."""
     def setup(ws):
-        from pipeline.backends.st import default_model_path
         from pathlib import Path
+
+        from pipeline.embed.backends.st import default_model_path
 
         src, dst = Path(default_model_path()), ws.path("model")
         for p in src.rglob("*"):
@@ -235,18 +236,18 @@ def interrupt(target: str, attr: str):
 
 
 def interrupted_embed(ws):
-    import pipeline.backends
+    import pipeline.embed.backends
 
-    ws.mp.setattr(pipeline.backends, "get_backend", lambda *a, **k: InterruptedBackend())
+    ws.mp.setattr(pipeline.embed.backends, "get_backend", lambda *a, **k: InterruptedBackend())
 
 
 CTRL_C = [
     Case("ctrl-c-embed", "embed {user_table} --out {ws}/nr --cache-dir {ws}/newcache",
          r"interrupted: 8 new texts were saved to the cache; rerun the same command to resume", interrupted_embed,
          code=130, real_backend=True),
-    Case("ctrl-c-fit", FIT, r"^interrupted$", interrupt("pipeline.fit", "fit_run"), code=130),
-    Case("ctrl-c-sweep", SWEEP, r"^interrupted$", interrupt("pipeline.sweep", "run_sweep"), code=130),
-    Case("ctrl-c-eval", EVAL, r"^interrupted$", interrupt("pipeline.evaluate", "evaluate"), code=130),
+    Case("ctrl-c-fit", FIT, r"^interrupted$", interrupt("pipeline.fit.fit", "fit_run"), code=130),
+    Case("ctrl-c-sweep", SWEEP, r"^interrupted$", interrupt("pipeline.sweep.runner", "run_sweep"), code=130),
+    Case("ctrl-c-eval", EVAL, r"^interrupted$", interrupt("pipeline.evaluate.evaluate", "evaluate"), code=130),
 ]
 
 
@@ -258,6 +259,7 @@ def test_bad_state(case, ws, monkeypatch, capsys):
 def test_ctrl_c_embed_resumes_with_the_rest(ws, monkeypatch, capsys):
     """After the Ctrl-C above, a rerun embeds exactly the texts that were not saved."""
     from _corpus import run_cli
+
     from _stage2 import patch_backend
 
     interrupted_embed(ws)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from _corpus import corpus_template, snapshot, ws  # noqa: F401 (fixtures)
+
 from _stage2 import patch_backend, run_cli
 
 
@@ -75,12 +75,12 @@ def test_debug_shows_the_traceback(ws, monkeypatch, capsys):
 
 
 def test_a_bug_is_one_line_with_exit_1(ws, monkeypatch, capsys):
-    import pipeline.fit
+    import pipeline.fit.fit
 
     def bug(*a, **k):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(pipeline.fit, "fit_run", bug)
+    monkeypatch.setattr(pipeline.fit.fit, "fit_run", bug)
     code, _, err = run_cli(monkeypatch, capsys, "fit", ws.paths["run"], "--out", ws.path("m"))
     assert code == 1 and "Traceback" not in err
     assert err.strip() == ("error: internal error (ZeroDivisionError: division by zero); this is a bug: rerun with "
@@ -89,13 +89,13 @@ def test_a_bug_is_one_line_with_exit_1(ws, monkeypatch, capsys):
 
 def test_value_errors_of_the_math_are_user_errors(ws, monkeypatch, capsys):
     """heads/ checks its input with ValueError: exit 2 and one line, while a ValueError elsewhere is a bug."""
-    import pipeline.fit
+    import pipeline.fit.fit
     from heads.mixture import MixtureBT
 
     def fit_run(*a, **k):
         MixtureBT(n_components=0)._validate_params()
 
-    monkeypatch.setattr(pipeline.fit, "fit_run", fit_run)
+    monkeypatch.setattr(pipeline.fit.fit, "fit_run", fit_run)
     code, _, err = run_cli(monkeypatch, capsys, "fit", ws.paths["run"], "--out", ws.path("m"))
     assert code == 2 and err == ("error: The 'n_components' parameter of MixtureBT must be an int in the range "
                                  "[1, inf). Got 0 instead.\n")
@@ -103,6 +103,6 @@ def test_value_errors_of_the_math_are_user_errors(ws, monkeypatch, capsys):
     def not_heads(*a, **k):
         raise ValueError("oops")
 
-    monkeypatch.setattr(pipeline.fit, "fit_run", not_heads)
+    monkeypatch.setattr(pipeline.fit.fit, "fit_run", not_heads)
     code, _, err = run_cli(monkeypatch, capsys, "fit", ws.paths["run"], "--out", ws.path("m"))
     assert code == 1 and "internal error (ValueError: oops)" in err

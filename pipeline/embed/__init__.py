@@ -1,0 +1,1 @@
+"""Stage 0 embedding: backends, the cache-filling loop, data-parallel workers."""

@@ -1,0 +1,1 @@
+"""Stage 2: routing, per-user profiles and adaptation, scoring."""

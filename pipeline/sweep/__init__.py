@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: search space, runner, trial function, results report."""
