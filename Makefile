@@ -28,6 +28,7 @@ demo: $(VENV)/.base
 
 test: $(VENV)/.test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.base

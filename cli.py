@@ -1,5 +1,6 @@
 """micro command line: a thin Typer layer. Each command declares its options (defaults and help from
 ``heads.defaults``) and calls one function of its stage; checks, work and printing live in ``pipeline``."""
+
 from __future__ import annotations
 
 import sys
@@ -29,8 +30,12 @@ from heads.defaults import (
 )
 from pipeline.boundary import DEBUG_HELP
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Personalised reward modelling (MiCRo): embed once, fit mixture heads, route per user.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Personalised reward modelling (MiCRo): embed once, fit mixture heads, route per user.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Prepare preference data into the canonical pair table.")
 app.add_typer(data_app, name="data")
 
@@ -70,9 +75,20 @@ def data_prepare(
     """Prepare preference data into the canonical pair table (one row per pair, train/test split)."""
     from pipeline.data.prepare import prepare_command
 
-    columns = dict(prompt_col=prompt_col, chosen_col=chosen_col, rejected_col=rejected_col, group_col=group_col,
-                   context_col=context_col, split_col=split_col, a_col=a_col, b_col=b_col, label_col=label_col,
-                   label_a=label_a, label_b=label_b, label_tie=label_tie)
+    columns = dict(
+        prompt_col=prompt_col,
+        chosen_col=chosen_col,
+        rejected_col=rejected_col,
+        group_col=group_col,
+        context_col=context_col,
+        split_col=split_col,
+        a_col=a_col,
+        b_col=b_col,
+        label_col=label_col,
+        label_a=label_a,
+        label_b=label_b,
+        label_tie=label_tie,
+    )
     prepare_command(recipe, inputs, out, test_size=test_size, seed=seed, strict=strict, columns=columns, opt=opt)
 
 
@@ -82,75 +98,131 @@ def embed(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (pairs, cache keys, run.json)."),
     backend: str = typer.Option("sentence-transformers", help="sentence-transformers | transformers | vllm"),
     model: str | None = typer.Option(None, help="Local model folder (default: bundled all-MiniLM-L6-v2)."),
-    batch_size: int | None = typer.Option(None, help="sentence-transformers: texts per forward pass (default "
-                                             "32); transformers: at most this many texts in a token-budget batch."),
-    max_batch_tokens: int | None = typer.Option(None, help="transformers: padded tokens per forward pass (default: "
-                                                   "what free GPU memory holds; 8192 on CPU); halved on "
-                                                   "out-of-memory."),
+    batch_size: int | None = typer.Option(
+        None,
+        help="sentence-transformers: texts per forward pass (default "
+        "32); transformers: at most this many texts in a token-budget batch.",
+    ),
+    max_batch_tokens: int | None = typer.Option(
+        None,
+        help="transformers: padded tokens per forward pass (default: "
+        "what free GPU memory holds; 8192 on CPU); halved on "
+        "out-of-memory.",
+    ),
     device: str = typer.Option("auto", help="auto (CUDA when present) | cpu | cuda | cuda:N, every backend."),
-    attn_implementation: str | None = typer.Option(None, help="transformers: sdpa (default) | eager | "
-                                                      "flash_attention_2 (packed batches without padding)."),
+    attn_implementation: str | None = typer.Option(
+        None, help="transformers: sdpa (default) | eager | flash_attention_2 (packed batches without padding)."
+    ),
     max_length: int | None = typer.Option(None, help="Max tokens per text (default: the model's)."),
     dtype: str | None = typer.Option(None, help="Model compute dtype (default: fp32 on CPU, bf16 on GPU)."),
     cache_dir: Path | None = typer.Option(None, help="Embedding cache root (default ~/.cache/micro/embeddings)."),
     cache_dtype: str = typer.Option("float32", help="Stored vector dtype: float32 | float16."),
     overlong: str = typer.Option("truncate", help="Texts over max length: truncate | skip (counted either way)."),
-    truncation: str = typer.Option("history", help="Texts over --max-length: history drops the oldest turns, then "
-                                   "cuts the response's end (the template stays intact); left / right keep the "
-                                   "last / first tokens."),
+    truncation: str = typer.Option(
+        "history",
+        help="Texts over --max-length: history drops the oldest turns, then "
+        "cuts the response's end (the template stays intact); left / right keep the "
+        "last / first tokens.",
+    ),
     tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs per model replica."),
-    gpu_memory_utilization: float | None = typer.Option(None, help="vLLM: fraction of GPU memory the engine takes "
-                                                           "(default 0.9)."),
+    gpu_memory_utilization: float | None = typer.Option(
+        None, help="vLLM: fraction of GPU memory the engine takes (default 0.9)."
+    ),
     max_model_len: int | None = typer.Option(None, help="vLLM: engine context length (default: the max length)."),
     max_num_batched_tokens: int | None = typer.Option(None, help="vLLM: tokens per engine step."),
-    enforce_eager: bool = typer.Option(False, "--enforce-eager", help="vLLM: no CUDA graphs / compilation "
-                                       "(faster start, slower steps)."),
+    enforce_eager: bool = typer.Option(
+        False, "--enforce-eager", help="vLLM: no CUDA graphs / compilation (faster start, slower steps)."
+    ),
     trust_remote_code: bool = typer.Option(False, help="transformers/vLLM: run the model repo's own code."),
-    workers: int = typer.Option(1, help="Worker processes embedding the missing texts in parallel (data parallel; "
-                                "GPU backends: one GPU, or vLLM one tensor-parallel group, per worker)."),
-    ray: bool = typer.Option(False, "--ray", help="Run the --workers shards as Ray tasks (needs the ray extra); "
-                             "the cache must be on a filesystem shared by every node."),
+    workers: int = typer.Option(
+        1,
+        help="Worker processes embedding the missing texts in parallel (data parallel; "
+        "GPU backends: one GPU, or vLLM one tensor-parallel group, per worker).",
+    ),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Run the --workers shards as Ray tasks (needs the ray extra); "
+        "the cache must be on a filesystem shared by every node.",
+    ),
     address: str | None = typer.Option(None, help="--ray: cluster to join (default RAY_ADDRESS, else a local Ray)."),
 ) -> None:
     """Stage 0: embed every unique prompt+response, prompt and context+prompt once into the cache."""
     from pipeline.embed.command import embed_command
 
-    embed_command(pairs, out, backend=backend, model=model, cache_dir=cache_dir, cache_dtype=cache_dtype,
-                  overlong=overlong, truncation=truncation, dtype=dtype, workers=workers, ray=ray, address=address,
-                  console=_console(), batch_size=batch_size, max_length=max_length, device=device,
-                  max_batch_tokens=max_batch_tokens, attn_implementation=attn_implementation,
-                  trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel_size,
-                  gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                  max_num_batched_tokens=max_num_batched_tokens, enforce_eager=enforce_eager)
+    embed_command(
+        pairs,
+        out,
+        backend=backend,
+        model=model,
+        cache_dir=cache_dir,
+        cache_dtype=cache_dtype,
+        overlong=overlong,
+        truncation=truncation,
+        dtype=dtype,
+        workers=workers,
+        ray=ray,
+        address=address,
+        console=_console(),
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device,
+        max_batch_tokens=max_batch_tokens,
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+        tensor_parallel_size=tensor_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=max_num_batched_tokens,
+        enforce_eager=enforce_eager,
+    )
 
 
 @app.command()
 def fit(
     run_dir: Path = typer.Argument(..., help="Run folder from `micro embed`."),
-    k: str = typer.Option("10", "--k", help="Number of reward heads K, or 'auto' (K sweep on held-out train prompts, "
-                          "one-SE rule; see --k-range)."),
-    k_range: str = typer.Option("1..16", "--k-range", help="--k auto: K range LOW..HIGH (≤ 8 values: all; else "
-                                "1, 2, 4, 6, 8, 10, 12, 16, … within it), 3 seeds."),
+    k: str = typer.Option(
+        "10",
+        "--k",
+        help="Number of reward heads K, or 'auto' (K sweep on held-out train prompts, one-SE rule; see --k-range).",
+    ),
+    k_range: str = typer.Option(
+        "1..16",
+        "--k-range",
+        help="--k auto: K range LOW..HIGH (≤ 8 values: all; else 1, 2, 4, 6, 8, 10, 12, 16, … within it), 3 seeds.",
+    ),
     gate: str = typer.Option("context", help="context (prompt-dependent gate) | static (one global mixture)."),
     gate_input: str = typer.Option("auto", help="What the gate reads: prompt | context | auto (context if present)."),
     gate_hidden: int | None = typer.Option(None, help="Hidden units of an MLP gate (paper: 128); default linear."),
-    alpha: float = typer.Option(ALPHA, help=f"Weight of the per-row gate-entropy term (paper: {ALPHA_PAPER}; collapses "
-                               "heads here)."),
-    l2: str = typer.Option("auto", help="L2 penalty on the heads, or auto: chosen on held-out train prompts "
-                           "(a path in units of the features' scale; early stopping; refit on all pairs)."),
+    alpha: float = typer.Option(
+        ALPHA, help=f"Weight of the per-row gate-entropy term (paper: {ALPHA_PAPER}; collapses heads here)."
+    ),
+    l2: str = typer.Option(
+        "auto",
+        help="L2 penalty on the heads, or auto: chosen on held-out train prompts "
+        "(a path in units of the features' scale; early stopping; refit on all pairs).",
+    ),
     gate_l2: float | None = typer.Option(None, help="L2 penalty on the gate weights (default: --l2)."),
-    holdout: float = typer.Option(HOLDOUT, help="Fraction of the train prompts held out for --l2 auto and "
-                                  "calibration."),
-    patience: int = typer.Option(PATIENCE, help="EM iterations without a better held-out log-likelihood before a "
-                                 "selection fit stops."),
-    calibrate: str = typer.Option("auto", help="Temperature on the mixture logit fitted on the held-out prompts: "
-                                  "auto (when selecting, if it lowers the held-out NLL) | on | off."),
+    holdout: float = typer.Option(
+        HOLDOUT, help="Fraction of the train prompts held out for --l2 auto and calibration."
+    ),
+    patience: int = typer.Option(
+        PATIENCE, help="EM iterations without a better held-out log-likelihood before a selection fit stops."
+    ),
+    calibrate: str = typer.Option(
+        "auto",
+        help="Temperature on the mixture logit fitted on the held-out prompts: "
+        "auto (when selecting, if it lowers the held-out NLL) | on | off.",
+    ),
     n_init: int = typer.Option(N_INIT, help="EM restarts (best objective kept)."),
     max_iter: int = typer.Option(MAX_ITER, help="Max EM iterations per restart."),
     tol: float = typer.Option(TOL, help="Stop when the relative objective change is below this."),
     seed: int = typer.Option(0, help="Random seed."),
-    dim: str = typer.Option("auto", help="PCA width of the response features (fitted on train): auto (full up to "
-                            "512 features, else 256) | none (full width) | N."),
+    dim: str = typer.Option(
+        "auto",
+        help="PCA width of the response features (fitted on train): auto (full up to "
+        "512 features, else 256) | none (full width) | N.",
+    ),
     gate_dim: str = typer.Option("auto", help="The same for the gate's input features."),
     init: str = typer.Option("gate-kmeans", help="gate-kmeans | kmeans | random | split."),
     optimizer: str = typer.Option("em", help="em (fast EM) | adamw (the paper's minibatch recipe)."),
@@ -162,10 +234,33 @@ def fit(
     """Stage 1: fit K Bradley-Terry heads and a gate by EM on cached features; write a model bundle."""
     from pipeline.fit.command import fit_command
 
-    fit_command(run_dir, k=k, k_range=k_range, gate=gate, gate_input=gate_input, gate_hidden=gate_hidden, alpha=alpha,
-                l2=l2, gate_l2=gate_l2, holdout=holdout, patience=patience, calibrate=calibrate, n_init=n_init,
-                max_iter=max_iter, tol=tol, seed=seed, dim=dim, gate_dim=gate_dim, init=init, optimizer=optimizer,
-                epochs=epochs, baseline=baseline, out=out, quiet=quiet, console=_console())
+    fit_command(
+        run_dir,
+        k=k,
+        k_range=k_range,
+        gate=gate,
+        gate_input=gate_input,
+        gate_hidden=gate_hidden,
+        alpha=alpha,
+        l2=l2,
+        gate_l2=gate_l2,
+        holdout=holdout,
+        patience=patience,
+        calibrate=calibrate,
+        n_init=n_init,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        dim=dim,
+        gate_dim=gate_dim,
+        init=init,
+        optimizer=optimizer,
+        epochs=epochs,
+        baseline=baseline,
+        out=out,
+        quiet=quiet,
+        console=_console(),
+    )
 
 
 @app.command()
@@ -178,30 +273,52 @@ def route(
     budget_per_group: int = typer.Option(BUDGET, help="Labelled pairs per group used to route (B)."),
     seeds: int = typer.Option(SEEDS, help="Random draws of the B pairs (results are mean ± std)."),
     lr: float = typer.Option(ROUTER_LR, help="Router learning rate (Adam)."),
-    user: str | None = typer.Option(None, help="Only this user (group): an adapted profile (or, with --online, "
-                                       "the online profile) of that user alone."),
+    user: str | None = typer.Option(
+        None,
+        help="Only this user (group): an adapted profile (or, with --online, the online profile) of that user alone.",
+    ),
     online: bool = typer.Option(False, help="Build a per-user profile updated pair by pair instead of training."),
     hedge_tau: float = typer.Option(HEDGE_TAU, help="--online: Hedge temperature (1 = Bayesian posterior over heads)."),
-    adapt: str = typer.Option("auto", help="auto | mixture | residual: mixture = routing only (and the Hedge profile "
-                              "with --online); auto also fits per-user residuals, kept where cross-validation on the "
-                              "user's pairs prefers them; residual always keeps them."),
+    adapt: str = typer.Option(
+        "auto",
+        help="auto | mixture | residual: mixture = routing only (and the Hedge profile "
+        "with --online); auto also fits per-user residuals, kept where cross-validation on the "
+        "user's pairs prefers them; residual always keeps them.",
+    ),
 ) -> None:
     """Stage 2: route mixture weights to user contexts from a few labelled pairs (paper Alg. 1), and adapt per user."""
     from pipeline.route.command import route_command
 
-    route_command(model, user_data, out, tau=tau, epochs=epochs, budget=budget_per_group, seeds=seeds, lr=lr,
-                  user=user, online=online, hedge_tau=hedge_tau, adapt=adapt, console=_console())
+    route_command(
+        model,
+        user_data,
+        out,
+        tau=tau,
+        epochs=epochs,
+        budget=budget_per_group,
+        seeds=seeds,
+        lr=lr,
+        user=user,
+        online=online,
+        hedge_tau=hedge_tau,
+        adapt=adapt,
+        console=_console(),
+    )
 
 
 @app.command()
 def score(
     model: Path = typer.Argument(..., help="Model bundle (Stage-1 or routed)."),
-    input: Path = typer.Option(..., "--input", "-i", help="Rows with 'prompt' and 'response' "
-                               "(jsonl/json/csv/parquet)."),
+    input: Path = typer.Option(
+        ..., "--input", "-i", help="Rows with 'prompt' and 'response' (jsonl/json/csv/parquet)."
+    ),
     out: Path = typer.Option(Path("rewards.parquet"), "--out", "-o", help="Output .parquet or .jsonl."),
     context: str | None = typer.Option(None, help="User criterion the gate reads (context+prompt)."),
-    user: Path | None = typer.Option(None, help="A profile JSON from `micro route --online` or `micro route` "
-                                        "(OUT/users/NAME.json): its weights, and its residual v·φ when adapted."),
+    user: Path | None = typer.Option(
+        None,
+        help="A profile JSON from `micro route --online` or `micro route` "
+        "(OUT/users/NAME.json): its weights, and its residual v·φ when adapted.",
+    ),
 ) -> None:
     """Rewards per head and mixed (Σ_k f_k r_k, + v·φ with an adapted profile) for (prompt, response) rows."""
     from pipeline.route.command import score_command
@@ -215,15 +332,24 @@ def eval_cmd(
     model: Path = typer.Argument(..., help="Stage-1 model bundle from `micro fit`."),
     run_dir: Path = typer.Argument(..., help="Run folder from `micro embed` (train split fits, test split scores)."),
     report: Path | None = typer.Option(None, "--report", help="Write results.csv/.parquet/.md and figures here."),
-    protocol: str = typer.Option("seen", help="seen (the paper's tables: every group seen in Stage 1) | "
-                                 "leave-group-out (each group in turn is a new user: Stage 1 refitted without it)."),
+    protocol: str = typer.Option(
+        "seen",
+        help="seen (the paper's tables: every group seen in Stage 1) | "
+        "leave-group-out (each group in turn is a new user: Stage 1 refitted without it).",
+    ),
     budget_per_group: int = typer.Option(BUDGET, help="Labelled train pairs per group for the MiCRo router (B)."),
-    seeds: int | None = typer.Option(None, help="Seeds of the HyRe draws and router budgets (mean ± std); "
-                                        f"default {SEEDS} (seen) / {LGO_SEEDS} (leave-group-out)."),
+    seeds: int | None = typer.Option(
+        None,
+        help="Seeds of the HyRe draws and router budgets (mean ± std); "
+        f"default {SEEDS} (seen) / {LGO_SEEDS} (leave-group-out).",
+    ),
     hyre_n: int = typer.Option(HYRE_N, help="Labelled test pairs per group that (MiCRo-)HyRe adapts on."),
-    budgets: str | None = typer.Option(None, help="Budgets B: of the accuracy-vs-budget figure (seen, default "
-                                          f"{_csv(BUDGETS)}) / of the new users' adaptation (default "
-                                          f"{_csv(LGO_BUDGETS)})."),
+    budgets: str | None = typer.Option(
+        None,
+        help="Budgets B: of the accuracy-vs-budget figure (seen, default "
+        f"{_csv(BUDGETS)}) / of the new users' adaptation (default "
+        f"{_csv(LGO_BUDGETS)}).",
+    ),
     tau: float = typer.Option(TAU, help=f"Router soft-label temperature (paper: {TAU_PAPER:g})."),
     epochs: int = typer.Option(ROUTER_EPOCHS, help="Router epochs."),
     lr: float = typer.Option(ROUTER_LR, help="Router learning rate (Adam)."),
@@ -233,38 +359,75 @@ def eval_cmd(
     """Paper Table 2/3 (seen groups), or new users by leave-one-group-out (--protocol leave-group-out)."""
     from pipeline.evaluate.command import eval_command
 
-    eval_command(model, run_dir, report=report, protocol=protocol, budget=budget_per_group, seeds=seeds,
-                 hyre_n=hyre_n, budgets=budgets, tau=tau, epochs=epochs, lr=lr, adapt=adapt, jobs=jobs)
+    eval_command(
+        model,
+        run_dir,
+        report=report,
+        protocol=protocol,
+        budget=budget_per_group,
+        seeds=seeds,
+        hyre_n=hyre_n,
+        budgets=budgets,
+        tau=tau,
+        epochs=epochs,
+        lr=lr,
+        adapt=adapt,
+        jobs=jobs,
+    )
 
 
 @app.command()
 def sweep(
-    run_dir: Path = typer.Argument(..., help="Run folder from `micro embed` (features are loaded once, never "
-                                   "re-embedded)."),
-    grid: list[str] = typer.Option(..., "--grid", help="Search space, e.g. 'k=1,2,5,10; alpha=0,0.5; l2=1e-4,1e-3'; "
-                                   "with --samples also ranges: alpha=0..1, tau=log:1e-4..1e-2, k=int:1..16."),
+    run_dir: Path = typer.Argument(
+        ..., help="Run folder from `micro embed` (features are loaded once, never re-embedded)."
+    ),
+    grid: list[str] = typer.Option(
+        ...,
+        "--grid",
+        help="Search space, e.g. 'k=1,2,5,10; alpha=0,0.5; l2=1e-4,1e-3'; "
+        "with --samples also ranges: alpha=0..1, tau=log:1e-4..1e-2, k=int:1..16.",
+    ),
     seeds: int = typer.Option(3, help="Seeds per configuration (fit random_state, validation draw, router draw)."),
     stage: str = typer.Option("fit", help="fit (Stage 1) | route / all (Stage 1 + one router per trial)."),
     backend: str = typer.Option("local", help="local (process pool) | ray."),
     jobs: int | None = typer.Option(None, help="Trials in parallel (default: CPU cores)."),
     samples: int | None = typer.Option(None, help="Random search: draw N configurations from the space."),
     sample_seed: int = typer.Option(0, help="Seed of the random-search draws."),
-    holdout: float = typer.Option(HOLDOUT, help="Fraction of the train prompts held out for val_* metrics / K "
-                                  "selection."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Results Parquet (default "
-                                    "RUN_DIR/sweep/results.parquet)."),
+    holdout: float = typer.Option(
+        HOLDOUT, help="Fraction of the train prompts held out for val_* metrics / K selection."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Results Parquet (default RUN_DIR/sweep/results.parquet)."
+    ),
     address: str | None = typer.Option(None, help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)."),
-    rank_by: str | None = typer.Option(None, help="Leaderboard column (default test_acc_macro; routed_acc_macro "
-                                          "with routing); e.g. test_loglik, val_loglik."),
+    rank_by: str | None = typer.Option(
+        None,
+        help="Leaderboard column (default test_acc_macro; routed_acc_macro "
+        "with routing); e.g. test_loglik, val_loglik.",
+    ),
     top: int = typer.Option(10, help="Leaderboard rows."),
     retry_errors: bool = typer.Option(False, help="Rerun trials that recorded an error."),
 ) -> None:
     """Grid / random hyperparameter search of fit (and route) on cached features; resumable Parquet results."""
     from pipeline.sweep.runner import sweep_command
 
-    sweep_command(run_dir, grid, seeds=seeds, stage=stage, backend=backend, jobs=jobs, samples=samples,
-                  sample_seed=sample_seed, holdout=holdout, out=out, address=address, rank_by=rank_by, top=top,
-                  retry_errors=retry_errors, console=_console())
+    sweep_command(
+        run_dir,
+        grid,
+        seeds=seeds,
+        stage=stage,
+        backend=backend,
+        jobs=jobs,
+        samples=samples,
+        sample_seed=sample_seed,
+        holdout=holdout,
+        out=out,
+        address=address,
+        rank_by=rank_by,
+        top=top,
+        retry_errors=retry_errors,
+        console=_console(),
+    )
 
 
 @app.command()

@@ -18,6 +18,7 @@ Pairs come from ``../shared/data/dsp/domain_specific_preference.test.json`` (``-
 ``pipeline.data.prepare.build_pairs("dsp", ...)``; the first pairs are taken until they hold --n unique texts.
 Numbers are wall-clock on whatever machine runs this; on shared cores expect noise of several percent.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,10 +76,11 @@ def timed(fn) -> float:
 
 # --- 1. embed_pairs vs SentenceTransformer.encode ------------------------------------------------------------------
 
+
 def bench_embed(work: Path, pairs_path: Path, table, backend, reps: int) -> dict:
     texts = unique_texts(table, backend)
     model = backend.load()
-    model.encode(texts[:backend.batch_size], batch_size=backend.batch_size)  # warm-up, not timed
+    model.encode(texts[: backend.batch_size], batch_size=backend.batch_size)  # warm-up, not timed
     ours, ref, counter = [], [], [0]
     cpu = {id(ours): [], id(ref): []}
 
@@ -106,18 +108,29 @@ def bench_embed(work: Path, pairs_path: Path, table, backend, reps: int) -> dict
 
     for i in range(reps):
         order = [(ours, run_ours), (ref, run_ref)]
-        for sink, fn in (order if i % 2 == 0 else order[::-1]):
+        for sink, fn in order if i % 2 == 0 else order[::-1]:
             c0 = time.process_time()  # CPU seconds of all threads: less sensitive to other jobs on shared cores
             sink.append(timed(fn))
             cpu[id(sink)].append(time.process_time() - c0)
-            print(f"  embed rep {i}: {'micro' if sink is ours else 'encode'} {sink[-1]:.2f} s wall, "
-                  f"{cpu[id(sink)][-1]:.2f} s cpu", file=sys.stderr)
+            print(
+                f"  embed rep {i}: {'micro' if sink is ours else 'encode'} {sink[-1]:.2f} s wall, "
+                f"{cpu[id(sink)][-1]:.2f} s cpu",
+                file=sys.stderr,
+            )
     backend.embed = real_embed
     med = statistics.median
     overhead = [w - i for w, i in zip(ours, inside)]
-    return {"overhead": overhead, "overhead_ratio": 1 + med(overhead) / med(ref), "texts": len(texts), "ours": ours,
-            "ref": ref, "ratio": med(ours) / med(ref),
-            "cpu_ours": cpu[id(ours)], "cpu_ref": cpu[id(ref)], "cpu_ratio": med(cpu[id(ours)]) / med(cpu[id(ref)])}
+    return {
+        "overhead": overhead,
+        "overhead_ratio": 1 + med(overhead) / med(ref),
+        "texts": len(texts),
+        "ours": ours,
+        "ref": ref,
+        "ratio": med(ours) / med(ref),
+        "cpu_ours": cpu[id(ours)],
+        "cpu_ref": cpu[id(ref)],
+        "cpu_ratio": med(cpu[id(ours)]) / med(cpu[id(ref)]),
+    }
 
 
 def overhead_breakdown(work: Path, pairs_path: Path, table, backend) -> dict:
@@ -141,7 +154,7 @@ def overhead_breakdown(work: Path, pairs_path: Path, table, backend) -> dict:
 
     def appends():
         for s in range(0, len(texts), step):
-            st.append(keys[s:s + step], vecs[s:s + step])
+            st.append(keys[s : s + step], vecs[s : s + step])
 
     out[f"{-(-len(texts) // step)} shard appends"] = timed(appends)
     out["compact"] = timed(st.compact)
@@ -154,8 +167,17 @@ SUMMARY = re.compile(r"unique texts (\d+) \| cache hits (\d+) \| newly embedded 
 
 
 def bench_rerun(work: Path, pairs_path: Path, batch_size: int) -> dict:
-    cmd = [str(MICRO), "embed", str(pairs_path), "--out", str(work / "cli_run"), "--cache-dir",
-           str(work / "cli_cache"), "--batch-size", str(batch_size)]
+    cmd = [
+        str(MICRO),
+        "embed",
+        str(pairs_path),
+        "--out",
+        str(work / "cli_run"),
+        "--cache-dir",
+        str(work / "cli_cache"),
+        "--batch-size",
+        str(batch_size),
+    ]
     res = []
     for _ in range(2):
         t0 = time.perf_counter()
@@ -165,14 +187,22 @@ def bench_rerun(work: Path, pairs_path: Path, batch_size: int) -> dict:
             raise SystemExit(f"micro embed failed ({r.returncode}):\n{r.stderr}")
         m = SUMMARY.search(" ".join(r.stderr.split()))
         res.append((secs, *map(int, m.groups())))
-        print(f"  cli run: {secs:.2f} s, unique {m.group(1)}, hits {m.group(2)}, embedded {m.group(3)}",
-              file=sys.stderr)
+        print(
+            f"  cli run: {secs:.2f} s, unique {m.group(1)}, hits {m.group(2)}, embedded {m.group(3)}", file=sys.stderr
+        )
     (t1, u1, h1, e1), (t2, u2, h2, e2) = res
-    return {"cmd": " ".join(cmd), "first_s": t1, "second_s": t2, "first_embedded": e1, "second_embedded": e2,
-            "fraction": t2 / t1}
+    return {
+        "cmd": " ".join(cmd),
+        "first_s": t1,
+        "second_s": t2,
+        "first_embedded": e1,
+        "second_embedded": e2,
+        "fraction": t2 / t1,
+    }
 
 
 # --- 3. cached load vs np.load --------------------------------------------------------------------------------------
+
 
 def bench_load(work: Path, rows: int, dim: int, shards: int, reps: int) -> dict:
     fp = {"backend": "bench", "dim": dim}
@@ -198,7 +228,7 @@ def bench_load(work: Path, rows: int, dim: int, shards: int, reps: int) -> dict:
     t_ours, t_ref = [], []
     for i in range(reps):
         pair = [(t_ours, ours), (t_ref, lambda: np.load(npy))]
-        for sink, fn in (pair if i % 2 == 0 else pair[::-1]):
+        for sink, fn in pair if i % 2 == 0 else pair[::-1]:
             sink.append(timed(fn))
     # where the time goes: the shard read with / without page-checksum verification, the index, the gather
     import pyarrow.parquet as pq
@@ -207,8 +237,9 @@ def bench_load(work: Path, rows: int, dim: int, shards: int, reps: int) -> dict:
     s2 = EmbeddingStore(root, fp, "bench-load", "float16")
     idx = s2.index()
     parts = {
-        "read+verify": min(timed(lambda: pq.read_table(shard, memory_map=True, page_checksum_verification=True))
-                           for _ in range(3)),
+        "read+verify": min(
+            timed(lambda: pq.read_table(shard, memory_map=True, page_checksum_verification=True)) for _ in range(3)
+        ),
         "read unverified": min(timed(lambda: pq.read_table(shard, memory_map=True)) for _ in range(3)),
         "index build": min(timed(lambda: type(idx)(idx.keys, idx.vecs)) for _ in range(3)),
         "key search": min(timed(lambda: idx.find(qkeys)) for _ in range(3)),
@@ -216,8 +247,14 @@ def bench_load(work: Path, rows: int, dim: int, shards: int, reps: int) -> dict:
     found = idx.find(qkeys)
     parts["gather"] = min(timed(lambda: idx.vecs[found]) for _ in range(3))
     print("lookup stages (s): " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
-    return {"rows": rows, "dim": dim, "mb": vecs.nbytes / 2**20, "ours": t_ours, "ref": t_ref,
-            "ratio": statistics.median(t_ours) / statistics.median(t_ref)}
+    return {
+        "rows": rows,
+        "dim": dim,
+        "mb": vecs.nbytes / 2**20,
+        "ours": t_ours,
+        "ref": t_ref,
+        "ratio": statistics.median(t_ours) / statistics.median(t_ref),
+    }
 
 
 def main() -> None:
@@ -246,27 +283,55 @@ def main() -> None:
             print(f"{table.num_rows} DSP pairs -> {len(unique_texts(table, backend))} unique texts", file=sys.stderr)
         if "embed" in parts:
             e = bench_embed(work, pairs_path, table, backend, args.reps)
-            rows.append(("embed_pairs / ST.encode (load excluded)",
-                         f"{statistics.median(e['ours']):.2f} s / {statistics.median(e['ref']):.2f} s",
-                         f"{e['ratio']:.3f}", "<= 1.10"))
-            rows.append(("  1 + (embed_pairs time outside backend.embed) / encode",
-                         f"{statistics.median(e['overhead']):.2f} s / {statistics.median(e['ref']):.2f} s",
-                         f"{e['overhead_ratio']:.3f}", "(info)"))
-            rows.append(("  same, CPU seconds of the process",
-                         f"{statistics.median(e['cpu_ours']):.2f} s / {statistics.median(e['cpu_ref']):.2f} s",
-                         f"{e['cpu_ratio']:.3f}", "(info)"))
+            rows.append(
+                (
+                    "embed_pairs / ST.encode (load excluded)",
+                    f"{statistics.median(e['ours']):.2f} s / {statistics.median(e['ref']):.2f} s",
+                    f"{e['ratio']:.3f}",
+                    "<= 1.10",
+                )
+            )
+            rows.append(
+                (
+                    "  1 + (embed_pairs time outside backend.embed) / encode",
+                    f"{statistics.median(e['overhead']):.2f} s / {statistics.median(e['ref']):.2f} s",
+                    f"{e['overhead_ratio']:.3f}",
+                    "(info)",
+                )
+            )
+            rows.append(
+                (
+                    "  same, CPU seconds of the process",
+                    f"{statistics.median(e['cpu_ours']):.2f} s / {statistics.median(e['cpu_ref']):.2f} s",
+                    f"{e['cpu_ratio']:.3f}",
+                    "(info)",
+                )
+            )
             if not args.no_breakdown:
-                print("embed_pairs stages without the model (s): " + ", ".join(
-                    f"{k} {v:.3f}" for k, v in overhead_breakdown(work, pairs_path, table, backend).items()))
+                print(
+                    "embed_pairs stages without the model (s): "
+                    + ", ".join(f"{k} {v:.3f}" for k, v in overhead_breakdown(work, pairs_path, table, backend).items())
+                )
         if "rerun" in parts:
             r = bench_rerun(work, pairs_path, args.batch_size)
-            rows.append((f"CLI rerun / first run (embedded {r['first_embedded']} -> {r['second_embedded']})",
-                         f"{r['second_s']:.2f} s / {r['first_s']:.2f} s", f"{r['fraction']:.3f}", "< 0.05"))
+            rows.append(
+                (
+                    f"CLI rerun / first run (embedded {r['first_embedded']} -> {r['second_embedded']})",
+                    f"{r['second_s']:.2f} s / {r['first_s']:.2f} s",
+                    f"{r['fraction']:.3f}",
+                    "< 0.05",
+                )
+            )
         if "load" in parts:
             ld = bench_load(work, args.load_rows, args.load_dim, args.load_shards, 5)
-            rows.append((f"lookup / np.load ({ld['rows']:,}x{ld['dim']} f16, {ld['mb']:.0f} MiB, shuffled)",
-                         f"{statistics.median(ld['ours']):.3f} s / {statistics.median(ld['ref']):.3f} s",
-                         f"{ld['ratio']:.2f}", "<= 2"))
+            rows.append(
+                (
+                    f"lookup / np.load ({ld['rows']:,}x{ld['dim']} f16, {ld['mb']:.0f} MiB, shuffled)",
+                    f"{statistics.median(ld['ours']):.3f} s / {statistics.median(ld['ref']):.3f} s",
+                    f"{ld['ratio']:.2f}",
+                    "<= 2",
+                )
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     w = max(len(r[0]) for r in rows) if rows else 10

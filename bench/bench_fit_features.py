@@ -7,6 +7,7 @@ of L2 and width, calibration), and each ``--fixed`` setting (selection off), for
 The gate reads context+prompt when every train pair has a context (as ``micro fit`` does). Needs no plotting or
 dataframe library, so it runs where only numpy / torch / pyarrow / scikit-learn are installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,11 @@ def main() -> None:
     tr, te = f.part("train"), f.part("test")
     ctx = bool(tr.has_context.all())
     gx = (lambda part: part.context) if ctx else (lambda part: part.prompt)
-    print(f"{args.run_dir}: {tr.n} train / {te.n} test pairs, d = {tr.delta.shape[1]}, gate reads "
-          f"{'context+prompt' if ctx else 'the prompt'}; loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+    print(
+        f"{args.run_dir}: {tr.n} train / {te.n} test pairs, d = {tr.delta.shape[1]}, gate reads "
+        f"{'context+prompt' if ctx else 'the prompt'}; loaded in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
     groups = prompt_groups(tr.prompt, tr.n)
     for k in (args.k, 1):
         for name, kw in [("defaults", {})] + [(s, parse_fixed(s)) for s in fixed]:
@@ -54,9 +58,12 @@ def main() -> None:
                 warnings.simplefilter("ignore")
                 m = MixtureBT(n_components=k, random_state=0, **kw).fit(tr.delta, gx(tr), groups=groups)
             p_tr, p_te = m.predict_proba(tr.delta, gx(tr)), m.predict_proba(te.delta, gx(te))
-            print(f"K={k:<3} {name:<32} train acc {np.mean(p_tr > 0.5):.4f}  test acc {np.mean(p_te > 0.5):.4f}  "
-                  f"test NLL {-np.mean(np.log(np.clip(p_te, 1e-300, None))):.4f}  (l2 {m.l2_:.3g}, width {m.dim_}, "
-                  f"T {m.temperature_:.3f}; {time.perf_counter() - t:.1f} s)", flush=True)
+            print(
+                f"K={k:<3} {name:<32} train acc {np.mean(p_tr > 0.5):.4f}  test acc {np.mean(p_te > 0.5):.4f}  "
+                f"test NLL {-np.mean(np.log(np.clip(p_te, 1e-300, None))):.4f}  (l2 {m.l2_:.3g}, width {m.dim_}, "
+                f"T {m.temperature_:.3f}; {time.perf_counter() - t:.1f} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

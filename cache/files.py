@@ -1,4 +1,5 @@
 """File-system helpers of the embedding cache: writer locks on shard files, writability probes, manifest check."""
+
 from __future__ import annotations
 
 import contextlib
@@ -66,8 +67,10 @@ def writable_folder(folder: Path, root: Path) -> bool:
     except OSError as exc:
         if exc.errno in _READ_ONLY_ERRNOS:
             return False
-        raise CacheError(f"cannot use {root} as the embedding cache: {exc.strerror or exc}"
-                         + (" (a file is in the way)" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else "")) from None
+        raise CacheError(
+            f"cannot use {root} as the embedding cache: {exc.strerror or exc}"
+            + (" (a file is in the way)" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else "")
+        ) from None
     return True
 
 
@@ -78,8 +81,12 @@ def check_manifest(m) -> None:
     if m["dim"] is not None and (not isinstance(m["dim"], int) or m["dim"] < 1):
         raise ValueError(f"bad 'dim' {m['dim']!r}")
     for s in m["shards"]:
-        if not (isinstance(s, dict) and isinstance(s["file"], str) and isinstance(s["rows"], int)
-                and isinstance(s["bytes"], int)):
+        if not (
+            isinstance(s, dict)
+            and isinstance(s["file"], str)
+            and isinstance(s["rows"], int)
+            and isinstance(s["bytes"], int)
+        ):
             raise ValueError(f"bad shard entry {s!r}")
 
 

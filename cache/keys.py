@@ -1,4 +1,5 @@
 """Content keys of the embedding cache and the in-memory key index (sorted 64-bit prefixes, searchsorted)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,6 @@ def text_keys(fingerprint_id: str, texts: Sequence[str]) -> np.ndarray:
     return out
 
 
-
 def key_prefix_u64(keys: np.ndarray) -> np.ndarray:
     """First 8 bytes of each |S16 key as big-endian uint64 (sortable, for searchsorted)."""
     return np.ascontiguousarray(keys).view(np.uint8).reshape(-1, KEY_BYTES)[:, :8].copy().view(">u8").ravel()
@@ -29,8 +29,8 @@ def key_prefix_u64(keys: np.ndarray) -> np.ndarray:
 
 @dataclass
 class KeyIndex:
-    keys: np.ndarray                     # (M,) |S16, all stored keys in load order
-    vecs: np.ndarray                     # (M, d) stored dtype
+    keys: np.ndarray  # (M,) |S16, all stored keys in load order
+    vecs: np.ndarray  # (M, d) stored dtype
     order: np.ndarray = field(init=False)  # argsort of the u64 prefix
     sorted_u64: np.ndarray = field(init=False)
 

@@ -20,6 +20,7 @@ A cache the process cannot write (permissions, read-only mount) is opened read-o
 without a lock or manifest write (damage is reported and ignored in memory, never repaired); storing new
 vectors in it is a one-line :class:`CacheError` raised before anything is embedded (``require_writable``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,9 +74,11 @@ class EmbeddingStore:
     def require_writable(self, n: int) -> None:
         """CacheError (one line, before any text is embedded) if ``n`` > 0 new vectors cannot be stored here."""
         if n and self.read_only:
-            raise CacheError(f"the embedding cache {self.dir} is read-only: {n} texts are not cached yet and cannot "
-                             "be stored; pass --cache-dir with a writable folder (or embed them where the cache "
-                             "is writable)")
+            raise CacheError(
+                f"the embedding cache {self.dir} is read-only: {n} texts are not cached yet and cannot "
+                "be stored; pass --cache-dir with a writable folder (or embed them where the cache "
+                "is writable)"
+            )
 
     # --- manifest and recovery ------------------------------------------------------------------
     @contextlib.contextmanager
@@ -104,8 +107,15 @@ class EmbeddingStore:
                 os.close(fd)  # closing releases the lock
 
     def _empty_manifest(self) -> dict:
-        return {"version": 1, "fingerprint": self.fingerprint, "fingerprint_id": self.fingerprint_id,
-                "dtype": self.dtype, "dim": None, "rows": 0, "shards": []}
+        return {
+            "version": 1,
+            "fingerprint": self.fingerprint,
+            "fingerprint_id": self.fingerprint_id,
+            "dtype": self.dtype,
+            "dim": None,
+            "rows": 0,
+            "shards": [],
+        }
 
     def _load_manifest(self) -> tuple[dict, str | None]:
         """(manifest, None), or (an empty manifest, what is wrong) when manifest.json is damaged; absent: empty."""
@@ -138,16 +148,23 @@ class EmbeddingStore:
         qdir = self.dir / "quarantine"
         if self.read_only:  # left in place, never read
             self.damaged.append((name, f"{reason}; ignored (read-only cache: not moved)"))
-            warnings.warn(f"cache shard {self.shard_dir / name} is damaged ({reason}); ignored (the cache is "
-                          "read-only)", CacheDamaged, stacklevel=3)
+            warnings.warn(
+                f"cache shard {self.shard_dir / name} is damaged ({reason}); ignored (the cache is read-only)",
+                CacheDamaged,
+                stacklevel=3,
+            )
             return
         qdir.mkdir(exist_ok=True)
         src = self.shard_dir / name
         if src.exists():
             os.replace(src, qdir / name)
         self.damaged.append((name, f"{reason}; moved to quarantine/"))
-        warnings.warn(f"cache shard {self.shard_dir / name} is damaged ({reason}); moved to {qdir}, "
-                      "its vectors will be embedded again", CacheDamaged, stacklevel=3)
+        warnings.warn(
+            f"cache shard {self.shard_dir / name} is damaged ({reason}); moved to {qdir}, "
+            "its vectors will be embedded again",
+            CacheDamaged,
+            stacklevel=3,
+        )
 
     def _check_shard(self, name: str, dim: int | None) -> tuple[int, int] | str:
         """(rows, bytes) of a readable shard with the right schema, or the reason it is unusable."""
@@ -166,8 +183,12 @@ class EmbeddingStore:
         for s in manifest["shards"]:
             if s["file"] not in on_disk:
                 self.damaged.append((s["file"], "listed in manifest but missing"))
-                warnings.warn(f"cache shard {s['file']} listed in {self.dir}/manifest.json is missing; "
-                              "its vectors will be embedded again", CacheDamaged, stacklevel=2)
+                warnings.warn(
+                    f"cache shard {s['file']} listed in {self.dir}/manifest.json is missing; "
+                    "its vectors will be embedded again",
+                    CacheDamaged,
+                    stacklevel=2,
+                )
                 continue
             size = (self.shard_dir / s["file"]).stat().st_size
             if size != s["bytes"]:
@@ -186,12 +207,16 @@ class EmbeddingStore:
             kept.append({"file": name, "rows": rows, "bytes": nbytes})
             if manifest["dim"] is None:
                 manifest["dim"] = self._vec_dim(
-                    pq.read_metadata(self.shard_dir / name).schema.to_arrow_schema().field("vec"))
+                    pq.read_metadata(self.shard_dir / name).schema.to_arrow_schema().field("vec")
+                )
         if problem:
             how = "left as is: read-only cache" if self.read_only else "rewritten"
             self.damaged.append(("manifest.json", f"{problem}; rebuilt from the {len(kept)} shard(s) on disk ({how})"))
-            warnings.warn(f"{self.dir / 'manifest.json'} is {problem}; rebuilt from the {len(kept)} shard(s) on "
-                          "disk", CacheDamaged, stacklevel=2)
+            warnings.warn(
+                f"{self.dir / 'manifest.json'} is {problem}; rebuilt from the {len(kept)} shard(s) on disk",
+                CacheDamaged,
+                stacklevel=2,
+            )
         if problem or kept != manifest["shards"] or not (self.dir / "manifest.json").exists():
             manifest["shards"] = kept
             self._write_manifest(manifest)
@@ -209,15 +234,20 @@ class EmbeddingStore:
     def _read_shard(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         try:
             table = pq.read_table(self.shard_dir / name, memory_map=True, page_checksum_verification=True)
-            keys = np.frombuffer(table.column("key").combine_chunks().buffers()[1], dtype=f"S{KEY_BYTES}",
-                                 count=table.num_rows)
+            keys = np.frombuffer(
+                table.column("key").combine_chunks().buffers()[1], dtype=f"S{KEY_BYTES}", count=table.num_rows
+            )
             dim = self._vec_dim(table.schema.field("vec"))
             if isinstance(dim, str):
                 raise ValueError(dim)
             vec = table.column("vec").combine_chunks()
             if pa.types.is_fixed_size_binary(vec.type):  # zero-copy view of the decoded column
-                flat = np.frombuffer(vec.buffers()[1], dtype=np.dtype(self.np_dtype).newbyteorder("<"),
-                                     count=table.num_rows * dim, offset=vec.offset * vec.type.byte_width)
+                flat = np.frombuffer(
+                    vec.buffers()[1],
+                    dtype=np.dtype(self.np_dtype).newbyteorder("<"),
+                    count=table.num_rows * dim,
+                    offset=vec.offset * vec.type.byte_width,
+                )
             else:
                 flat = vec.flatten().to_numpy(zero_copy_only=False)
             return keys, flat.reshape(table.num_rows, dim)
@@ -269,20 +299,26 @@ class EmbeddingStore:
     # --- writing --------------------------------------------------------------------------------
     def _write_shard(self, keys: np.ndarray, vectors: np.ndarray, hold: contextlib.ExitStack | None = None) -> dict:
         d = vectors.shape[1]
-        key_arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(KEY_BYTES), len(keys),
-                                                       [None, pa.py_buffer(np.ascontiguousarray(keys).tobytes())])
+        key_arr = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(KEY_BYTES), len(keys), [None, pa.py_buffer(np.ascontiguousarray(keys).tobytes())]
+        )
         v = np.ascontiguousarray(vectors, dtype=np.dtype(self.np_dtype).newbyteorder("<"))
         vec_type = pa.binary(d * v.itemsize)
         vec_arr = pa.FixedSizeBinaryArray.from_buffers(vec_type, len(v), [None, pa.py_buffer(v)])
-        schema = pa.schema([pa.field("key", pa.binary(KEY_BYTES), nullable=False),
-                            pa.field("vec", vec_type, nullable=False, metadata={"dtype": self.dtype})])
+        schema = pa.schema(
+            [
+                pa.field("key", pa.binary(KEY_BYTES), nullable=False),
+                pa.field("vec", vec_type, nullable=False, metadata={"dtype": self.dtype}),
+            ]
+        )
         table = pa.Table.from_arrays([key_arr, vec_arr], schema=schema)
         name = f"part-{uuid.uuid4().hex}.parquet"
         with atomic_path(self.shard_dir / name) as tmp:
             if hold is not None:
                 hold.enter_context(held(tmp))  # kept (on the renamed file) until ``hold`` closes
-            pq.write_table(table, tmp, compression="none", use_dictionary=False, write_page_checksum=True,
-                           write_statistics=False)
+            pq.write_table(
+                table, tmp, compression="none", use_dictionary=False, write_page_checksum=True, write_statistics=False
+            )
         return {"file": name, "rows": len(keys), "bytes": (self.shard_dir / name).stat().st_size}
 
     def append(self, keys: np.ndarray, vectors: np.ndarray) -> None:
@@ -294,8 +330,10 @@ class EmbeddingStore:
             raise CacheError(f"vector width {vectors.shape[1]} != cache width {self.dim} in {self.dir}")
         if not np.isfinite(vectors).all():
             bad = int((~np.isfinite(vectors)).any(1).sum())
-            raise CacheError(f"the model returned non-finite embeddings (NaN/inf) for {bad}"
-                             " texts; refusing to cache them (try --dtype float32)")
+            raise CacheError(
+                f"the model returned non-finite embeddings (NaN/inf) for {bad}"
+                " texts; refusing to cache them (try --dtype float32)"
+            )
         if len(keys) == 0:
             return
         self.require_writable(len(keys))
@@ -309,8 +347,10 @@ class EmbeddingStore:
                 self._write_manifest(manifest)
         if self._index is not None:
             cast = np.asarray(vectors, dtype=self.np_dtype)
-            self._index = KeyIndex(np.concatenate([self._index.keys, keys]),
-                                 np.concatenate([self._index.vecs, cast]) if len(self._index.vecs) else cast)
+            self._index = KeyIndex(
+                np.concatenate([self._index.keys, keys]),
+                np.concatenate([self._index.vecs, cast]) if len(self._index.vecs) else cast,
+            )
 
     def compact(self, min_shards: int = 2, only: Sequence[str] | None = None) -> int:
         """Merge shards into one (deduplicated): all of them, or just the files named in ``only`` (e.g. the

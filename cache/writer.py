@@ -6,6 +6,7 @@ taking the next chunk it waits for the previous write, so a kill loses at most t
 being computed; leaving the ``with`` block (normally, by an error or by Ctrl-C) waits for the write in flight, so
 every chunk handed over is on disk when the block is left. A failed write is raised in the caller's thread.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor

@@ -2,14 +2,23 @@
 
 The names below are imported on first use (PEP 562), so ``import heads.defaults`` (the CLI's defaults) does not
 load torch."""
+
 from importlib import import_module
 
 _EXPORTS = {
     "heads.align": ("align_heads", "cosine_matrix", "mean_aligned_cosine"),
     "heads.baselines": ("OracleBT", "SharedBase", "fit_single_bt"),
     "heads.objective": ("objective_and_grad",),
-    "heads.gate": ("gate_kind", "gate_log_weights", "gate_logits", "gate_logits_torch", "gate_weights",
-                   "init_gate_params", "params_from_torch", "params_to_torch"),
+    "heads.gate": (
+        "gate_kind",
+        "gate_log_weights",
+        "gate_logits",
+        "gate_logits_torch",
+        "gate_weights",
+        "init_gate_params",
+        "params_from_torch",
+        "params_to_torch",
+    ),
     "heads.metrics": ("accuracy", "expected_calibration_error", "log_likelihood"),
     "heads.mixture": ("MixtureBT", "collapsed_pairs"),
     "heads.synthetic": ("bayes_accuracy", "make_helpsteer2_like", "make_mixture"),

@@ -19,6 +19,7 @@ mean of the user's Delta) but too small logits, so each candidate's residual log
 t fitted on its out-of-fold predictions (:func:`best_temperature`); the final model is the best candidate
 ("select") or the candidates averaged with pseudo-Bayesian weights exp(n * CV log-likelihood) ("average").
 """
+
 from __future__ import annotations
 
 from typing import Dict, Mapping, Optional, Sequence
@@ -28,19 +29,34 @@ import numpy as np
 from .em import thread_limit
 from .laplace import laplace_mode, laplace_predict, moderated_proba
 
-__all__ = ["BLOCKS", "DEFAULT_GRID", "block_features", "block_scales", "grams", "pca_basis", "kfold", "cv_heldout",
-           "best_temperature", "ResidualBT"]
+__all__ = [
+    "BLOCKS",
+    "DEFAULT_GRID",
+    "block_features",
+    "block_scales",
+    "grams",
+    "pca_basis",
+    "kfold",
+    "cv_heldout",
+    "best_temperature",
+    "ResidualBT",
+]
 
 BLOCKS = ("scale", "heads", "pca", "iso")
 
 #: candidate prior variances per block (logit variance on a typical pair; "scale": variance of c); the product
 #: of the lists is searched
-DEFAULT_GRID: Dict[str, Sequence[float]] = {"scale": (0.0, 1.0), "heads": (0.0, 1.0, 4.0, 16.0),
-                                            "pca": (0.0,), "iso": (0.0, 0.25, 1.0, 4.0)}
+DEFAULT_GRID: Dict[str, Sequence[float]] = {
+    "scale": (0.0, 1.0),
+    "heads": (0.0, 1.0, 4.0, 16.0),
+    "pca": (0.0,),
+    "iso": (0.0, 0.25, 1.0, 4.0),
+}
 
 
-def block_features(delta: np.ndarray, prior_logit: np.ndarray, heads: Optional[np.ndarray] = None,
-                   pca: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+def block_features(
+    delta: np.ndarray, prior_logit: np.ndarray, heads: Optional[np.ndarray] = None, pca: Optional[np.ndarray] = None
+) -> Dict[str, np.ndarray]:
     """Per-block features of n pairs: scale (n, 1) = m, heads (n, K) = Delta W^T, pca (n, r) = Delta P^T,
     iso (n, d) = Delta. ``heads`` (K, d) and ``pca`` (r, d) are optional bases."""
     D = np.asarray(delta, dtype=np.float64)
@@ -114,8 +130,7 @@ def grid_points(grid: Mapping[str, Sequence[float]], present: Sequence[str]) -> 
     return pts
 
 
-def cv_heldout(G: Mapping[str, np.ndarray], priors: np.ndarray, folds: list, points: list,
-               moderated: bool = True):
+def cv_heldout(G: Mapping[str, np.ndarray], priors: np.ndarray, folds: list, points: list, moderated: bool = True):
     """Out-of-fold predictions of every grid point (variances dict) by K-fold CV.
 
     ``G`` block Gram matrices over all n pairs except "scale"; ``priors`` (F, n): row j = prior logits of all
@@ -153,8 +168,9 @@ def best_temperature(m: np.ndarray, mu: np.ndarray, var: np.ndarray, t_max: floa
 
     if not np.any(mu):
         return 1.0
-    res = minimize_scalar(lambda t: -heldout_loglik(m, mu, var, t).sum(), bounds=(0.0, t_max), method="bounded",
-                          options={"xatol": 1e-3})
+    res = minimize_scalar(
+        lambda t: -heldout_loglik(m, mu, var, t).sum(), bounds=(0.0, t_max), method="bounded", options={"xatol": 1e-3}
+    )
     return float(res.x)
 
 
@@ -164,8 +180,9 @@ def _as_fold_priors(name: str, p, n_folds: int, n: int) -> np.ndarray:
     if a.ndim == 1:
         a = np.tile(a, (n_folds + 1, 1))
     if a.shape != (n_folds + 1, n):
-        raise ValueError(f"prior {name!r} must be (n,) = ({n},) or (n_folds + 1, n) = ({n_folds + 1}, {n}), "
-                         f"got {a.shape}")
+        raise ValueError(
+            f"prior {name!r} must be (n,) = ({n},) or (n_folds + 1, n) = ({n_folds + 1}, {n}), got {a.shape}"
+        )
     if not np.isfinite(a).all():
         raise ValueError(f"prior {name!r} has NaN or inf logits")
     return a
@@ -191,13 +208,20 @@ class ResidualBT:
     ``scales_`` {block: c_b}, ``folds_``, ``n_features_in_``.
     """
 
-    def __init__(self, grid: Optional[Mapping[str, Sequence[float]]] = None, n_folds: int = 5,
-                 moderated: bool = True, combine: str = "select", calibrate: bool = True, random_state: int = 0):
+    def __init__(
+        self,
+        grid: Optional[Mapping[str, Sequence[float]]] = None,
+        n_folds: int = 5,
+        moderated: bool = True,
+        combine: str = "select",
+        calibrate: bool = True,
+        random_state: int = 0,
+    ):
         self.grid, self.n_folds, self.moderated, self.random_state = grid, n_folds, moderated, random_state
         self.combine, self.calibrate = combine, calibrate
 
     def fit(self, delta, priors, heads=None, pca=None, folds=None, fold_groups=None) -> "ResidualBT":
-        with thread_limit(int(np.shape(delta)[0]) ** 2):     # many small (n, n) factorisations
+        with thread_limit(int(np.shape(delta)[0]) ** 2):  # many small (n, n) factorisations
             return self._fit(delta, priors, heads, pca, folds, fold_groups)
 
     def _fit(self, delta, priors, heads, pca, folds, fold_groups) -> "ResidualBT":
@@ -224,8 +248,8 @@ class ResidualBT:
             points = grid_points(grid, [k for k in blocks if k != "scale"] + (["scale"] if informative else []))
             has_zero = any(not any(p.values()) for p in points)
             if informative and not has_zero:
-                points.append({k: 0.0 for k in points[0]})      # the prior alone is always a candidate
-            elif not informative and has_zero:                  # a model that says 0.5 everywhere is no candidate
+                points.append({k: 0.0 for k in points[0]})  # the prior alone is always a candidate
+            elif not informative and has_zero:  # a model that says 0.5 everywhere is no candidate
                 points = [p for p in points if any(p.values())]
             if not points:
                 continue
@@ -245,11 +269,11 @@ class ResidualBT:
         if self.combine == "select":
             weights = np.zeros(len(table))
             weights[best] = 1.0
-        else:                       # pseudo-BMA: w_j ∝ prod_i p_j(y_i | other folds)
+        else:  # pseudo-BMA: w_j ∝ prod_i p_j(y_i | other folds)
             a = n * (means - means.max())
             weights = np.exp(a) / np.exp(a).sum()
         self.candidate_weights_ = weights
-        if self.combine == "average":   # held-out likelihood of the average (same weights; mildly optimistic)
+        if self.combine == "average":  # held-out likelihood of the average (same weights; mildly optimistic)
             rows = np.stack([t[3] for t in table])
             self.cv_pairs_ = np.log(np.clip(weights @ np.exp(rows), 1e-300, None))
         self.prior_weights_, self.coef_, self.n_features_in_ = {}, np.zeros(D.shape[1]), D.shape[1]

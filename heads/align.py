@@ -1,4 +1,5 @@
 """Matching heads across fits: the mixture is identifiable only up to a permutation of its heads."""
+
 from __future__ import annotations
 
 import numpy as np

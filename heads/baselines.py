@@ -6,6 +6,7 @@
   trained with the uniform sum of per-head BT losses, predicted with uniform weights.
 * :class:`OracleBT`: one BT head per known group (upper bound when the group labels are known).
 """
+
 from __future__ import annotations
 
 from numbers import Integral, Real
@@ -49,8 +50,15 @@ class SharedBase(BaseEstimator):
         "random_state": ["random_state"],
     }
 
-    def __init__(self, n_components: int = 10, prior_scale: float = 1.0, l2: float = FIXED_L2, max_iter: int = 500,
-                 tol: float = 1e-9, random_state=None):
+    def __init__(
+        self,
+        n_components: int = 10,
+        prior_scale: float = 1.0,
+        l2: float = FIXED_L2,
+        max_iter: int = 500,
+        tol: float = 1e-9,
+        random_state=None,
+    ):
         self.n_components, self.prior_scale, self.l2 = n_components, prior_scale, l2
         self.max_iter, self.tol, self.random_state = max_iter, tol, random_state
 
@@ -80,8 +88,13 @@ class SharedBase(BaseEstimator):
             return loss, grad
 
         with thread_limit(D.size):
-            res = minimize(fun, np.zeros(K * d), jac=True, method="L-BFGS-B",
-                           options={"maxiter": self.max_iter, "ftol": self.tol, "gtol": 1e-10})
+            res = minimize(
+                fun,
+                np.zeros(K * d),
+                jac=True,
+                method="L-BFGS-B",
+                options={"maxiter": self.max_iter, "ftol": self.tol, "gtol": 1e-10},
+            )
         self.trainable_coef_ = res.x.reshape(K, d)
         self.prior_ = U
         self.coef_ = self.trainable_coef_ + U

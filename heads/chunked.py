@@ -4,6 +4,7 @@ Features may be float16 (the cache's compact dtype), float32 or float64; a row s
 array instead of a copy. Work runs in chunks of rows converted to the compute dtype (float64 for float64 data,
 float32 otherwise), so memory beyond the data is one chunk, and time is linear in the number of rows.
 """
+
 from __future__ import annotations
 
 from typing import Iterator, Optional, Tuple
@@ -37,8 +38,9 @@ def take(A: np.ndarray, rows: Optional[np.ndarray], start: int, stop: int, dtype
     return np.ascontiguousarray(block, dtype=dtype)
 
 
-def iter_chunks(A: np.ndarray, rows: Optional[np.ndarray] = None, chunk: Optional[int] = None
-                ) -> Iterator[Tuple[int, int, np.ndarray]]:
+def iter_chunks(
+    A: np.ndarray, rows: Optional[np.ndarray] = None, chunk: Optional[int] = None
+) -> Iterator[Tuple[int, int, np.ndarray]]:
     """(start, stop, rows in the compute dtype) over A (or ``A[rows]``)."""
     n = A.shape[0] if rows is None else len(rows)
     chunk = chunk or chunk_rows(n, A.shape[1] * 4)

@@ -19,6 +19,7 @@ Early stopping: given a validation problem (``val``), its mean log-likelihood is
 and the fit stops after ``patience`` iterations without improvement, returning the best validation point.
 A non-finite objective is an error (never "converged").
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,14 +55,16 @@ class EMResult:
     final: Evaluation
     times: List[float] = field(default_factory=list)
     val_history: List[float] = field(default_factory=list)  # held-out score per iteration (calibrated log-lik)
-    best_iter: Optional[int] = None                          # iteration of the returned point (early stopping)
+    best_iter: Optional[int] = None  # iteration of the returned point (early stopping)
     stopped_early: bool = False
 
 
 def _finite(ev: Evaluation, where: str) -> Evaluation:
     if not np.isfinite(ev.L):
-        raise ValueError(f"the objective became non-finite ({ev.L}) {where}: check the features for "
-                                 "extreme values and the hyperparameters (alpha, l2) for NaN/inf")
+        raise ValueError(
+            f"the objective became non-finite ({ev.L}) {where}: check the features for "
+            "extreme values and the hyperparameters (alpha, l2) for NaN/inf"
+        )
     return ev
 
 
@@ -84,11 +87,24 @@ def first_m_step(prob: Problem, theta: np.ndarray, r0: np.ndarray, steps: int, m
     return ev_q.theta
 
 
-def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *, max_iter: int = 200,
-           tol: float = 1e-6, m_steps: int = 1, init_m_steps: int = 50, memory: int = 10, accept: str = "L",
-           on_iter: Optional[Callable[[int, float], None]] = None, verbose: int = 0,
-           on_eval: Optional[Callable[[int, "Evaluation"], None]] = None, val: Optional[Problem] = None,
-           patience: int = 10, warm: bool = False) -> EMResult:
+def run_em(
+    prob: Problem,
+    theta0: np.ndarray,
+    r0: Optional[np.ndarray] = None,
+    *,
+    max_iter: int = 200,
+    tol: float = 1e-6,
+    m_steps: int = 1,
+    init_m_steps: int = 50,
+    memory: int = 10,
+    accept: str = "L",
+    on_iter: Optional[Callable[[int, float], None]] = None,
+    verbose: int = 0,
+    on_eval: Optional[Callable[[int, "Evaluation"], None]] = None,
+    val: Optional[Problem] = None,
+    patience: int = 10,
+    warm: bool = False,
+) -> EMResult:
     """Generalised EM from theta0; the first M-step uses responsibilities r0 (n, K) (default: the E-step at theta0)
     and runs up to ``init_m_steps`` L-BFGS steps on Q(.|r0) (0: none, e.g. for a warm start); later
     M-steps run ``m_steps`` steps. ``accept`` is the line-search criterion of the EM iterations ("L" or "Q", see
@@ -99,8 +115,9 @@ def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *
     t_start = time.perf_counter()
     theta = np.array(theta0, dtype=np.float64)
     if init_m_steps:
-        r0 = (prob.evaluate(theta, grads=()).r if r0 is None
-              else np.ascontiguousarray(np.asarray(r0, dtype=np.float64).T))  # public (n, K) -> internal (K, n)
+        r0 = (
+            prob.evaluate(theta, grads=()).r if r0 is None else np.ascontiguousarray(np.asarray(r0, dtype=np.float64).T)
+        )  # public (n, K) -> internal (K, n)
         theta = first_m_step(prob, theta, r0, init_m_steps, memory, tol)
     ev = _finite(prob.evaluate(theta, grads=("L",)), "at the start")
     history, times = [ev.L], [time.perf_counter() - t_start]
@@ -134,7 +151,7 @@ def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *
                 cand = line_search(prob, cur, g, opt.direction(g), r_t, rl, want, crit)
             if cand is None:
                 break
-            g_next = cand.gL if m_steps == 1 else cand.gQ   # gradient of Q(.|r_t) at the new point
+            g_next = cand.gL if m_steps == 1 else cand.gQ  # gradient of Q(.|r_t) at the new point
             opt.update(cand.theta - cur.theta, g_next - g)
             cur, g, new = cand, g_next, cand
         if new is None:
@@ -167,9 +184,18 @@ def run_em(prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray] = None, *
             break
     if best is not None and best[1] != it:
         ev = best[2]
-    return EMResult(theta=ev.theta, objective=ev.L, history=history, converged=converged or stopped, n_iter=it,
-                    final=ev, times=times, val_history=val_hist, best_iter=best[1] if best else None,
-                    stopped_early=stopped)
+    return EMResult(
+        theta=ev.theta,
+        objective=ev.L,
+        history=history,
+        converged=converged or stopped,
+        n_iter=it,
+        final=ev,
+        times=times,
+        val_history=val_hist,
+        best_iter=best[1] if best else None,
+        stopped_early=stopped,
+    )
 
 
 def newton_polish_single(prob: Problem, theta: np.ndarray, iters: int = 5, max_dim: int = 1024) -> np.ndarray:

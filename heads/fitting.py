@@ -3,6 +3,7 @@
 These are pure functions of an estimator's parameters (``est``, read only) and the data; :class:`heads.mixture.
 MixtureBT` calls them and stores the results. Features stay in their stored dtype (see :mod:`heads.chunked`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,19 +48,19 @@ def fit_projection(D: np.ndarray, dim: int, seed: int, whiten: bool = False) -> 
 class Prepared:
     """The data in the fit space and what every restart shares."""
 
-    D: np.ndarray                       # (n, d') Delta, projected or the input itself
-    X: Optional[np.ndarray]             # (n, p') gate input (None for a static gate)
-    kind: str                           # gate kind
-    projection: Optional[np.ndarray]    # (d', d) or None
+    D: np.ndarray  # (n, d') Delta, projected or the input itself
+    X: Optional[np.ndarray]  # (n, p') gate input (None for a static gate)
+    kind: str  # gate kind
+    projection: Optional[np.ndarray]  # (d', d) or None
     prompt_projection: Optional[np.ndarray]
-    method: str                         # initialisation actually used
+    method: str  # initialisation actually used
     seeds: List[int]
     sk_prompt: Optional[Sketch] = None
     sk_delta: Optional[Sketch] = None
     delta_rms: float = 1.0
-    scales: tuple = (1.0, 1.0)          # (s_D, s_X): mean squared row norm / width (relative L2 units)
+    scales: tuple = (1.0, 1.0)  # (s_D, s_X): mean squared row norm / width (relative L2 units)
     notes: list = field(default_factory=list)
-    widths: list = field(default_factory=list)   # candidate (Delta width, gate width) pairs, None = full width
+    widths: list = field(default_factory=list)  # candidate (Delta width, gate width) pairs, None = full width
 
     @property
     def unit(self) -> tuple:
@@ -68,8 +69,18 @@ class Prepared:
 
     def problem(self, K: int, est, l2: float, gate_l2: float, rows: Optional[np.ndarray] = None) -> Problem:
         """The objective on this data in the fit's units; ``l2`` / ``gate_l2`` are absolute (original units)."""
-        return Problem(self.D, self.X, K, self.kind, est.alpha, l2 / self.scales[0], est.gate_hidden,
-                       gate_l2=gate_l2 / self.scales[1], rows=rows, scale=self.unit)
+        return Problem(
+            self.D,
+            self.X,
+            K,
+            self.kind,
+            est.alpha,
+            l2 / self.scales[0],
+            est.gate_hidden,
+            gate_l2=gate_l2 / self.scales[1],
+            rows=rows,
+            scale=self.unit,
+        )
 
     def to_original(self, theta: np.ndarray, prob: Problem):
         """(W (K, d') and gate dict) in original units (still in the projected space) from a fit-unit theta."""
@@ -104,7 +115,7 @@ def prepare(est, D: np.ndarray, X: Optional[np.ndarray], kind: str) -> Prepared:
         gdims = dim_candidates(est.gate_dim, X.shape[1])
         Pp = fit_projection(X, gdims[-1], seed, False) if gdims[-1] else None
         Xfit = project(X, Pp) if Pp is not None else X
-    tied = est.dim == est.gate_dim == "auto" and len(dims) == len(gdims)   # both projected by width: same r
+    tied = est.dim == est.gate_dim == "auto" and len(dims) == len(gdims)  # both projected by width: same r
     widths = list(zip(dims, gdims)) if tied else [(rd, gdims[-1]) for rd in dims]
     ss = np.random.SeedSequence(est.random_state if est.random_state is not None else None)
     seeds = [int(s.generate_state(1)[0]) for s in ss.spawn(int(est.n_init))]
@@ -136,18 +147,26 @@ def _start(est, prep: Prepared, prob: Problem, seed: int):
     single = None
     if prep.method == "split" and K > 1:
         p1 = Problem(prep.D, None, 1, "static", 0.0, prob.l2, rows=prob.rows, scale=prob.scale)
-        single = p1.packer.unpack(run_em(p1, np.zeros(p1.packer.size), max_iter=est.max_iter,
-                                         tol=est.tol).theta)[0][0]
+        single = p1.packer.unpack(run_em(p1, np.zeros(p1.packer.size), max_iter=est.max_iter, tol=est.tol).theta)[0][0]
     rows = np.arange(prob.n) if prob.rows is None else prob.rows
-    W0, r0 = initialise(prep.method, K, prep.D.shape[1], seed, rows=rows, delta_sketch=prep.sk_delta,
-                        prompt_sketch=prep.sk_prompt, delta_rms=prep.delta_rms * prob.scale[0],
-                        single_coef=single)
+    W0, r0 = initialise(
+        prep.method,
+        K,
+        prep.D.shape[1],
+        seed,
+        rows=rows,
+        delta_sketch=prep.sk_delta,
+        prompt_sketch=prep.sk_prompt,
+        delta_rms=prep.delta_rms * prob.scale[0],
+        single_coef=single,
+    )
     g0 = G.init_gate_params(prep.kind, K, prob.p, est.gate_hidden, np.random.default_rng(seed))
     return prob.packer.pack(W0, g0), r0
 
 
-def fit_restarts(est, prep: Prepared, prob: Problem, val: Optional[Problem] = None,
-                 seeds: Optional[List[int]] = None) -> Best:
+def fit_restarts(
+    est, prep: Prepared, prob: Problem, val: Optional[Problem] = None, seeds: Optional[List[int]] = None
+) -> Best:
     """``n_init`` restarts from the initialisation, each optimised by the estimator's solver; with screening
     (:meth:`heads.solvers.EMSolver.screening`) only the leader after that many iterations runs on. Restarts are
     ranked by the objective, or by the validation negative log-likelihood when ``val`` is given (then every run
@@ -162,12 +181,13 @@ def fit_restarts(est, prep: Prepared, prob: Problem, val: Optional[Problem] = No
         if est.verbose:
             print(f"restart {i + 1}/{len(seeds)} (init={prep.method}, solver={solver.name})")
         theta0, r0 = _start(est, prep, prob, seed)
-        res = solver.run(prob, theta0, r0, max_iter=min(screen, est.max_iter) if screen else est.max_iter,
-                         seed=seed, **kw)
+        res = solver.run(
+            prob, theta0, r0, max_iter=min(screen, est.max_iter) if screen else est.max_iter, seed=seed, **kw
+        )
         if K == 1:
             res.theta = newton_polish_single(prob, res.theta)
             res.objective = prob.evaluate(res.theta, grads=()).L
-        score = -val.heldout_score(res.theta) if val is not None else res.objective   # lower is better
+        score = -val.heldout_score(res.theta) if val is not None else res.objective  # lower is better
         scores.append(float(score))
         if best is None or score < best[0]:
             best = (score, Best(res.theta, res.objective, res.history, res.converged, res.n_iter, i, scores, res))
@@ -211,8 +231,8 @@ def select(est, prep: Prepared, groups: np.ndarray, calibrate: bool, search: boo
             first = {}
 
             def run(c: float, sub=sub, fit=fit, val=val, first=first):
-                fit.set_l2(c, c)   # relative L2 = L2 in the fit's units
-                seeds = [sub.seeds[first["restart"]]] if first else None   # the first candidate's best restart
+                fit.set_l2(c, c)  # relative L2 = L2 in the fit's units
+                seeds = [sub.seeds[first["restart"]]] if first else None  # the first candidate's best restart
                 b = fit_restarts(est, sub, fit, val, seeds=seeds)
                 if not first:
                     first.update(restart_scores=b.restart_scores, restart=b.restart)
@@ -223,7 +243,7 @@ def select(est, prep: Prepared, groups: np.ndarray, calibrate: bool, search: boo
             for p in path:
                 thetas[id(p)] = (widths, sub, val, dict(first))
             points += path
-        best = best_point(points)       # ties go to the stronger L2, then to the narrower width (listed first)
+        best = best_point(points)  # ties go to the stronger L2, then to the narrower width (listed first)
         widths, sub, val, first = thetas[id(best)]
         # early stopping chose the L2; the model is its optimum: the chosen point runs on to convergence on the fit
         # pairs (what the temperature is fitted to), and the refit on every train pair starts from there
@@ -231,8 +251,11 @@ def select(est, prep: Prepared, groups: np.ndarray, calibrate: bool, search: boo
         theta = est.solver_.resume(fit, best.theta, max_iter=est.max_iter, tol=est.tol).theta
         out.update(widths=widths, theta=theta, l2=best.l2, gate_l2=best.gate_l2, **first)
         out["selection"].update(
-            path=[dict(p.to_dict(), dim=thetas[id(p)][1].D.shape[1]) for p in points], chosen_c=best.c,
-            seconds=float(seconds), scales=list(sub.scales))
+            path=[dict(p.to_dict(), dim=thetas[id(p)][1].D.shape[1]) for p in points],
+            chosen_c=best.c,
+            seconds=float(seconds),
+            scales=list(sub.scales),
+        )
     else:
         widths = prep.widths[-1]
         sub = prep.restrict(widths)
@@ -246,6 +269,10 @@ def select(est, prep: Prepared, groups: np.ndarray, calibrate: bool, search: boo
         before, after = nll(1.0), nll(t)
         keep = est.calibrate is True or before - after > 1e-4
         out["temperature"] = t if keep else 1.0
-        out["selection"]["calibration"] = {"temperature": t, "val_nll_before": before, "val_nll_after": after,
-                                           "applied": bool(keep)}
+        out["selection"]["calibration"] = {
+            "temperature": t,
+            "val_nll_before": before,
+            "val_nll_after": after,
+            "applied": bool(keep),
+        }
     return out

@@ -14,6 +14,7 @@ Mixture weights are ``softmax(a)`` per row. :func:`gate_logits_torch` is the aut
 The fused-pass building blocks of the EM fit (forward/backward without autograd) are in :mod:`heads.kernels`.
 Only the weight matrices (``coef``, ``hidden_coef``) carry the L2 penalty; intercepts and static logits do not.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
@@ -51,8 +52,14 @@ def n_gate_components(params: Dict[str, np.ndarray]) -> int:
     return int(params["logits"].shape[0] if "logits" in params else params["intercept"].shape[0])
 
 
-def init_gate_params(kind: str, n_components: int, n_prompt: int = 0, hidden: Optional[int] = None,
-                     rng: Optional[np.random.Generator] = None, scale: float = 0.0) -> Dict[str, np.ndarray]:
+def init_gate_params(
+    kind: str,
+    n_components: int,
+    n_prompt: int = 0,
+    hidden: Optional[int] = None,
+    rng: Optional[np.random.Generator] = None,
+    scale: float = 0.0,
+) -> Dict[str, np.ndarray]:
     """A gate with uniform weights (zero output layer). The MLP's hidden layer is random (He-style) so it
     is not stuck at the ReLU's symmetric point; ``scale`` > 0 also randomises the output layer."""
     rng = np.random.default_rng(0) if rng is None else rng
@@ -60,14 +67,18 @@ def init_gate_params(kind: str, n_components: int, n_prompt: int = 0, hidden: Op
     if kind == "static":
         return {"logits": np.zeros(K)}
     if kind == "linear":
-        return {"coef": scale * rng.standard_normal((K, n_prompt)) / np.sqrt(max(n_prompt, 1)),
-                "intercept": np.zeros(K)}
+        return {
+            "coef": scale * rng.standard_normal((K, n_prompt)) / np.sqrt(max(n_prompt, 1)),
+            "intercept": np.zeros(K),
+        }
     if kind == "mlp":
         H = int(hidden or 128)
-        return {"hidden_coef": rng.standard_normal((H, n_prompt)) * np.sqrt(2.0 / max(n_prompt, 1)),
-                "hidden_intercept": np.zeros(H),
-                "coef": scale * rng.standard_normal((K, H)) / np.sqrt(H),
-                "intercept": np.zeros(K)}
+        return {
+            "hidden_coef": rng.standard_normal((H, n_prompt)) * np.sqrt(2.0 / max(n_prompt, 1)),
+            "hidden_intercept": np.zeros(H),
+            "coef": scale * rng.standard_normal((K, H)) / np.sqrt(H),
+            "intercept": np.zeros(K),
+        }
     raise ValueError(f"unknown gate kind {kind!r}; expected one of {GATE_KINDS}")
 
 
@@ -75,7 +86,7 @@ def gate_logits(params: Dict[str, np.ndarray], X: Optional[np.ndarray], n_rows: 
     """Gate logits (N, K). For a static gate ``X`` may be None (then ``n_rows`` gives N, default 1)."""
     kind = gate_kind(params)
     if kind == "static":
-        n = (X.shape[0] if X is not None else (1 if n_rows is None else int(n_rows)))
+        n = X.shape[0] if X is not None else (1 if n_rows is None else int(n_rows))
         return np.broadcast_to(np.asarray(params["logits"], dtype=np.float64), (n, params["logits"].shape[0])).copy()
     X = np.asarray(X)
     if kind == "linear":
@@ -91,8 +102,9 @@ def log_softmax(a: np.ndarray) -> np.ndarray:
     return s - np.log(np.exp(s).sum(axis=1, keepdims=True))
 
 
-def gate_log_weights(params: Dict[str, np.ndarray], X: Optional[np.ndarray],
-                     n_rows: Optional[int] = None) -> np.ndarray:
+def gate_log_weights(
+    params: Dict[str, np.ndarray], X: Optional[np.ndarray], n_rows: Optional[int] = None
+) -> np.ndarray:
     """log f(x): row-wise log-softmax of :func:`gate_logits`, (N, K)."""
     return log_softmax(gate_logits(params, X, n_rows))
 
@@ -102,21 +114,24 @@ def gate_weights(params: Dict[str, np.ndarray], X: Optional[np.ndarray], n_rows:
     return np.exp(gate_log_weights(params, X, n_rows))
 
 
-def gate_logits_torch(params_torch: Dict[str, torch.Tensor], X: Optional[torch.Tensor],
-                      n_rows: Optional[int] = None) -> torch.Tensor:
+def gate_logits_torch(
+    params_torch: Dict[str, torch.Tensor], X: Optional[torch.Tensor], n_rows: Optional[int] = None
+) -> torch.Tensor:
     """Torch twin of :func:`gate_logits` (differentiable w.r.t. the tensors in ``params_torch``)."""
     if "logits" in params_torch:
         n = X.shape[0] if X is not None else (1 if n_rows is None else int(n_rows))
         return params_torch["logits"].unsqueeze(0).expand(n, -1)
     if "hidden_coef" in params_torch:
-        h = torch.relu(X.to(params_torch["hidden_coef"].dtype) @ params_torch["hidden_coef"].T
-                       + params_torch["hidden_intercept"])
+        h = torch.relu(
+            X.to(params_torch["hidden_coef"].dtype) @ params_torch["hidden_coef"].T + params_torch["hidden_intercept"]
+        )
         return h @ params_torch["coef"].T + params_torch["intercept"]
     return X.to(params_torch["coef"].dtype) @ params_torch["coef"].T + params_torch["intercept"]
 
 
-def params_to_torch(params: Dict[str, np.ndarray], dtype=torch.float64,
-                    requires_grad: bool = False) -> Dict[str, torch.Tensor]:
+def params_to_torch(
+    params: Dict[str, np.ndarray], dtype=torch.float64, requires_grad: bool = False
+) -> Dict[str, torch.Tensor]:
     """Copy a numpy gate dict into torch tensors (e.g. to continue training in a router)."""
     return {k: torch.tensor(np.asarray(v), dtype=dtype, requires_grad=requires_grad) for k, v in params.items()}
 
@@ -134,6 +149,11 @@ def gate_penalty(params: Dict[str, np.ndarray]) -> float:
 def gate_shapes(kind: str, n_components: int, n_prompt: int, hidden: Optional[int]) -> List[Tuple[str, tuple]]:
     """(key, shape) in flat-vector order."""
     K, p, H = n_components, n_prompt, int(hidden or 128)
-    shapes = {"coef": (K, p) if kind == "linear" else (K, H), "intercept": (K,), "hidden_coef": (H, p),
-              "hidden_intercept": (H,), "logits": (K,)}
+    shapes = {
+        "coef": (K, p) if kind == "linear" else (K, H),
+        "intercept": (K,),
+        "hidden_coef": (H, p),
+        "hidden_intercept": (H,),
+        "logits": (K,),
+    }
     return [(k, shapes[k]) for k in GATE_KEYS[kind]]

@@ -11,6 +11,7 @@ and the adapted reward model predicts ``P = sum_k w_k sigma(z_k)``. Plain HyRe u
 MiCRo-HyRe uses the Stage-1 gate's mean mixture weights on the adaptation pairs as the prior
 (:func:`gate_prior_fn`).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, Optional
@@ -33,8 +34,9 @@ def _check_prior(prior, K: int) -> np.ndarray:
         return np.log(p / p.sum())
 
 
-def hyre_log_weights(head_logits_n: np.ndarray, prior: Optional[np.ndarray] = None, beta: float = 1.0,
-                     n_heads: Optional[int] = None) -> np.ndarray:
+def hyre_log_weights(
+    head_logits_n: np.ndarray, prior: Optional[np.ndarray] = None, beta: float = 1.0, n_heads: Optional[int] = None
+) -> np.ndarray:
     """log w (K,): log prior + beta * sum_i log sigma(z_ik), normalised (log space, stable).
 
     ``head_logits_n`` (n, K) may have n = 0 rows (then w = prior); for a 0-row input without a prior, give
@@ -77,12 +79,18 @@ def gate_prior_fn(gate_weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray
 
     def prior_fn(idx: np.ndarray) -> np.ndarray:
         return F[np.asarray(idx)].mean(axis=0)
+
     return prior_fn
 
 
-def hyre_eval(head_logits: np.ndarray, groups: np.ndarray, n_per_group: int = 16,
-              seeds: Iterable[int] = (0, 1, 2, 3, 4),
-              prior_fn: Optional[Callable[[np.ndarray], np.ndarray]] = None, beta: float = 1.0) -> Dict[str, object]:
+def hyre_eval(
+    head_logits: np.ndarray,
+    groups: np.ndarray,
+    n_per_group: int = 16,
+    seeds: Iterable[int] = (0, 1, 2, 3, 4),
+    prior_fn: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    beta: float = 1.0,
+) -> Dict[str, object]:
     """Evaluate (MiCRo-)HyRe per group.
 
     For every group and seed: draw ``n_per_group`` of the group's pairs (without replacement) as the
@@ -130,11 +138,22 @@ def hyre_eval(head_logits: np.ndarray, groups: np.ndarray, n_per_group: int = 16
             evals.append(ev)
             accs.append(float((probs[-1] > 0.5).mean()))
         accs = np.asarray(accs)
-        per_group[key] = {"mean": float(accs.mean()), "std": float(accs.std()), "accs": accs.tolist(),
-                          "probs": probs, "rows": evals, "n_pairs": int(rows.size), "n_eval": int(rows.size - n)}
+        per_group[key] = {
+            "mean": float(accs.mean()),
+            "std": float(accs.std()),
+            "accs": accs.tolist(),
+            "probs": probs,
+            "rows": evals,
+            "n_pairs": int(rows.size),
+            "n_eval": int(rows.size - n),
+        }
     means = [v["mean"] for v in per_group.values()]
     stds = [v["std"] for v in per_group.values()]
-    return {"per_group": per_group,
-            "macro_mean": float(np.mean(means)) if means else float("nan"),
-            "macro_std": float(np.mean(stds)) if stds else float("nan"),
-            "skipped": skipped, "n_per_group": n, "seeds": seeds}
+    return {
+        "per_group": per_group,
+        "macro_mean": float(np.mean(means)) if means else float("nan"),
+        "macro_std": float(np.mean(stds)) if stds else float("nan"),
+        "skipped": skipped,
+        "n_per_group": n,
+        "seeds": seeds,
+    }

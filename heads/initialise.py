@@ -13,6 +13,7 @@ first M-step is fitted to (None: take the E-step at (W0, gate0)).
 Wide features (> ``MAX_KMEANS_DIM`` columns) are clustered after a fixed Gaussian random projection to
 ``MAX_KMEANS_DIM`` columns (Johnson-Lindenstrauss) so that k-means stays cheap for 3,072-d inputs.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -35,19 +36,22 @@ class Sketch:
 
     def __init__(self, X: np.ndarray, max_dim: int, rng: np.random.Generator, normalise: bool = False):
         self.X, self.normalise = X, normalise
-        self.R = (rng.standard_normal((X.shape[1], max_dim), dtype=np.float32) / np.float32(np.sqrt(max_dim))
-                  if X.shape[1] > max_dim else None)
+        self.R = (
+            rng.standard_normal((X.shape[1], max_dim), dtype=np.float32) / np.float32(np.sqrt(max_dim))
+            if X.shape[1] > max_dim
+            else None
+        )
 
     def rows(self, idx: np.ndarray, chunk: int = 8192) -> np.ndarray:
         """(len(idx), m) float32 sketch of the rows ``idx``."""
         m = self.X.shape[1] if self.R is None else self.R.shape[1]
         out = np.empty((len(idx), m), dtype=np.float32)
         for s in range(0, len(idx), chunk):
-            A = np.asarray(self.X[idx[s:s + chunk]], dtype=np.float32)
+            A = np.asarray(self.X[idx[s : s + chunk]], dtype=np.float32)
             if self.normalise:
                 nrm = np.linalg.norm(A, axis=1, keepdims=True)
                 A /= np.where(nrm > 0, nrm, 1.0)
-            out[s:s + chunk] = A if self.R is None else A @ self.R
+            out[s : s + chunk] = A if self.R is None else A @ self.R
         return out
 
 
@@ -63,7 +67,7 @@ def kmeans_labels(sk: Sketch, rows: np.ndarray, k: int, seed: int) -> np.ndarray
         km = KMeans(n_clusters=k, n_init=1, max_iter=100, random_state=seed).fit(sk.rows(fit))
     if fit is rows:
         return km.labels_
-    return np.concatenate([km.predict(sk.rows(rows[s:s + 65536])) for s in range(0, len(rows), 65536)])
+    return np.concatenate([km.predict(sk.rows(rows[s : s + 65536])) for s in range(0, len(rows), 65536)])
 
 
 def smoothed(labels: np.ndarray, k: int, own: float = 0.9) -> np.ndarray:
@@ -75,9 +79,18 @@ def smoothed(labels: np.ndarray, k: int, own: float = 0.9) -> np.ndarray:
     return r
 
 
-def initialise(method: str, k: int, d: int, seed: int, *, rows: np.ndarray, delta_sketch: Optional[Sketch] = None,
-               prompt_sketch: Optional[Sketch] = None, delta_rms: float = 1.0,
-               single_coef: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def initialise(
+    method: str,
+    k: int,
+    d: int,
+    seed: int,
+    *,
+    rows: np.ndarray,
+    delta_sketch: Optional[Sketch] = None,
+    prompt_sketch: Optional[Sketch] = None,
+    delta_rms: float = 1.0,
+    single_coef: Optional[np.ndarray] = None,
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Initial heads W0 (k, d) and first responsibilities r0 (len(rows), k) (or None) for the pairs ``rows``.
     Sketches are made by the caller once per fit (shared by restarts); ``delta_rms`` is the root-mean-square norm
     of Delta rows."""

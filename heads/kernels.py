@@ -4,6 +4,7 @@ Reductions over K are fast element-wise numpy ops in that layout. Large (rows x 
 zero-copy views (much faster than numpy's BLAS for the (K, rows) @ (rows, p) product); small ones run in numpy
 (torch's intra-op threads cost milliseconds per call on a loaded machine). All (K, rows) work is numpy float64.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
@@ -32,8 +33,9 @@ def accumulate(out: np.ndarray, gT: np.ndarray, A: np.ndarray) -> None:
         out += g @ A
 
 
-def gate_forward(kind: str, params: Dict[str, np.ndarray], Xc: Optional[np.ndarray],
-                 n: int) -> Tuple[np.ndarray, object]:
+def gate_forward(
+    kind: str, params: Dict[str, np.ndarray], Xc: Optional[np.ndarray], n: int
+) -> Tuple[np.ndarray, object]:
     """Transposed gate logits (K, n) float64 for a chunk of n rows; returns (logits, cache for
     :func:`gate_backward`)."""
     if kind == "static":
@@ -44,8 +46,14 @@ def gate_forward(kind: str, params: Dict[str, np.ndarray], Xc: Optional[np.ndarr
     return params["coef"] @ h + params["intercept"][:, None], h
 
 
-def gate_backward(kind: str, params: Dict[str, np.ndarray], Xc: Optional[np.ndarray], ga: np.ndarray, cache,
-         grads: Dict[str, np.ndarray]) -> None:
+def gate_backward(
+    kind: str,
+    params: Dict[str, np.ndarray],
+    Xc: Optional[np.ndarray],
+    ga: np.ndarray,
+    cache,
+    grads: Dict[str, np.ndarray],
+) -> None:
     """Accumulate d(objective)/d(gate params) into ``grads`` given ga = d/d(logits), (K, n) float64."""
     if kind == "static":
         grads["logits"] += ga.sum(1)

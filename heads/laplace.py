@@ -11,6 +11,7 @@ Mode finding is Rasmussen & Williams (GPML) Alg. 3.1 (Newton on the residual log
 B = I + W^1/2 K W^1/2), with step halving so the objective never decreases; predictions are Alg. 3.2
 (mean and variance of the residual logit at new pairs, and the probit-moderated probability).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,8 +54,9 @@ def _factor(K: np.ndarray, sW: np.ndarray) -> np.ndarray:
     return cholesky(B, lower=True, check_finite=False)
 
 
-def laplace_mode(K: np.ndarray, m: np.ndarray, *, max_iter: int = 100, tol: float = 1e-10,
-                 a0: np.ndarray | None = None) -> LaplaceFit:
+def laplace_mode(
+    K: np.ndarray, m: np.ndarray, *, max_iter: int = 100, tol: float = 1e-10, a0: np.ndarray | None = None
+) -> LaplaceFit:
     """Mode of log p(g | pairs) for prior covariance ``K`` (n, n) and prior logits ``m`` (n,); ``a0`` warm start."""
     K = np.asarray(K, dtype=np.float64)
     m = np.asarray(m, dtype=np.float64).reshape(-1)
@@ -91,7 +93,7 @@ def laplace_mode(K: np.ndarray, m: np.ndarray, *, max_iter: int = 100, tol: floa
     p = _sigmoid(m + g)
     sW = np.sqrt(p * (1.0 - p))
     L = _factor(K, sW)
-    a = 1.0 - p                      # exact stationarity condition; equals the iterate at convergence
+    a = 1.0 - p  # exact stationarity condition; equals the iterate at convergence
     logdet = float(np.log(np.diag(L)).sum())
     return LaplaceFit(g=g, a=a, L=L, sW=sW, objective=psi, log_evidence=psi - logdet, n_iter=it)
 

@@ -1,4 +1,5 @@
 """The quasi-Newton M-step of the EM fit: L-BFGS two-loop recursion and an Armijo backtracking line search."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -50,8 +51,18 @@ class LBFGS:
         return -q
 
 
-def line_search(prob: Problem, ev: Evaluation, g: np.ndarray, d: np.ndarray, r_fixed: np.ndarray, rlogr: float,
-                grads: Tuple[str, ...], accept: str = "Q", c1: float = 1e-4, max_ls: int = 30) -> Optional[Evaluation]:
+def line_search(
+    prob: Problem,
+    ev: Evaluation,
+    g: np.ndarray,
+    d: np.ndarray,
+    r_fixed: np.ndarray,
+    rlogr: float,
+    grads: Tuple[str, ...],
+    accept: str = "Q",
+    c1: float = 1e-4,
+    max_ls: int = 30,
+) -> Optional[Evaluation]:
     """Armijo backtracking from ev along d. ``accept="Q"``: sufficient decrease of the surrogate Q(. | r_fixed)
     (f0 = ev.Q); ``accept="L"``: of the objective L itself (f0 = ev.L; only valid when r_fixed is the E-step
     at ev, where grad Q = grad L). Q >= L, so "Q" implies "L": both make L decrease monotonically, "L"

@@ -1,5 +1,6 @@
 """Pairwise preference metrics on p = P(chosen > rejected), an (N,) array of model probabilities for the
 OBSERVED outcome (the chosen response wins in every row of the data)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -20,6 +20,7 @@ stopping on the held-out log-likelihood, refit on all pairs), ``dim="auto"`` fit
 their top-256 PCA subspace, and ``calibrate="auto"`` fits a temperature on the held-out slice when it lowers
 the held-out NLL.
 """
+
 from __future__ import annotations
 
 import time
@@ -106,12 +107,29 @@ class MixtureBT(BaseEstimator):
         "on_iter": [callable, None],
     }
 
-    def __init__(self, n_components: int = 10, gate: str = "context", alpha: float = ALPHA, l2="auto",
-                 gate_l2: Optional[float] = None, n_init: int = N_INIT, max_iter: int = MAX_ITER, tol: float = TOL,
-                 solver="em", init: str = "gate-kmeans", dim="auto", whiten: bool = False,
-                 gate_hidden: Optional[int] = None, gate_dim="auto", holdout: float = HOLDOUT, patience: int = PATIENCE,
-                 calibrate="auto", random_state=None, verbose: int = 0,
-                 on_iter: Optional[Callable[[int, float], None]] = None):
+    def __init__(
+        self,
+        n_components: int = 10,
+        gate: str = "context",
+        alpha: float = ALPHA,
+        l2="auto",
+        gate_l2: Optional[float] = None,
+        n_init: int = N_INIT,
+        max_iter: int = MAX_ITER,
+        tol: float = TOL,
+        solver="em",
+        init: str = "gate-kmeans",
+        dim="auto",
+        whiten: bool = False,
+        gate_hidden: Optional[int] = None,
+        gate_dim="auto",
+        holdout: float = HOLDOUT,
+        patience: int = PATIENCE,
+        calibrate="auto",
+        random_state=None,
+        verbose: int = 0,
+        on_iter: Optional[Callable[[int, float], None]] = None,
+    ):
         self.n_components = n_components
         self.gate = gate
         self.alpha = alpha
@@ -177,8 +195,11 @@ class MixtureBT(BaseEstimator):
             self._fit(D, X, g)
         self.fit_time_ = time.perf_counter() - t0
         if self.collapsed_pairs_:
-            warnings.warn(f"{len(self.collapsed_pairs_)} pair(s) of heads collapsed (cosine >= 0.99): "
-                          f"{self.collapsed_pairs_[:5]}; try init='gate-kmeans' or fewer components", UserWarning)
+            warnings.warn(
+                f"{len(self.collapsed_pairs_)} pair(s) of heads collapsed (cosine >= 0.99): "
+                f"{self.collapsed_pairs_[:5]}; try init='gate-kmeans' or fewer components",
+                UserWarning,
+            )
         if not self.converged_ and self.max_iter > 0:
             warnings.warn("Best restart did not converge; increase max_iter or tol.", ConvergenceWarning)
         return self
@@ -189,11 +210,12 @@ class MixtureBT(BaseEstimator):
         self.n_features_in_, self.n_prompt_features_in_ = D.shape[1], (X.shape[1] if X is not None else 0)
         prep = F.prepare(self, D, X if kind != "static" else None, kind)
         self.init_used_ = prep.method
-        search = self.l2 == "auto" and self.solver_.name == "em"   # AdamW (the paper's recipe) runs as it is
+        search = self.l2 == "auto" and self.solver_.name == "em"  # AdamW (the paper's recipe) runs as it is
         calibrate = self.calibrate is True or (self.calibrate == "auto" and search)
         fixed = self._l2_values({}, prep.restrict(prep.widths[-1]))
-        sel = (F.select(self, prep, groups, calibrate, search, fixed)
-               if (search or calibrate) and self.holdout > 0 else {})
+        sel = (
+            F.select(self, prep, groups, calibrate, search, fixed) if (search or calibrate) and self.holdout > 0 else {}
+        )
         prep = prep.restrict(sel.get("widths", prep.widths[-1]))
         self.projection_, self.prompt_projection_ = prep.projection, prep.prompt_projection
         self.dim_, self.gate_dim_ = prep.D.shape[1], (prep.X.shape[1] if prep.X is not None else 0)
@@ -201,8 +223,15 @@ class MixtureBT(BaseEstimator):
         prob = prep.problem(K, self, l2, gl2)
         if "theta" in sel:  # the held-out fit, refitted on every train pair from where it stopped
             res = self.solver_.resume(prob, sel["theta"], max_iter=self.max_iter, tol=self.tol, on_iter=self.on_iter)
-            best = F.Best(res.theta, res.objective, res.history, res.converged, res.n_iter, sel.get("restart", 0),
-                          sel.get("restart_scores", []))
+            best = F.Best(
+                res.theta,
+                res.objective,
+                res.history,
+                res.converged,
+                res.n_iter,
+                sel.get("restart", 0),
+                sel.get("restart_scores", []),
+            )
         else:
             best = F.fit_restarts(self, prep, prob)
         self.l2_, self.gate_l2_ = l2, gl2
@@ -213,7 +242,7 @@ class MixtureBT(BaseEstimator):
     def _l2_values(self, sel: dict, prep) -> tuple:
         if "l2" in sel:
             return sel["l2"], sel["gate_l2"]
-        if self.l2 == "auto":   # AdamW, or no held-out slice: the relative value the search starts from
+        if self.l2 == "auto":  # AdamW, or no held-out slice: the relative value the search starts from
             c = C_START
             return c * prep.scales[0], c * prep.scales[1]
         return float(self.l2), float(self.l2 if self.gate_l2 is None else self.gate_l2)
@@ -268,8 +297,9 @@ class MixtureBT(BaseEstimator):
         if T != 1.0:
             return expit(self.log_odds(delta, prompt) / T)
         D, X = self._check_predict_input(delta, prompt)
-        return np.exp(logsumexp(G.gate_log_weights(self.gate_params_, X, n_rows=D.shape[0]) + self._logsig_heads(D),
-                                axis=1))
+        return np.exp(
+            logsumexp(G.gate_log_weights(self.gate_params_, X, n_rows=D.shape[0]) + self._logsig_heads(D), axis=1)
+        )
 
     def responsibilities(self, delta, prompt=None) -> np.ndarray:
         """Posterior over heads given the observed preference, (n, K)."""
@@ -294,6 +324,7 @@ class MixtureBT(BaseEstimator):
         logf = G.gate_log_weights(self.gate_params_, X, n_rows=D.shape[0])
         nll = -float(np.mean(logsumexp(logf + self._logsig_heads(D), axis=1)))
         ent = float(np.mean((np.exp(logf) * logf).sum(axis=1)))
-        pen = 0.5 * (self.l2_ * float(np.sum(self.coef_fit_ ** 2))
-                     + self.gate_l2_ * G.gate_penalty(self.gate_params_fit_))
+        pen = 0.5 * (
+            self.l2_ * float(np.sum(self.coef_fit_**2)) + self.gate_l2_ * G.gate_penalty(self.gate_params_fit_)
+        )
         return nll + self.alpha * ent + pen

@@ -12,6 +12,7 @@ the point (responsibilities r_ik = f_ik sigma(z_ik) / sum_k f_ik sigma(z_ik), lo
 the EM surrogate Q(theta | r_fixed), and the gradients of L and/or Q. Features stay in their stored dtype
 (float16 rows are converted chunk by chunk to float32) and a row subset is an index array, never a copy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,10 +63,10 @@ class Packer:
 @dataclass
 class Evaluation:
     theta: np.ndarray
-    L: float                      # full penalised objective
-    nll: float                    # -(1/n) sum log p_i (data term only)
-    r: np.ndarray                 # (K, n) posterior responsibilities at theta (transposed layout)
-    Q: Optional[float] = None     # surrogate value given the fixed responsibilities
+    L: float  # full penalised objective
+    nll: float  # -(1/n) sum log p_i (data term only)
+    r: np.ndarray  # (K, n) posterior responsibilities at theta (transposed layout)
+    Q: Optional[float] = None  # surrogate value given the fixed responsibilities
     gL: Optional[np.ndarray] = None
     gQ: Optional[np.ndarray] = None
     mix: Optional[np.ndarray] = None  # (K,) mean gate weight
@@ -87,9 +88,21 @@ class Problem:
     (default ``l2``) is the L2 weight of the gate's weight matrices. ``scale`` = (a_D, a_X) multiplies Delta and the
     prompt features on the fly (the fit then runs in units where both have mean squared entries 1)."""
 
-    def __init__(self, delta: np.ndarray, prompt: Optional[np.ndarray], n_components: int, gate_kind: str,
-                 alpha: float, l2: float, hidden: Optional[int] = None, *, gate_l2: Optional[float] = None,
-                 rows: Optional[np.ndarray] = None, chunk_bytes: Optional[int] = None, scale: tuple = (1.0, 1.0)):
+    def __init__(
+        self,
+        delta: np.ndarray,
+        prompt: Optional[np.ndarray],
+        n_components: int,
+        gate_kind: str,
+        alpha: float,
+        l2: float,
+        hidden: Optional[int] = None,
+        *,
+        gate_l2: Optional[float] = None,
+        rows: Optional[np.ndarray] = None,
+        chunk_bytes: Optional[int] = None,
+        scale: tuple = (1.0, 1.0),
+    ):
         self.D = delta if delta.dtype in (np.float16, np.float32, np.float64) else delta.astype(np.float64)
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         self.np_dtype = compute_dtype(self.D)
@@ -106,8 +119,9 @@ class Problem:
         self.scale = (float(scale[0]), float(scale[1]))
         # few large matmuls beat many cache-sized ones on in-place data (N=23.5k, d=p=3072, K=10: 64 MB chunks
         # 10.4x one matmul, 1 GB chunks 6.5x); gathered / converted chunks cost memory, so they stay smaller
-        views = (in_place(self.D, self.rows) and (self.X is None or in_place(self.X, self.rows))
-                 and self.scale == (1.0, 1.0))
+        views = (
+            in_place(self.D, self.rows) and (self.X is None or in_place(self.X, self.rows)) and self.scale == (1.0, 1.0)
+        )
         budget = chunk_bytes or ((1 << 30) if views else CHUNK_BYTES)
         self.chunk = chunk_rows(self.n, (self.d + p) * np.dtype(self.np_dtype).itemsize, budget)
         self.n_evals = 0  # number of passes over the data so far (for benchmarks)
@@ -130,12 +144,18 @@ class Problem:
 
     def block(self, start: int, stop: int, rows: Optional[np.ndarray] = None):
         """(Delta, prompt or None) of rows ``start:stop`` (or of the global ``rows``) in the compute dtype, scaled."""
-        D = take(self.D, rows, 0, len(rows), self.np_dtype) if rows is not None else \
-            take(self.D, self.rows, start, stop, self.np_dtype)
+        D = (
+            take(self.D, rows, 0, len(rows), self.np_dtype)
+            if rows is not None
+            else take(self.D, self.rows, start, stop, self.np_dtype)
+        )
         X = None
         if self.X is not None:
-            X = take(self.X, rows, 0, len(rows), self.np_dtype) if rows is not None else \
-                take(self.X, self.rows, start, stop, self.np_dtype)
+            X = (
+                take(self.X, rows, 0, len(rows), self.np_dtype)
+                if rows is not None
+                else take(self.X, self.rows, start, stop, self.np_dtype)
+            )
         return self._scaled(D, self.scale[0], self.D), (None if X is None else self._scaled(X, self.scale[1], self.X))
 
     def chunks(self):
@@ -173,20 +193,27 @@ class Problem:
 
         return calibrated_loglik(self.log_odds(theta))[0]
 
-    def evaluate(self, theta: np.ndarray, r_fixed: Optional[np.ndarray] = None, rlogr: float = 0.0,
-                 grads: Tuple[str, ...] = ("L",)) -> Evaluation:
+    def evaluate(
+        self,
+        theta: np.ndarray,
+        r_fixed: Optional[np.ndarray] = None,
+        rlogr: float = 0.0,
+        grads: Tuple[str, ...] = ("L",),
+    ) -> Evaluation:
         """L, posterior r, optionally Q(theta | r_fixed) and the gradients named in ``grads`` ("L", "Q").
         Responsibilities (``r_fixed`` and the returned ``r``) are in the transposed (K, n) layout."""
         n, K, a = self.n, self.K, self.alpha
         self.n_evals += 1
         W, gp = self.packer.unpack(theta)
-        acc = {g: (np.zeros((K, self.d), dtype=self.np_dtype), kernels.zero_grads(self.kind, gp, self.np_dtype))
-               for g in grads}
+        acc = {
+            g: (np.zeros((K, self.d), dtype=self.np_dtype), kernels.zero_grads(self.kind, gp, self.np_dtype))
+            for g in grads
+        }
         r_out = np.empty((K, n))
         nll = ent = qdat = 0.0
         mix = np.zeros(K)
         for s, e, Dc, Xc in self.chunks():
-            z = kernels.mm_t(Dc, W)                                   # (K, B)
+            z = kernels.mm_t(Dc, W)  # (K, B)
             lg, cache = kernels.gate_forward(self.kind, gp, Xc, e - s)  # (K, B)
             logf = lg - lg.max(axis=0)
             logf -= np.log(np.exp(logf).sum(axis=0))
@@ -229,9 +256,15 @@ class Problem:
         return ev
 
 
-def objective_and_grad(delta: np.ndarray, prompt: Optional[np.ndarray], coef: np.ndarray,
-                       gate_params: Dict[str, np.ndarray], alpha: float, l2: float,
-                       gate_l2: Optional[float] = None) -> Tuple[float, np.ndarray, Dict[str, np.ndarray]]:
+def objective_and_grad(
+    delta: np.ndarray,
+    prompt: Optional[np.ndarray],
+    coef: np.ndarray,
+    gate_params: Dict[str, np.ndarray],
+    alpha: float,
+    l2: float,
+    gate_l2: Optional[float] = None,
+) -> Tuple[float, np.ndarray, Dict[str, np.ndarray]]:
     """The penalised objective L and its gradient (d/dcoef (K, d), d/dgate dict), evaluated by the fused pass."""
     kind = G.gate_kind(gate_params)
     hidden = gate_params["hidden_coef"].shape[0] if kind == "mlp" else None

@@ -12,6 +12,7 @@ more than ``margin`` standard errors of the per-pair loss difference AND by at l
 best such expert. The prequential loss is an honest out-of-sample score (each pair is predicted before it
 updates anything), so switching on it keeps the profile no worse than its prior beyond noise.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -26,9 +27,11 @@ from .profile import HedgeProfile
 __all__ = ["EXPERTS", "OnlineResidual", "OnlineProfile"]
 
 #: residual experts: prior variances of the blocks (see heads.adapt); "pca" is used only with a basis
-EXPERTS: Dict[str, Dict[str, float]] = {"residual-small": {"scale": 1.0, "pca": 1.0, "iso": 0.1},
-                                        "residual-medium": {"scale": 1.0, "pca": 3.0, "iso": 0.3},
-                                        "residual-large": {"scale": 4.0, "pca": 3.0, "iso": 1.0}}
+EXPERTS: Dict[str, Dict[str, float]] = {
+    "residual-small": {"scale": 1.0, "pca": 1.0, "iso": 0.1},
+    "residual-medium": {"scale": 1.0, "pca": 3.0, "iso": 0.3},
+    "residual-large": {"scale": 4.0, "pca": 3.0, "iso": 1.0},
+}
 
 
 class OnlineResidual:
@@ -72,7 +75,7 @@ class OnlineResidual:
         self.X = {k: (np.vstack([self.X[k], v]) if k in self.X else v) for k, v in new.items()}
         self.m = np.concatenate([self.m, np.asarray(m, dtype=np.float64)])
         a0 = np.concatenate([self.a, np.zeros(len(m))])
-        with thread_limit(self.m.size ** 2):
+        with thread_limit(self.m.size**2):
             self._fit = laplace_mode(self._cross(self.X, self.X), self.m, a0=a0)
         self.a = self._fit.a
         return self
@@ -98,15 +101,26 @@ class OnlineProfile:
     Attributes: ``losses_`` {expert: (n,) per-pair prequential log-loss}, ``served_`` (expert name), ``n_seen_``.
     """
 
-    def __init__(self, prior: Optional[np.ndarray], scales: Dict[str, float], pca: Optional[np.ndarray] = None,
-                 experts: Optional[Dict[str, Dict[str, float]]] = None, tau: float = 1.0, margin: float = 1.0,
-                 min_gain: float = 1.0, force: Optional[str] = None, n_heads: Optional[int] = None):
+    def __init__(
+        self,
+        prior: Optional[np.ndarray],
+        scales: Dict[str, float],
+        pca: Optional[np.ndarray] = None,
+        experts: Optional[Dict[str, Dict[str, float]]] = None,
+        tau: float = 1.0,
+        margin: float = 1.0,
+        min_gain: float = 1.0,
+        force: Optional[str] = None,
+        n_heads: Optional[int] = None,
+    ):
         self.hedge = HedgeProfile(tau=tau, prior=prior, n_heads=n_heads)
         self.pi0 = np.exp(self.hedge.log_weights_)
         self.margin, self.min_gain, self.force = margin, min_gain, force
         specs = EXPERTS if experts is None else experts
-        self.experts = {k: OnlineResidual({b: v for b, v in var.items() if b != "pca" or pca is not None},
-                                          scales, pca) for k, var in specs.items()}
+        self.experts = {
+            k: OnlineResidual({b: v for b, v in var.items() if b != "pca" or pca is not None}, scales, pca)
+            for k, var in specs.items()
+        }
         self.losses_: Dict[str, list] = {"prior": [], **{k: [] for k in self.experts}}
         self.n_seen_ = 0
         self.served_ = "prior" if force != "residual" else next(iter(self.experts))
@@ -127,7 +141,7 @@ class OnlineProfile:
         D = np.atleast_2d(np.asarray(delta, dtype=np.float64))
         Z = np.atleast_2d(np.asarray(z, dtype=np.float64))
         for i in range(D.shape[0]):
-            d, zi = D[i:i + 1], Z[i:i + 1]
+            d, zi = D[i : i + 1], Z[i : i + 1]
             for name in self.losses_:
                 self.losses_[name].append(float(-np.log(max(self.predict_proba(d, zi, name)[0], 1e-300))))
             self.hedge.update(zi)
@@ -159,6 +173,10 @@ class OnlineProfile:
 
     def summary(self) -> dict:
         """JSON-able: served expert, prequential log-loss totals, pairs seen, Hedge state."""
-        return {"served": self.served_, "n_seen": self.n_seen_,
-                "prequential_logloss": {k: float(np.sum(v)) for k, v in self.losses_.items()},
-                "experts": {k: e.variances for k, e in self.experts.items()}, "hedge": self.hedge.to_dict()}
+        return {
+            "served": self.served_,
+            "n_seen": self.n_seen_,
+            "prequential_logloss": {k: float(np.sum(v)) for k, v in self.losses_.items()},
+            "experts": {k: e.variances for k, e in self.experts.items()},
+            "hedge": self.hedge.to_dict(),
+        }

@@ -11,6 +11,7 @@ z_ik = w_k . Delta_i, i.e. the reward difference of the weighted heads (logit sp
 ``hyre`` and ``best`` are fitted on the user's pairs, so for cross-validation :func:`fold_priors` refits them
 without each fold (rows 0..F-1) and on all pairs (row F).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence

@@ -22,6 +22,7 @@ confidently mislabelled one, after 3/4/5 pairs seen: tau = 0.1 -> 0.57/0.75/0.78
 tau = 5 -> 0.41/0.60/0.72. So tau = 1 is the best compromise: nearly as fast as small tau on clean streams
 and among the fastest to recover from a noisy pair; tau in [0.3, 2] behaves similarly, tau >= 5 is slow.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -125,9 +126,13 @@ class HedgeProfile:
         z = self._rows(head_logits, "head_logits")
         return np.exp(log_expit(z)) @ self.weights_
 
-    def learning_curve(self, head_logits_stream, head_logits_heldout,
-                       heldout_labels: Optional[np.ndarray] = None,
-                       stream_labels: Optional[np.ndarray] = None) -> np.ndarray:
+    def learning_curve(
+        self,
+        head_logits_stream,
+        head_logits_heldout,
+        heldout_labels: Optional[np.ndarray] = None,
+        stream_labels: Optional[np.ndarray] = None,
+    ) -> np.ndarray:
         """Held-out accuracy before any pair (index 0) and after each streamed pair (index t = pairs seen).
 
         Returns (T + 1,). Runs on a copy: this profile is not modified. Accuracy = fraction of held-out pairs
@@ -151,7 +156,7 @@ class HedgeProfile:
 
         out = [acc()]
         for t in range(zs.shape[0]):
-            tmp.update(zs[t], None if stream_labels is None else np.asarray(stream_labels).reshape(-1)[t:t + 1])
+            tmp.update(zs[t], None if stream_labels is None else np.asarray(stream_labels).reshape(-1)[t : t + 1])
             out.append(acc())
         return np.asarray(out)
 
@@ -163,10 +168,14 @@ class HedgeProfile:
     def to_dict(self) -> Dict[str, object]:
         """JSON-able state: kind, tau, weights, log_weights (None for an excluded head), n_seen, prior."""
         logw = None if self._logw is None else [None if not np.isfinite(v) else float(v) for v in self._logw]
-        return {"kind": "hedge", "tau": self.tau,
-                "weights": None if self._logw is None else [float(v) for v in np.exp(self._logw)],
-                "log_weights": logw, "n_seen": int(self.n_seen_),
-                "prior": None if self.prior is None else [float(v) for v in self.prior]}
+        return {
+            "kind": "hedge",
+            "tau": self.tau,
+            "weights": None if self._logw is None else [float(v) for v in np.exp(self._logw)],
+            "log_weights": logw,
+            "n_seen": int(self.n_seen_),
+            "prior": None if self.prior is None else [float(v) for v in self.prior],
+        }
 
     @classmethod
     def from_dict(cls, d: Dict[str, object]) -> "HedgeProfile":

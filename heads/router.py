@@ -36,6 +36,7 @@ weight on the right head / held-out routed accuracy minus the best single head's
 sentence-embedding-like features; an MLP gate on low-dimensional features starts to overfit the per-pair
 hard labels above ~2e-2 (pass ``lr=1e-2`` there); very low-dimensional features want more epochs or lr.
 """
+
 from __future__ import annotations
 
 from numbers import Integral, Real
@@ -171,9 +172,16 @@ class Router(BaseEstimator):
         "num_threads": [Interval(Integral, 1, None, closed="left"), None],
     }
 
-    def __init__(self, tau: float = TAU, epochs: int = ROUTER_EPOCHS, batch_size: int = ROUTER_BATCH,
-                 lr: float = ROUTER_LR, l2: float = 0.0, random_state: Optional[int] = 0,
-                 num_threads: Optional[int] = 1):
+    def __init__(
+        self,
+        tau: float = TAU,
+        epochs: int = ROUTER_EPOCHS,
+        batch_size: int = ROUTER_BATCH,
+        lr: float = ROUTER_LR,
+        l2: float = 0.0,
+        random_state: Optional[int] = 0,
+        num_threads: Optional[int] = 1,
+    ):
         self.tau = tau
         self.epochs = epochs
         self.batch_size = batch_size
@@ -184,8 +192,13 @@ class Router(BaseEstimator):
 
     # -- fit ------------------------------------------------------------------------------------
 
-    def fit(self, head_logits: np.ndarray, context_features: Optional[np.ndarray],
-            init_gate_params: Dict[str, np.ndarray], gate_kind: Optional[str] = None) -> "Router":
+    def fit(
+        self,
+        head_logits: np.ndarray,
+        context_features: Optional[np.ndarray],
+        init_gate_params: Dict[str, np.ndarray],
+        gate_kind: Optional[str] = None,
+    ) -> "Router":
         """Route: start from a copy of ``init_gate_params`` and train it on the routing soft labels.
 
         head_logits (N, K): frozen heads' logits z on the routing pairs (Delta = winner - loser).
@@ -237,7 +250,7 @@ class Router(BaseEstimator):
             perm = rng.permutation(n)
             tot = 0.0
             for s in range(0, n, bs):
-                idx = torch.from_numpy(perm[s:s + bs])
+                idx = torch.from_numpy(perm[s : s + bs])
                 xb = None if Xt is None else Xt[idx]
                 logits = gate_logits_torch(tp, xb, n_rows=len(idx))
                 ce = -(omega[idx] * torch.log_softmax(logits, dim=1)).sum(1).mean()
@@ -281,8 +294,9 @@ class Router(BaseEstimator):
         if z.shape[1] != self.n_components_:
             raise ValueError(f"head_logits has K = {z.shape[1]} heads but the router has {self.n_components_}")
         if context_features is not None and np.asarray(context_features).shape[0] != z.shape[0]:
-            raise ValueError(f"context_features has {np.asarray(context_features).shape[0]} rows "
-                             f"but head_logits has {z.shape[0]}")
+            raise ValueError(
+                f"context_features has {np.asarray(context_features).shape[0]} rows but head_logits has {z.shape[0]}"
+            )
         f = self.gate_weights(context_features, n_rows=z.shape[0])
         return (f * expit(z)).sum(axis=1)
 
@@ -291,8 +305,9 @@ class Router(BaseEstimator):
 # routing budget
 
 
-def draw_budget(groups: np.ndarray, budget_per_group: int,
-                rng: Union[np.random.Generator, int, None] = None) -> Tuple[np.ndarray, Dict[object, int]]:
+def draw_budget(
+    groups: np.ndarray, budget_per_group: int, rng: Union[np.random.Generator, int, None] = None
+) -> Tuple[np.ndarray, Dict[object, int]]:
     """Sample ``budget_per_group`` pairs (without replacement) from every group.
 
     Returns ``(idx, short)``: ``idx`` the sorted row indices drawn (all of a group's rows when it has fewer

@@ -12,6 +12,7 @@ when the validation log-likelihood stops improving, and the search walks a log g
 end, then tries the best point's half-decade neighbours. Restarts run at the first candidate only; the others
 start from its best restart. The chosen point is refitted on all pairs by the caller.
 """
+
 from __future__ import annotations
 
 import time
@@ -48,7 +49,7 @@ def prompt_groups(prompt: Optional[np.ndarray], n: int) -> np.ndarray:
     sig = np.empty((n, 2))
     step = max(256, (1 << 23) // (8 * prompt.shape[1]))
     for s in range(0, n, step):
-        sig[s:s + step] = np.asarray(prompt[s:s + step], dtype=np.float64) @ R
+        sig[s : s + step] = np.asarray(prompt[s : s + step], dtype=np.float64) @ R
     return np.unique(sig, axis=0, return_inverse=True)[1].ravel()
 
 
@@ -61,7 +62,7 @@ def holdout_rows(groups: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray
     val_groups = u < frac
     if len(uniq) >= 2 and (val_groups.all() or not val_groups.any()):
         val_groups = np.zeros(len(uniq), bool)
-        val_groups[np.argsort(u)[:max(1, int(round(frac * len(uniq))))]] = True
+        val_groups[np.argsort(u)[: max(1, int(round(frac * len(uniq))))]] = True
     val = val_groups[inv]
     return np.flatnonzero(~val), np.flatnonzero(val)
 
@@ -81,9 +82,16 @@ class PathPoint:
     theta: np.ndarray = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        return {"c": self.c, "l2": self.l2, "gate_l2": self.gate_l2, "val_loglik": self.val_loglik,
-                "n_iter": self.n_iter, "best_iter": self.best_iter, "stopped_early": self.stopped_early,
-                "seconds": self.seconds}
+        return {
+            "c": self.c,
+            "l2": self.l2,
+            "gate_l2": self.gate_l2,
+            "val_loglik": self.val_loglik,
+            "n_iter": self.n_iter,
+            "best_iter": self.best_iter,
+            "stopped_early": self.stopped_early,
+            "seconds": self.seconds,
+        }
 
 
 def best_point(points: Sequence[PathPoint], tol: float = MIN_GAIN) -> PathPoint:
@@ -96,8 +104,9 @@ def best_point(points: Sequence[PathPoint], tol: float = MIN_GAIN) -> PathPoint:
     return best
 
 
-def l2_path(fit: Callable[[float], "object"], scales: tuple[float, float], start: float = C_START,
-            refine: bool = True) -> List[PathPoint]:
+def l2_path(
+    fit: Callable[[float], "object"], scales: tuple[float, float], start: float = C_START, refine: bool = True
+) -> List[PathPoint]:
     """Search the relative L2 on a log grid. ``fit(c)`` fits relative L2 ``c`` from the initialisation with early
     stopping and returns a :class:`heads.em.EMResult`; ``scales`` = (s_D, s_X). Starts at ``start`` and its two
     decade neighbours, walks a decade at a time towards the better end while that keeps improving (within
@@ -107,10 +116,17 @@ def l2_path(fit: Callable[[float], "object"], scales: tuple[float, float], start
     def run(c: float) -> PathPoint:
         t0 = time.perf_counter()
         res = fit(c)
-        pt = PathPoint(c=float(c), l2=float(c * scales[0]), gate_l2=float(c * scales[1]),
-                       val_loglik=float(max(res.val_history)), n_iter=int(res.n_iter),
-                       best_iter=int(res.best_iter or 0), seconds=time.perf_counter() - t0,
-                       stopped_early=bool(res.stopped_early), theta=res.theta)
+        pt = PathPoint(
+            c=float(c),
+            l2=float(c * scales[0]),
+            gate_l2=float(c * scales[1]),
+            val_loglik=float(max(res.val_history)),
+            n_iter=int(res.n_iter),
+            best_iter=int(res.best_iter or 0),
+            seconds=time.perf_counter() - t0,
+            stopped_early=bool(res.stopped_early),
+            theta=res.theta,
+        )
         points.append(pt)
         return pt
 

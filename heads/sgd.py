@@ -7,6 +7,7 @@ a per-epoch shuffle. Per minibatch B the loss is
 + (gate_l2/2)||gate W||^2``,
 an unbiased estimate of the full objective L.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,9 +21,17 @@ from .gate import PENALISED, gate_logits_torch
 from .objective import Problem
 
 
-def run_adamw(prob: Problem, theta0: np.ndarray, *, epochs: int = 1, batch_size: int = 32, lr: float = 2e-3,
-              warmup: float = 0.05, seed: int = 0,
-              on_epoch: Optional[Callable[[int, np.ndarray], None]] = None) -> Tuple[np.ndarray, List[float]]:
+def run_adamw(
+    prob: Problem,
+    theta0: np.ndarray,
+    *,
+    epochs: int = 1,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    warmup: float = 0.05,
+    seed: int = 0,
+    on_epoch: Optional[Callable[[int, np.ndarray], None]] = None,
+) -> Tuple[np.ndarray, List[float]]:
     """Train from theta0; returns (theta, [full objective after each epoch])."""
     dtype = torch.float64 if prob.np_dtype == np.float64 else torch.float32
     W0, g0 = prob.packer.unpack(theta0)
@@ -51,7 +60,7 @@ def run_adamw(prob: Problem, theta0: np.ndarray, *, epochs: int = 1, batch_size:
     for ep in range(int(epochs)):
         perm = torch.randperm(n, generator=gen).numpy()
         for s in range(0, n, batch_size):
-            idx = perm[s:s + batch_size]
+            idx = perm[s : s + batch_size]
             Db, Xb = prob.batch(idx)
             z = Db @ W.T
             logf = torch.log_softmax(gate_logits_torch(gp, Xb, n_rows=len(idx)), dim=1)

@@ -8,6 +8,7 @@
 Both return a :class:`heads.em.EMResult`. Their fields are the optimiser's internals (L-BFGS memory, line-search
 criterion, M-step counts, AdamW schedule): set them only to study the optimiser.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -47,20 +48,67 @@ class EMSolver:
         """Iterations each restart runs before only the leader goes on (None: no screening)."""
         return self.screen_iter if (self.screen_iter and n_restarts > 1 and n_components > 1) else None
 
-    def run(self, prob: Problem, theta0: np.ndarray, r0: Optional[np.ndarray], *, max_iter: int, tol: float,
-            seed: int, val: Optional[Problem] = None, patience: int = 10,
-            on_iter: Optional[Callable[[int, float], None]] = None, verbose: int = 0) -> EMResult:
+    def run(
+        self,
+        prob: Problem,
+        theta0: np.ndarray,
+        r0: Optional[np.ndarray],
+        *,
+        max_iter: int,
+        tol: float,
+        seed: int,
+        val: Optional[Problem] = None,
+        patience: int = 10,
+        on_iter: Optional[Callable[[int, float], None]] = None,
+        verbose: int = 0,
+    ) -> EMResult:
         """One restart from (theta0, first responsibilities r0 (n, K) or None)."""
-        return run_em(prob, theta0, r0, max_iter=max_iter, tol=tol, m_steps=self.m_steps,
-                      init_m_steps=self.init_m_steps, memory=self.memory, accept=self.accept, on_iter=on_iter,
-                      verbose=verbose, val=val, patience=patience)
+        return run_em(
+            prob,
+            theta0,
+            r0,
+            max_iter=max_iter,
+            tol=tol,
+            m_steps=self.m_steps,
+            init_m_steps=self.init_m_steps,
+            memory=self.memory,
+            accept=self.accept,
+            on_iter=on_iter,
+            verbose=verbose,
+            val=val,
+            patience=patience,
+        )
 
-    def resume(self, prob: Problem, theta: np.ndarray, *, max_iter: int, tol: float, val: Optional[Problem] = None,
-               patience: int = 10, on_iter=None, verbose: int = 0, warm: bool = False) -> EMResult:
+    def resume(
+        self,
+        prob: Problem,
+        theta: np.ndarray,
+        *,
+        max_iter: int,
+        tol: float,
+        val: Optional[Problem] = None,
+        patience: int = 10,
+        on_iter=None,
+        verbose: int = 0,
+        warm: bool = False,
+    ) -> EMResult:
         """Continue from theta (no first M-step): the screened leader, or a refit."""
-        return run_em(prob, theta, None, max_iter=max_iter, tol=tol, m_steps=self.m_steps, init_m_steps=0,
-                      memory=self.memory, accept=self.accept, on_iter=on_iter, verbose=verbose, val=val,
-                      patience=patience, warm=warm)
+        return run_em(
+            prob,
+            theta,
+            None,
+            max_iter=max_iter,
+            tol=tol,
+            m_steps=self.m_steps,
+            init_m_steps=0,
+            memory=self.memory,
+            accept=self.accept,
+            on_iter=on_iter,
+            verbose=verbose,
+            val=val,
+            patience=patience,
+            warm=warm,
+        )
 
     def to_dict(self) -> dict:
         return {"name": self.name, **asdict(self)}
@@ -93,12 +141,21 @@ class AdamWSolver(EMSolver):
 
         start = run_em(prob, theta0, r0, max_iter=0, init_m_steps=self.init_m_steps, memory=self.memory)
         cb = (lambda ep, th: on_iter(ep, prob.evaluate(th, grads=()).L)) if on_iter else None
-        theta, hist = run_adamw(prob, start.theta, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                                seed=seed, on_epoch=cb)
+        theta, hist = run_adamw(
+            prob, start.theta, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed, on_epoch=cb
+        )
         final = prob.evaluate(theta, grads=())
         vh = [val.heldout_score(theta)] if val is not None else []
-        return EMResult(theta=theta, objective=final.L, history=start.history + hist, converged=True,
-                        n_iter=int(self.epochs), final=final, val_history=vh, best_iter=len(vh) - 1 if vh else None)
+        return EMResult(
+            theta=theta,
+            objective=final.L,
+            history=start.history + hist,
+            converged=True,
+            n_iter=int(self.epochs),
+            final=final,
+            val_history=vh,
+            best_iter=len(vh) - 1 if vh else None,
+        )
 
 
 SOLVERS = {"em": EMSolver, "adamw": AdamWSolver}

@@ -20,6 +20,7 @@ small noise).
 5. ``bayes_proba`` = sum_k f_k(x) sigma(w_k . delta): the probability of the observed outcome under the
    true parameters; ``bayes_accuracy`` = mean(bayes_proba > 0.5), the accuracy of the true model.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -58,9 +59,20 @@ def true_heads(rng: np.random.Generator, d: int, k: int, separation: float, shar
     return separation * (np.sqrt(shared) * U[0][None, :] + np.sqrt(1.0 - shared) * U[1:])
 
 
-def make_mixture(n: int = 20000, d: int = 16, p: int = 8, k: int = 3, seed: int = 0, separation: float = 4.0,
-                 shared: float = 0.2, cluster_sep: float = 4.0, feature_scale: float = 1.0,
-                 dtype=np.float64, rank: Optional[int] = None, noise: float = 0.1) -> Dict[str, np.ndarray]:
+def make_mixture(
+    n: int = 20000,
+    d: int = 16,
+    p: int = 8,
+    k: int = 3,
+    seed: int = 0,
+    separation: float = 4.0,
+    shared: float = 0.2,
+    cluster_sep: float = 4.0,
+    feature_scale: float = 1.0,
+    dtype=np.float64,
+    rank: Optional[int] = None,
+    noise: float = 0.1,
+) -> Dict[str, np.ndarray]:
     """Sample n pairs. Returns dict(delta (n, d), prompt (n, p), groups (n,), true_coef (k, d),
     true_gate_params {"coef", "intercept"}, bayes_proba (n,), bayes_accuracy float, clusters (n,))."""
     rng = np.random.default_rng(seed)
@@ -96,8 +108,16 @@ def make_mixture(n: int = 20000, d: int = 16, p: int = 8, k: int = 3, seed: int 
         z = (D @ W.T.astype(D.dtype)).astype(np.float64)
         f = gate_weights(gate, X)
     bayes = np.sum(f / (1.0 + np.exp(-z)), axis=1)
-    return {"delta": D, "prompt": X, "groups": groups, "clusters": clusters, "true_coef": W,
-            "true_gate_params": gate, "bayes_proba": bayes, "bayes_accuracy": float(np.mean(bayes > 0.5))}
+    return {
+        "delta": D,
+        "prompt": X,
+        "groups": groups,
+        "clusters": clusters,
+        "true_coef": W,
+        "true_gate_params": gate,
+        "bayes_proba": bayes,
+        "bayes_accuracy": float(np.mean(bayes > 0.5)),
+    }
 
 
 def bayes_accuracy(data: Dict[str, np.ndarray]) -> float:
@@ -107,14 +127,33 @@ def bayes_accuracy(data: Dict[str, np.ndarray]) -> float:
     return float(np.mean(np.sum(f / (1.0 + np.exp(-z)), axis=1) > 0.5))
 
 
-def make_helpsteer2_like(n: int = 23500, d: int = 3072, p: int = 3072, k: int = 10, seed: int = 0,
-                         separation: float = 4.0, shared: float = 0.3, rank: Optional[int] = 256,
-                         noise: float = 0.1) -> Dict[str, np.ndarray]:
+def make_helpsteer2_like(
+    n: int = 23500,
+    d: int = 3072,
+    p: int = 3072,
+    k: int = 10,
+    seed: int = 0,
+    separation: float = 4.0,
+    shared: float = 0.3,
+    rank: Optional[int] = 256,
+    noise: float = 0.1,
+) -> Dict[str, np.ndarray]:
     """HelpSteer2-sized benchmark data (n=23,500 pairs, 3,072-d features, float32), generated in seconds.
     By default embedding-like: a 256-d latent signal in 3,072 dimensions plus isotropic noise (rank=None:
     isotropic Gaussian features, the hardest case)."""
-    return make_mixture(n=n, d=d, p=p, k=k, seed=seed, separation=separation, shared=shared,
-                        cluster_sep=4.0, dtype=np.float32, rank=rank, noise=noise)
+    return make_mixture(
+        n=n,
+        d=d,
+        p=p,
+        k=k,
+        seed=seed,
+        separation=separation,
+        shared=shared,
+        cluster_sep=4.0,
+        dtype=np.float32,
+        rank=rank,
+        noise=noise,
+    )
 
 
 def split(data: Dict[str, np.ndarray], n_train: int):
@@ -130,11 +169,30 @@ def split(data: Dict[str, np.ndarray], n_train: int):
     return tr, te
 
 
-def make_llm_like(n: int = 10000, d: int = 2048, k: int = 4, seed: int = 0, rank: int = 32, noise: float = 0.5,
-                  separation: float = 3.0, dtype=np.float32) -> Dict[str, np.ndarray]:
+def make_llm_like(
+    n: int = 10000,
+    d: int = 2048,
+    k: int = 4,
+    seed: int = 0,
+    rank: int = 32,
+    noise: float = 0.5,
+    separation: float = 3.0,
+    dtype=np.float32,
+) -> Dict[str, np.ndarray]:
     """LLM-width preference features: d = p wide (2,048-4,096 like 3B-8B decoders), the true heads and gate live in
     a ``rank``-dimensional subspace and every coordinate carries isotropic noise of std ``noise`` (most of the
     features' norm is noise: a fit without the right regularisation memorises the train pairs). K context-gated
     heads; see :func:`make_mixture` for the story."""
-    return make_mixture(n=n, d=d, p=d, k=k, seed=seed, separation=separation, shared=0.2, cluster_sep=4.0,
-                        dtype=dtype, rank=rank, noise=noise)
+    return make_mixture(
+        n=n,
+        d=d,
+        p=d,
+        k=k,
+        seed=seed,
+        separation=separation,
+        shared=0.2,
+        cluster_sep=4.0,
+        dtype=dtype,
+        rank=rank,
+        noise=noise,
+    )

@@ -13,6 +13,7 @@ standard errors of the per-pair difference (so a user whom the heads already fit
 ``"mixture"`` / ``"residual"`` force one. Either way the fitted user model is one reward
 r_u(x, a) = sum_k (g f_k(x, c) + omega_k) r_k(x, a) + v . phi(x, a) (``g = 1, omega = 0, v = 0`` for mixture).
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -58,9 +59,17 @@ class UserAdapter:
     for mixture, the Stage-1 gate's for residual), ``coef_`` (d,) v, ``rule_`` ("mixture" | "logit").
     """
 
-    def __init__(self, adapt: str = "auto", priors: Sequence[str] = PRIORS_DEFAULT, grid: Optional[dict] = None,
-                 n_folds: int = 5, combine: str = "average", margin: float = 1.0, router: Optional[dict] = None,
-                 random_state: int = 0):
+    def __init__(
+        self,
+        adapt: str = "auto",
+        priors: Sequence[str] = PRIORS_DEFAULT,
+        grid: Optional[dict] = None,
+        n_folds: int = 5,
+        combine: str = "average",
+        margin: float = 1.0,
+        router: Optional[dict] = None,
+        random_state: int = 0,
+    ):
         self.adapt, self.priors, self.grid, self.n_folds = adapt, priors, grid, n_folds
         self.combine, self.margin, self.router, self.random_state = combine, margin, router, random_state
 
@@ -82,8 +91,9 @@ class UserAdapter:
         r = Router(**(self.router or {}), random_state=seed)
         return r.fit(z[rows], None if route_x is None else route_x[rows], gate_params, kind)
 
-    def fit(self, delta, heads, gate_params: Dict[str, np.ndarray], gate_x=None, route_x=None, pca=None,
-            fold_groups=None) -> "UserAdapter":
+    def fit(
+        self, delta, heads, gate_params: Dict[str, np.ndarray], gate_x=None, route_x=None, pca=None, fold_groups=None
+    ) -> "UserAdapter":
         from .gate import gate_kind
 
         D, W = self._check(delta, heads)
@@ -94,7 +104,7 @@ class UserAdapter:
         folds = kfold(n, self.n_folds, self.random_state, fold_groups)
         self.cv_ = {}
         seed = int(self.random_state)
-        if self.adapt != "residual":             # routing, and its CV (one router per fold)
+        if self.adapt != "residual":  # routing, and its CV (one router per fold)
             ll = np.zeros(n)
             for te in folds:
                 tr = np.setdiff1d(np.arange(n), te)
@@ -106,8 +116,9 @@ class UserAdapter:
         self.residual_ = None
         if self.adapt != "mixture":
             pri = fold_priors(self.priors, z, folds, f_stage1)
-            self.residual_ = ResidualBT(grid=GRID if self.grid is None else self.grid, combine=self.combine,
-                                        random_state=seed).fit(D, pri, pca=pca, folds=folds)
+            self.residual_ = ResidualBT(
+                grid=GRID if self.grid is None else self.grid, combine=self.combine, random_state=seed
+            ).fit(D, pri, pca=pca, folds=folds)
             self.cv_["residual"] = self.residual_.cv_pairs_
         self.choice_ = self._choose()
         self._export(z, gate_params)

@@ -1,4 +1,5 @@
 """Input checks shared by the estimators: each failure is a ValueError with one clear line."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -30,7 +31,7 @@ def as_matrix(X, name: str) -> np.ndarray:
 def _finite_rows_chunked(A: np.ndarray, rows: int = 4096) -> np.ndarray:
     out = np.empty(A.shape[0], dtype=bool)
     for s in range(0, A.shape[0], rows):
-        out[s:s + rows] = np.isfinite(A[s:s + rows]).all(axis=1)
+        out[s : s + rows] = np.isfinite(A[s : s + rows]).all(axis=1)
     return out
 
 

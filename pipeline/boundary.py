@@ -4,6 +4,7 @@ User and environment errors (MicroError, OSError, usage errors, a ValueError rai
 are one line ``error: ...`` with exit code 2, Ctrl-C exit code 130; anything else is a bug, reported in one line with
 exit code 1. ``MICRO_DEBUG=1`` or ``--debug`` anywhere on the command line shows the traceback.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,14 +64,17 @@ def classify(exc: BaseException) -> tuple[int, str | None]:
         if type(exc).__name__ == "NoArgsIsHelpError":  # `micro` alone: the help is the message
             exc.show()
             return exc.exit_code or 2, None
-        return exc.exit_code or 2, (f"error: {exc.format_message()}"
-                                    + (f" (see '{ctx.command_path} --help')" if ctx else ""))
+        return exc.exit_code or 2, (
+            f"error: {exc.format_message()}" + (f" (see '{ctx.command_path} --help')" if ctx else "")
+        )
     if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
         return exc.exit_code, None
     if isinstance(exc, ValueError) and raised_in_heads(exc):  # the math refuses its input: a user error
         return 2, f"error: {first_line(exc)}"
-    return 1, (f"error: internal error ({type(exc).__name__}: {first_line(exc)}); this is a bug: rerun with "
-               "MICRO_DEBUG=1 for the traceback and report it")
+    return 1, (
+        f"error: internal error ({type(exc).__name__}: {first_line(exc)}); this is a bug: rerun with "
+        "MICRO_DEBUG=1 for the traceback and report it"
+    )
 
 
 def run(app, argv: list[str]) -> None:

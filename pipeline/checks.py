@@ -2,6 +2,7 @@
 
 Each check returns the (normalised) value or raises :class:`OptionError` / :class:`OutputError` naming the option.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,16 @@ def integer(value, option: str, minimum: int = 1, maximum: int | None = None, op
     return value
 
 
-def number(value, option: str, *, low: float | None = None, low_open: bool = False, high: float | None = None,
-           high_open: bool = False, optional: bool = False):
+def number(
+    value,
+    option: str,
+    *,
+    low: float | None = None,
+    low_open: bool = False,
+    high: float | None = None,
+    high_open: bool = False,
+    optional: bool = False,
+):
     """``value`` as a finite float within the bounds (open bounds exclude the end)."""
     if value is None and optional:
         return None
@@ -110,8 +119,10 @@ def out_file(path, option: str = "--out", suffixes: Iterable[str] | None = None)
     if suffixes is not None:
         suffixes = tuple(suffixes)
         if path.suffix.lower() not in suffixes:
-            raise OutputError(f"{option} {path}: the output is written as {'/'.join(s.lstrip('.') for s in suffixes)}"
-                              f"; give a file name ending in {' or '.join(suffixes)}")
+            raise OutputError(
+                f"{option} {path}: the output is written as {'/'.join(s.lstrip('.') for s in suffixes)}"
+                f"; give a file name ending in {' or '.join(suffixes)}"
+            )
     if path.is_dir():
         raise OutputError(f"{option} {path}: is a folder, not a file")
     anc = _existing_ancestor(path.parent)

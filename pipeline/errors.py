@@ -3,6 +3,7 @@
 Every subclass is a :class:`MicroError`; the subclass says what kind of problem it is, for callers that want to
 tell them apart (the CLI treats them all the same way).
 """
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ cannot tell the groups apart cannot learn opposite heads). Stage-1 data carries 
 (``topic=True``) so the heads specialise; user data has neutral prompts ("question <id>") and the group only in
 the context, so a prompt-reading Stage-1 gate is blind on it and a router on context+prompt is not.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,14 @@ class AttrBackend(PlainTextBackend):
         return [t for c in self.calls for t in c]
 
     def fingerprint(self) -> dict:
-        return {"backend": self.name, "model": "attrs", "tag": self.tag, "dim": DIM, "max_length": self.max_length,
-                "chat_template": None}
+        return {
+            "backend": self.name,
+            "model": "attrs",
+            "tag": self.tag,
+            "dim": DIM,
+            "max_length": self.max_length,
+            "chat_template": None,
+        }
 
     @staticmethod
     def vector(t: str) -> np.ndarray:
@@ -69,9 +76,16 @@ class AttrBackend(PlainTextBackend):
         self.closed += 1
 
 
-def synthetic_rows(n_per_group: int = 120, test_frac: float = 0.35, seed: int = 0, groups=GROUPS,
-                   with_context: bool = True, prefix: str = "", split: str | None = None,
-                   topic: bool = False) -> list[dict]:
+def synthetic_rows(
+    n_per_group: int = 120,
+    test_frac: float = 0.35,
+    seed: int = 0,
+    groups=GROUPS,
+    with_context: bool = True,
+    prefix: str = "",
+    split: str | None = None,
+    topic: bool = False,
+) -> list[dict]:
     """Pair rows of groups with disagreeing preferences (BT label noise), contexts 'criterion for gK'."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -82,13 +96,18 @@ def synthetic_rows(n_per_group: int = 120, test_frac: float = 0.35, seed: int = 
             first = rng.random() < 1.0 / (1.0 + math.exp(-u))
             ch, rj = (a, b) if first else (b, a)
             pid = f"{prefix}{g}-{i}"
-            rows.append({
-                "pair_id": pid,
-                "prompt": [{"role": "user", "content": f"question {pid}" + (f" topic t{g[1:]}" if topic else "")}],
-                "chosen": f"answer {pid} one attrs {ch[0]:.4f} {ch[1]:.4f} {ch[2]:.4f}",
-                "rejected": f"answer {pid} two attrs {rj[0]:.4f} {rj[1]:.4f} {rj[2]:.4f}",
-                "group": g, "context": f"criterion for {g}" if with_context else None,
-                "split": split or ("test" if i < test_frac * n_per_group else "train"), "source": "synthetic"})
+            rows.append(
+                {
+                    "pair_id": pid,
+                    "prompt": [{"role": "user", "content": f"question {pid}" + (f" topic t{g[1:]}" if topic else "")}],
+                    "chosen": f"answer {pid} one attrs {ch[0]:.4f} {ch[1]:.4f} {ch[2]:.4f}",
+                    "rejected": f"answer {pid} two attrs {rj[0]:.4f} {rj[1]:.4f} {rj[2]:.4f}",
+                    "group": g,
+                    "context": f"criterion for {g}" if with_context else None,
+                    "split": split or ("test" if i < test_frac * n_per_group else "train"),
+                    "source": "synthetic",
+                }
+            )
     return rows
 
 
@@ -106,8 +125,9 @@ def write_jsonl(rows: list[dict], path: Path, drop=("pair_id", "source")) -> Pat
     return path
 
 
-def make_bundle(root: Path, rows: list[dict], *, gate_input: str = "prompt", k: int = 3, name: str = "bundle",
-                **fit_kw) -> Path:
+def make_bundle(
+    root: Path, rows: list[dict], *, gate_input: str = "prompt", k: int = 3, name: str = "bundle", **fit_kw
+) -> Path:
     """Embed ``rows`` with AttrBackend into ``root/cache`` and fit a bundle at ``root/name``."""
     from pipeline.embed.embed import embed_pairs
     from pipeline.fit.fit import fit_run

@@ -6,6 +6,7 @@ linear gate reads p-dimensional context features. A user "in the span" prefers o
 the span" prefers a latent direction orthogonal to every head. Labels are Bradley-Terry draws from the user's
 true head; ``delta`` is always winner - loser.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,10 +19,10 @@ class World:
 
     def __init__(self, seed: int = 0):
         rng = np.random.default_rng(seed)
-        self.B = np.linalg.qr(rng.standard_normal((D_FEAT, RANK)))[0]             # (d, r)
-        A = np.linalg.qr(rng.standard_normal((RANK, K_HEADS + 1)))[0].T * 3.0    # (K+1, r) orthogonal
-        self.W = A[:K_HEADS] @ self.B.T                                        # Stage-1 heads (K, d)
-        self.outside = A[K_HEADS] @ self.B.T                                   # a head outside their span
+        self.B = np.linalg.qr(rng.standard_normal((D_FEAT, RANK)))[0]  # (d, r)
+        A = np.linalg.qr(rng.standard_normal((RANK, K_HEADS + 1)))[0].T * 3.0  # (K+1, r) orthogonal
+        self.W = A[:K_HEADS] @ self.B.T  # Stage-1 heads (K, d)
+        self.outside = A[K_HEADS] @ self.B.T  # a head outside their span
         self.C = rng.standard_normal((K_HEADS, P_CTX)) * 2.0
         self.gate = {"coef": self.C, "intercept": np.zeros(K_HEADS)}
 

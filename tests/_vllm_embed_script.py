@@ -3,6 +3,7 @@
 usage: python tests/_vllm_embed_script.py MODEL_DIR OUT_DIR [MAX_LENGTH]
 Writes OUT_DIR/emb.npy, OUT_DIR/meta.json (inputs, token_lengths, fingerprint, dim, max_length).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,17 @@ import numpy as np  # noqa: E402
 
 CONVERSATIONS = [
     ([{"role": "user", "content": "hello world"}], "the fox"),
-    ([{"role": "system", "content": "prefers concise answers"},
-      {"role": "user", "content": "what is the capital of france ?"}], "paris is the capital of france ."),
-    ([{"role": "user", "content": "please write a short poem about the sea and the sky"}],
-     " ".join(["the sea and the sky"] * 30)),  # longer than the max_length below: truncated
+    (
+        [
+            {"role": "system", "content": "prefers concise answers"},
+            {"role": "user", "content": "what is the capital of france ?"},
+        ],
+        "paris is the capital of france .",
+    ),
+    (
+        [{"role": "user", "content": "please write a short poem about the sea and the sky"}],
+        " ".join(["the sea and the sky"] * 30),
+    ),  # longer than the max_length below: truncated
     ([{"role": "user", "content": "explain gradient descent"}], "a helpful assistant answers questions clearly"),
 ]
 
@@ -31,8 +39,15 @@ def main() -> None:
     max_length = int(sys.argv[3]) if len(sys.argv) > 3 else None
     t0 = time.time()
     # the engine settings of `micro embed --backend vllm` (none of them changes the vectors or the fingerprint)
-    be = VLLMBackend(model, max_length=max_length, dtype="float32", enforce_eager=True,  # no torch.compile warm-up
-                     max_model_len=2 * (max_length or 256), max_num_batched_tokens=1024, gpu_memory_utilization=0.2)
+    be = VLLMBackend(
+        model,
+        max_length=max_length,
+        dtype="float32",
+        enforce_eager=True,  # no torch.compile warm-up
+        max_model_len=2 * (max_length or 256),
+        max_num_batched_tokens=1024,
+        gpu_memory_utilization=0.2,
+    )
     t1 = time.time()
     inputs = []
     for prompt, response in CONVERSATIONS:
@@ -46,9 +61,16 @@ def main() -> None:
     assert np.array_equal(be.embed_prepared(prepared), emb)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "emb.npy", emb)
-    meta = {"inputs": inputs, "token_lengths": be.token_lengths(inputs).tolist(), "fingerprint": be.fingerprint(),
-            "dim": be.dim, "max_length": be.max_length, "chunk_size": be.chunk_size,
-            "load_s": t1 - t0, "embed_s": t2 - t1}
+    meta = {
+        "inputs": inputs,
+        "token_lengths": be.token_lengths(inputs).tolist(),
+        "fingerprint": be.fingerprint(),
+        "dim": be.dim,
+        "max_length": be.max_length,
+        "chunk_size": be.chunk_size,
+        "load_s": t1 - t0,
+        "embed_s": t2 - t1,
+    }
     (out / "meta.json").write_text(json.dumps(meta))
     be.close()
 

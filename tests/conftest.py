@@ -1,4 +1,5 @@
 """Shared test fixtures."""
+
 from __future__ import annotations
 
 import os
@@ -35,18 +36,34 @@ def build_tiny_llama(path, seed: int = 0, chat_template: str | None = TINY_CHAT_
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.train_from_iterator(_CORPUS, trainers.WordLevelTrainer(special_tokens=specials))
     # add_special_tokens=True prepends BOS (the chat template writes its own BOS instead)
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                      special_tokens=[("<s>", tk.token_to_id("<s>"))])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  unk_token="<unk>", additional_special_tokens=specials[4:],
-                                  model_max_length=512)
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", tk.token_to_id("<s>"))]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=specials[4:],
+        model_max_length=512,
+    )
     if chat_template:
         tok.chat_template = chat_template
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(cfg).eval()
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
@@ -60,6 +77,7 @@ def tiny_llama_dir(tmp_path_factory):
 
 
 # --- embedding cache / micro embed fixtures (tests/test_store.py, test_embed.py, test_features.py) ---------------
+
 
 class PlainTextBackend:
     """Backend-protocol stand-in without a model: plain rendering, whitespace token counts; subclasses embed."""
@@ -93,8 +111,15 @@ class FakeBackend(PlainTextBackend):
 
     name = "fake"
 
-    def __init__(self, dim: int = 8, max_length: int = 10_000, chunk_size: int = 4, die_after: int | None = None,
-                 die_how: str = "sigkill", tag: str = "v1"):
+    def __init__(
+        self,
+        dim: int = 8,
+        max_length: int = 10_000,
+        chunk_size: int = 4,
+        die_after: int | None = None,
+        die_how: str = "sigkill",
+        tag: str = "v1",
+    ):
         self.dim, self.max_length, self.chunk_size = dim, max_length, chunk_size
         self.die_after, self.die_how, self.tag = die_after, die_how, tag
         self.calls: list[list[str]] = []
@@ -114,8 +139,14 @@ class FakeBackend(PlainTextBackend):
         return [t for c in self.calls for t in c]
 
     def fingerprint(self) -> dict:
-        return {"backend": self.name, "model": "sha256-uniform", "tag": self.tag, "dim": self.dim,
-                "max_length": self.max_length, "chat_template": None}
+        return {
+            "backend": self.name,
+            "model": "sha256-uniform",
+            "tag": self.tag,
+            "dim": self.dim,
+            "max_length": self.max_length,
+            "chat_template": None,
+        }
 
     def maybe_die(self, done: int) -> None:
         """Die as ``die_how`` says once ``done`` calls have finished and ``die_after`` is reached."""
@@ -156,8 +187,15 @@ class FakeTokenBackend(FakeBackend):
 
     name = "fake-tokens"
 
-    def __init__(self, *, max_batch_tokens: int = 64, capacity: int | None = None, packed: bool = False,
-                 max_batch_rows: int | None = None, **kw):
+    def __init__(
+        self,
+        *,
+        max_batch_tokens: int = 64,
+        capacity: int | None = None,
+        packed: bool = False,
+        max_batch_rows: int | None = None,
+        **kw,
+    ):
         super().__init__(**kw)
         self.max_batch_tokens, self.capacity, self.packed = max_batch_tokens, capacity, packed
         self.max_batch_rows = max_batch_rows
@@ -175,7 +213,7 @@ class FakeTokenBackend(FakeBackend):
         return cls.vector(" ".join(map(str, cls.ids_of(text))), dim)
 
     def encode(self, texts):
-        return [self.ids_of(t)[-self.max_length:] for t in texts]
+        return [self.ids_of(t)[-self.max_length :] for t in texts]
 
     def collate(self, ids):
         return list(ids)
@@ -213,10 +251,18 @@ def make_pair_rows(n_prompts: int = 3, *, context_every: int = 2) -> list[dict]:
         prompt = [{"role": "user", "content": f"question {p} about topic {p % 2}"}]
         for j in range(2):
             ctx = f"criterion {p % 2}: prefer short answers" if (p * 2 + j) % context_every == 0 else None
-            rows.append({"pair_id": f"p{p}-{j}", "prompt": prompt, "chosen": f"good answer {p}",
-                         "rejected": f"bad answer {p} variant {j} " + "word " * (3 * j + p),
-                         "group": f"g{p % 2}", "context": ctx, "split": "test" if p == 0 else "train",
-                         "source": "test"})
+            rows.append(
+                {
+                    "pair_id": f"p{p}-{j}",
+                    "prompt": prompt,
+                    "chosen": f"good answer {p}",
+                    "rejected": f"bad answer {p} variant {j} " + "word " * (3 * j + p),
+                    "group": f"g{p % 2}",
+                    "context": ctx,
+                    "split": "test" if p == 0 else "train",
+                    "source": "test",
+                }
+            )
     return rows
 
 

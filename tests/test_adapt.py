@@ -1,4 +1,5 @@
 """heads/adapt.py: ResidualBT (prior logit + block-Gaussian residual, CV-chosen), kfold, pca_basis."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,13 +14,13 @@ def test_kfold_partitions_and_keeps_groups_together():
     folds = kfold(23, 5, seed=1)
     assert len(folds) == 5 and sorted(np.concatenate(folds).tolist()) == list(range(23))
     assert max(map(len, folds)) - min(map(len, folds)) <= 1
-    groups = np.repeat(np.arange(8), 3)                      # 8 prompts x 3 pairs
+    groups = np.repeat(np.arange(8), 3)  # 8 prompts x 3 pairs
     folds = kfold(24, 5, seed=0, groups=groups)
     fold_of = np.empty(24, int)
     for j, f in enumerate(folds):
         fold_of[f] = j
     assert all(len(set(fold_of[groups == g])) == 1 for g in range(8))
-    assert len(kfold(4, 5, seed=0, groups=np.array([0, 0, 1, 1]))) == 2      # never more folds than groups
+    assert len(kfold(4, 5, seed=0, groups=np.array([0, 0, 1, 1]))) == 2  # never more folds than groups
 
 
 def test_pca_basis_recovers_the_latent_subspace():
@@ -41,7 +42,7 @@ def primal(D, m, P, var):
     prec = np.concatenate([np.full(blocks[k].shape[1], cs[k] / var[k]) for k in keys])
 
     t = np.zeros(X.shape[1])
-    for _ in range(20):                                       # Newton in the primal (a few thousand dims)
+    for _ in range(20):  # Newton in the primal (a few thousand dims)
         p = np.exp(logsig(m + X @ t))
         grad = X.T @ (1 - p) - prec * t
         H = (X * (p * (1 - p))[:, None]).T @ X + np.diag(prec)
@@ -69,7 +70,7 @@ def test_cv_choice_prefers_the_residual_only_when_it_predicts_better():
     D, _ = w.pairs(w.outside, 150, np.zeros(P_CTX), seed=4)
     Dt, _ = w.pairs(w.outside, 1000, np.zeros(P_CTX), seed=5)
     P = pca_basis(w.population(), 16)
-    wrong = D @ w.W[0]                                        # a head that knows nothing about this user
+    wrong = D @ w.W[0]  # a head that knows nothing about this user
     est = ResidualBT().fit(D, {"head0": wrong}, pca=P)
     assert any(v for k, v in est.variances_.items() if k != "scale")
     assert est.cv_loglik_ > est.cv_priors_["head0"].mean() + 0.1
@@ -86,7 +87,7 @@ def test_table_average_and_errors():
     D, _ = w.pairs(w.outside, 40, np.zeros(P_CTX), seed=8)
     est = ResidualBT(grid={"iso": (0.0, 1.0)}, combine="average").fit(D, {"none": np.zeros(40), "h": D @ w.W[2]})
     names = [(p, v["iso"]) for p, v, _ in est.cv_table_]
-    assert ("none", 0.0) not in names                     # "0.5 everywhere" is no candidate
+    assert ("none", 0.0) not in names  # "0.5 everywhere" is no candidate
     assert ("h", 0.0) in names and ("h", 1.0) in names and ("none", 1.0) in names
     assert est.candidate_weights_.sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no candidate model"):

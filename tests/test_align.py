@@ -17,7 +17,7 @@ def test_recovers_permutation():
 
 def test_cosine_matrix_and_errors():
     C = cosine_matrix(np.eye(2), np.array([[1.0, 1.0], [0.0, 0.0]]))
-    np.testing.assert_allclose(C, [[2 ** -0.5, 0], [2 ** -0.5, 0]])
+    np.testing.assert_allclose(C, [[2**-0.5, 0], [2**-0.5, 0]])
     with pytest.raises(ValueError):
         cosine_matrix(np.eye(2), np.eye(3))
     with pytest.raises(ValueError):

@@ -1,6 +1,7 @@
 """The package's structure: no import cycle among the modules of cache/, heads/, pipeline/ and cli.py (every import
 statement counts, those inside functions too), no module over 350 lines, no private name imported from another
 module."""
+
 from __future__ import annotations
 
 import ast
@@ -36,7 +37,7 @@ def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, list[str]
             base = node.module or ""
             if node.level:
                 here = name.split(".") if is_pkg else name.split(".")[:-1]
-                here = here[:len(here) - node.level + 1]
+                here = here[: len(here) - node.level + 1]
                 base = ".".join(here + ([base] if base else []))
             for a in node.names:
                 sub = f"{base}.{a.name}"
@@ -105,6 +106,12 @@ def test_no_module_over_the_size_limit():
 def test_no_private_name_is_imported_from_another_module(package):
     files = module_files()
     known = set(files)
-    bad = [f"{m} imports {t}.{n}" for m, p in files.items() if m.split(".")[0] == package
-           for t, names in imports(m, p, known) for n in names if n.startswith("_") and not n.startswith("__")]
+    bad = [
+        f"{m} imports {t}.{n}"
+        for m, p in files.items()
+        if m.split(".")[0] == package
+        for t, names in imports(m, p, known)
+        for n in names
+        if n.startswith("_") and not n.startswith("__")
+    ]
     assert bad == []

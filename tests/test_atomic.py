@@ -1,4 +1,5 @@
 """cache/atomic.py: files appear whole or not at all, with the user's umask, and failures are one line."""
+
 from __future__ import annotations
 
 import errno

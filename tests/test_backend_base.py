@@ -1,4 +1,5 @@
 """Embedder identity and model-folder checks (pipeline/backends/base.py, the sentence-transformers backend)."""
+
 from __future__ import annotations
 
 import hashlib

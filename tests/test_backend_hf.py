@@ -1,4 +1,5 @@
 """transformers backend on a tiny random Llama (fast: no vLLM, no hub)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,13 +17,22 @@ from pipeline.errors import MicroError
 CONVS = [
     ([{"role": "user", "content": "hello"}], "fox"),
     ([{"role": "user", "content": "hello world , how are you today ?"}], "i am fine , thank you"),
-    ([{"role": "system", "content": "prefers concise answers"},
-      {"role": "user", "content": "what is the capital of france ?"}], "paris ."),
-    ([{"role": "user", "content": "please write a short poem about the sea and the sky"}],
-     " ".join(["the sea and the sky"] * 12)),
+    (
+        [
+            {"role": "system", "content": "prefers concise answers"},
+            {"role": "user", "content": "what is the capital of france ?"},
+        ],
+        "paris .",
+    ),
+    (
+        [{"role": "user", "content": "please write a short poem about the sea and the sky"}],
+        " ".join(["the sea and the sky"] * 12),
+    ),
     ([{"role": "user", "content": "explain gradient descent in simple words for a child"}], "a"),
-    ([{"role": "user", "content": "the quick brown fox jumps over the lazy dog"}],
-     "the lazy dog sleeps while the quick brown fox jumps over it again and again"),
+    (
+        [{"role": "user", "content": "the quick brown fox jumps over the lazy dog"}],
+        "the lazy dog sleeps while the quick brown fox jumps over it again and again",
+    ),
     ([{"role": "user", "content": "?"}], "!"),
 ]
 
@@ -80,7 +90,7 @@ def test_prompt_state_is_the_boundary_state(backend, reference):
         rp, rr = backend.render_prompt(prompt), backend.render_response(prompt, response)
         assert rr.startswith(rp)
         ids_p, ids_r = backend.renderer.encode([rp, rr])
-        assert ids_r[:len(ids_p)] == ids_p  # the template makes the prefix identical
+        assert ids_r[: len(ids_p)] == ids_p  # the template makes the prefix identical
         boundary = _hidden(model, ids_r)[len(ids_p) - 1]
         np.testing.assert_allclose(backend.embed([rp])[0], boundary, atol=1e-5, rtol=0)
 
@@ -89,7 +99,8 @@ def test_rendering_uses_the_chat_template(backend):
     prompt = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world"}]
     assert backend.render_prompt(prompt) == "<s><|system|> be brief </s> <|user|> hello world </s> <|assistant|> "
     assert backend.render_response(prompt, "the fox") == (
-        "<s><|system|> be brief </s> <|user|> hello world </s> <|assistant|> the fox </s> ")
+        "<s><|system|> be brief </s> <|user|> hello world </s> <|assistant|> the fox </s> "
+    )
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -98,8 +109,10 @@ def test_token_truncation_keeps_last_or_first_tokens(tiny_llama_dir, reference, 
     kw = {"truncation": side}
     be = TransformersBackend(str(tiny_llama_dir), batch_size=2, max_length=16, **kw)
     assert be.max_length == 16 and be.fingerprint()["truncation"] == side
-    texts = [be.render_response([{"role": "user", "content": "the sea"}], " ".join(["the sky"] * 20)),
-             be.render_response([{"role": "user", "content": "hello"}], "fox")]
+    texts = [
+        be.render_response([{"role": "user", "content": "the sea"}], " ".join(["the sky"] * 20)),
+        be.render_response([{"role": "user", "content": "hello"}], "fox"),
+    ]
     lengths = be.token_lengths(texts)
     assert lengths[0] > 16 and lengths[1] <= 16  # untruncated counts are reported
     full = be.renderer.tok(texts[0], add_special_tokens=False)["input_ids"]
@@ -126,10 +139,17 @@ def test_non_local_model_name_is_a_clear_error():
 
 def test_fingerprint(backend, tiny_llama_dir, tmp_path):
     fp = backend.fingerprint()
-    assert fp == {"backend": "transformers", "model": tiny_llama_dir.name, "weights_hash": fp["weights_hash"],
-                  "pooling": "last", "dtype": "float32", "max_length": 512,
-                  "chat_template": hashlib.sha256(TINY_CHAT_TEMPLATE.encode()).hexdigest()[:16], "padding": "left",
-                  "truncation": "history"}
+    assert fp == {
+        "backend": "transformers",
+        "model": tiny_llama_dir.name,
+        "weights_hash": fp["weights_hash"],
+        "pooling": "last",
+        "dtype": "float32",
+        "max_length": 512,
+        "chat_template": hashlib.sha256(TINY_CHAT_TEMPLATE.encode()).hexdigest()[:16],
+        "padding": "left",
+        "truncation": "history",
+    }
     other = build_tiny_llama(tmp_path / tiny_llama_dir.name, seed=1)  # same name and config, other weights
     be2 = TransformersBackend(str(other))
     fp2 = be2.fingerprint()
@@ -165,7 +185,8 @@ def test_system_role_folded_when_template_rejects_it(tiny_llama_dir):
         "{{ bos_token }}{% for m in messages %}"
         "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
         "<|{{ m['role'] }}|> {{ m['content'] }} {{ eos_token }} {% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+        "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+    )
     r = ChatRenderer(tok, 64)
     prompt = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
     assert r.render_prompt(prompt) == "<s><|user|> be brief\n\nhello </s> <|assistant|> "
@@ -190,19 +211,23 @@ def test_encoder_model_runs():
 
 # --- token-budget batches, layouts, options ----------------------------------------------------------------------
 
+
 def _alone(model, ids):
     """The last-token state of ``ids`` run alone, unpadded, through the independently loaded model."""
     return _hidden(model, ids)[-1]
 
 
-@pytest.mark.parametrize("packed,budget,rows", [(None, 16, None), (None, 64, None), (None, 4096, None),
-                                                (None, 4096, 2), (True, 40, None), (True, 4096, None)])
+@pytest.mark.parametrize(
+    "packed,budget,rows",
+    [(None, 16, None), (None, 64, None), (None, 4096, None), (None, 4096, 2), (True, 40, None), (True, 4096, None)],
+)
 def test_token_budget_batches_equal_one_at_a_time(tiny_llama_dir, reference, packed, budget, rows):
     """Acceptance: whatever the budget and layout, each vector equals the text embedded alone (<= 1e-5), in input
     order."""
     _, model = reference
-    be = TransformersBackend(str(tiny_llama_dir), dtype="float32", max_batch_tokens=budget, batch_size=rows,
-                             packed=packed)
+    be = TransformersBackend(
+        str(tiny_llama_dir), dtype="float32", max_batch_tokens=budget, batch_size=rows, packed=packed
+    )
     assert be.layout == ("packed" if packed else "right") and be.max_batch_tokens == budget
     assert not be.prefetch  # on the CPU tokenisation runs inline; the CUDA path (a background thread) here:
     be.prefetch = True
@@ -261,18 +286,22 @@ def test_bad_options_are_one_line_errors_before_loading(tiny_llama_dir):
         with pytest.raises(MicroError, match="torch sees no CUDA device"):
             TransformersBackend(str(tiny_llama_dir), device="cuda")
     assert check_options("transformers", max_batch_tokens=8192, device="CUDA:1", batch_size=None) == {
-        "max_batch_tokens": 8192, "device": "cuda:1"}
-    bad = [({"max_batch_tokens": 0}, "transformers", "--max-batch-tokens must be an integer >= 1"),
-           ({"max_batch_tokens": 512}, "vllm", "applies to the transformers backend, not vllm.*--max-num-batched"),
-           ({"attn_implementation": "sdpa"}, "sentence-transformers", "--attn-implementation applies to"),
-           ({"gpu_memory_utilization": 1.5}, "vllm", r"--gpu-memory-utilization must be in \(0, 1\]"),
-           ({"gpu_memory_utilization": 0.8}, "transformers", "applies to the vllm backend"),
-           ({"max_num_batched_tokens": 0}, "vllm", "--max-num-batched-tokens must be an integer >= 1"),
-           ({"max_model_len": -3}, "vllm", "--max-model-len must be"),
-           ({"enforce_eager": True}, "st", "--enforce-eager applies to the vllm backend"),
-           ({"device": "tpu"}, "vllm", "--device must be one of"),
-           ({"batch_size": 0}, "sentence-transformers", "--batch-size must be"),
-           ({}, "onnx", "unknown backend")]
+        "max_batch_tokens": 8192,
+        "device": "cuda:1",
+    }
+    bad = [
+        ({"max_batch_tokens": 0}, "transformers", "--max-batch-tokens must be an integer >= 1"),
+        ({"max_batch_tokens": 512}, "vllm", "applies to the transformers backend, not vllm.*--max-num-batched"),
+        ({"attn_implementation": "sdpa"}, "sentence-transformers", "--attn-implementation applies to"),
+        ({"gpu_memory_utilization": 1.5}, "vllm", r"--gpu-memory-utilization must be in \(0, 1\]"),
+        ({"gpu_memory_utilization": 0.8}, "transformers", "applies to the vllm backend"),
+        ({"max_num_batched_tokens": 0}, "vllm", "--max-num-batched-tokens must be an integer >= 1"),
+        ({"max_model_len": -3}, "vllm", "--max-model-len must be"),
+        ({"enforce_eager": True}, "st", "--enforce-eager applies to the vllm backend"),
+        ({"device": "tpu"}, "vllm", "--device must be one of"),
+        ({"batch_size": 0}, "sentence-transformers", "--batch-size must be"),
+        ({}, "onnx", "unknown backend"),
+    ]
     for opts, name, msg in bad:
         with pytest.raises(MicroError, match=msg):
             check_options(name, **opts)

@@ -4,6 +4,7 @@ vLLM starts engine processes, so the vLLM side runs in a subprocess (tests/_vllm
 engine runs in-process inside that subprocess (VLLM_ENABLE_V1_MULTIPROCESSING=0: ~40 s instead of ~80 s on 2 CPU
 cores); set MICRO_TEST_VLLM_MP=1 to exercise the default multi-process engine instead.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,8 +19,11 @@ import pytest
 
 from pipeline.embed.backends.hf import TransformersBackend
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow,
-              pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")]
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed"),
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LENGTH = 48  # one input is longer: both backends must truncate identically
@@ -31,9 +35,14 @@ def test_vllm_matches_transformers(tiny_llama_dir, tmp_path):
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     out = tmp_path / "vllm_out"
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_vllm_embed_script.py"), str(tiny_llama_dir),
-                           str(out), str(MAX_LENGTH)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=240)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "_vllm_embed_script.py"), str(tiny_llama_dir), str(out), str(MAX_LENGTH)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     emb = np.load(out / "emb.npy")
     meta = json.loads((out / "meta.json").read_text())
@@ -41,8 +50,9 @@ def test_vllm_matches_transformers(tiny_llama_dir, tmp_path):
 
     hf = TransformersBackend(str(tiny_llama_dir), batch_size=3, max_length=MAX_LENGTH, dtype="float32")
     # the same rendering (history truncation included) as the vLLM backend's
-    assert inputs == [hf.render_response(p, r) if i % 2 == 0 else hf.render_prompt(p)
-                      for (p, r) in _convs() for i in (0, 1)]
+    assert inputs == [
+        hf.render_response(p, r) if i % 2 == 0 else hf.render_prompt(p) for (p, r) in _convs() for i in (0, 1)
+    ]
     ref = hf.embed(inputs)
     lengths = hf.token_lengths(inputs)
 

@@ -1,4 +1,5 @@
 """SharedBase (HyRe-style) and OracleBT baselines."""
+
 import warnings
 
 import numpy as np

@@ -1,4 +1,5 @@
 """pipeline.embed.backends.batching: token-budget plans, the memory-derived default, out-of-memory detection."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@
 The real-model run (bundled all-MiniLM-L6-v2 on ~1,200 unique DSP texts) takes minutes on CPU, over the
 60 s budget of a slow test, so it is not run here; `micro demo` itself is the end-to-end check of that path.
 """
+
 from __future__ import annotations
 
 import sys
@@ -72,8 +73,9 @@ def test_demo_rerun_embeds_nothing(demo, tmp_path, monkeypatch):
 
     res, out, *_ = demo
     built = []
-    monkeypatch.setattr(pipeline.embed.backends, "get_backend",
-                        lambda *a, **k: built.append(FakeBackend(dim=16)) or built[-1])
+    monkeypatch.setattr(
+        pipeline.embed.backends, "get_backend", lambda *a, **k: built.append(FakeBackend(dim=16)) or built[-1]
+    )
     lines = []
     run_demo(tmp_path / "again", k=2, seeds=1, cache_dir=out.parent / "cache", log=lines.append)
     assert all(b.embedded == [] for b in built), [len(b.embedded) for b in built]
@@ -86,8 +88,22 @@ def test_cli_demo(demo, tmp_path, monkeypatch, capsys):
 
     res, out, *_ = demo
     monkeypatch.setattr(pipeline.embed.backends, "get_backend", lambda *a, **k: FakeBackend(dim=16))
-    monkeypatch.setattr(sys, "argv", ["micro", "demo", "--out", str(tmp_path / "cli"), "--k", "2", "--seeds", "1",
-                                      "--cache-dir", str(out.parent / "cache")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "micro",
+            "demo",
+            "--out",
+            str(tmp_path / "cli"),
+            "--k",
+            "2",
+            "--seeds",
+            "1",
+            "--cache-dir",
+            str(out.parent / "cache"),
+        ],
+    )
     try:
         cli.main()
     except SystemExit as exc:

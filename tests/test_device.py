@@ -1,4 +1,5 @@
 """pipeline.embed.backends.device: --device values for every backend."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,13 @@ from pipeline.errors import MicroError
 
 
 def test_device_values():
-    assert [check_device(v) for v in (None, "auto", "CPU", "cuda", "cuda:3")] == ["auto", "auto", "cpu", "cuda",
-                                                                                  "cuda:3"]
+    assert [check_device(v) for v in (None, "auto", "CPU", "cuda", "cuda:3")] == [
+        "auto",
+        "auto",
+        "cpu",
+        "cuda",
+        "cuda:3",
+    ]
     assert [device_kind(v) for v in (None, "auto", "cpu", "cuda:1")] == [None, None, "cpu", "cuda"]
     for bad in ("gpu", "cuda:", "cuda:x", "mps", ""):
         with pytest.raises(MicroError, match="--device must be one of auto"):

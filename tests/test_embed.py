@@ -1,4 +1,5 @@
 """Stage 0 (`micro embed`): every unique text once, reruns from cache, roles, overlong, kill/Ctrl-C resume, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ from pipeline.errors import MicroError
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 MICRO = Path(sys.executable).parent / "micro"
-SUMMARY = re.compile(r"pairs (\d+) \(kept (\d+), skipped (\d+)\) \| unique texts (\d+) \| cache hits (\d+) \| "
-                     r"newly embedded (\d+) \| truncated (\d+) \| skipped texts (\d+)")
+SUMMARY = re.compile(
+    r"pairs (\d+) \(kept (\d+), skipped (\d+)\) \| unique texts (\d+) \| cache hits (\d+) \| "
+    r"newly embedded (\d+) \| truncated (\d+) \| skipped texts (\d+)"
+)
 
 
 def quiet(msg: str) -> None:
@@ -56,6 +59,7 @@ def cache_contents(cache_dir: Path, backend) -> dict[bytes, np.ndarray]:
 
 
 # --- what gets embedded -------------------------------------------------------------------------------------------
+
 
 def test_every_unique_text_embedded_exactly_once(tmp_path, pair_table):
     rows = make_pair_rows(3)
@@ -129,6 +133,7 @@ def test_run_vectors_are_the_backends_vectors_per_role(tmp_path, pair_table):
 
 # --- overlong -----------------------------------------------------------------------------------------------------
 
+
 def test_overlong_truncate_counts_and_keeps_all_pairs(tmp_path, pair_table):
     # words per text: prompt 6, chosen 10, context 12, rejected 12+p (j=0) and 15+p (j=1), p = 0, 1, 2
     be = FakeBackend(max_length=14)
@@ -163,21 +168,34 @@ def test_overlong_skip_drops_exactly_those_pairs(tmp_path, pair_table):
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["overlong"] == "skip" and run["summary"]["skipped_pairs"] == 3
     # the same pairs are skipped when the rest is already cached
-    s2 = embed_pairs(pair_table(rows), tmp_path / "run2", FakeBackend(max_length=14), cache_dir=tmp_path / "cache",
-                     overlong="skip", log=quiet)
+    s2 = embed_pairs(
+        pair_table(rows),
+        tmp_path / "run2",
+        FakeBackend(max_length=14),
+        cache_dir=tmp_path / "cache",
+        overlong="skip",
+        log=quiet,
+    )
     assert (s2.skipped_pairs, s2.embedded) == (3, 0)
     with pytest.raises(MicroError, match="overlong"):
         embed_pairs(pair_table(rows), tmp_path / "run3", be, cache_dir=tmp_path / "cache", overlong="drop")
     with pytest.raises(MicroError, match="every pair"):
-        embed_pairs(pair_table(rows), tmp_path / "run4", FakeBackend(max_length=3), cache_dir=tmp_path / "cache",
-                    overlong="skip", log=quiet)
+        embed_pairs(
+            pair_table(rows),
+            tmp_path / "run4",
+            FakeBackend(max_length=3),
+            cache_dir=tmp_path / "cache",
+            overlong="skip",
+            log=quiet,
+        )
 
 
 def test_overlong_skip_applies_to_texts_cached_by_a_truncating_run(tmp_path, pair_table):
     path = pair_table()
     embed_pairs(path, tmp_path / "a", FakeBackend(max_length=14), cache_dir=tmp_path / "cache", log=quiet)
-    s = embed_pairs(path, tmp_path / "b", FakeBackend(max_length=14), cache_dir=tmp_path / "cache",
-                    overlong="skip", log=quiet)
+    s = embed_pairs(
+        path, tmp_path / "b", FakeBackend(max_length=14), cache_dir=tmp_path / "cache", overlong="skip", log=quiet
+    )
     assert (s.embedded, s.skipped_texts, s.skipped_pairs, s.pairs_kept) == (0, 3, 3, 3)
 
 
@@ -201,14 +219,16 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-def micro_fake(tmp_path: Path, *args, die_after: int | None = None,
-               how: str = "sigkill") -> subprocess.CompletedProcess:
+def micro_fake(
+    tmp_path: Path, *args, die_after: int | None = None, how: str = "sigkill"
+) -> subprocess.CompletedProcess:
     """Run the real `micro` CLI in a subprocess with the FakeBackend in place of the named backend."""
     script = tmp_path / "micro_fake.py"
     script.write_text(RUNNER.format(repo=str(REPO), tests=str(TESTS)))
     env = {**os.environ, "FAKE_DIE_HOW": how, "FAKE_DIE_AFTER": "" if die_after is None else str(die_after)}
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
+    )
 
 
 def summary_of(stderr: str) -> tuple[int, ...]:
@@ -289,8 +309,9 @@ HF_RUNNER = textwrap.dedent("""
 """)
 
 
-def test_overlapped_transformers_embedding_killed_resumes_with_exactly_the_missing_texts(tmp_path, pair_table,
-                                                                                        tiny_llama_dir):
+def test_overlapped_transformers_embedding_killed_resumes_with_exactly_the_missing_texts(
+    tmp_path, pair_table, tiny_llama_dir
+):
     """Acceptance: the token-budget path (background tokenisation and shard writes) killed by SIGKILL loses only
     whole chunks, and a rerun embeds exactly the texts missing from the cache."""
     from pipeline.embed.backends.hf import TransformersBackend
@@ -299,8 +320,22 @@ def test_overlapped_transformers_embedding_killed_resumes_with_exactly_the_missi
     cache = tmp_path / "cache"
     script = tmp_path / "micro_hf.py"
     script.write_text(HF_RUNNER)
-    args = [sys.executable, str(script), "embed", str(path), "--out", str(tmp_path / "run"), "--cache-dir",
-            str(cache), "--backend", "transformers", "--model", str(tiny_llama_dir), "--max-batch-tokens", "64"]
+    args = [
+        sys.executable,
+        str(script),
+        "embed",
+        str(path),
+        "--out",
+        str(tmp_path / "run"),
+        "--cache-dir",
+        str(cache),
+        "--backend",
+        "transformers",
+        "--model",
+        str(tiny_llama_dir),
+        "--max-batch-tokens",
+        "64",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DIE_AFTER_LAUNCHES": "6"}
     r = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr
@@ -348,6 +383,7 @@ def test_ctrl_c_in_cli_saves_finished_chunks_and_exits_130(tmp_path, pair_table)
 
 # --- damage, bad input ------------------------------------------------------------------------------------------
 
+
 def test_damaged_shard_is_reported_and_reembedded(tmp_path, pair_table):
     path = pair_table()
     embed_pairs(path, tmp_path / "run", FakeBackend(), cache_dir=tmp_path / "cache", log=quiet)
@@ -362,8 +398,9 @@ def test_damaged_shard_is_reported_and_reembedded(tmp_path, pair_table):
         s = embed_pairs(path, tmp_path / "run", be, cache_dir=tmp_path / "cache", log=quiet)
     assert s.embedded == 15 and s.cache_hits == 0 and len(be.embedded) == 15
     assert len(s.damaged_shards) == 1 and shard.name in s.damaged_shards[0]
-    np.testing.assert_array_equal(Run.load(tmp_path / "run").chosen[0],
-                                  FakeBackend.vector(expected_texts(make_pair_rows())["chosen"][0]))
+    np.testing.assert_array_equal(
+        Run.load(tmp_path / "run").chosen[0], FakeBackend.vector(expected_texts(make_pair_rows())["chosen"][0])
+    )
 
 
 def test_empty_table_and_missing_file_are_one_line_errors(tmp_path, pair_table):
@@ -383,8 +420,10 @@ def test_empty_table_and_missing_file_are_one_line_errors(tmp_path, pair_table):
 def test_bad_gpu_options_are_one_line_errors_before_any_model_loads(tmp_path, pair_table):
     # every rule is tested on pipeline.embed.backends.check_options (tests/test_backend_hf.py); here: the CLI uses it
     path = pair_table()
-    cases = [(["--backend", "transformers", "--max-batch-tokens", "0"], "--max-batch-tokens must be an integer >= 1"),
-             (["--backend", "vllm", "--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization must be in (0, 1]")]
+    cases = [
+        (["--backend", "transformers", "--max-batch-tokens", "0"], "--max-batch-tokens must be an integer >= 1"),
+        (["--backend", "vllm", "--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization must be in (0, 1]"),
+    ]
     for extra, msg in cases:
         r = micro_fake(tmp_path, "embed", path, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", *extra)
         lines = r.stderr.strip().splitlines()
@@ -393,6 +432,7 @@ def test_bad_gpu_options_are_one_line_errors_before_any_model_loads(tmp_path, pa
 
 
 # --- the real default backend -------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def one_torch_thread():

@@ -1,4 +1,5 @@
 """pipeline.embed.stream: token-budget batches in input order, out-of-memory retry, background work."""
+
 from __future__ import annotations
 
 import threading

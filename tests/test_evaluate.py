@@ -5,6 +5,7 @@ its first three coordinates, a context "criterion for gK" a one-hot of K, every 
 noise vector. Group g0 prefers high a0, g1 low a0, g2 high a1, so one BT head cannot serve all three, while the
 context tells the gate / router the group.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,14 @@ class AttrBackend(PlainTextBackend):
         self.tag = tag
 
     def fingerprint(self) -> dict:
-        return {"backend": self.name, "model": "attrs", "tag": self.tag, "dim": DIM, "max_length": self.max_length,
-                "chat_template": None}
+        return {
+            "backend": self.name,
+            "model": "attrs",
+            "tag": self.tag,
+            "dim": DIM,
+            "max_length": self.max_length,
+            "chat_template": None,
+        }
 
     def embed(self, inputs):
         out = np.zeros((len(inputs), DIM), dtype=np.float32)
@@ -57,23 +64,35 @@ class AttrBackend(PlainTextBackend):
         pass
 
 
-def synthetic_rows(n_per_group: int = 120, test_frac: float = 0.35, seed: int = 0, groups=GROUPS,
-                   with_group: bool = True, split: str | None = None) -> list[dict]:
+def synthetic_rows(
+    n_per_group: int = 120,
+    test_frac: float = 0.35,
+    seed: int = 0,
+    groups=GROUPS,
+    with_group: bool = True,
+    split: str | None = None,
+) -> list[dict]:
     rng = np.random.default_rng(seed)
     rows = []
     for g in groups:
         for i in range(n_per_group):
             a, b = rng.standard_normal(3), rng.standard_normal(3)
             u = DIRECTIONS[g] @ (a - b) * 3.0
-            first = rng.random() < 1.0 / (1.0 + math.exp(-u))      # BT label noise
+            first = rng.random() < 1.0 / (1.0 + math.exp(-u))  # BT label noise
             ch, rj = (a, b) if first else (b, a)
             pid = f"{g}-{i}"
-            rows.append({
-                "pair_id": pid, "prompt": [{"role": "user", "content": f"question {pid}"}],
-                "chosen": f"answer {pid} one attrs {ch[0]:.4f} {ch[1]:.4f} {ch[2]:.4f}",
-                "rejected": f"answer {pid} two attrs {rj[0]:.4f} {rj[1]:.4f} {rj[2]:.4f}",
-                "group": g if with_group else None, "context": f"criterion for {g}",
-                "split": split or ("test" if i < test_frac * n_per_group else "train"), "source": "synthetic"})
+            rows.append(
+                {
+                    "pair_id": pid,
+                    "prompt": [{"role": "user", "content": f"question {pid}"}],
+                    "chosen": f"answer {pid} one attrs {ch[0]:.4f} {ch[1]:.4f} {ch[2]:.4f}",
+                    "rejected": f"answer {pid} two attrs {rj[0]:.4f} {rj[1]:.4f} {rj[2]:.4f}",
+                    "group": g if with_group else None,
+                    "context": f"criterion for {g}",
+                    "split": split or ("test" if i < test_frac * n_per_group else "train"),
+                    "source": "synthetic",
+                }
+            )
     return rows
 
 
@@ -141,7 +160,7 @@ def test_orderings_on_disagreeing_groups(evaluated):
     res, _ = evaluated
     macro = {m: res.cell(m, "macro")["accuracy"] for m in ("single", "oracle", "micro", "stage1-best-head")}
     assert macro["oracle"] >= macro["single"]
-    assert macro["micro"] >= macro["single"] + 0.1, macro      # one head cannot serve g0 and g1 at once
+    assert macro["micro"] >= macro["single"] + 0.1, macro  # one head cannot serve g0 and g1 at once
     assert macro["oracle"] > 0.8 and macro["stage1-best-head"] > 0.8
     # macro = mean over groups; hyre rows score the pairs left after the hyre_n adaptation pairs
     for m in ("single", "micro", "hyre"):
@@ -231,8 +250,24 @@ def test_cli_eval(synth, tmp_path):
 
     root, run, bundle = synth
     out = tmp_path / "rep"
-    result = CliRunner().invoke(app, ["eval", str(bundle), str(run), "--report", str(out), "--seeds", "2",
-                                      "--budget-per-group", "10", "--budgets", "5,10", "--hyre-n", "8"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(bundle),
+            str(run),
+            "--report",
+            str(out),
+            "--seeds",
+            "2",
+            "--budget-per-group",
+            "10",
+            "--budgets",
+            "5,10",
+            "--hyre-n",
+            "8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "| method |" in result.stdout and "| micro |" in result.stdout and "| oracle |" in result.stdout
     assert (out / "results.csv").exists() and (out / "accuracy_vs_budget.png").exists()

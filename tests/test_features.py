@@ -1,4 +1,5 @@
 """pipeline.core.run.Run.load: dtype, alignment with pairs.parquet, float16 caches, damaged caches."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ def vectors(rows: list[dict]) -> dict[str, np.ndarray]:
         out["chosen"].append(FakeBackend.vector(render_plain([*p, {"role": "assistant", "content": r["chosen"]}])))
         out["rejected"].append(FakeBackend.vector(render_plain([*p, {"role": "assistant", "content": r["rejected"]}])))
         out["prompt"].append(FakeBackend.vector(render_plain(p)))
-        out["context"].append(FakeBackend.vector(render_plain(with_context(p, r["context"]))) if r["context"]
-                              else out["prompt"][-1])
+        out["context"].append(
+            FakeBackend.vector(render_plain(with_context(p, r["context"]))) if r["context"] else out["prompt"][-1]
+        )
     return {k: np.stack(v) for k, v in out.items()}
 
 
@@ -64,8 +66,14 @@ def test_features_are_float32_and_aligned_with_pairs(tmp_path, pair_table, shuff
 
 
 def test_float16_cache_gives_float32_features(tmp_path, pair_table, shuffled_rows):
-    embed_pairs(pair_table(shuffled_rows), tmp_path / "run", FakeBackend(), cache_dir=tmp_path / "cache",
-                dtype="float16", log=quiet)
+    embed_pairs(
+        pair_table(shuffled_rows),
+        tmp_path / "run",
+        FakeBackend(),
+        cache_dir=tmp_path / "cache",
+        dtype="float16",
+        log=quiet,
+    )
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["cache_dtype"] == "float16" and run["cache_dir"].endswith("-f16")
     f = Run.load(tmp_path / "run")

@@ -1,4 +1,5 @@
 """pipeline/fit.py through `micro fit`: what the closing report says about which split it describes."""
+
 from __future__ import annotations
 
 from _stage2 import AttrBackend, run_cli, synthetic_rows, write_table

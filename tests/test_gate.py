@@ -1,4 +1,5 @@
 """Gate parameter format, numpy/torch twins, and the fused-pass gradient helpers."""
+
 import numpy as np
 import pytest
 import torch
@@ -12,10 +13,11 @@ def test_format_and_torch_twin(kind, hidden):
     rng = np.random.default_rng(0)
     K, p, n = 4, 5, 30
     params = G.init_gate_params(kind, K, p, hidden, rng, scale=1.0)
-    expected = {"linear": {"coef": (K, p), "intercept": (K,)},
-                "mlp": {"hidden_coef": (hidden, p), "hidden_intercept": (hidden,), "coef": (K, hidden),
-                        "intercept": (K,)},
-                "static": {"logits": (K,)}}[kind]
+    expected = {
+        "linear": {"coef": (K, p), "intercept": (K,)},
+        "mlp": {"hidden_coef": (hidden, p), "hidden_intercept": (hidden,), "coef": (K, hidden), "intercept": (K,)},
+        "static": {"logits": (K,)},
+    }[kind]
     assert {k: v.shape for k, v in params.items()} == expected
     if kind == "static":
         params["logits"] = rng.standard_normal(K)

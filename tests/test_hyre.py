@@ -1,4 +1,5 @@
 """HyRe / MiCRo-HyRe baseline (heads/hyre.py)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,7 +36,7 @@ def test_weights_equal_closed_form_posterior():
         np.testing.assert_allclose(hyre_weights(z, prior, beta), post / post.sum(), rtol=1e-10)
     u = np.prod(_sig(z), axis=0)
     np.testing.assert_allclose(hyre_weights(z), u / u.sum(), rtol=1e-10)
-    np.testing.assert_allclose(hyre_weights(np.zeros((0, 4)), prior), prior)        # n = 0: the prior
+    np.testing.assert_allclose(hyre_weights(np.zeros((0, 4)), prior), prior)  # n = 0: the prior
     np.testing.assert_allclose(hyre_weights(z, prior, beta=0.0), prior)
     # stable with many confident pairs (the product underflows)
     big = rng.normal(scale=30.0, size=(5000, 4))
@@ -67,7 +68,7 @@ def test_picks_right_head_with_informative_pairs():
 
 
 def test_micro_hyre_informative_prior_beats_uniform_at_small_n():
-    z, G = make_group_data(seed=2, s=1.5)     # softer heads: 2 pairs alone leave the posterior spread
+    z, G = make_group_data(seed=2, s=1.5)  # softer heads: 2 pairs alone leave the posterior spread
     rng = np.random.default_rng(5)
     # a Stage-1 gate that is right on average but noisy per row: 0.6 on the group's head
     F = np.full((len(G), 3), 0.2)
@@ -87,7 +88,7 @@ def test_eval_same_adaptation_sets_and_skips_small_groups():
     z, G = make_group_data(n_per_group=30, seed=3)
     G = G.astype(object)
     G[:] = np.where(G == 0, "a", np.where(G == 1, "b", "c"))
-    G[np.flatnonzero(G == "c")[3:]] = "b"             # group c keeps 3 pairs
+    G[np.flatnonzero(G == "c")[3:]] = "b"  # group c keeps 3 pairs
     seen = []
 
     def prior_fn(idx):
@@ -100,13 +101,15 @@ def test_eval_same_adaptation_sets_and_skips_small_groups():
     r2 = hyre_eval(z, G, n_per_group=4, seeds=(0, 1), prior_fn=prior_fn)
     for a, b in zip(first, seen):
         np.testing.assert_array_equal(a, b)
-    assert all(len(a) == 4 for a in first) and len(first) == 4       # 2 groups x 2 seeds
+    assert all(len(a) == 4 for a in first) and len(first) == 4  # 2 groups x 2 seeds
     assert r1["skipped"] == {"c": 3} and set(r1["per_group"]) == {"a", "b"}
     assert r1["per_group"]["b"]["n_eval"] == 57 - 4
     # uniform prior given explicitly == no prior
     r3 = hyre_eval(z, G, n_per_group=4, seeds=(0, 1))
-    scalars = lambda r: {g: {k: v for k, v in d.items() if k not in ("probs", "rows")}  # noqa: E731
-                         for g, d in r["per_group"].items()}
+
+    def scalars(r):
+        return {g: {k: v for k, v in d.items() if k not in ("probs", "rows")} for g, d in r["per_group"].items()}
+
     assert scalars(r3) == scalars(r1) == scalars(r2)
     # the probabilities of the scored pairs come back: their accuracy is "accs", their rows the group minus the
     # adaptation pairs (what micro eval's nll / ece use, without redoing the draws)

@@ -1,4 +1,5 @@
 """heads/laplace.py: the dual-form Laplace fit equals the primal MAP of ridge logistic regression."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,7 +31,7 @@ def test_dual_mode_matches_primal_map(scale):
     theta = primal_map(X, m, S)
     fit = laplace_mode(X @ S @ X.T, m)
     np.testing.assert_allclose(fit.g, X @ theta, atol=1e-6)
-    np.testing.assert_allclose(S @ X.T @ fit.a, theta, atol=1e-6)          # representer: theta = S X^T a
+    np.testing.assert_allclose(S @ X.T @ fit.a, theta, atol=1e-6)  # representer: theta = S X^T a
     Xn = rng.standard_normal((5, d))
     mean, var = laplace_predict(fit, Xn @ S @ X.T, np.einsum("ij,jk,ik->i", Xn, S, Xn))
     np.testing.assert_allclose(mean, Xn @ theta, atol=1e-6)
@@ -47,6 +48,6 @@ def test_zero_kernel_and_moderation():
     np.testing.assert_allclose(fit.g, 0.0)
     np.testing.assert_allclose(fit.a, 1 - 1 / (1 + np.exp(-m)))
     p0, p1 = moderated_proba(np.array([2.0]), None), moderated_proba(np.array([2.0]), np.array([10.0]))
-    assert 0.5 < p1[0] < p0[0]                                  # uncertainty pulls towards 1/2, same side
+    assert 0.5 < p1[0] < p0[0]  # uncertainty pulls towards 1/2, same side
     with pytest.raises(ValueError, match="K must be"):
         laplace_mode(np.zeros((2, 2)), m)

@@ -4,6 +4,7 @@ Synthetic, no model (tests/_stage2.py): g0 prefers high a0, g1 low a0, g2 high a
 only g0 and g2, whose heads cannot express g1 (the opposite of g0): routing stays near or below chance, the
 adapted model learns g1 from its few pairs.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,9 @@ def result(run):
 
     root, bundle, run_dir = run
     lines = []
-    res = leave_group_out(bundle, run_dir, budgets=BUDGETS, seeds=SEEDS, report=root / "report", jobs=2,
-                          log=lines.append)
+    res = leave_group_out(
+        bundle, run_dir, budgets=BUDGETS, seeds=SEEDS, report=root / "report", jobs=2, log=lines.append
+    )
     return res, lines
 
 
@@ -43,7 +45,7 @@ def test_rows_counts_and_files(run, result):
     df = pl.read_csv(root / "report" / "results.csv")
     assert tuple(df.columns) == COLUMNS
     n_free, n_budgeted = len(METHODS) - len(BUDGETED), len(BUDGETED)
-    assert df.height == (n_free + n_budgeted * len(BUDGETS)) * 4          # 3 groups + macro
+    assert df.height == (n_free + n_budgeted * len(BUDGETS)) * 4  # 3 groups + macro
     for m in METHODS:
         sub = df.filter(pl.col("method") == m)
         assert sorted(set(sub["group"].to_list())) == ["g0", "g1", "g2", "macro"]
@@ -56,7 +58,7 @@ def test_rows_counts_and_files(run, result):
     assert df.filter(pl.col("method") == "adapted")["residual_share"].is_not_null().all()
     for name in ("results.parquet", "results.md", "accuracy_vs_budget_lgo.png"):
         assert (root / "report" / name).stat().st_size > 0
-    assert sum("fold" in line for line in lines) == 4                      # 3 folds + the oracle
+    assert sum("fold" in line for line in lines) == 4  # 3 folds + the oracle
     macro = res.cell("routing", "macro", 30)
     assert macro["accuracy"] == pytest.approx(np.mean([res.cell("routing", g, 30)["accuracy"] for g in res.groups]))
 
@@ -64,7 +66,7 @@ def test_rows_counts_and_files(run, result):
 def test_a_user_outside_the_span_is_learned(result):
     res, _ = result
     cell = lambda m, b=30: res.cell(m, "g1", b)["accuracy"]  # noqa: E731
-    assert cell("stage1-gate", None) < 0.5 and cell("routing") < 0.7       # the heads cannot express g1
+    assert cell("stage1-gate", None) < 0.5 and cell("routing") < 0.7  # the heads cannot express g1
     assert cell("adapted") >= cell("routing") + 0.1 and cell("adapted") >= cell("oracle", None) - 0.05
     macro = lambda m: res.cell(m, "macro", 30)["accuracy"]  # noqa: E731
     assert macro("adapted") > macro("routing") + 0.2 and macro("adapted") >= macro("hyre") + 0.2
@@ -73,14 +75,31 @@ def test_a_user_outside_the_span_is_learned(result):
 
 def test_cli_leave_group_out_and_errors(run, tmp_path, monkeypatch, capsys):
     root, bundle, run_dir = run
-    code, out, err = run_cli(monkeypatch, capsys, "eval", bundle, run_dir, "--protocol", "leave-group-out",
-                             "--budgets", "12", "--seeds", "1", "--jobs", "1", "--report", tmp_path / "r")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "eval",
+        bundle,
+        run_dir,
+        "--protocol",
+        "leave-group-out",
+        "--budgets",
+        "12",
+        "--seeds",
+        "1",
+        "--jobs",
+        "1",
+        "--report",
+        tmp_path / "r",
+    )
     assert code == 0, err
     assert "B = 12 adaptation pairs" in out and "| adapted |" in out and "| oracle |" in out
     assert pl.read_csv(tmp_path / "r" / "results.csv").height == (3 + 4) * 4
-    for args, msg in ((["--protocol", "loo"], "error: --protocol must be one of seen, leave-group-out"),
-                      (["--protocol", "leave-group-out", "--adapt", "span"], "error: --adapt must be one of"),
-                      (["--protocol", "leave-group-out", "--budgets", "0"], "error: --budgets must all be >= 1")):
+    for args, msg in (
+        (["--protocol", "loo"], "error: --protocol must be one of seen, leave-group-out"),
+        (["--protocol", "leave-group-out", "--adapt", "span"], "error: --adapt must be one of"),
+        (["--protocol", "leave-group-out", "--budgets", "0"], "error: --budgets must all be >= 1"),
+    ):
         code, _, err = run_cli(monkeypatch, capsys, "eval", bundle, run_dir, *args)
         assert code == 2 and err.startswith(msg) and len(err.strip().splitlines()) == 1, err
 
@@ -90,14 +109,27 @@ def test_group_without_test_pairs_is_an_error(run, tmp_path, monkeypatch, capsys
     from pipeline.embed.embed import embed_pairs
 
     root, bundle, _ = run
-    rows = [r for r in synthetic_rows(n_per_group=30, topic=True, test_frac=0.3)
-            if not (r["group"] == "g2" and r["split"] == "test")]
-    embed_pairs(write_table(rows, tmp_path / "p.parquet"), tmp_path / "run", AttrBackend(),
-                cache_dir=root / "cache", log=lambda m: None)
+    rows = [
+        r
+        for r in synthetic_rows(n_per_group=30, topic=True, test_frac=0.3)
+        if not (r["group"] == "g2" and r["split"] == "test")
+    ]
+    embed_pairs(
+        write_table(rows, tmp_path / "p.parquet"),
+        tmp_path / "run",
+        AttrBackend(),
+        cache_dir=root / "cache",
+        log=lambda m: None,
+    )
     code, _, err = run_cli(monkeypatch, capsys, "eval", bundle, tmp_path / "run", "--protocol", "leave-group-out")
     assert code == 2 and err == "error: group 'g2' has no test pairs (split == 'test'): nothing to score it on\n"
     one = [r for r in rows if r["group"] == "g0"]
-    embed_pairs(write_table(one, tmp_path / "q.parquet"), tmp_path / "run1", AttrBackend(),
-                cache_dir=root / "cache", log=lambda m: None)
+    embed_pairs(
+        write_table(one, tmp_path / "q.parquet"),
+        tmp_path / "run1",
+        AttrBackend(),
+        cache_dir=root / "cache",
+        log=lambda m: None,
+    )
     code, _, err = run_cli(monkeypatch, capsys, "eval", bundle, tmp_path / "run1", "--protocol", "leave-group-out")
     assert code == 2 and "needs at least 2 groups" in err, err

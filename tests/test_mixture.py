@@ -1,4 +1,5 @@
 """MixtureBT: recovery, equivalences, monotone EM, gradients vs autograd, determinism, input checks."""
+
 import warnings
 
 import numpy as np
@@ -53,8 +54,17 @@ def test_single_head_equals_sklearn_logistic_regression(small):
 
 @pytest.mark.parametrize("alpha,accept", [(0.0, "L"), (0.0, "Q"), (0.5, "L")])
 def test_objective_monotone(small, alpha, accept):
-    m = MixtureBT(n_components=3, alpha=alpha, l2=1e-3, n_init=1, max_iter=60, tol=0.0, init="random",
-                  random_state=3, solver=EMSolver(accept=accept))
+    m = MixtureBT(
+        n_components=3,
+        alpha=alpha,
+        l2=1e-3,
+        n_init=1,
+        max_iter=60,
+        tol=0.0,
+        init="random",
+        random_state=3,
+        solver=EMSolver(accept=accept),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m.fit(small["delta"], small["prompt"])
@@ -79,7 +89,7 @@ def _torch_objective(D, X, W, gp, alpha, l2):
     f = torch.softmax(a, dim=1)
     p = (f * torch.sigmoid(Dt @ Wt.T)).sum(1)
     loss = -torch.log(p).mean() + alpha * (f * torch.log(f)).sum(1).mean()
-    loss = loss + 0.5 * l2 * ((Wt ** 2).sum() + sum((tp[k] ** 2).sum() for k in ("coef", "hidden_coef") if k in tp))
+    loss = loss + 0.5 * l2 * ((Wt**2).sum() + sum((tp[k] ** 2).sum() for k in ("coef", "hidden_coef") if k in tp))
     loss.backward()
     return loss.item(), Wt.grad.numpy(), {k: v.grad.numpy() for k, v in tp.items()}
 
@@ -113,8 +123,15 @@ def test_fitted_objective_matches_autograd(small):
 
 @pytest.mark.parametrize("screen_iter", [None, 10])
 def test_same_seed_identical_and_best_restart(small, screen_iter):
-    kw = dict(n_components=3, n_init=3, max_iter=40, random_state=7, init="random", l2=1e-4,
-              solver=EMSolver(screen_iter=screen_iter))
+    kw = dict(
+        n_components=3,
+        n_init=3,
+        max_iter=40,
+        random_state=7,
+        init="random",
+        l2=1e-4,
+        solver=EMSolver(screen_iter=screen_iter),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         a = MixtureBT(**kw).fit(small["delta"], small["prompt"])
@@ -144,8 +161,9 @@ def test_inits_run(small, init):
 def test_predict_api_shapes(small):
     D, X = small["delta"], small["prompt"]
     seen = []
-    m = MixtureBT(n_components=3, n_init=1, max_iter=15, random_state=0, l2=1e-4,
-                  on_iter=lambda i, o: seen.append((i, o)))
+    m = MixtureBT(
+        n_components=3, n_init=1, max_iter=15, random_state=0, l2=1e-4, on_iter=lambda i, o: seen.append((i, o))
+    )
     with pytest.warns(ConvergenceWarning):
         m.fit(D, X)
     assert seen and seen[0][0] == 1 and len(seen) == m.n_iter_
@@ -235,11 +253,24 @@ def test_bad_inputs(small):
         MixtureBT(gate="nope").fit(D, X)
 
 
-@pytest.mark.parametrize("param", [{"alpha": float("nan")}, {"l2": float("inf")}, {"tol": float("nan")},
-                                   {"alpha": float("-inf")}, {"n_components": 0}, {"alpha": -1.0},
-                                   {"solver": "sgd"}, {"solver": AdamWSolver(lr=0.0)},
-                                   {"solver": EMSolver(accept="x")}, {"dim": 0}, {"holdout": 1.0},
-                                   {"calibrate": "maybe"}, {"l2": "strong"}])
+@pytest.mark.parametrize(
+    "param",
+    [
+        {"alpha": float("nan")},
+        {"l2": float("inf")},
+        {"tol": float("nan")},
+        {"alpha": float("-inf")},
+        {"n_components": 0},
+        {"alpha": -1.0},
+        {"solver": "sgd"},
+        {"solver": AdamWSolver(lr=0.0)},
+        {"solver": EMSolver(accept="x")},
+        {"dim": 0},
+        {"holdout": 1.0},
+        {"calibrate": "maybe"},
+        {"l2": "strong"},
+    ],
+)
 def test_invalid_parameters_are_refused_at_fit(small, param):
     """alpha=nan used to fit a NaN model that reported converged_ = True; accept="x" silently acted as "L"."""
     with pytest.raises(ValueError, match="must be"):

@@ -1,5 +1,6 @@
 """pipeline.core.model.Model on a bundle fitted on AttrBackend features: what every stage asks of a fitted model.
 (Embedding new user data with the bundle's embedder: tests/test_route.py.)"""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,11 @@ from pipeline.errors import MicroError
 def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("model")
     rows = synthetic_rows(n_per_group=40)
-    return root, make_bundle(root, rows, gate_input="context"), make_bundle(root, rows, name="static",
-                                                                              baseline="static")
+    return (
+        root,
+        make_bundle(root, rows, gate_input="context"),
+        make_bundle(root, rows, name="static", baseline="static"),
+    )
 
 
 def test_model_on_a_run(bundles):
@@ -30,7 +34,7 @@ def test_model_on_a_run(bundles):
     np.testing.assert_array_equal(model.gate_features(run), run.context)
     np.testing.assert_allclose(model.gate_weights(run), est.gate_weights(run.context))
     np.testing.assert_allclose(model.predict_proba(run), est.predict_proba(run.delta, run.context))
-    model.check_run(run, "here")                                  # same embedder: no error
+    model.check_run(run, "here")  # same embedder: no error
     with pytest.raises(MicroError, match="embedder"):
         model.check_run({"fingerprint_id": "other"}, "there")
 
@@ -47,5 +51,6 @@ def test_static_model_and_save_round_trip(bundles, tmp_path):
     assert w.shape == (run.n, 3) and np.allclose(w, w[0]) and np.allclose(w.sum(axis=1), 1)
     again = Model.load(model.save(tmp_path / "copy"))
     np.testing.assert_allclose(again.predict_proba(run), model.predict_proba(run), rtol=1e-6)
-    assert {k: v for k, v in again.meta.items() if k != "fitted"} == \
-        {k: v for k, v in model.meta.items() if k != "fitted"}
+    assert {k: v for k, v in again.meta.items() if k != "fitted"} == {
+        k: v for k, v in model.meta.items() if k != "fitted"
+    }

@@ -1,5 +1,6 @@
 """heads/online.py: the online profile is never worse than its prior beyond noise, and learns what the heads
 cannot express (synthetic users, d = 2,048)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,9 @@ def stream(w, P, scales, head, context, n=120, checkpoints=(10, 30, 60, 120)):
     for t in range(n):
         prof.update(D[t], D[t] @ w.W.T)
         if t + 1 in checkpoints:
-            curve.append((accuracy(prof.predict_proba(Dt, zt)), accuracy(prof.predict_proba(Dt, zt, "prior")),
-                          prof.served_))
+            curve.append(
+                (accuracy(prof.predict_proba(Dt, zt)), accuracy(prof.predict_proba(Dt, zt, "prior")), prof.served_)
+            )
     return prof, curve, (D, Dt)
 
 
@@ -41,7 +43,7 @@ def test_never_worse_than_the_prior_when_the_heads_fit_the_user(world):
         assert served_acc >= prior_acc - 0.01, curve
     assert prof.served_ == "prior"
     L = {k: float(np.sum(v)) for k, v in prof.losses_.items()}
-    assert all(L["prior"] <= L[k] for k in prof.experts)        # the residuals only add variance here
+    assert all(L["prior"] <= L[k] for k in prof.experts)  # the residuals only add variance here
 
 
 def test_learns_a_user_outside_the_span_and_switches(world):
@@ -49,7 +51,7 @@ def test_learns_a_user_outside_the_span_and_switches(world):
     prof, curve, (D, Dt) = stream(w, P, scales, w.outside, np.zeros(P_CTX))
     served_acc, prior_acc, served = curve[-1]
     assert served.startswith("residual") and served_acc > prior_acc + 0.15, curve
-    assert curve[0][0] >= curve[0][1] - 0.05                    # early on, not worse beyond noise
+    assert curve[0][0] >= curve[0][1] - 0.05  # early on, not worse beyond noise
     # the served model exported for scoring: reward = head_weights . r + v . phi (MAP logits)
     model = prof.served_model()
     z = Dt @ w.W.T

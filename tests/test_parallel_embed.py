@@ -1,4 +1,5 @@
 """`micro embed --workers N` / `--ray`: missing texts sharded over worker processes writing into one cache."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -64,6 +65,7 @@ def strict_fake_factory(name, model=None, **kw):
 
 # --- planning -----------------------------------------------------------------------------------------------------
 
+
 def test_sharding_is_deterministic_and_complete():
     keys = text_keys("fid", [f"text {i}" for i in range(200)])
     parts = shard_indices(keys, 3)
@@ -87,6 +89,7 @@ def test_sharding_is_deterministic_and_complete():
 
 # --- the real default backend -------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def one_torch_thread():
     import torch
@@ -108,8 +111,7 @@ def dsp_pairs_60(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_workers_with_the_default_backend_match_one_process(tmp_path, dsp_pairs_60, st_backend,
-                                                                one_torch_thread):
+def test_two_workers_with_the_default_backend_match_one_process(tmp_path, dsp_pairs_60, st_backend, one_torch_thread):
     from pipeline.embed.backends.st import SentenceTransformersBackend
 
     assert st_backend.batch_size == 8  # the session's loaded model: the single-process reference
@@ -117,8 +119,15 @@ def test_two_workers_with_the_default_backend_match_one_process(tmp_path, dsp_pa
     parent = SentenceTransformersBackend(batch_size=8)  # plans only: its weights are never loaded
     par = ParallelEmbedder(BackendSpec("sentence-transformers", None, {"batch_size": 8}), 2)
     ticks: list[int] = []
-    s2 = embed_pairs(dsp_pairs_60, tmp_path / "run2", parent, cache_dir=tmp_path / "c2", log=quiet,
-                     progress_factory=lambda total: ticks.append, embed_fn=par)
+    s2 = embed_pairs(
+        dsp_pairs_60,
+        tmp_path / "run2",
+        parent,
+        cache_dir=tmp_path / "c2",
+        log=quiet,
+        progress_factory=lambda total: ticks.append,
+        embed_fn=par,
+    )
     assert parent._model is None
     assert s1.unique_texts == s2.unique_texts == s2.embedded == 39 and s2.cache_hits == 0
     assert sum(ticks) == 39 and len(ticks) >= 5  # one tick per worker chunk
@@ -137,8 +146,9 @@ def test_planning_backend_has_the_chat_backends_identity(tiny_llama_dir):
     from pipeline.embed.backends.planning import PlanningBackend, parent_backend
 
     real = TransformersBackend(str(tiny_llama_dir), batch_size=3, dtype="float32", max_length=24)
-    plan = parent_backend(BackendSpec("transformers", str(tiny_llama_dir),
-                                      {"batch_size": 3, "dtype": "float32", "max_length": 24}))
+    plan = parent_backend(
+        BackendSpec("transformers", str(tiny_llama_dir), {"batch_size": 3, "dtype": "float32", "max_length": 24})
+    )
     assert isinstance(plan, PlanningBackend) and not hasattr(plan, "model")
     assert plan.fingerprint() == real.fingerprint()
     prompt = [{"role": "system", "content": "prefers concise answers"}, {"role": "user", "content": "hello world"}]
@@ -178,8 +188,9 @@ def micro_fake(tmp_path: Path, *args, die_worker: int | None = None) -> subproce
     script = tmp_path / "micro_fake_parallel.py"
     script.write_text(RUNNER.format(repo=str(REPO), tests=str(TESTS)))
     env = {**os.environ, "FAKE_DIE_WORKER": "" if die_worker is None else str(die_worker)}
-    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
+    )
 
 
 def test_killed_worker_is_reported_and_the_rerun_embeds_only_the_rest(tmp_path, pair_table):
@@ -218,13 +229,20 @@ def test_worker_exception_is_one_line_and_names_the_worker(tmp_path, pair_table)
     path = pair_table()
     spec = BackendSpec("fake", None, {"no_such_option": 1}, strict_fake_factory)
     with pytest.raises(MicroError) as e:
-        embed_pairs(path, tmp_path / "run", FakeBackend(), cache_dir=tmp_path / "cache", log=quiet,
-                    embed_fn=ParallelEmbedder(spec, 2))
+        embed_pairs(
+            path,
+            tmp_path / "run",
+            FakeBackend(),
+            cache_dir=tmp_path / "cache",
+            log=quiet,
+            embed_fn=ParallelEmbedder(spec, 2),
+        )
     msg = str(e.value)
     assert "\n" not in msg and re.search(r"worker [01] of 2 \(pid \d+\) failed: TypeError: .*no_such_option", msg)
 
 
 # --- Ray ----------------------------------------------------------------------------------------------------------
+
 
 def test_ray_without_ray_installed_is_a_one_line_error(monkeypatch):
     real = importlib.util.find_spec
@@ -245,8 +263,15 @@ def test_ray_tasks_give_the_same_cache_as_one_process(tmp_path, pair_table, monk
     try:
         par = ParallelEmbedder(BackendSpec("fake", None, {}, fake_factory), 2, use_ray=True)
         ticks: list[int] = []
-        s = embed_pairs(path, tmp_path / "run", FakeBackend(), cache_dir=tmp_path / "cache", log=quiet,
-                        progress_factory=lambda total: ticks.append, embed_fn=par)
+        s = embed_pairs(
+            path,
+            tmp_path / "run",
+            FakeBackend(),
+            cache_dir=tmp_path / "cache",
+            log=quiet,
+            progress_factory=lambda total: ticks.append,
+            embed_fn=par,
+        )
     finally:
         ray.shutdown()
     assert s.embedded == s.unique_texts == 20 and sum(ticks) == 20 and sum(par.saved) == 20

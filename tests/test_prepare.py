@@ -1,4 +1,5 @@
 """`micro data prepare`: generic shapes and formats, bad rows, strict mode, determinism, CLI, user data."""
+
 from __future__ import annotations
 
 import csv
@@ -40,6 +41,7 @@ U = [{"role": "user", "content": "q"}]
 
 # --- generic shapes -------------------------------------------------------------------------------
 
+
 def test_generic_strings(tmp_path):
     rows = pairs(jsonl(tmp_path / "a.jsonl", [{"prompt": "q", "chosen": "good", "rejected": "bad"}]))
     assert [triple(r) for r in rows] == [(U, "good", "bad")]
@@ -47,31 +49,47 @@ def test_generic_strings(tmp_path):
 
 
 def test_generic_message_lists(tmp_path):
-    row = {"prompt": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "q"}],
-           "chosen": [{"role": "assistant", "content": "good"}],
-           "rejected": [{"role": "assistant", "content": "bad"}]}
+    row = {
+        "prompt": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "assistant", "content": "bad"}],
+    }
     (r,) = pairs(jsonl(tmp_path / "a.jsonl", [row]))
     assert triple(r) == (row["prompt"], "good", "bad")
 
 
 def test_generic_full_transcripts(tmp_path):
-    conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a1"},
-            {"role": "user", "content": "q2"}]
+    conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]
     rows = [
         {"chosen": "\n\nHuman: q\n\nAssistant: good", "rejected": "\n\nHuman: q\n\nAssistant: bad"},
-        {"chosen": conv + [{"role": "assistant", "content": "good"}],
-         "rejected": conv + [{"role": "assistant", "content": "bad"}]},
+        {
+            "chosen": conv + [{"role": "assistant", "content": "good"}],
+            "rejected": conv + [{"role": "assistant", "content": "bad"}],
+        },
     ]
     out = pairs(jsonl(tmp_path / "a.jsonl", rows))
     assert [triple(r) for r in out] == [(U, "good", "bad"), (conv, "good", "bad")]
 
 
 def test_generic_two_responses_and_label(tmp_path):
-    rows = [{"q": "q", "r1": "one", "r2": "two", "lab": 1}, {"q": "q", "r1": "one", "r2": "two", "lab": 2},
-            {"q": "q", "r1": "one", "r2": "two", "lab": 0}, {"q": "q", "r1": "one", "r2": "two", "lab": 7}]
+    rows = [
+        {"q": "q", "r1": "one", "r2": "two", "lab": 1},
+        {"q": "q", "r1": "one", "r2": "two", "lab": 2},
+        {"q": "q", "r1": "one", "r2": "two", "lab": 0},
+        {"q": "q", "r1": "one", "r2": "two", "lab": 7},
+    ]
     path = jsonl(tmp_path / "a.jsonl", rows)
-    table, log, _ = build_pairs("generic", [path], prompt_col="q", a_col="r1", b_col="r2", label_col="lab",
-                                label_a="1", label_b="2", label_tie="0")
+    table, log, _ = build_pairs(
+        "generic",
+        [path],
+        prompt_col="q",
+        a_col="r1",
+        b_col="r2",
+        label_col="lab",
+        label_a="1",
+        label_b="2",
+        label_tie="0",
+    )
     assert [(r["chosen"], r["rejected"]) for r in table.to_pylist()] == [("one", "two"), ("two", "one")]
     assert log.dropped == {"tie": 1}
     assert log.skipped == [(f"{path}:4", "unknown label: field 'lab' is 7 (expected '1', '2' or '0')")]
@@ -80,8 +98,17 @@ def test_generic_two_responses_and_label(tmp_path):
 
 
 def test_generic_group_context_split_columns(tmp_path):
-    rows = [{"prompt": f"q{i}", "chosen": "c", "rejected": "r", "user": f"u{i % 2}", "why": "short answers",
-             "part": "validation" if i < 2 else "train"} for i in range(4)]
+    rows = [
+        {
+            "prompt": f"q{i}",
+            "chosen": "c",
+            "rejected": "r",
+            "user": f"u{i % 2}",
+            "why": "short answers",
+            "part": "validation" if i < 2 else "train",
+        }
+        for i in range(4)
+    ]
     path = jsonl(tmp_path / "a.jsonl", rows)
     out = pairs(path, group_col="user", context_col="why", split_col="part", test_size=1.0)
     assert [r["group"] for r in out] == ["u0", "u1", "u0", "u1"]
@@ -135,8 +162,12 @@ def test_bad_rows_are_skipped_with_location_and_reason(tmp_path):
     table, log, n = build_pairs("generic", [path])
     assert table.num_rows == 2 and n == 5
     assert [(loc, reason.split(":")[0]) for loc, reason in log.skipped] == [
-        (f"{path}:2", "unparsable JSON"), (f"{path}:3", "missing field"), (f"{path}:4", "empty response"),
-        (f"{path}:5", "chosen == rejected"), (f"{path}:7", "non-UTF-8 bytes")]
+        (f"{path}:2", "unparsable JSON"),
+        (f"{path}:3", "missing field"),
+        (f"{path}:4", "empty response"),
+        (f"{path}:5", "chosen == rejected"),
+        (f"{path}:7", "non-UTF-8 bytes"),
+    ]
     assert "'rejected'" in log.skipped[1][1] and "'chosen'" in log.skipped[2][1]
 
 
@@ -168,6 +199,7 @@ def test_user_errors_are_micro_errors(tmp_path):
 
 # --- determinism, ids, split, writing -------------------------------------------------------------
 
+
 def test_prepare_writes_deterministic_grouped_split(tmp_path, capsys):
     t1, log = prepare("dsp", [SAMPLE], tmp_path / "p1.parquet", seed=0)
     t2, _ = prepare("dsp", [SAMPLE], tmp_path / "p2.parquet", seed=0, verbose=False)
@@ -198,6 +230,7 @@ def test_pair_ids_stable_across_working_directory(tmp_path, monkeypatch):
 
 # --- load_user_pairs ------------------------------------------------------------------------------
 
+
 def test_load_user_pairs_raw_and_prepared(tmp_path):
     rows = [{"Instruction": "q", "preferred": "c", "dispreferred": "r", "criterion": "be brief", "user": "ann"}]
     table = load_user_pairs(jsonl(tmp_path / "u.jsonl", rows))
@@ -210,6 +243,7 @@ def test_load_user_pairs_raw_and_prepared(tmp_path):
 
 
 # --- CLI ------------------------------------------------------------------------------------------
+
 
 def micro(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(MICRO), "data", "prepare", *args], cwd=cwd, capture_output=True, text=True)
@@ -233,28 +267,38 @@ def test_cli_success_and_one_line_errors(tmp_path):
 
 # --- columns, ids and labels decided over the whole file (issue 8) -----------------------------------------------
 
+
 def test_generic_columns_are_the_union_over_the_file(tmp_path):
     """A first row without the optional group/context does not drop them for every other row."""
-    path = jsonl(tmp_path / "u.jsonl", [{"prompt": "q0", "chosen": "c", "rejected": "r"},
-                                         {"prompt": "q1", "chosen": "c", "rejected": "r", "group": "g1",
-                                          "context": "be brief"}])
+    path = jsonl(
+        tmp_path / "u.jsonl",
+        [
+            {"prompt": "q0", "chosen": "c", "rejected": "r"},
+            {"prompt": "q1", "chosen": "c", "rejected": "r", "group": "g1", "context": "be brief"},
+        ],
+    )
     got = pairs(path)
     assert [(r["group"], r["context"]) for r in got] == [(None, None), ("g1", "be brief")]
     assert [r["group"] for r in pairs(path, group_col="group")] == [None, "g1"]  # a column of a later row exists
 
 
 def test_generic_row_missing_a_required_field_is_skipped_not_the_file(tmp_path):
-    path = jsonl(tmp_path / "u.jsonl", [{"prompt": "q0", "chosen": "c"},
-                                         {"prompt": "q1", "chosen": "c", "rejected": "r"}])
+    path = jsonl(
+        tmp_path / "u.jsonl", [{"prompt": "q0", "chosen": "c"}, {"prompt": "q1", "chosen": "c", "rejected": "r"}]
+    )
     table, log, n = build_pairs("generic", [path])
     assert n == 2 and table.column("prompt").to_pylist() == [[{"role": "user", "content": "q1"}]]
     assert log.skipped == [(f"{path}:1", "missing field: 'rejected'")]
 
 
 def test_user_data_columns_detected_over_the_file(tmp_path):
-    path = jsonl(tmp_path / "u.jsonl", [{"question": "q0", "preferred": "c", "dispreferred": "r"},
-                                         {"question": "q1", "preferred": "c", "dispreferred": "r", "persona": "p",
-                                          "user": "ann"}])
+    path = jsonl(
+        tmp_path / "u.jsonl",
+        [
+            {"question": "q0", "preferred": "c", "dispreferred": "r"},
+            {"question": "q1", "preferred": "c", "dispreferred": "r", "persona": "p", "user": "ann"},
+        ],
+    )
     rows = load_user_pairs(path).to_pylist()
     assert [(r["context"], r["group"]) for r in rows] == [(None, None), ("p", "ann")]
 
@@ -271,8 +315,13 @@ def test_pair_ids_differ_for_files_with_the_same_parent_and_name(tmp_path):
 
 @pytest.mark.parametrize("value, kind", [(["a", "b"], "list"), ({"k": 1}, "dict")])
 def test_list_or_dict_group_is_skipped_not_stored_as_a_repr(tmp_path, value, kind):
-    path = jsonl(tmp_path / "u.jsonl", [{"prompt": "q0", "chosen": "c", "rejected": "r", "group": value},
-                                         {"prompt": "q1", "chosen": "c", "rejected": "r", "group": 7}])
+    path = jsonl(
+        tmp_path / "u.jsonl",
+        [
+            {"prompt": "q0", "chosen": "c", "rejected": "r", "group": value},
+            {"prompt": "q1", "chosen": "c", "rejected": "r", "group": 7},
+        ],
+    )
     table, log, _ = build_pairs("generic", [path])
     assert table.column("group").to_pylist() == ["7"]
     assert log.skipped == [(f"{path}:1", f"not text: field 'group' is a {kind}, expected a string or number")]
@@ -280,10 +329,13 @@ def test_list_or_dict_group_is_skipped_not_stored_as_a_repr(tmp_path, value, kin
 
 def test_parquet_float_labels_match_integer_label_options(tmp_path):
     path = tmp_path / "l.parquet"
-    pq.write_table(pa.table({"prompt": ["q0", "q1", "q2"], "a": ["x", "x", "x"], "b": ["y", "y", "y"],
-                             "label": [1.0, 2.0, 0.0]}), path)
-    table, log, _ = build_pairs("generic", [path], a_col="a", b_col="b", label_col="label", label_a="1",
-                                label_b="2", label_tie="0")
+    pq.write_table(
+        pa.table({"prompt": ["q0", "q1", "q2"], "a": ["x", "x", "x"], "b": ["y", "y", "y"], "label": [1.0, 2.0, 0.0]}),
+        path,
+    )
+    table, log, _ = build_pairs(
+        "generic", [path], a_col="a", b_col="b", label_col="label", label_a="1", label_b="2", label_tie="0"
+    )
     assert [(r["chosen"], r["rejected"]) for r in table.to_pylist()] == [("x", "y"), ("y", "x")]
     assert log.dropped == {"tie": 1} and not log.skipped
 
@@ -301,14 +353,30 @@ def test_prepare_writes_parquet_only(tmp_path):
     assert not (tmp_path / "x.jsonl").exists()
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("chosen", " ", "row 1: field 'chosen' is empty"), ("rejected", "", "row 1: field 'rejected' is empty"),
-    ("prompt", [], "row 1: field 'prompt' has no messages"),
-    ("prompt", [{"role": "user", "content": None}], "row 1: field 'prompt' has a message without text"),
-    ("rejected", "c1", "row 1: chosen == rejected")])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("chosen", " ", "row 1: field 'chosen' is empty"),
+        ("rejected", "", "row 1: field 'rejected' is empty"),
+        ("prompt", [], "row 1: field 'prompt' has no messages"),
+        ("prompt", [{"role": "user", "content": None}], "row 1: field 'prompt' has a message without text"),
+        ("rejected", "c1", "row 1: chosen == rejected"),
+    ],
+)
 def test_hand_made_pair_table_is_checked_like_prepared_ones(tmp_path, field, value, message):
-    rows = [{"pair_id": f"p{i}", "prompt": [{"role": "user", "content": f"q{i}"}], "chosen": f"c{i}",
-             "rejected": f"r{i}", "group": None, "context": None, "split": "train", "source": "hand"} for i in range(3)]
+    rows = [
+        {
+            "pair_id": f"p{i}",
+            "prompt": [{"role": "user", "content": f"q{i}"}],
+            "chosen": f"c{i}",
+            "rejected": f"r{i}",
+            "group": None,
+            "context": None,
+            "split": "train",
+            "source": "hand",
+        }
+        for i in range(3)
+    ]
     rows[1][field] = value
     pq.write_table(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA), tmp_path / "t.parquet")
     with pytest.raises(MicroError, match=message):

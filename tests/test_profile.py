@@ -1,4 +1,5 @@
 """Per-user Hedge profile (heads/profile.py)."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ def _hand_loop(prior, Z, tau):
     w = np.asarray(prior, dtype=float) / np.sum(prior)
     out = []
     for z in Z:
-        w = w * np.exp(-np.log1p(np.exp(-z)) / tau)   # w <- w exp(-L_k / tau), L = -log sigma(z)
+        w = w * np.exp(-np.log1p(np.exp(-z)) / tau)  # w <- w exp(-L_k / tau), L = -log sigma(z)
         w = w / w.sum()
         out.append(w.copy())
     return out
@@ -21,8 +22,8 @@ def _hand_loop(prior, Z, tau):
 
 def test_concentrates_on_the_head_that_gets_pairs_right():
     rng = np.random.default_rng(0)
-    Z = rng.normal(scale=0.5, size=(12, 4)) - 2.0      # heads 0, 1, 3 wrong on every pair
-    Z[:, 2] = 2.0 + rng.random(12)                      # only head 2 right
+    Z = rng.normal(scale=0.5, size=(12, 4)) - 2.0  # heads 0, 1, 3 wrong on every pair
+    Z[:, 2] = 2.0 + rng.random(12)  # only head 2 right
     p = HedgeProfile()
     assert p.n_heads is None
     p.update(Z[:6])
@@ -40,10 +41,10 @@ def test_sequential_formula_matches_hand_loop_and_order():
     for tau in (1.0, 0.3):
         p = HedgeProfile(tau=tau, prior=prior)
         ref = _hand_loop(prior, Z, tau)
-        for t in range(len(Z)):              # one pair at a time: every intermediate state
+        for t in range(len(Z)):  # one pair at a time: every intermediate state
             p.update(Z[t])
             np.testing.assert_allclose(p.weights_, ref[t], rtol=1e-10, atol=1e-300)
-        batch = HedgeProfile(tau=tau, prior=prior).update(Z)   # rows processed in stream order
+        batch = HedgeProfile(tau=tau, prior=prior).update(Z)  # rows processed in stream order
         np.testing.assert_allclose(batch.weights_, ref[-1], rtol=1e-10)
     # the state after a prefix depends on which pairs came first
     a = HedgeProfile(prior=prior).update(Z[:3]).weights_
@@ -80,7 +81,7 @@ def test_learning_curve():
     held[:, 1] = np.abs(rng.normal(size=200)) + 0.1
     p = HedgeProfile(n_heads=K)
     curve = p.learning_curve(stream, held)
-    assert curve.shape == (9,) and p.n_seen_ == 0            # runs on a copy
+    assert curve.shape == (9,) and p.n_seen_ == 0  # runs on a copy
     np.testing.assert_allclose(p.weights_, 1 / K)
     assert curve[0] < 0.5 and curve[-1] == 1.0
     # each point = accuracy of the profile after t pairs
@@ -97,8 +98,8 @@ def test_to_dict_from_dict_round_trip():
     rng = np.random.default_rng(3)
     p = HedgeProfile(tau=0.5, prior=[0.1, 0.6, 0.3])
     p.update(rng.normal(scale=2.0, size=(5, 3)))
-    p.update(np.array([[900.0, -900.0, 0.0]]))               # head 1's weight underflows to 0
-    d = json.loads(json.dumps(p.to_dict(), allow_nan=False))   # strictly JSON-able
+    p.update(np.array([[900.0, -900.0, 0.0]]))  # head 1's weight underflows to 0
+    d = json.loads(json.dumps(p.to_dict(), allow_nan=False))  # strictly JSON-able
     assert d["kind"] == "hedge" and d["n_seen"] == 6 and d["tau"] == 0.5 and len(d["weights"]) == 3
     q = HedgeProfile.from_dict(d)
     np.testing.assert_array_equal(q.log_weights_, p.log_weights_)

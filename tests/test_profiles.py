@@ -3,6 +3,7 @@
 Synthetic, no model: see tests/_stage2.py. The expected Hedge weights and learning curve are recomputed here
 with a plain numpy loop over the same per-head logits z = Δ·w_k.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,7 +55,7 @@ def test_profile_json_and_hand_computed_hedge(setup, built):
     assert data["fingerprint_id"] == meta["fingerprint_id"]
 
     feats = Run.load(root / "profiles" / "work" / "g1" / "user_run")
-    assert set(feats.groups) == {"g1"} and feats.n == 40          # only the user's pairs were embedded
+    assert set(feats.groups) == {"g1"} and feats.n == 40  # only the user's pairs were embedded
     mine = feats.take(feats.groups == "g1")
     stream, held = mine.part("train"), mine.part("test")
     assert res.n_stream == stream.n == 20 and res.n_heldout == held.n == data["n_heldout"] == 20
@@ -66,7 +67,7 @@ def test_profile_json_and_hand_computed_hedge(setup, built):
     z_s, z_h = stream.delta @ model.coef_.T, held.delta @ model.coef_.T
     logw = np.log(prior / prior.sum())
     curve = [float(np.mean(np.exp(logsig(z_h)) @ np.exp(logw) > 0.5))]
-    for row in z_s:                                  # Hedge, tau = 1, in stream (file) order
+    for row in z_s:  # Hedge, tau = 1, in stream (file) order
         logw = logw + logsig(row)
         logw = logw - np.logaddexp.reduce(logw)
         curve.append(float(np.mean(np.exp(logsig(z_h)) @ np.exp(logw) > 0.5)))
@@ -88,10 +89,12 @@ def test_hedge_temperature_and_uniform_prior(setup, tmp_path, monkeypatch):
     root, bundle, user = setup
     patch_backend(monkeypatch)
     # no context column and a static bundle: the prior is uniform
-    static = make_bundle(tmp_path, synthetic_rows(n_per_group=30, topic=True), name="static", baseline="static",
-                         max_iter=300)
-    bare = write_table(synthetic_rows(n_per_group=10, seed=6, prefix="b", with_context=False),
-                       tmp_path / "bare.parquet")
+    static = make_bundle(
+        tmp_path, synthetic_rows(n_per_group=30, topic=True), name="static", baseline="static", max_iter=300
+    )
+    bare = write_table(
+        synthetic_rows(n_per_group=10, seed=6, prefix="b", with_context=False), tmp_path / "bare.parquet"
+    )
     res = build_profile(static, bare, "g0", tmp_path / "p", tau=2.0, log=lambda m: None)
     assert res.prior == "uniform"
     model, _ = load_bundle(static)
@@ -109,7 +112,7 @@ def test_build_profile_errors(setup, tmp_path, monkeypatch):
     built = patch_backend(monkeypatch)
     with pytest.raises(MicroError, match="user 'nobody' not found.*users present: g0, g1, g2"):
         build_profile(bundle, user, "nobody", tmp_path, log=lambda m: None)
-    assert built == []                                  # checked before the embedder is even loaded
+    assert built == []  # checked before the embedder is even loaded
     test_only = write_table(synthetic_rows(n_per_group=5, seed=7, prefix="t", split="test"), tmp_path / "t.parquet")
     with pytest.raises(MicroError, match="no pairs to learn from"):
         build_profile(bundle, test_only, "g0", tmp_path, log=lambda m: None)
@@ -145,8 +148,21 @@ def test_load_profile(setup, built, tmp_path):
 def test_cli_online_profile_then_score_with_it(setup, tmp_path, monkeypatch, capsys):
     root, bundle, user = setup
     patch_backend(monkeypatch)
-    code, _, err = run_cli(monkeypatch, capsys, "route", bundle, "--user-data", user, "--online", "--user", "g2",
-                           "--out", tmp_path / "profiles", "--hedge-tau", "0.5")
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "route",
+        bundle,
+        "--user-data",
+        user,
+        "--online",
+        "--user",
+        "g2",
+        "--out",
+        tmp_path / "profiles",
+        "--hedge-tau",
+        "0.5",
+    )
     assert code == 0, err
     path = tmp_path / "profiles" / "g2.json"
     data = json.loads(path.read_text())
@@ -154,8 +170,13 @@ def test_cli_online_profile_then_score_with_it(setup, tmp_path, monkeypatch, cap
     assert "profile of 'g2' after 20 pairs" in err and "learning curve" in err and "profile saved" in err
     weights = data["profile"]["weights"]
 
-    rows = write_jsonl([{"prompt": "question x", "response": "answer attrs 1 0 0"},
-                        {"prompt": "question y", "response": "answer attrs 0 1 0"}], tmp_path / "rows.jsonl")
+    rows = write_jsonl(
+        [
+            {"prompt": "question x", "response": "answer attrs 1 0 0"},
+            {"prompt": "question y", "response": "answer attrs 0 1 0"},
+        ],
+        tmp_path / "rows.jsonl",
+    )
     out = tmp_path / "rewards.parquet"
     code, _, err = run_cli(monkeypatch, capsys, "score", bundle, "--input", rows, "--user", path, "--out", out)
     assert code == 0, err
@@ -168,8 +189,9 @@ def test_cli_online_profile_then_score_with_it(setup, tmp_path, monkeypatch, cap
 
     code, _, err = run_cli(monkeypatch, capsys, "route", bundle, "--user-data", user, "--online")
     assert code == 2 and err.startswith("error: --online needs --user"), err
-    code, _, err = run_cli(monkeypatch, capsys, "route", bundle, "--user-data", user, "--online", "--user", "zed",
-                           "--out", tmp_path / "p2")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "route", bundle, "--user-data", user, "--online", "--user", "zed", "--out", tmp_path / "p2"
+    )
     assert code == 2 and err.startswith("error: ") and "users present: g0, g1, g2" in err, err
     assert len(err.strip().splitlines()) == 1, err
 

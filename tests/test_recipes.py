@@ -1,4 +1,5 @@
 """Recipes: exact counts on small fixtures (published schemas) and on the real data in ../shared/data."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -41,19 +42,24 @@ def test_registry_names():
 
 # --- conversation helpers -------------------------------------------------------------------------
 
+
 def test_parse_hh_turns_and_roles():
     msgs = parse_hh("\n\nHuman: hi there\n\nAssistant: hello!\n\nHuman: bye\n\nAssistant: ciao")
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
     assert msgs[0]["content"] == "hi there" and msgs[-1]["content"] == "ciao"
-    assert parse_hh("Human: q\n\nAssistant: a") == [{"role": "user", "content": "q"},
-                                                    {"role": "assistant", "content": "a"}]
+    assert parse_hh("Human: q\n\nAssistant: a") == [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"},
+    ]
     with pytest.raises(BadRow):
         parse_hh("just text")
 
 
 def test_as_messages_accepts_sharegpt_and_json_strings():
     assert as_messages([{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]) == [
-        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"},
+    ]
     assert as_messages('[{"role": "user", "content": "q"}]') == [{"role": "user", "content": "q"}]
     assert as_messages("[not json]") is None and as_messages("plain") is None
 
@@ -104,8 +110,10 @@ def test_helpsteer2_min_gap_and_multiturn_prompt():
     assert table.num_rows == 2 and set(groups(table)) == {"helpfulness", "correctness"}
     assert log.dropped["rating gap below min_gap"] == 9
     assert helpsteer_prompt("What is 2+2?<extra_id_1>Assistant\n2+2 is 4.<extra_id_1>User\nAnd 3+3?") == [
-        {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "2+2 is 4."},
-        {"role": "user", "content": "And 3+3?"}]
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "2+2 is 4."},
+        {"role": "user", "content": "And 3+3?"},
+    ]
 
 
 def test_helpsteer2_split_from_published_file_name(tmp_path):
@@ -142,8 +150,7 @@ def test_rpr_scenario_context_and_aliases(tmp_path):
     assert set(groups(table)) == {"scenario_x", "scenario_y"}
     assert all(r["context"].startswith("A user who values:") for r in rows(table))
     alias = tmp_path / "rpr_alias.jsonl"
-    alias.write_text('{"prompt": "p", "response_x": "A", "response_y": "B", "criteria_x": "cx", '
-                     '"criteria_y": "cy"}\n')
+    alias.write_text('{"prompt": "p", "response_x": "A", "response_y": "B", "criteria_x": "cx", "criteria_y": "cy"}\n')
     t = rows(build_pairs("rpr", [alias])[0])
     assert [(r["chosen"], r["context"]) for r in t] == [("A", "cx"), ("B", "cy")]
     with pytest.raises(MicroError, match="context_field"):
@@ -151,6 +158,7 @@ def test_rpr_scenario_context_and_aliases(tmp_path):
 
 
 # --- hh-rlhf and pandalm slices -------------------------------------------------------------------
+
 
 def test_hh_rlhf_slice():
     path = FIX / "hh_rlhf_harmless_tiny.jsonl"
@@ -179,6 +187,7 @@ def test_pandalm_slice():
 
 
 # --- the real data sets ---------------------------------------------------------------------------
+
 
 def test_dsp_real_file_exact_counts():
     path = real("dsp/domain_specific_preference.test.json")

@@ -3,6 +3,7 @@
 Synthetic, no model: see tests/_stage2.py. The Stage-1 bundle's gate reads the prompt, which in the user data
 carries no group information, so only a router on context+prompt features can tell the groups apart.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,6 +60,7 @@ def user_feats(routed):
 
 # --- helpers ---------------------------------------------------------------------------------------
 
+
 def test_group_codes_and_per_group_accuracy():
     from pipeline.core.run import Run, per_group_accuracy
 
@@ -69,11 +71,12 @@ def test_group_codes_and_per_group_accuracy():
     assert acc[:3].tolist() == [1.0, 0.0, 0.5] and np.isnan(acc[3])
     assert run.group_accuracy(p).tolist() == [1.0, 0.0, 0.5]
     assert run.take(run.groups != "all").present_groups() == ["a", "b"]
-    z = np.array([[1.0, -1.0], [-2.0, 3.0], [0.5, 0.5], [-1.0, 2.0]])      # (N, K) logits: (K, G) per head
-    np.testing.assert_array_equal(per_group_accuracy(z, run.groups, ["a", "b"], threshold=0.0), [[1, .5], [1, .5]])
+    z = np.array([[1.0, -1.0], [-2.0, 3.0], [0.5, 0.5], [-1.0, 2.0]])  # (N, K) logits: (K, G) per head
+    np.testing.assert_array_equal(per_group_accuracy(z, run.groups, ["a", "b"], threshold=0.0), [[1, 0.5], [1, 0.5]])
 
 
 # --- route_seeds -----------------------------------------------------------------------------------
+
 
 def test_route_seeds_deterministic_and_shapes(stage1, routed):
     from pipeline.core.model import Model
@@ -133,6 +136,7 @@ def test_no_context_and_unseen_groups_notes(stage1, routed):
 
 # --- route(): routed bundle ------------------------------------------------------------------------
 
+
 def test_routed_bundle_loads_and_predicts_like_the_seed0_router(stage1, routed):
     from pipeline.core.bundle import load_bundle
     from pipeline.core.run import per_group_accuracy
@@ -149,7 +153,7 @@ def test_routed_bundle_loads_and_predicts_like_the_seed0_router(stage1, routed):
     _, test = user_feats(routed)
     p = model.predict_proba(test.delta, test.context)
     want = res.routers[0].predict_proba(test.delta @ model0.coef_.T, test.context)
-    np.testing.assert_allclose(p, want, rtol=1e-5, atol=1e-6)     # bundle stores float32 gate weights
+    np.testing.assert_allclose(p, want, rtol=1e-5, atol=1e-6)  # bundle stores float32 gate weights
     assert per_group_accuracy(p, test.groups, res.groups).tolist() == res.after[0].tolist()
     assert len(built) == 1 and built[0].closed == 1
     assert any("user data: 180 pairs" in m for m in lines), lines
@@ -162,10 +166,14 @@ def test_route_errors(stage1, tmp_path, monkeypatch):
     patch_backend(monkeypatch)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    train_only = write_table(synthetic_rows(n_per_group=10, seed=2, prefix="t", split="train"),
-                             tmp_path / "train_only.parquet")
-    for path, pattern in ((empty, "empty.jsonl: the user data file is empty"), (train_only, "no held-out pairs"),
-                          (tmp_path / "missing.jsonl", "no such file")):
+    train_only = write_table(
+        synthetic_rows(n_per_group=10, seed=2, prefix="t", split="train"), tmp_path / "train_only.parquet"
+    )
+    for path, pattern in (
+        (empty, "empty.jsonl: the user data file is empty"),
+        (train_only, "no held-out pairs"),
+        (tmp_path / "missing.jsonl", "no such file"),
+    ):
         with pytest.raises(MicroError, match=pattern) as exc:
             route(bundle, path, tmp_path / "out", seeds=(0,), log=lambda m: None)
         assert "\n" not in str(exc.value)
@@ -173,24 +181,26 @@ def test_route_errors(stage1, tmp_path, monkeypatch):
 
 # --- user data embedding -------------------------------------------------------------------------
 
+
 def test_embed_user_data_embeds_only_new_texts(stage1, tmp_path, monkeypatch):
     from pipeline.core.model import Model
 
     root, bundle, rows, *_ = stage1
     new = synthetic_rows(n_per_group=4, seed=3, prefix="n")
-    user_rows = rows[:5] + new           # five pairs whose texts are cached by the Stage-1 run
+    user_rows = rows[:5] + new  # five pairs whose texts are cached by the Stage-1 run
     path = write_table(user_rows, tmp_path / "mixed.parquet")
     built = patch_backend(monkeypatch)
     model = Model.load(bundle)
     meta = model.meta
     feats = model.embed_user_data(path, tmp_path / "work", log=lambda m: None)
     want = rendered_texts(user_rows) - rendered_texts(rows)
-    assert len(want) == 4 * 3 * 4                # chosen, rejected, prompt, context+prompt of the 12 new pairs
+    assert len(want) == 4 * 3 * 4  # chosen, rejected, prompt, context+prompt of the 12 new pairs
     assert sorted(built[0].embedded) == sorted(want)
     assert feats.n == len(user_rows) and feats.fingerprint_id == meta["fingerprint_id"]
-    np.testing.assert_allclose(feats.chosen[-1], AttrBackend.vector(AttrBackend().render_response(
-        new[-1]["prompt"], new[-1]["chosen"])))
-    model.embed_user_data(path, tmp_path / "work2", log=lambda m: None)      # all cached now
+    np.testing.assert_allclose(
+        feats.chosen[-1], AttrBackend.vector(AttrBackend().render_response(new[-1]["prompt"], new[-1]["chosen"]))
+    )
+    model.embed_user_data(path, tmp_path / "work2", log=lambda m: None)  # all cached now
     assert built[1].embedded == []
 
 
@@ -220,15 +230,34 @@ def test_changed_embedder_fingerprint(stage1, tmp_path, monkeypatch):
 
 # --- CLI ---------------------------------------------------------------------------------------------
 
+
 def test_cli_route(stage1, tmp_path, monkeypatch, capsys):
     root, bundle, *_ = stage1
     patch_backend(monkeypatch)
-    user = write_jsonl([{**r, "prompt": r["prompt"][0]["content"]}
-                        for r in synthetic_rows(n_per_group=20, seed=4, prefix="c", test_frac=0.5)],
-                       tmp_path / "user.jsonl")
+    user = write_jsonl(
+        [
+            {**r, "prompt": r["prompt"][0]["content"]}
+            for r in synthetic_rows(n_per_group=20, seed=4, prefix="c", test_frac=0.5)
+        ],
+        tmp_path / "user.jsonl",
+    )
     out = tmp_path / "cli-routed"
-    code, _, err = run_cli(monkeypatch, capsys, "route", bundle, "--user-data", user, "--out", out,
-                           "--seeds", "2", "--budget-per-group", "5", "--epochs", "2")
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "route",
+        bundle,
+        "--user-data",
+        user,
+        "--out",
+        out,
+        "--seeds",
+        "2",
+        "--budget-per-group",
+        "5",
+        "--epochs",
+        "2",
+    )
     assert code == 0, err
     assert "before" in err and "after" in err and "macro" in err and "g2" in err
     assert f"routed bundle: {out}" in err.replace("\n", "")

@@ -1,4 +1,5 @@
 """Stage-2 router (heads/router.py): soft labels, fit from the Stage-1 gate, synthetic routing, draw_budget."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,9 +36,9 @@ def make_routing_data(n_per_group=400, seed=0, K=3, d=8, s=3.0, c=0.8, feat="one
         delta[~first_wins] *= -1.0
         Z.append(delta @ W.T)
         G.append(np.full(n_per_group, g))
-        if feat == "onehot":      # one-hot group + noise
+        if feat == "onehot":  # one-hot group + noise
             x = np.eye(K)[np.full(n_per_group, g)] + noise * rng.standard_normal((n_per_group, K))
-        else:                     # unit-norm "sentence embedding" around a group centre
+        else:  # unit-norm "sentence embedding" around a group centre
             x = cents[g] + 3 * noise * rng.standard_normal((n_per_group, p)) / np.sqrt(p)
             x /= np.linalg.norm(x, axis=1, keepdims=True)
         C.append(x)
@@ -51,7 +52,7 @@ def test_soft_labels_match_direct_formula():
     rng = np.random.default_rng(0)
     z = rng.normal(scale=3.0, size=(50, 4))
     log_f = np.log(softmax(rng.normal(size=(50, 4)), axis=1))
-    tau = 0.7   # moderate tau: the naive product formula is still representable
+    tau = 0.7  # moderate tau: the naive product formula is still representable
     naive = np.exp(log_f) * np.exp(-np.log1p(np.exp(-z)) / tau)
     naive /= naive.sum(1, keepdims=True)
     np.testing.assert_allclose(router_soft_labels(log_f, z, tau), naive, rtol=1e-10, atol=1e-14)
@@ -60,7 +61,7 @@ def test_soft_labels_match_direct_formula():
 def test_soft_labels_stable_tiny_tau_large_losses():
     rng = np.random.default_rng(1)
     z = rng.normal(scale=40.0, size=(200, 5))
-    z[0] = [-300.0, -250.0, -400.0, -260.0, -251.0]   # every head badly wrong: losses ~ 250..400
+    z[0] = [-300.0, -250.0, -400.0, -260.0, -251.0]  # every head badly wrong: losses ~ 250..400
     log_f = np.log(softmax(rng.normal(size=(200, 5)), axis=1))
     tau = 1e-3
     om = router_soft_labels(log_f, z, tau)
@@ -71,7 +72,7 @@ def test_soft_labels_stable_tiny_tau_large_losses():
     a = log_f - L / tau
     ref = np.exp(a - logsumexp(a, axis=1, keepdims=True))
     np.testing.assert_allclose(om, ref, rtol=1e-12, atol=1e-300)
-    assert om[0].argmax() == 1     # smallest loss wins when tau is tiny
+    assert om[0].argmax() == 1  # smallest loss wins when tau is tiny
     # the naive product would underflow to 0/0 here
     with np.errstate(all="ignore"):
         naive = np.exp(log_f[0]) * np.exp(-L[0] / tau)
@@ -97,7 +98,7 @@ def _reference_fit(z, X, params, tau, epochs, bs, lr, seed):
         om = torch.tensor(np.exp(a - logsumexp(a, axis=1, keepdims=True)))
         perm = rng.permutation(len(z))
         for s in range(0, len(z), bs):
-            i = torch.tensor(perm[s:s + bs])
+            i = torch.tensor(perm[s : s + bs])
             loss = -(om[i] * torch.log_softmax(Xt[i] @ W.T + b, 1)).sum(1).mean()
             opt.zero_grad()
             loss.backward()
@@ -110,8 +111,8 @@ def test_fit_matches_reference_algorithm():
     init = init_gate_params("linear", 3, 8, scale=0.5, rng=np.random.default_rng(1))
     threads = torch.get_num_threads()
     r = Router(tau=0.3, epochs=3, batch_size=16, lr=0.05, random_state=7).fit(z, C, init)
-    assert torch.get_num_threads() == threads          # fit restores torch's thread setting
-    torch.set_num_threads(1)                           # tiny ops: threads only slow the reference down
+    assert torch.get_num_threads() == threads  # fit restores torch's thread setting
+    torch.set_num_threads(1)  # tiny ops: threads only slow the reference down
     try:
         W, b = _reference_fit(z, C, init, 0.3, 3, 16, 0.05, 7)
         W1, _ = _reference_fit(z, C, init, 0.3, 1, 16, 0.05, 7)
@@ -154,7 +155,7 @@ def test_deterministic_given_random_state():
 def test_static_router_learns_global_frequency():
     rng = np.random.default_rng(0)
     z = rng.normal(size=(300, 3))
-    z[:240, 1] = 20.0                     # head 1 is best on exactly 80 % of pairs
+    z[:240, 1] = 20.0  # head 1 is best on exactly 80 % of pairs
     z[240:, 1] = -20.0
     r = Router(epochs=30, lr=0.1, tau=TAU_PAPER).fit(z, None, {"logits": np.zeros(3)})
     w = r.gate_weights(None, n_rows=1)[0]
@@ -205,7 +206,7 @@ def test_synthetic_routing_recovers_group_heads(feat, kind, epochs):
     idx, short = draw_budget(G, 50, np.random.default_rng(0))
     assert short == {} and len(idx) == 150
     held = np.setdiff1d(np.arange(len(G)), idx)
-    init = init_gate_params(kind, K, C.shape[1], hidden=32, rng=np.random.default_rng(0))   # uniform gate
+    init = init_gate_params(kind, K, C.shape[1], hidden=32, rng=np.random.default_rng(0))  # uniform gate
     np.testing.assert_allclose(gate_weights_np(init, C), 1.0 / K)
     lr = 1e-2 if kind == "mlp" else 3e-2
     r = Router(epochs=epochs, lr=lr, tau=TAU_PAPER).fit(z[idx], C[idx], init)
@@ -236,7 +237,7 @@ def test_draw_budget_counts_short_groups_and_determinism():
     assert len(np.unique(idx)) == len(idx) and np.all(np.diff(idx) > 0)
     idx2, _ = draw_budget(rng_groups, 5, np.random.default_rng(1))
     np.testing.assert_array_equal(idx, idx2)
-    idx3, _ = draw_budget(rng_groups, 5, 1)           # int seed == Generator with that seed
+    idx3, _ = draw_budget(rng_groups, 5, 1)  # int seed == Generator with that seed
     np.testing.assert_array_equal(idx, idx3)
     assert any(not np.array_equal(idx, draw_budget(rng_groups, 5, s)[0]) for s in range(2, 6))
     # budget above every group: everything, all short except the exact fit

@@ -3,6 +3,7 @@
 Synthetic, no model: see tests/_stage2.py. Expected values are recomputed from AttrBackend's vectors and the
 bundle's safetensors arrays read directly, not through the model class.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,12 @@ def vec(text):
 
 def per_head_expected(bundle, prompts=PROMPTS, responses=RESPONSES):
     coef, _ = arrays(bundle)
-    feats = np.stack([vec(render_plain([{"role": "user", "content": p}, {"role": "assistant", "content": r}]))
-                      for p, r in zip(prompts, responses)])
+    feats = np.stack(
+        [
+            vec(render_plain([{"role": "user", "content": p}, {"role": "assistant", "content": r}]))
+            for p, r in zip(prompts, responses)
+        ]
+    )
     return feats @ coef.T
 
 
@@ -72,7 +77,7 @@ def test_rewards_with_context(bundles, monkeypatch):
     msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
     again = rm.rewards(msgs, RESPONSES, context=CONTEXT)
     np.testing.assert_allclose(again["reward"], out["reward"])
-    assert len(built) == 1 and len(built[0].embedded) == 9        # 3 responses, 3 context+prompts, 3 prompts
+    assert len(built) == 1 and len(built[0].embedded) == 9  # 3 responses, 3 context+prompts, 3 prompts
     rm.close()
     assert built[0].closed == 1
     with pytest.raises(MicroError, match="2 prompts but 3 responses"):
@@ -90,15 +95,16 @@ def test_static_gate_and_profile_weights(bundles, monkeypatch):
     rm = RewardModel.load(static)
     assert rm.model.gate_kind_ == "static"
     _, gate = arrays(static)
-    responses = [r + " static" for r in RESPONSES]         # not cached yet
+    responses = [r + " static" for r in RESPONSES]  # not cached yet
     out = rm.rewards(PROMPTS, responses, context=CONTEXT)
     assert set(gate) == {"logits"}
     w = np.exp(gate["logits"] - np.logaddexp.reduce(gate["logits"]))
     np.testing.assert_allclose(out["weights"], np.tile(w, (3, 1)), rtol=1e-6)
-    np.testing.assert_allclose(w, json.loads((static / "model.json").read_text())["fitted"]["mixture_weights_"],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        w, json.loads((static / "model.json").read_text())["fitted"]["mixture_weights_"], rtol=1e-5
+    )
     np.testing.assert_allclose(out["per_head"], per_head_expected(static, responses=responses), rtol=1e-5, atol=1e-6)
-    assert len(built[0].embedded) == 3                     # the responses only: a static gate reads no prompt
+    assert len(built[0].embedded) == 3  # the responses only: a static gate reads no prompt
 
     prof = HedgeProfile(prior=[0.2, 0.3, 0.5])
     res = RewardModel.load(gated).rewards(PROMPTS, RESPONSES, profile=prof)
@@ -111,8 +117,12 @@ def test_read_score_input(tmp_path):
 
     rows = [{"prompt": p, "response": r, "id": i} for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))]
     df = pl.DataFrame(rows)
-    paths = [write_jsonl(rows, tmp_path / "in.jsonl"), tmp_path / "in.csv", tmp_path / "in.parquet",
-             tmp_path / "in.json"]
+    paths = [
+        write_jsonl(rows, tmp_path / "in.jsonl"),
+        tmp_path / "in.csv",
+        tmp_path / "in.parquet",
+        tmp_path / "in.json",
+    ]
     df.write_csv(paths[1])
     df.write_parquet(paths[2])
     paths[3].write_text(json.dumps(rows))
@@ -141,8 +151,10 @@ def test_score_file_parquet_and_jsonl(bundles, tmp_path, monkeypatch):
 
     root, gated, _ = bundles
     patch_backend(monkeypatch)
-    inp = write_jsonl([{"prompt": p, "response": r, "id": i} for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))],
-                      tmp_path / "in.jsonl")
+    inp = write_jsonl(
+        [{"prompt": p, "response": r, "id": i} for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))],
+        tmp_path / "in.jsonl",
+    )
     want = RewardModel.load(gated).rewards(PROMPTS, RESPONSES, context=CONTEXT)
     cols = ["prompt", "response", "id", "reward", "reward_head_0", "reward_head_1", "reward_head_2", "weights"]
     frames = {}
@@ -172,12 +184,14 @@ def test_cli_score(bundles, tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "score", gated, "--input", inp, "--out", out, "--context", CONTEXT)
     assert code == 0, err
     assert f"rewards written: {out}" in err and pl.read_ndjson(out).height == 3
-    code, _, err = run_cli(monkeypatch, capsys, "score", gated, "-i", inp, "--context", CONTEXT,
-                           "--user", tmp_path / "p.json")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "score", gated, "-i", inp, "--context", CONTEXT, "--user", tmp_path / "p.json"
+    )
     assert code == 2 and err == "error: give either --context or --user, not both\n"
     (tmp_path / "bad.jsonl").write_text('{"prompt": "q"}\n')
-    code, _, err = run_cli(monkeypatch, capsys, "score", gated, "-i", tmp_path / "bad.jsonl",
-                           "-o", tmp_path / "o.parquet")
+    code, _, err = run_cli(
+        monkeypatch, capsys, "score", gated, "-i", tmp_path / "bad.jsonl", "-o", tmp_path / "o.parquet"
+    )
     assert code == 2 and err.startswith("error: ") and "missing column 'response'" in err, err
 
 

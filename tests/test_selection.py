@@ -1,4 +1,5 @@
 """Held-out selection of the Stage-1 fit (heads.selection, heads.fitting) and its defaults at LLM width."""
+
 from __future__ import annotations
 
 import warnings
@@ -20,7 +21,7 @@ def test_holdout_never_splits_a_prompt_and_is_seeded():
     assert 100 <= len(val) <= 300
     again = holdout_rows(groups, 0.2, seed=3)
     assert np.array_equal(val, again[1]) and not np.array_equal(val, holdout_rows(groups, 0.2, seed=4)[1])
-    two = holdout_rows(np.array([0, 0, 1, 1]), 0.01, seed=0)   # a tiny fraction still holds out one prompt
+    two = holdout_rows(np.array([0, 0, 1, 1]), 0.01, seed=0)  # a tiny fraction still holds out one prompt
     assert len(two[0]) == 2 and len(two[1]) == 2
 
 
@@ -34,14 +35,14 @@ def test_prompt_groups_are_identical_prompt_rows():
 def test_ties_go_to_the_stronger_l2():
     pts = [PathPoint(c, c, c, v, 1, 1, 0.0) for c, v in ((1.0, -0.50), (0.1, -0.49995), (0.01, -0.45))]
     assert best_point(pts).c == 0.01
-    assert best_point(pts[:2]).c == 1.0   # a gain below MIN_GAIN does not buy a weaker L2
+    assert best_point(pts[:2]).c == 1.0  # a gain below MIN_GAIN does not buy a weaker L2
 
 
 def test_temperature_recovers_the_true_one():
     rng = np.random.default_rng(0)
     z = rng.normal(0, 3, 40000)
-    y = rng.random(z.size) < 1 / (1 + np.exp(-z / 2.5))          # outcomes drawn at temperature 2.5
-    lo = np.where(y, z, -z)                                       # log-odds of the observed outcome
+    y = rng.random(z.size) < 1 / (1 + np.exp(-z / 2.5))  # outcomes drawn at temperature 2.5
+    lo = np.where(y, z, -z)  # log-odds of the observed outcome
     assert fit_temperature(lo) == pytest.approx(2.5, rel=0.05)
 
 
@@ -51,7 +52,7 @@ def test_early_stopping_returns_the_best_validation_point():
     val = Problem(d["delta"][400:], None, 1, "static", 0.0, 0.0)
     res = run_em(prob, np.zeros(prob.packer.size), max_iter=300, tol=0.0, init_m_steps=0, val=val, patience=5)
     assert res.stopped_early and res.best_iter == int(np.argmax(res.val_history))
-    assert len(res.val_history) == res.best_iter + 6             # patience iterations past the best, then stop
+    assert len(res.val_history) == res.best_iter + 6  # patience iterations past the best, then stop
     assert val.heldout_score(res.theta) == pytest.approx(max(res.val_history))
 
 
@@ -69,8 +70,11 @@ def test_selection_is_invariant_to_the_feature_scale():
     b = _fit(8.0 * data["delta"], 0.25 * data["prompt"])
     assert a.selection_["chosen_c"] == b.selection_["chosen_c"]
     assert b.l2_ == pytest.approx(64 * a.l2_) and b.gate_l2_ == pytest.approx(a.gate_l2_ / 16)
-    np.testing.assert_allclose(a.predict_proba(data["delta"], data["prompt"]),
-                               b.predict_proba(8.0 * data["delta"], 0.25 * data["prompt"]), atol=1e-8)
+    np.testing.assert_allclose(
+        a.predict_proba(data["delta"], data["prompt"]),
+        b.predict_proba(8.0 * data["delta"], 0.25 * data["prompt"]),
+        atol=1e-8,
+    )
     np.testing.assert_allclose(b.coef_, a.coef_ / 8.0, rtol=1e-6, atol=1e-10)
 
 

@@ -1,4 +1,5 @@
 """The seeded, prompt-grouped train/test split."""
+
 from __future__ import annotations
 
 import random

@@ -1,4 +1,5 @@
 """cache.store.EmbeddingStore: content keys, round trips, recovery, damage detection, inter-process appends."""
+
 from __future__ import annotations
 
 import hashlib
@@ -36,6 +37,7 @@ def all_keys(s: EmbeddingStore) -> set[bytes]:
 
 # --- keys ---------------------------------------------------------------------------------------------------------
 
+
 def test_keys_are_content_addresses():
     k = text_keys(FID, ["hello", "world", "hello", "héllo \ud800"])
     assert k.dtype == np.dtype("S16") and k.shape == (4,)
@@ -46,6 +48,7 @@ def test_keys_are_content_addresses():
 
 
 # --- round trips --------------------------------------------------------------------------------------------------
+
 
 def test_round_trip_float32_exact_and_reopen(tmp_path):
     s = store(tmp_path)
@@ -112,8 +115,8 @@ def test_compact_dedupes_and_preserves_values(tmp_path):
     s = store(tmp_path)
     _, k, v = data(30, seed=7)
     s.append(k[:20], v[:20])
-    s.append(k[10:], v[10:])    # 10 keys twice
-    s.append(k[5:8], v[5:8])    # 3 keys a third time
+    s.append(k[10:], v[10:])  # 10 keys twice
+    s.append(k[5:8], v[5:8])  # 3 keys a third time
     assert s.rows == 43
     assert s.compact() == 3
     files = shard_files(s)
@@ -142,6 +145,7 @@ def test_compact_only_some_shards(tmp_path):
 
 
 # --- recovery -----------------------------------------------------------------------------------------------------
+
 
 def test_orphan_shard_is_adopted(tmp_path):
     s = store(tmp_path)
@@ -265,6 +269,7 @@ def test_shard_missing_from_disk_is_reported(tmp_path):
 
 # --- concurrency --------------------------------------------------------------------------------------------------
 
+
 def _append_worker(root: str, seed: int, n_shards: int, start) -> None:
     start.wait(30)
     for i in range(n_shards):
@@ -302,21 +307,27 @@ def test_shards_of_the_earlier_list_layout_are_still_read(tmp_path):
     s.append(k[:6], v[:6])  # current layout
     keys = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), 6, [None, pa.py_buffer(k[6:].tobytes())])
     vec = pa.FixedSizeListArray.from_arrays(pa.array(v[6:].astype(np.float16).ravel(), type=pa.float16()), 16)
-    pq.write_table(pa.table({"key": keys, "vec": vec}), s.shard_dir / "part-legacy.parquet",
-                   write_page_checksum=True)  # an orphan in the fixed_size_list layout
+    pq.write_table(
+        pa.table({"key": keys, "vec": vec}), s.shard_dir / "part-legacy.parquet", write_page_checksum=True
+    )  # an orphan in the fixed_size_list layout
     s2 = store(tmp_path, "float16")
     assert s2.rows == 12 and not s2.damaged
     np.testing.assert_allclose(s2.lookup(k, np.float32), v, atol=1e-3)
     assert s2.compact() == 2
     np.testing.assert_allclose(store(tmp_path, "float16").lookup(k, np.float32), v, atol=1e-3)
     # a float32 shard dropped into the float16 cache is not read as float16
-    pq.write_table(pa.table({"key": keys, "vec": pa.FixedSizeListArray.from_arrays(
-        pa.array(v[6:].ravel(), type=pa.float32()), 16)}), s.shard_dir / "part-wrong.parquet")
+    pq.write_table(
+        pa.table(
+            {"key": keys, "vec": pa.FixedSizeListArray.from_arrays(pa.array(v[6:].ravel(), type=pa.float32()), 16)}
+        ),
+        s.shard_dir / "part-wrong.parquet",
+    )
     with pytest.warns(CacheDamaged, match="unexpected vector type"):
         assert store(tmp_path, "float16").rows == 12
 
 
 # --- read-only caches and damaged manifests (issue 8) ------------------------------------------------------------
+
 
 def _files(root) -> dict:
     return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
@@ -356,8 +367,10 @@ def test_read_only_cache_ignores_damage_without_moving_it(tmp_path, read_only):
     assert r.damaged[0][0] == bad.name and "not moved" in r.damaged[0][1]
 
 
-@pytest.mark.parametrize("text", ["", '{"version": 1, "shards": [', "[]", '{"shards": [{"file": 1}], "dim": 16}',
-                                  '{"shards": "x", "dim": null}'])
+@pytest.mark.parametrize(
+    "text",
+    ["", '{"version": 1, "shards": [', "[]", '{"shards": [{"file": 1}], "dim": 16}', '{"shards": "x", "dim": null}'],
+)
 def test_damaged_manifest_is_rebuilt_from_the_shards(tmp_path, text):
     """A truncated or invalid manifest used to break every command; a missing one was already rebuilt."""
     s = store(tmp_path)
@@ -391,6 +404,7 @@ def test_read_only_cache_never_reads_a_shard_of_the_wrong_size(tmp_path, read_on
 
 
 # --- background shard writes (cache.writer.ShardWriter) --------------------------------------------------------
+
 
 def _write_in_background_then_die(root: str, kill_after: int | None, shards: int) -> None:
     """Put ``shards`` chunks through a ShardWriter; SIGKILL this process right after handing over chunk

@@ -1,6 +1,7 @@
 """micro sweep on a tiny synthetic run folder (make_mixture vectors written through the embedding cache by a fake
 backend, no model): trial counts, resume, per-trial errors, --jobs 2 == --jobs 1, Ray == local, K selection,
 random search."""
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,13 @@ class VectorBackend(PlainTextBackend):
         self.vectors = vectors
 
     def fingerprint(self) -> dict:
-        return {"backend": self.name, "model": "mixture", "dim": DIM, "max_length": self.max_length,
-                "chat_template": None}
+        return {
+            "backend": self.name,
+            "model": "mixture",
+            "dim": DIM,
+            "max_length": self.max_length,
+            "chat_template": None,
+        }
 
     def embed(self, inputs):
         out = np.zeros((len(inputs), DIM), dtype=np.float32)
@@ -64,10 +70,18 @@ def run(tmp_path_factory):
         vectors[(i, "a")], vectors[(i, "b")] = base[i] + data["delta"][i], base[i]
         vectors[(i, "q")] = data["prompt"][i]
         g = int(data["groups"][i])
-        rows.append({"pair_id": f"p{i}", "prompt": [{"role": "user", "content": f"question {i}"}],
-                     "chosen": f"resp {i} a", "rejected": f"resp {i} b", "group": f"g{g}",
-                     "context": f"criterion for g{g}", "split": "test" if i % 4 == 0 else "train",
-                     "source": "synthetic"})
+        rows.append(
+            {
+                "pair_id": f"p{i}",
+                "prompt": [{"role": "user", "content": f"question {i}"}],
+                "chosen": f"resp {i} a",
+                "rejected": f"resp {i} b",
+                "group": f"g{g}",
+                "context": f"criterion for g{g}",
+                "split": "test" if i % 4 == 0 else "train",
+                "source": "synthetic",
+            }
+        )
     pairs = write_pairs(pairs_to_table(rows), root / "pairs.parquet")
     embed_pairs(pairs, root / "run", VectorBackend(vectors), cache_dir=root / "cache", log=quiet)
     return root / "run"
@@ -103,8 +117,18 @@ def test_grid_trials_resume_and_errors(run, tmp_path):
     assert all("larger than the number of pairs" in e or "alpha" in e for e in bad["error"].to_list())
     good = f.filter(pl.col("error").is_null())
     assert good.height == 4 and good["test_acc_macro"].is_not_null().all()
-    assert {"acc_g0", "acc_g1", "acc_g2", "train_loglik", "val_loglik", "test_loglik", "test_ece", "n_iter",
-            "converged", "wall_seconds"} <= set(f.columns)
+    assert {
+        "acc_g0",
+        "acc_g1",
+        "acc_g2",
+        "train_loglik",
+        "val_loglik",
+        "test_loglik",
+        "test_ece",
+        "n_iter",
+        "converged",
+        "wall_seconds",
+    } <= set(f.columns)
     # validation rows come from the train split only, grouped by prompt, about 20 %
     assert (good["train_n"] + good["val_n"]).to_list() == [N - N // 4] * 4
     assert all(0.1 < v / (N - N // 4) < 0.3 for v in good["val_n"].to_list())
@@ -130,7 +154,7 @@ def test_jobs2_equals_jobs1(routed_local):
     one, two, _ = routed_local
     assert one.new == two.new == 8
     assert one.frame["error"].is_null().all(), one.frame["error"].to_list()
-    assert one.frame["fit_reused"].sum() == 4          # one fit per (fit config, seed), two routers each
+    assert one.frame["fit_reused"].sum() == 4  # one fit per (fit config, seed), two routers each
     assert {"routed_acc_macro", "routed_acc_g0", "acc_g0"} <= set(one.frame.columns)
     assert_same(one.frame, two.frame)
 
@@ -184,7 +208,7 @@ def test_random_search_ranges_and_determinism():
         assert 1e-4 <= c["tau"] <= 1e-2 and 0 <= c["alpha"] <= 1 and c["init"] in ("kmeans", "random")
         assert isinstance(c["k"], int) and 1 <= c["k"] <= 16
     taus = np.log10([c["tau"] for c in a])
-    assert taus.min() < -3.3 and taus.max() > -2.7      # log-uniform spreads over the decades
+    assert taus.min() < -3.3 and taus.max() > -2.7  # log-uniform spreads over the decades
     assert len(grid_configs(parse_space("k=1,2,5; alpha=0,0.5; l2=1e-4,1e-3,1e-2"))) == 18
     assert [c["k"] for c in grid_configs(parse_space("k=int:2..4"))] == [2, 3, 4]
     with pytest.raises(MicroError, match="range"):
@@ -210,14 +234,43 @@ def test_cli_sweep_and_fit_k_auto(run, tmp_path, monkeypatch):
     import pipeline.core.parallel as B
     from cli import app
 
-    r = CliRunner().invoke(app, ["sweep", str(run), "--grid", f"k=1,2; {FAST}", "--seeds", "2", "--jobs", "1",
-                                 "--out", str(tmp_path / "s" / "res.parquet")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            str(run),
+            "--grid",
+            f"k=1,2; {FAST}",
+            "--seeds",
+            "2",
+            "--jobs",
+            "1",
+            "--out",
+            str(tmp_path / "s" / "res.parquet"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())
     assert "top 2 configurations by test_acc_macro" in text and "(4 new, 0 already there)" in text
-    monkeypatch.setattr(B, "n_cores", lambda: 1)   # --jobs default = cores: run the K sweep in this process
-    r = CliRunner().invoke(app, ["fit", str(run), "--k", "auto", "--k-range", "1..4", "--n-init", "1",
-                                 "--max-iter", "40", "--out", str(tmp_path / "m"), "--quiet"])
+    monkeypatch.setattr(B, "n_cores", lambda: 1)  # --jobs default = cores: run the K sweep in this process
+    r = CliRunner().invoke(
+        app,
+        [
+            "fit",
+            str(run),
+            "--k",
+            "auto",
+            "--k-range",
+            "1..4",
+            "--n-init",
+            "1",
+            "--max-iter",
+            "40",
+            "--out",
+            str(tmp_path / "m"),
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     sel = json.loads((tmp_path / "m" / "k_selection" / "k_selection.json").read_text())

@@ -1,4 +1,5 @@
 """The synthetic mixture generator."""
+
 import numpy as np
 
 from heads import bayes_accuracy, make_mixture

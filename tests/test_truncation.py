@@ -1,4 +1,5 @@
 """The history truncation mode (pipeline.embed.backends.truncation): what it keeps, in which order, and the counts."""
+
 from __future__ import annotations
 
 import re
@@ -29,10 +30,14 @@ def _fit(messages, response, max_length):
     return fit_history(messages, response, max_length, _render, _count, _cut, _count)
 
 
-CONV = [{"role": "system", "content": "I am an academic"},
-        {"role": "user", "content": "u1 " * 10}, {"role": "assistant", "content": "a1 " * 10},
-        {"role": "user", "content": "u2 " * 10}, {"role": "assistant", "content": "a2 " * 10},
-        {"role": "user", "content": "final question here"}]
+CONV = [
+    {"role": "system", "content": "I am an academic"},
+    {"role": "user", "content": "u1 " * 10},
+    {"role": "assistant", "content": "a1 " * 10},
+    {"role": "user", "content": "u2 " * 10},
+    {"role": "assistant", "content": "a2 " * 10},
+    {"role": "user", "content": "final question here"},
+]
 
 
 def test_short_conversations_are_untouched():
@@ -45,7 +50,7 @@ def test_oldest_turns_go_first_the_system_context_and_final_user_turn_stay():
     text, n = _fit(CONV, "the answer", _count(full) - 5)
     assert n == _count(full) and _count(text) <= _count(full) - 5
     assert "I am an academic" in text and "final question here" in text and "the answer" in text
-    assert "u1" not in text and "a2" in text                     # only as many old turns as needed went
+    assert "u1" not in text and "a2" in text  # only as many old turns as needed went
     text2, _ = _fit(CONV, "the answer", 20)
     assert "u1" not in text2 and "a2" not in text2 and "u2" not in text2
     assert text2.startswith("System: I am an academic") and "final question here" in text2
@@ -56,7 +61,7 @@ def test_then_the_response_is_cut_from_its_end_keeping_a_quarter_of_the_budget()
     text, n = _fit(CONV, response, 40)
     assert _count(text) <= 40 and n > 100
     assert "final question here" in text and "r0 r1 r2" in text and "r99" not in text
-    tiny = _fit(CONV, response, 12)[0]   # the final user turn loses its start before the response goes below 1/4
+    tiny = _fit(CONV, response, 12)[0]  # the final user turn loses its start before the response goes below 1/4
     kept = re.search(r"Assistant: (.*)", tiny).group(1).split()
     assert kept[0] == "r0" and len(kept) >= 3 and _count(tiny) <= 12
 
@@ -80,7 +85,7 @@ def test_sentence_transformers_backend_history_mode():
     be = SentenceTransformersBackend(max_length=32, truncation="history")
     text = be.render_response(CONV, "Paris is the capital of France. " * 10)
     assert be._count(text) <= 32 and "final question here" in text and "Paris is the capital" in text
-    assert be.token_lengths([text])[0] > 32            # reported: the conversation did not fit
+    assert be.token_lengths([text])[0] > 32  # reported: the conversation did not fit
     assert be.fingerprint()["truncation"] == "history"
 
 
@@ -88,9 +93,12 @@ def test_transformers_backend_history_mode_keeps_the_template(tiny_llama_dir):
     from pipeline.embed.backends.hf import TransformersBackend
 
     be = TransformersBackend(str(tiny_llama_dir), max_length=24)
-    assert be.fingerprint()["truncation"] == "history"   # the default
-    conv = [{"role": "user", "content": "the quick brown fox " * 3}, {"role": "assistant", "content": "hello world"},
-            {"role": "user", "content": "what is the capital of france ?"}]
+    assert be.fingerprint()["truncation"] == "history"  # the default
+    conv = [
+        {"role": "user", "content": "the quick brown fox " * 3},
+        {"role": "assistant", "content": "hello world"},
+        {"role": "user", "content": "what is the capital of france ?"},
+    ]
     text = be.render_response(conv, "paris is the capital of france . " * 4)
     ids = be.renderer.encode([text])[0]
     assert len(ids) <= 24 and text.rstrip().endswith("</s>")  # the template's end-of-turn survives the cut

@@ -1,4 +1,5 @@
 """heads/user.py: UserAdapter on synthetic new users with a known truth (LLM width, d = 2,048)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,12 +28,12 @@ def fit(w, P, head, B, context, adapt="auto", seed=1):
 
 def test_user_in_the_span_is_served_as_well_as_by_routing(world):
     w, P = world
-    for context in (w.C[2] / 2, np.zeros(P_CTX)):       # the gate already knows the user / is undecided
+    for context in (w.C[2] / 2, np.zeros(P_CTX)):  # the gate already knows the user / is undecided
         Dt, Xt = w.pairs(w.W[2], 2000, context, seed=11)
         auto = fit(w, P, w.W[2], 50, context)
         routing = fit(w, P, w.W[2], 50, context, adapt="mixture")
         assert accuracy(auto.predict_proba(Dt, w.W, Xt, Xt)) >= accuracy(routing.predict_proba(Dt, w.W, Xt, Xt)) - 0.01
-    assert fit(w, P, w.W[2], 50, w.C[2] / 2).choice_ == "mixture"      # nothing to gain: routing is kept
+    assert fit(w, P, w.W[2], 50, w.C[2] / 2).choice_ == "mixture"  # nothing to gain: routing is kept
 
 
 def test_user_outside_the_span_approaches_a_head_fitted_on_all_their_data(world):
@@ -47,7 +48,7 @@ def test_user_outside_the_span_approaches_a_head_fitted_on_all_their_data(world)
         ua = fit(w, P, w.outside, B, ctx)
         assert ua.choice_ == "residual"
         accs[B] = accuracy(ua.predict_proba(Dt, w.W, Xt, Xt))
-    assert routing < 0.56 and full > 0.7, (routing, full)   # the heads cannot express this user; a head can
+    assert routing < 0.56 and full > 0.7, (routing, full)  # the heads cannot express this user; a head can
     assert routing + 0.05 < accs[50] < accs[300]
     gap = {B: full - a for B, a in accs.items()}
     assert gap[300] < gap[50] / 3 and gap[300] < 0.05, (accs, full)

@@ -5,6 +5,7 @@
 
 No pickle: every array is a safetensors tensor, everything else JSON.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -19,10 +20,27 @@ from pipeline.errors import InputError, MicroError, first_line
 
 FORMAT = "micro-bundle"
 VERSION = 1
-_FITTED_SCALARS = ("gate_kind_", "n_features_in_", "n_prompt_features_in_", "objective_", "converged_", "n_iter_",
-                   "best_init_", "init_used_", "fit_time_", "mixture_weights_", "objective_history_",
-                   "restart_objectives_", "collapsed_pairs_", "l2_", "gate_l2_", "dim_", "gate_dim_", "temperature_",
-                   "selection_")
+_FITTED_SCALARS = (
+    "gate_kind_",
+    "n_features_in_",
+    "n_prompt_features_in_",
+    "objective_",
+    "converged_",
+    "n_iter_",
+    "best_init_",
+    "init_used_",
+    "fit_time_",
+    "mixture_weights_",
+    "objective_history_",
+    "restart_objectives_",
+    "collapsed_pairs_",
+    "l2_",
+    "gate_l2_",
+    "dim_",
+    "gate_dim_",
+    "temperature_",
+    "selection_",
+)
 
 
 def _model_classes() -> dict:
@@ -44,9 +62,17 @@ def _jsonable(v):
 
 
 #: parameters of bundles written before the solver object (0.1): they become the solver
-LEGACY_SOLVER = {"optimizer": "name", "m_steps": "m_steps", "init_m_steps": "init_m_steps", "memory": "memory",
-                 "accept": "accept", "screen_iter": "screen_iter", "epochs": "epochs", "batch_size": "batch_size",
-                 "lr": "lr"}
+LEGACY_SOLVER = {
+    "optimizer": "name",
+    "m_steps": "m_steps",
+    "init_m_steps": "init_m_steps",
+    "memory": "memory",
+    "accept": "accept",
+    "screen_iter": "screen_iter",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+}
 
 
 def model_params(model) -> dict:
@@ -69,8 +95,9 @@ def _params_in(params: dict) -> dict:
     params.pop("max_kmeans_dim", None)
     if legacy and "solver" not in params:
         name = legacy.get("name", "em")
-        keep = ("m_steps", "init_m_steps", "memory", "accept", "screen_iter") + (("epochs", "batch_size", "lr")
-                                                                                 if name == "adamw" else ())
+        keep = ("m_steps", "init_m_steps", "memory", "accept", "screen_iter") + (
+            ("epochs", "batch_size", "lr") if name == "adamw" else ()
+        )
         params["solver"] = {"name": name, **{k: v for k, v in legacy.items() if k in keep}}
     if isinstance(params.get("solver"), dict):
         params["solver"] = make_solver(params["solver"])
@@ -83,15 +110,23 @@ def save_bundle(model, out: str | Path, meta: dict) -> Path:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {"coef": np.ascontiguousarray(model.coef_, dtype=np.float32),
-               "coef_fit": np.ascontiguousarray(model.coef_fit_, dtype=np.float32)}
+    tensors = {
+        "coef": np.ascontiguousarray(model.coef_, dtype=np.float32),
+        "coef_fit": np.ascontiguousarray(model.coef_fit_, dtype=np.float32),
+    }
     if getattr(model, "projection_", None) is not None:
         tensors["projection"] = np.ascontiguousarray(model.projection_, dtype=np.float32)
     for k, v in model.gate_params_.items():
         tensors[f"gate.{k}"] = np.ascontiguousarray(v, dtype=np.float32)
     fitted = {k: _jsonable(getattr(model, k)) for k in _FITTED_SCALARS if hasattr(model, k)}
-    doc = {"format": FORMAT, "version": VERSION, "class": type(model).__name__, "params": model_params(model),
-           "fitted": fitted, **meta}
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "class": type(model).__name__,
+        "params": model_params(model),
+        "fitted": fitted,
+        **meta,
+    }
     with atomic_paths(out / "model.safetensors", out / "model.json") as (tmp_st, tmp_json):
         save_file(tensors, str(tmp_st))  # both files are renamed into place only after both are written
         tmp_json.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
@@ -102,9 +137,13 @@ def read_meta(path: str | Path) -> dict:
     """model.json of a bundle folder; InputError naming the file and what is wrong when it is damaged."""
     path = Path(path)
     meta_path = path / "model.json"
-    meta = read_folder_json(path, "model.json", is_file="not a model bundle folder (model.json + model.safetensors)",
-                            missing=f"not a model bundle (no model.json); create one with `micro fit RUN_DIR --out "
-                            f"{path}`", repair="refit with `micro fit`")
+    meta = read_folder_json(
+        path,
+        "model.json",
+        is_file="not a model bundle folder (model.json + model.safetensors)",
+        missing=f"not a model bundle (no model.json); create one with `micro fit RUN_DIR --out {path}`",
+        repair="refit with `micro fit`",
+    )
     if meta.get("format") != FORMAT:
         raise MicroError(f"{meta_path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
     check_fields(meta, {"class": str, "params": dict, "fitted": dict, "fingerprint_id": str}, meta_path)
@@ -143,16 +182,23 @@ def _check_tensors(path: Path, model, tensors: dict) -> None:
     elif "coef" in gate and "intercept" in gate:
         width = gate["hidden_coef"].shape[0] if "hidden_coef" in gate and gate["hidden_coef"].ndim == 2 else p
         if gate["coef"].ndim != 2 or gate["coef"].shape[0] != K or gate["intercept"].shape != (K,):
-            problems.append(f"gate.coef {shapes['gate.coef']} / gate.intercept {shapes['gate.intercept']} do not "
-                            f"fit {K} heads")
-        elif "hidden_coef" in gate and (gate["hidden_coef"].ndim != 2 or gate["hidden_coef"].shape[1] != p
-                                        or gate.get("hidden_intercept", np.empty(0)).shape != (width,)
-                                        or gate["coef"].shape[1] != width):
-            problems.append(f"gate.hidden_coef {shapes['gate.hidden_coef']} does not read {p}-dim prompt features "
-                            f"into the {gate['coef'].shape[1]} hidden units of gate.coef")
+            problems.append(
+                f"gate.coef {shapes['gate.coef']} / gate.intercept {shapes['gate.intercept']} do not fit {K} heads"
+            )
+        elif "hidden_coef" in gate and (
+            gate["hidden_coef"].ndim != 2
+            or gate["hidden_coef"].shape[1] != p
+            or gate.get("hidden_intercept", np.empty(0)).shape != (width,)
+            or gate["coef"].shape[1] != width
+        ):
+            problems.append(
+                f"gate.hidden_coef {shapes['gate.hidden_coef']} does not read {p}-dim prompt features "
+                f"into the {gate['coef'].shape[1]} hidden units of gate.coef"
+            )
         elif "hidden_coef" not in gate and gate["coef"].shape[1] != p:
-            problems.append(f"gate.coef {shapes['gate.coef']} does not read {p}-dim prompt features "
-                            "(n_prompt_features_in_)")
+            problems.append(
+                f"gate.coef {shapes['gate.coef']} does not read {p}-dim prompt features (n_prompt_features_in_)"
+            )
     else:
         problems.append(f"no gate tensors (gate.logits, or gate.coef + gate.intercept); have {sorted(shapes)}")
     weights = np.asarray(getattr(model, "mixture_weights_", np.ones(K) / max(K, 1)))
@@ -201,8 +247,9 @@ def load_bundle(path: str | Path):
     model.gate_params_ = {k[5:]: v.astype(np.float64) for k, v in tensors.items() if k.startswith("gate.")}
     kind = gate_kind(model.gate_params_)
     if getattr(model, "gate_kind_", kind) != kind:
-        raise InputError(f"{path}/model.json: fitted.gate_kind_ is {model.gate_kind_!r} but the gate tensors are a "
-                         f"{kind!r} gate")
+        raise InputError(
+            f"{path}/model.json: fitted.gate_kind_ is {model.gate_kind_!r} but the gate tensors are a {kind!r} gate"
+        )
     model.gate_kind_ = kind
     return model, meta
 
@@ -211,7 +258,9 @@ def check_fingerprint(meta: dict, run: dict, where: str) -> None:
     """Error naming both fingerprints when a bundle is applied to features of another embedder."""
     a, b = meta.get("fingerprint_id"), run.get("fingerprint_id")
     if a != b:
-        raise MicroError(f"{where}: the bundle was fitted on features of embedder {a} "
-                         f"({json.dumps(meta.get('fingerprint'), sort_keys=True)}) but these features come from "
-                         f"embedder {b} ({json.dumps(run.get('fingerprint'), sort_keys=True)}); re-embed with the "
-                         "bundle's embedder or refit")
+        raise MicroError(
+            f"{where}: the bundle was fitted on features of embedder {a} "
+            f"({json.dumps(meta.get('fingerprint'), sort_keys=True)}) but these features come from "
+            f"embedder {b} ({json.dumps(run.get('fingerprint'), sort_keys=True)}); re-embed with the "
+            "bundle's embedder or refit"
+        )

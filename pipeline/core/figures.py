@@ -1,4 +1,5 @@
 """Figures without pyplot state: a standalone Figure on an Agg canvas (no display needed), saved atomically as PNG."""
+
 from __future__ import annotations
 
 from pathlib import Path

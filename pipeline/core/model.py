@@ -4,6 +4,7 @@
 the Stage-1 gate's input and weights on a :class:`pipeline.core.run.Run`, rebuilds the embedder recorded in the
 bundle and embeds new user data with it (the cache reused), so users never rerun Stage 0 by hand.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,11 @@ class Model:
 
     def save(self, out: str | Path) -> Path:
         """Write the bundle to ``out`` (atomically)."""
-        return save_bundle(self.estimator, out, {k: v for k, v in self.meta.items()
-                                                 if k not in ("format", "version", "class", "params", "fitted")})
+        return save_bundle(
+            self.estimator,
+            out,
+            {k: v for k, v in self.meta.items() if k not in ("format", "version", "class", "params", "fitted")},
+        )
 
     @property
     def coef(self) -> np.ndarray:
@@ -62,8 +66,9 @@ class Model:
     def gate_weights(self, run: Run) -> np.ndarray:
         """(N, K) the Stage-1 gate's mixture weights (a static gate's repeated)."""
         x = self.gate_features(run)
-        return self.estimator.gate_weights(x) if x is not None else np.repeat(self.estimator.gate_weights(None),
-                                                                              run.n, 0)
+        return (
+            self.estimator.gate_weights(x) if x is not None else np.repeat(self.estimator.gate_weights(None), run.n, 0)
+        )
 
     def predict_proba(self, run: Run) -> np.ndarray:
         """(N,) P(chosen ≻ rejected) = Σ_k f_k σ(w_k·Δ) with the Stage-1 gate."""
@@ -83,15 +88,18 @@ class Model:
         try:
             fp = self.meta.get("fingerprint") or {}
             extra = {k: fp[k] for k in ("truncation", "dtype") if fp.get(k)}
-            backend = get_backend(emb["backend"], emb.get("model_path") or None, max_length=emb.get("max_length"),
-                                  **extra)
+            backend = get_backend(
+                emb["backend"], emb.get("model_path") or None, max_length=emb.get("max_length"), **extra
+            )
         except MicroError as exc:
             raise MicroError(f"the bundle's embedder cannot be loaded: {exc}") from None
         fid = fingerprint_id(backend.fingerprint())
         if fid != self.meta["fingerprint_id"]:
-            raise MicroError(f"the bundle's embedder {emb.get('backend')} at {emb.get('model_path')} now has "
-                             f"fingerprint {fid}, not the recorded {self.meta['fingerprint_id']} (the model files "
-                             "changed); refit")
+            raise MicroError(
+                f"the bundle's embedder {emb.get('backend')} at {emb.get('model_path')} now has "
+                f"fingerprint {fid}, not the recorded {self.meta['fingerprint_id']} (the model files "
+                "changed); refit"
+            )
         return backend
 
     @property
@@ -99,8 +107,9 @@ class Model:
         """The embedding cache root the bundle's features came from."""
         return Path(self.meta["embedder"]["cache_dir"]).parent
 
-    def embed_user_data(self, user_data: str | Path, workdir: Path, test_size: float = 0.2, log=print,
-                        user: str | None = None) -> Run:
+    def embed_user_data(
+        self, user_data: str | Path, workdir: Path, test_size: float = 0.2, log=print, user: str | None = None
+    ) -> Run:
         """The pairs of ``user_data`` (any file ``data prepare`` reads; only group ``user``'s pairs if given)
         embedded with the bundle's embedder into ``workdir`` (cache reused), as a Run."""
         import pyarrow as pa
@@ -116,15 +125,22 @@ class Model:
             labels = np.array(["all" if g is None else g for g in table.column("group").to_pylist()], dtype=object)
             names = sorted(set(labels.tolist()))
             if user not in names:
-                raise MicroError(f"{user_data}: user '{user}' not found in the 'group' column; users present: "
-                                 f"{', '.join(map(str, names[:20]))}")
+                raise MicroError(
+                    f"{user_data}: user '{user}' not found in the 'group' column; users present: "
+                    f"{', '.join(map(str, names[:20]))}"
+                )
             table = table.filter(pa.array(labels == user))
         workdir.mkdir(parents=True, exist_ok=True)
         write_pairs(table, workdir / "user_pairs.parquet")
         backend = self.embedder()
         try:
-            s = embed_pairs(workdir / "user_pairs.parquet", workdir / "user_run", backend, cache_dir=self.cache_root,
-                            dtype=self.meta["embedder"]["cache_dtype"])
+            s = embed_pairs(
+                workdir / "user_pairs.parquet",
+                workdir / "user_run",
+                backend,
+                cache_dir=self.cache_root,
+                dtype=self.meta["embedder"]["cache_dtype"],
+            )
         finally:
             backend.close()
         log(f"user data: {s.pairs} pairs, {s.unique_texts} unique texts, {s.cache_hits} cached, {s.embedded} embedded")

@@ -15,6 +15,7 @@
 * Every worker runs a **parent watchdog** (:func:`watch_parent`): it exits when the process that started the work is
   gone (e.g. killed with SIGKILL), so no worker outlives its command.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,11 +34,26 @@ import numpy as np
 from pipeline.errors import MicroError
 
 #: the variables BLAS / OpenMP libraries read for their thread count
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-              "VECLIB_MAXIMUM_THREADS")
+THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
 #: what the forkserver imports once before any job pool worker forks from it
-PRELOAD = ["numpy", "threadpoolctl", "torch", "sklearn.utils.extmath", "heads.mixture", "heads.metrics",
-           "heads.router", "pipeline.core.run", "pipeline.route.route", "pipeline.sweep.trials"]
+PRELOAD = [
+    "numpy",
+    "threadpoolctl",
+    "torch",
+    "sklearn.utils.extmath",
+    "heads.mixture",
+    "heads.metrics",
+    "heads.router",
+    "pipeline.core.run",
+    "pipeline.route.route",
+    "pipeline.sweep.trials",
+]
 
 
 def n_cores() -> int:
@@ -92,6 +108,7 @@ def limit_threads(threads: int):
 
 def watch_parent(pid: int) -> None:
     """Start a daemon thread that ends this process when process ``pid`` is gone."""
+
     def watch() -> None:
         while True:
             time.sleep(1.0)
@@ -120,8 +137,9 @@ def describe_exit(code: int | None) -> str:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, *, log_to_driver: bool = False, what: str = "--ray",
-                **local_kwargs) -> Iterator[tuple[object, bool]]:
+def ray_session(
+    address: str | None = None, *, log_to_driver: bool = False, what: str = "--ray", **local_kwargs
+) -> Iterator[tuple[object, bool]]:
     """(ray, joined a cluster): joins ``address`` / RAY_ADDRESS, else starts a local Ray with ``local_kwargs``."""
     try:
         import ray
@@ -184,9 +202,20 @@ def _save_arrays(arrays: dict, folder: str) -> tuple[list, dict]:
     return names, aliases
 
 
-def run_jobs(jobs: list, fn: Callable, arrays: dict, meta: dict, on_result: Callable, on_failure: Callable, *,
-             n_jobs: int, threads: int, backend: str = "local", address: str | None = None,
-             start_method: str | None = None) -> None:
+def run_jobs(
+    jobs: list,
+    fn: Callable,
+    arrays: dict,
+    meta: dict,
+    on_result: Callable,
+    on_failure: Callable,
+    *,
+    n_jobs: int,
+    threads: int,
+    backend: str = "local",
+    address: str | None = None,
+    start_method: str | None = None,
+) -> None:
     """``on_result(job, fn(arrays, meta, job))`` for every job as it finishes (see the module docstring);
     ``fn`` is a module-level function. A job whose worker died gives ``on_result(job, on_failure(job, exc))``."""
     if backend == "ray":
@@ -209,8 +238,12 @@ def run_jobs(jobs: list, fn: Callable, arrays: dict, meta: dict, on_result: Call
             ctx = mp.get_context(start_method)
             if start_method == "forkserver":  # the server imports these once; every worker forks from it
                 ctx.set_forkserver_preload(PRELOAD)
-            with ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(tmp, names, aliases, meta, threads, os.getpid())) as ex:
+            with ProcessPoolExecutor(
+                n_jobs,
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(tmp, names, aliases, meta, threads, os.getpid()),
+            ) as ex:
                 futs = {ex.submit(_worker_job, fn, job): job for job in jobs}
                 try:
                     for f in as_completed(futs):
@@ -243,8 +276,9 @@ def _run_ray(jobs, fn, arrays, meta, on_result, on_failure, n_jobs, threads, add
 
 
 # --- long-lived worker processes -------------------------------------------------------------------------------------
-def run_processes(tasks: list[tuple[int, tuple]], target: Callable, envs: dict[int, dict],
-                  on_message: Callable[[int, object], None]) -> dict:
+def run_processes(
+    tasks: list[tuple[int, tuple]], target: Callable, envs: dict[int, dict], on_message: Callable[[int, object], None]
+) -> dict:
     """Start ``target(*args, conn, parent_pid)`` in one spawned process per ``(index, args)`` of ``tasks`` (with
     ``envs[index]`` in its environment), hand every message it sends on ``conn`` to ``on_message(index, msg)``
     and wait for all of them; returns {index: the finished Process} (``exitcode``, ``pid``). Ctrl-C or an error
@@ -265,8 +299,9 @@ def run_processes(tasks: list[tuple[int, tuple]], target: Callable, envs: dict[i
     try:
         for i, args in tasks:
             recv, send = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=target, args=(*args, send, os.getpid()), name=f"micro-worker-{i}",
-                            daemon=False)  # non-daemonic: vLLM starts its own engine process
+            p = ctx.Process(
+                target=target, args=(*args, send, os.getpid()), name=f"micro-worker-{i}", daemon=False
+            )  # non-daemonic: vLLM starts its own engine process
             with temporary_environ(envs.get(i, {})):
                 p.start()
             send.close()

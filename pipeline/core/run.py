@@ -6,6 +6,7 @@ split, the groups, the prompt ids, gate-input resolution and per-group scoring. 
 written by ``micro embed`` (no model, no per-row Python work); :meth:`Run.from_arrays` wraps arrays (synthetic data,
 benchmarks); :meth:`Run.shared` / :meth:`Run.from_shared` carry a run to worker processes without copies.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -112,8 +113,9 @@ class Run:
                 raise MicroError(f"{option} context: this run has no contexts (the pair table's 'context' is empty)")
             return value, None
         if self.has_context.any() and self.has_context[self.mask("train")].all():
-            return "context", ("gate reads context+prompt (every train pair has a context; --gate-input prompt to "
-                               "change)")
+            return "context", (
+                "gate reads context+prompt (every train pair has a context; --gate-input prompt to change)"
+            )
         return "prompt", "gate reads the prompt alone (not every pair has a context)"
 
     def gate_features(self, kind: str) -> np.ndarray | None:
@@ -140,31 +142,51 @@ class Run:
 
     def shared(self) -> tuple[dict, dict]:
         """(arrays, meta) for :mod:`pipeline.core.parallel` (arrays memory-mapped or put in Ray's store once)."""
-        return ({a: getattr(self, a) for a in ARRAYS},
-                {"group_names": list(self.group_names), "info": {"fingerprint_id": self.fingerprint_id}})
+        return (
+            {a: getattr(self, a) for a in ARRAYS},
+            {"group_names": list(self.group_names), "info": {"fingerprint_id": self.fingerprint_id}},
+        )
 
     @classmethod
     def from_shared(cls, arrays: dict, meta: dict) -> "Run":
         return cls(**{a: arrays[a] for a in ARRAYS}, group_names=meta["group_names"], info=meta["info"])
 
     @classmethod
-    def from_arrays(cls, delta, prompt, split, group=None, context=None, prompt_id=None,
-                    fingerprint_id: str = "arrays", unique_texts: int | None = None) -> "Run":
+    def from_arrays(
+        cls,
+        delta,
+        prompt,
+        split,
+        group=None,
+        context=None,
+        prompt_id=None,
+        fingerprint_id: str = "arrays",
+        unique_texts: int | None = None,
+    ) -> "Run":
         """A run from arrays: ``split`` 'train'/'test' names or codes, ``group`` labels (None: one group 'all'),
         ``context`` (None: the prompt), ``prompt_id`` labels (None: every pair its own prompt)."""
         n = len(delta)
         split = np.asarray(split)
-        codes = (np.where(split == "train", 0, np.where(split == "test", 1, -1)) if split.dtype.kind in "OUS"
-                 else split).astype(np.int8)
-        labels = np.array(["all" if x is None else str(x) for x in (group if group is not None else [None] * n)],
-                          dtype=object).astype(str)
+        codes = (
+            np.where(split == "train", 0, np.where(split == "test", 1, -1)) if split.dtype.kind in "OUS" else split
+        ).astype(np.int8)
+        labels = np.array(
+            ["all" if x is None else str(x) for x in (group if group is not None else [None] * n)], dtype=object
+        ).astype(str)
         names, gcodes = np.unique(labels, return_inverse=True)
         pid = np.arange(n) if prompt_id is None else np.unique(np.asarray(prompt_id), return_inverse=True)[1]
         delta, prompt = np.ascontiguousarray(delta), np.ascontiguousarray(prompt)
-        return cls(delta=delta, prompt=prompt, context=prompt if context is None else np.ascontiguousarray(context),
-                   has_context=np.full(n, context is not None), split=codes, group=gcodes.astype(np.int32),
-                   prompt_id=pid.astype(np.int64), group_names=[str(x) for x in names],
-                   info={"fingerprint_id": fingerprint_id, "summary": {"unique_texts": unique_texts}})
+        return cls(
+            delta=delta,
+            prompt=prompt,
+            context=prompt if context is None else np.ascontiguousarray(context),
+            has_context=np.full(n, context is not None),
+            split=codes,
+            group=gcodes.astype(np.int32),
+            prompt_id=pid.astype(np.int64),
+            group_names=[str(x) for x in names],
+            info={"fingerprint_id": fingerprint_id, "summary": {"unique_texts": unique_texts}},
+        )
 
     @classmethod
     def load(cls, run_dir: str | Path, dtype=np.float32) -> "Run":
@@ -177,8 +199,7 @@ def _rerun(run_dir) -> str:
     return f"rerun `micro embed PAIRS --out {run_dir}` to rebuild it"
 
 
-def read_folder_json(folder: str | Path, name: str, *, is_file: str, missing: str, repair: str,
-                     hint: str = "") -> dict:
+def read_folder_json(folder: str | Path, name: str, *, is_file: str, missing: str, repair: str, hint: str = "") -> dict:
     """The JSON object ``folder/name`` (run.json, model.json); one-line errors: ``folder`` is a file (``is_file``),
     the file is absent (``missing``, MicroError), unreadable (``repair`` appended) or not an object (``hint``)."""
     folder = Path(folder)
@@ -207,9 +228,14 @@ def check_fields(doc: dict, fields: dict, path: Path, hint: str = "") -> None:
 def read_run(run_dir: str | Path) -> dict:
     """run.json of a run folder written by ``micro embed``; InputError naming the file if it is damaged."""
     path = Path(run_dir) / "run.json"
-    run = read_folder_json(run_dir, "run.json", is_file="not a run folder (create one with `micro embed PAIRS "
-                           "--out DIR`)", missing=f"not a run folder (no run.json); create it with "
-                           f"`micro embed PAIRS --out {run_dir}`", repair=_rerun(run_dir), hint=_rerun(run_dir))
+    run = read_folder_json(
+        run_dir,
+        "run.json",
+        is_file="not a run folder (create one with `micro embed PAIRS --out DIR`)",
+        missing=f"not a run folder (no run.json); create it with `micro embed PAIRS --out {run_dir}`",
+        repair=_rerun(run_dir),
+        hint=_rerun(run_dir),
+    )
     check_fields(run, RUN_FIELDS, path, _rerun(run_dir))
     if run["cache_dtype"] not in DTYPES:
         raise InputError(f"{path}: field 'cache_dtype' is {run['cache_dtype']!r}, expected one of {', '.join(DTYPES)}")
@@ -229,15 +255,16 @@ def read_keys(run_dir: str | Path) -> pa.Table:
         if col not in keys.column_names:
             raise InputError(f"{path}: column '{col}' is missing; {_rerun(run_dir)}")
         if col != "pair_id" and keys.schema.field(col).type != pa.binary(16):
-            raise InputError(f"{path}: column '{col}' is {keys.schema.field(col).type}, expected 16-byte keys; "
-                             f"{_rerun(run_dir)}")
+            raise InputError(
+                f"{path}: column '{col}' is {keys.schema.field(col).type}, expected 16-byte keys; {_rerun(run_dir)}"
+            )
     return keys
 
 
 def key_column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(N,) |S16 keys and (N,) validity of a fixed_size_binary(16) column."""
     arr = col.combine_chunks()
-    keys = np.frombuffer(arr.buffers()[1], dtype="S16", count=len(arr) + arr.offset)[arr.offset:]
+    keys = np.frombuffer(arr.buffers()[1], dtype="S16", count=len(arr) + arr.offset)[arr.offset :]
     return keys, arr.is_valid().to_numpy(zero_copy_only=False)
 
 
@@ -263,9 +290,11 @@ def load_run(run_dir: str | Path, dtype=np.float32) -> Run:
         want = k[valid]
         miss = store.missing(want)
         if miss.any():
-            raise MicroError(f"{run_dir}: {int(miss.sum())} {role} vectors are missing from the cache {store.dir} "
-                             f"(deleted or damaged); rerun `micro embed {info.get('source_pairs', 'PAIRS')} "
-                             f"--out {run_dir}`")
+            raise MicroError(
+                f"{run_dir}: {int(miss.sum())} {role} vectors are missing from the cache {store.dir} "
+                f"(deleted or damaged); rerun `micro embed {info.get('source_pairs', 'PAIRS')} "
+                f"--out {run_dir}`"
+            )
         if role == "context":
             has_ctx = valid
             if valid.any():
@@ -279,12 +308,23 @@ def load_run(run_dir: str | Path, dtype=np.float32) -> Run:
     delta = np.empty_like(chosen)
     step = max(1, (1 << 24) // max(1, chosen.shape[1]))
     for s in range(0, len(delta), step):
-        delta[s:s + step] = chosen[s:s + step].astype(np.float32) - rejected[s:s + step].astype(np.float32)
+        delta[s : s + step] = chosen[s : s + step].astype(np.float32) - rejected[s : s + step].astype(np.float32)
     labels = np.array(["all" if g is None else str(g) for g in pairs.column("group").to_pylist()], dtype=object)
     names, gcodes = np.unique(labels.astype(str), return_inverse=True)
     split = np.array(pairs.column("split").to_pylist(), dtype=object)
     codes = np.where(split == "train", 0, np.where(split == "test", 1, -1)).astype(np.int8)
     pid = np.unique(key_column(keys.column("prompt"))[0], return_inverse=True)[1]
-    return Run(delta=delta, prompt=arrays["prompt"], context=arrays["context"], has_context=has_ctx, split=codes,
-               group=gcodes.astype(np.int32).ravel(), prompt_id=pid.astype(np.int64).ravel(),
-               group_names=[str(x) for x in names], pairs=pairs, info=info, chosen=chosen, rejected=rejected)
+    return Run(
+        delta=delta,
+        prompt=arrays["prompt"],
+        context=arrays["context"],
+        has_context=has_ctx,
+        split=codes,
+        group=gcodes.astype(np.int32).ravel(),
+        prompt_id=pid.astype(np.int64).ravel(),
+        group_names=[str(x) for x in names],
+        pairs=pairs,
+        info=info,
+        chosen=chosen,
+        rejected=rejected,
+    )

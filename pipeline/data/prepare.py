@@ -5,6 +5,7 @@
 Every bad row is skipped through a RowLog with its location and reason (``strict=True`` raises on the
 first one); expected drops (ties, equal ratings) are counted; a summary goes to stderr.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,9 @@ def get_recipe(name: str, options: dict):
     allowed = sorted(k for k, p in params.items() if p.kind == p.KEYWORD_ONLY)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise MicroError(f"recipe '{name}' does not take option(s) {', '.join(unknown)}; "
-                         f"it takes: {', '.join(allowed) or 'none'}")
+        raise MicroError(
+            f"recipe '{name}' does not take option(s) {', '.join(unknown)}; it takes: {', '.join(allowed) or 'none'}"
+        )
     return fn
 
 
@@ -111,9 +113,19 @@ def collect_pairs(recipe: str, inputs: Iterable[str | Path], log: RowLog, **opti
                 log.skip(p["loc"], problem)
                 continue
             seen.add(pid)
-            rows.append({"pair_id": pid, "prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
-                         "group": p["group"], "context": p["context"], "split": p["split"],
-                         "source": f"{recipe}:{p['key'][0]}", "train_drop": p["train_drop"]})
+            rows.append(
+                {
+                    "pair_id": pid,
+                    "prompt": p["prompt"],
+                    "chosen": p["chosen"],
+                    "rejected": p["rejected"],
+                    "group": p["group"],
+                    "context": p["context"],
+                    "split": p["split"],
+                    "source": f"{recipe}:{p['key'][0]}",
+                    "train_drop": p["train_drop"],
+                }
+            )
         n_read += records.n
     return rows, n_read
 
@@ -135,16 +147,19 @@ def split_pairs(rows: list[dict], log: RowLog, test_size: float, seed: int) -> l
     return out
 
 
-def build_pairs(recipe: str, inputs: Iterable[str | Path], *, test_size: float = 0.2, seed: int = 0,
-                strict: bool = False, **options) -> tuple[pa.Table, RowLog, int]:
+def build_pairs(
+    recipe: str, inputs: Iterable[str | Path], *, test_size: float = 0.2, seed: int = 0, strict: bool = False, **options
+) -> tuple[pa.Table, RowLog, int]:
     """(pair table, log, rows read) without writing anything."""
     log = RowLog(strict=strict)
     rows, n_read = collect_pairs(recipe, inputs, log, **options)
     rows = split_pairs(rows, log, test_size, seed)
     if not rows:
         log.report()
-        raise MicroError(f"{recipe}: no pairs produced from {n_read} rows read "
-                         f"({len(log.skipped)} skipped, {sum(log.dropped.values())} dropped)")
+        raise MicroError(
+            f"{recipe}: no pairs produced from {n_read} rows read "
+            f"({len(log.skipped)} skipped, {sum(log.dropped.values())} dropped)"
+        )
     return pairs_to_table(rows), log, n_read
 
 
@@ -172,13 +187,21 @@ def summarize(table: pa.Table, log: RowLog, rows_read: int, out: str | Path | No
     return "\n".join(lines)
 
 
-def prepare(recipe: str, inputs: list[str | Path], out: str | Path, *, test_size: float = 0.2, seed: int = 0,
-            strict: bool = False, verbose: bool = True, **recipe_options) -> tuple[pa.Table, RowLog]:
+def prepare(
+    recipe: str,
+    inputs: list[str | Path],
+    out: str | Path,
+    *,
+    test_size: float = 0.2,
+    seed: int = 0,
+    strict: bool = False,
+    verbose: bool = True,
+    **recipe_options,
+) -> tuple[pa.Table, RowLog]:
     """Build the pair table with ``recipe`` from ``inputs``, write it to ``out``; return (table, log)."""
     if Path(out).suffix.lower() != ".parquet":
         raise OutputError(f"--out {out}: the pair table is written as Parquet; give a file name ending in .parquet")
-    table, log, n_read = build_pairs(recipe, inputs, test_size=test_size, seed=seed, strict=strict,
-                                     **recipe_options)
+    table, log, n_read = build_pairs(recipe, inputs, test_size=test_size, seed=seed, strict=strict, **recipe_options)
     write_pairs(table, out)
     if verbose:
         log.report()
@@ -200,8 +223,9 @@ def detect_columns(path: str | Path, given: dict) -> dict:
     return opts
 
 
-def load_user_pairs(path: str | Path, *, test_size: float = 0.0, seed: int = 0, strict: bool = False,
-                    **opts) -> pa.Table:
+def load_user_pairs(
+    path: str | Path, *, test_size: float = 0.0, seed: int = 0, strict: bool = False, **opts
+) -> pa.Table:
     """A pair table from a prepared Parquet pair table or any raw file ``generic`` reads.
 
     Raw files get their prompt / chosen / rejected / context / group columns detected by name (or
@@ -238,8 +262,17 @@ def parse_option(text: str) -> tuple[str, object]:
     return key.strip().replace("-", "_"), raw
 
 
-def prepare_command(recipe: str, inputs: list[Path], out: Path, *, test_size: float, seed: int, strict: bool,
-                    columns: dict, opt: list[str]) -> None:
+def prepare_command(
+    recipe: str,
+    inputs: list[Path],
+    out: Path,
+    *,
+    test_size: float,
+    seed: int,
+    strict: bool,
+    columns: dict,
+    opt: list[str],
+) -> None:
     """``micro data prepare``: the options checked (``columns``: the generic recipe's column options, None where
     not given; ``opt``: KEY=VALUE recipe options), then :func:`prepare`."""
     from pipeline import checks as C

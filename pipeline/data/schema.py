@@ -10,6 +10,7 @@ Columns (see README "Pair table"):
     split    str  "train" or "test"
     source   str  where the pair came from (recipe and file)
 """
+
 from __future__ import annotations
 
 import sys
@@ -69,8 +70,9 @@ def validate_pairs(table: pa.Table, where: str = "pair table") -> pa.Table:
     bad = pc.invert(pc.is_in(table.column("split"), pa.array(SPLITS)))
     if pc.any(bad).as_py():
         row = pc.index(bad, True).as_py()
-        raise MicroError(f"{where}: row {row}: field 'split' must be 'train' or 'test', "
-                         f"got {table.column('split')[row]}")
+        raise MicroError(
+            f"{where}: row {row}: field 'split' must be 'train' or 'test', got {table.column('split')[row]}"
+        )
     _check_texts(table, where)
     return table
 

@@ -4,13 +4,24 @@ Each prompt is hashed together with the seed; the hash, read as a number in [0, 
 'test' when it is below ``test_size``.  The result depends only on (prompt, seed), never on row order,
 so every pair sharing a prompt lands in the same split.
 """
+
 from __future__ import annotations
 
 import hashlib
 from typing import Any
 
-_SPLIT_NAMES = {"train": "train", "training": "train", "test": "test", "testing": "test", "validation": "test",
-                "valid": "test", "val": "test", "dev": "test", "eval": "test", "evaluation": "test"}
+_SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "test": "test",
+    "testing": "test",
+    "validation": "test",
+    "valid": "test",
+    "val": "test",
+    "dev": "test",
+    "eval": "test",
+    "evaluation": "test",
+}
 
 
 def render_prompt(messages: list[dict]) -> str:
@@ -46,7 +57,7 @@ def split_from_name(file_name: str) -> str | None:
     """'train' / 'test' from a published file name such as 'train.jsonl.gz' or 'test-00000-of-00001.parquet'."""
     stem = file_name.rsplit("/", 1)[-1].lower()
     for prefix in sorted(_SPLIT_NAMES, key=len, reverse=True):
-        if stem.startswith(prefix) and not stem[len(prefix):len(prefix) + 1].isalpha():
+        if stem.startswith(prefix) and not stem[len(prefix) : len(prefix) + 1].isalpha():
             return _SPLIT_NAMES[prefix]
     return None
 

@@ -1,5 +1,6 @@
 """``micro embed``: check the options, assemble the embedder (one process, N workers or Ray tasks), fill the cache
 with a progress bar and print the counts."""
+
 from __future__ import annotations
 
 import time
@@ -19,9 +20,15 @@ def progress_factory(console):
     def factory(total: int):
         if total == 0:
             return None
-        prog = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]} texts/s"), TimeRemainingColumn(), console=console,
-                        transient=False)
+        prog = Progress(
+            TextColumn("embedding"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} texts/s"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
         prog.start()
         task = prog.add_task("embed", total=total, rate="-")
         holder["prog"], holder["t0"], holder["done"] = prog, time.perf_counter(), 0
@@ -38,19 +45,24 @@ def progress_factory(console):
     return factory, holder
 
 
-def build_embedder(backend: str, model: str | None, options: dict, *, workers: int = 1, ray: bool = False,
-                   address: str | None = None):
+def build_embedder(
+    backend: str, model: str | None, options: dict, *, workers: int = 1, ray: bool = False, address: str | None = None
+):
     """(backend, embed_fn) for :func:`pipeline.embed.embed.embed_pairs`: one in-process backend (embed_fn None), or
     a model-free planning backend and a :class:`pipeline.embed.workers.ParallelEmbedder` for ``workers`` > 1 /
     ``ray``. ``options`` are checked (one-line errors) before any model loads."""
     from pipeline.embed.backends import check_options, get_backend
 
     decoder = backend in ("transformers", "vllm")
-    kw = check_options(backend, **{**options,
-                                   "trust_remote_code": True if decoder and options.get("trust_remote_code") else None,
-                                   "tensor_parallel_size": options.get("tensor_parallel_size")
-                                   if backend == "vllm" else None,
-                                   "enforce_eager": True if options.get("enforce_eager") else None})
+    kw = check_options(
+        backend,
+        **{
+            **options,
+            "trust_remote_code": True if decoder and options.get("trust_remote_code") else None,
+            "tensor_parallel_size": options.get("tensor_parallel_size") if backend == "vllm" else None,
+            "enforce_eager": True if options.get("enforce_eager") else None,
+        },
+    )
     if workers != 1 or ray or address:
         from pipeline.embed.backends.planning import BackendSpec, parent_backend
         from pipeline.embed.workers import ParallelEmbedder
@@ -61,9 +73,23 @@ def build_embedder(backend: str, model: str | None, options: dict, *, workers: i
     return get_backend(backend, model, **kw), None
 
 
-def embed_command(pairs: Path, out: Path, *, backend: str, model: str | None, cache_dir: Path | None,
-                  cache_dtype: str, overlong: str, truncation: str, dtype: str | None, workers: int, ray: bool,
-                  address: str | None, console, **options) -> None:
+def embed_command(
+    pairs: Path,
+    out: Path,
+    *,
+    backend: str,
+    model: str | None,
+    cache_dir: Path | None,
+    cache_dtype: str,
+    overlong: str,
+    truncation: str,
+    dtype: str | None,
+    workers: int,
+    ray: bool,
+    address: str | None,
+    console,
+    **options,
+) -> None:
     """``micro embed`` (see the README): ``options`` are the backend's (batch_size, max_length, device, ...)."""
     from cache.store import DTYPES
     from pipeline.data.schema import read_pairs
@@ -86,19 +112,33 @@ def embed_command(pairs: Path, out: Path, *, backend: str, model: str | None, ca
     C.out_dir(out, "--out")
     C.cache_dir(cache_dir)
     read_pairs(pairs)  # a bad pair table fails here, before any model is loaded
-    be, embed_fn = build_embedder(backend, model, {**options, "truncation": truncation, "dtype": COMPUTE_DTYPES[dtype]
-                                                   if dtype and dtype != "auto" else None},
-                                  workers=workers, ray=ray, address=address)
+    be, embed_fn = build_embedder(
+        backend,
+        model,
+        {**options, "truncation": truncation, "dtype": COMPUTE_DTYPES[dtype] if dtype and dtype != "auto" else None},
+        workers=workers,
+        ray=ray,
+        address=address,
+    )
     factory, holder = progress_factory(console)
     try:
-        s = embed_pairs(pairs, out, be, cache_dir=cache_dir, dtype=cache_dtype, overlong=overlong,
-                        progress_factory=factory, embed_fn=embed_fn,
-                        log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+        s = embed_pairs(
+            pairs,
+            out,
+            be,
+            cache_dir=cache_dir,
+            dtype=cache_dtype,
+            overlong=overlong,
+            progress_factory=factory,
+            embed_fn=embed_fn,
+            log=lambda m: console.print(m, highlight=False, soft_wrap=True),
+        )
     except KeyboardInterrupt:
         if "prog" in holder:
             holder["prog"].stop()
-        raise Interrupted(f"interrupted: {holder.get('done', 0)} new texts were saved to the cache; "
-                          "rerun the same command to resume") from None
+        raise Interrupted(
+            f"interrupted: {holder.get('done', 0)} new texts were saved to the cache; rerun the same command to resume"
+        ) from None
     except MicroError:  # e.g. a parallel worker died: end the bar before the one-line error
         if "prog" in holder:
             holder["prog"].stop()
@@ -109,6 +149,11 @@ def embed_command(pairs: Path, out: Path, *, backend: str, model: str | None, ca
         f"pairs {s.pairs} (kept {s.pairs_kept}, skipped {s.skipped_pairs}) | unique texts {s.unique_texts} | "
         f"cache hits {s.cache_hits} | newly embedded {s.embedded} | truncated {s.truncated} | "
         f"skipped texts {s.skipped_texts} | {s.seconds:.1f} s"
-        + (f" ({s.texts_per_second:.1f} texts/s, {s.tokens_embedded / max(s.embed_seconds, 1e-9):,.0f} tokens/s)"
-           if s.embedded else ""), soft_wrap=True)
+        + (
+            f" ({s.texts_per_second:.1f} texts/s, {s.tokens_embedded / max(s.embed_seconds, 1e-9):,.0f} tokens/s)"
+            if s.embedded
+            else ""
+        ),
+        soft_wrap=True,
+    )
     console.print(f"run folder: {out}", soft_wrap=True)

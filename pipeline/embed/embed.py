@@ -11,6 +11,7 @@ A run folder records what was embedded::
     RUN_DIR/keys.parquet   pair_id + cache keys of chosen / rejected / prompt / context (null if no context)
     RUN_DIR/run.json       fingerprint, cache location, dtype, dim, counts
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,8 +51,8 @@ class EmbedSummary:
     skipped_texts: int = 0
     skipped_pairs: int = 0
     seconds: float = 0.0
-    embed_seconds: float = 0.0      # of ``seconds``: embedding the missing texts (model passes and shard writes)
-    tokens_embedded: int = 0        # tokens of the newly embedded texts, after truncation
+    embed_seconds: float = 0.0  # of ``seconds``: embedding the missing texts (model passes and shard writes)
+    tokens_embedded: int = 0  # tokens of the newly embedded texts, after truncation
     texts_per_second: float = 0.0
     damaged_shards: list = field(default_factory=list)
 
@@ -81,9 +82,16 @@ def open_store(cache_dir: str | Path | None, backend, dtype: str) -> EmbeddingSt
     return EmbeddingStore(Path(cache_dir or DEFAULT_CACHE), fp, fingerprint_id(fp), dtype)
 
 
-def embed_missing(store: EmbeddingStore, backend, texts: list[str], keys: np.ndarray,
-                  progress: Callable[[int], None] | None = None, *, lengths: np.ndarray | None = None,
-                  log: Callable[[str], None] | None = None) -> int:
+def embed_missing(
+    store: EmbeddingStore,
+    backend,
+    texts: list[str],
+    keys: np.ndarray,
+    progress: Callable[[int], None] | None = None,
+    *,
+    lengths: np.ndarray | None = None,
+    log: Callable[[str], None] | None = None,
+) -> int:
     """Embed ``texts`` (unique, not yet cached) longest first (token counts ``lengths``, counted here if not
     given) into ``store``, one shard per ``backend.chunk_size`` texts or more, written in the background (see
     :mod:`pipeline.embed.stream`); returns the number stored."""
@@ -125,10 +133,18 @@ def embed_texts(store: EmbeddingStore, backend, texts: list[str], dtype=np.float
     return store.lookup(keys, dtype), n_new
 
 
-def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: str | Path | None = None,
-                dtype: str = "float32", overlong: str = "truncate",
-                progress_factory: Callable[[int], Callable[[int], None]] | None = None,
-                log: Callable[[str], None] = print, embed_fn: Callable[..., int] | None = None) -> EmbedSummary:
+def embed_pairs(
+    pairs_path: str | Path,
+    out: str | Path,
+    backend,
+    *,
+    cache_dir: str | Path | None = None,
+    dtype: str = "float32",
+    overlong: str = "truncate",
+    progress_factory: Callable[[int], Callable[[int], None]] | None = None,
+    log: Callable[[str], None] = print,
+    embed_fn: Callable[..., int] | None = None,
+) -> EmbedSummary:
     """Embed a pair table into the cache and write RUN_DIR (see module docstring).
 
     ``embed_fn`` replaces :func:`embed_missing` (same signature, ``lengths`` and ``log`` by keyword), e.g. a
@@ -173,8 +189,7 @@ def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: 
     progress = progress_factory(len(todo)) if progress_factory else None
     run_shards = {s["file"] for s in store.manifest["shards"]}
     t_embed = time.perf_counter()
-    summary.embedded = (embed_fn or embed_missing)(store, backend, todo, todo_keys, progress, lengths=lengths,
-                                                   log=log)
+    summary.embedded = (embed_fn or embed_missing)(store, backend, todo, todo_keys, progress, lengths=lengths, log=log)
     summary.embed_seconds = time.perf_counter() - t_embed
     summary.texts_per_second = summary.embedded / summary.embed_seconds if summary.embedded else 0.0
     new_shards = [s["file"] for s in store.manifest["shards"] if s["file"] not in run_shards]
@@ -188,8 +203,10 @@ def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: 
     summary.skipped_pairs = int((~keep).sum())
     summary.pairs_kept = int(keep.sum())
     if summary.pairs_kept == 0:
-        raise MicroError(f"{pairs_path}: every pair has a text longer than max_length "
-                         f"{backend.max_length}; use --overlong truncate or a larger --max-length")
+        raise MicroError(
+            f"{pairs_path}: every pair has a text longer than max_length "
+            f"{backend.max_length}; use --overlong truncate or a larger --max-length"
+        )
     kept = pairs.filter(pa.array(keep))
     key_cols = {}
     for r in ROLES:
@@ -200,10 +217,19 @@ def embed_pairs(pairs_path: str | Path, out: str | Path, backend, *, cache_dir: 
         key_cols[r] = arr if present.all() else pc.if_else(pa.array(present), arr, pa.nulls(len(ks), pa.binary(16)))
     out = Path(out)
     summary.seconds = time.perf_counter() - t0
-    run = {"fingerprint": store.fingerprint, "fingerprint_id": fid, "cache_dir": str(store.dir),
-           "cache_dtype": dtype, "dim": store.dim, "backend": backend.name,
-           "model_path": str(getattr(backend, "model_path", "")), "max_length": backend.max_length,
-           "overlong": overlong, "source_pairs": str(Path(pairs_path).resolve()), "summary": asdict(summary)}
+    run = {
+        "fingerprint": store.fingerprint,
+        "fingerprint_id": fid,
+        "cache_dir": str(store.dir),
+        "cache_dtype": dtype,
+        "dim": store.dim,
+        "backend": backend.name,
+        "model_path": str(getattr(backend, "model_path", "")),
+        "max_length": backend.max_length,
+        "overlong": overlong,
+        "source_pairs": str(Path(pairs_path).resolve()),
+        "summary": asdict(summary),
+    }
     with atomic_paths(out / "pairs.parquet", out / "keys.parquet", out / "run.json") as (t_pairs, t_keys, t_run):
         pq.write_table(validate_pairs(kept, str(out / "pairs.parquet")), t_pairs)  # renamed together, after all
         pq.write_table(pa.table({"pair_id": kept.column("pair_id"), **key_cols}), t_keys)

@@ -18,6 +18,7 @@ missing set) and reads vectors from one of two streams:
 
 Shards are written beside all of this by :class:`cache.writer.ShardWriter`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,7 +32,7 @@ from pipeline.embed.backends.batching import batch_cost, is_oom, plan_batches
 from pipeline.errors import MicroError
 
 PREFETCH_BATCHES = 3  # collated batches waiting for the device
-ENCODE_BLOCK = 256    # texts tokenised per call in the background thread
+ENCODE_BLOCK = 256  # texts tokenised per call in the background thread
 
 
 def length_order(lengths: Sequence[int], max_length: int) -> np.ndarray:
@@ -102,9 +103,11 @@ class Budget:
     def halve(self, cost: int) -> None:
         new = max(1, min(self.value, int(cost)) // 2)
         if self.halvings == 0 and self.log:
-            self.log(f"out of GPU memory on a batch of {cost} token slots: --max-batch-tokens lowered from "
-                     f"{self.value} to {new} (halved again if needed) and the batch retried; pass a lower "
-                     "--max-batch-tokens to start there")
+            self.log(
+                f"out of GPU memory on a batch of {cost} token slots: --max-batch-tokens lowered from "
+                f"{self.value} to {new} (halved again if needed) and the batch retried; pass a lower "
+                "--max-batch-tokens to start there"
+            )
         self.halvings += 1
         self.value = new
 
@@ -115,7 +118,7 @@ def _token_batches(backend, texts: Sequence[str], order: np.ndarray, budget: Bud
     pos: list[int] = []
     ids: list[list[int]] = []
     for start in range(0, len(order), ENCODE_BLOCK):
-        block = order[start:start + ENCODE_BLOCK]
+        block = order[start : start + ENCODE_BLOCK]
         pos.extend(int(i) for i in block)
         ids.extend(backend.encode([texts[i] for i in block]))
         last = start + ENCODE_BLOCK >= len(order)
@@ -148,14 +151,17 @@ def _launch(backend, pos: np.ndarray, ids: list, host, budget: Budget) -> Iterat
     host = None  # the failed pass's tensors are released once the exception is gone
     backend.release_memory()
     if len(ids) == 1:
-        raise MicroError(f"out of GPU memory embedding one text of {lengths[0]} tokens alone: lower --max-length "
-                         "or free GPU memory (other processes on the device?)")
+        raise MicroError(
+            f"out of GPU memory embedding one text of {lengths[0]} tokens alone: lower --max-length "
+            "or free GPU memory (other processes on the device?)"
+        )
     budget.halve(cost)
     yield from _launch(backend, pos, ids, None, budget)
 
 
-def token_stream(backend, texts: Sequence[str], order: np.ndarray,
-                 log: Callable[[str], None] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def token_stream(
+    backend, texts: Sequence[str], order: np.ndarray, log: Callable[[str], None] | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(positions, (b, dim) float32 vectors) batch by batch, for a backend with a token-level interface."""
     budget = Budget(backend.max_batch_tokens, log)
     pending = None
@@ -177,7 +183,7 @@ def token_stream(backend, texts: Sequence[str], order: np.ndarray,
 def chunk_stream(backend, texts: Sequence[str], order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(positions, vectors) per ``backend.chunk_size`` texts, for backends that batch inside ``embed``."""
     step = max(1, int(backend.chunk_size))
-    sels = [order[s:s + step] for s in range(0, len(order), step)]
+    sels = [order[s : s + step] for s in range(0, len(order), step)]
     prepare = getattr(backend, "prepare", None)
     if prepare is None:
         for sel in sels:
@@ -189,8 +195,9 @@ def chunk_stream(backend, texts: Sequence[str], order: np.ndarray) -> Iterator[t
             yield sel, backend.embed_prepared(prepared)
 
 
-def stream_vectors(backend, texts: Sequence[str], order: np.ndarray,
-                   log: Callable[[str], None] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def stream_vectors(
+    backend, texts: Sequence[str], order: np.ndarray, log: Callable[[str], None] | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The stream that suits ``backend`` (see the module docstring)."""
     if hasattr(backend, "launch"):
         return token_stream(backend, texts, order, log)

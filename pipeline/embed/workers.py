@@ -34,6 +34,7 @@ missing texts to :class:`ParallelEmbedder` instead of embedding them in-process:
 After the workers finish, the parent re-reads the manifest and returns to ``embed_pairs``, which merges the run's
 new shards (``EmbeddingStore.compact(only=...)``) and writes the run folder exactly as the single-process path.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -59,6 +60,7 @@ from pipeline.errors import MicroError
 
 # --- planning -----------------------------------------------------------------------------------------------------
 
+
 def shard_indices(keys: np.ndarray, n: int) -> list[np.ndarray]:
     """Positions of ``keys`` (|S16 content keys) per worker: worker ``u64(key[:8]) % n``, input order kept."""
     if n < 1:
@@ -81,14 +83,17 @@ def gpu_assignment(workers: int, gpus: Sequence[str], per_worker: int, exclusive
     need = workers * per_worker
     if len(gpus) < need:
         if exclusive or len(gpus) < per_worker:
-            raise MicroError(f"--workers {workers} x {per_worker} GPU(s) per worker needs {need} GPUs but "
-                             f"{len(gpus)} are visible ({','.join(gpus) or 'none'}); use fewer --workers")
+            raise MicroError(
+                f"--workers {workers} x {per_worker} GPU(s) per worker needs {need} GPUs but "
+                f"{len(gpus)} are visible ({','.join(gpus) or 'none'}); use fewer --workers"
+            )
         groups = len(gpus) // per_worker  # round-robin over whole groups
-        return [",".join(gpus[(i % groups) * per_worker:(i % groups + 1) * per_worker]) for i in range(workers)]
-    return [",".join(gpus[i * per_worker:(i + 1) * per_worker]) for i in range(workers)]
+        return [",".join(gpus[(i % groups) * per_worker : (i % groups + 1) * per_worker]) for i in range(workers)]
+    return [",".join(gpus[i * per_worker : (i + 1) * per_worker]) for i in range(workers)]
 
 
 # --- worker side --------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Job:
@@ -118,8 +123,10 @@ def _run_job(job: _Job, texts: list[str], keys: np.ndarray, progress: Callable[[
             sys.modules["torch"].set_num_threads(job.threads)
         fid = fingerprint_id(backend.fingerprint())
         if fid != job.fingerprint_id:
-            raise MicroError(f"its backend has fingerprint {fid}, the parent's is {job.fingerprint_id} "
-                             "(same backend options on every worker?)")
+            raise MicroError(
+                f"its backend has fingerprint {fid}, the parent's is {job.fingerprint_id} "
+                "(same backend options on every worker?)"
+            )
         store = EmbeddingStore(job.cache_root, job.fingerprint, job.fingerprint_id, job.dtype)
         return embed_missing(store, backend, texts, keys, progress)
     finally:
@@ -161,9 +168,14 @@ def _ray_worker(job: _Job, texts: list[str], keys: np.ndarray) -> int:
 
 # --- parent side --------------------------------------------------------------------------------------------------
 
+
 def _worker_env(index: int, workers: int, threads: int, cuda: str | None) -> dict[str, str]:
-    env = {"MICRO_WORKER_INDEX": str(index), "MICRO_WORKERS": str(workers),
-           "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false"), **thread_env(threads)}
+    env = {
+        "MICRO_WORKER_INDEX": str(index),
+        "MICRO_WORKERS": str(workers),
+        "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false"),
+        **thread_env(threads),
+    }
     if cuda is not None:
         env["CUDA_VISIBLE_DEVICES"] = cuda
     return env
@@ -173,8 +185,16 @@ class ParallelEmbedder:
     """Drop-in for :func:`pipeline.embed.embed.embed_missing` (pass as ``embed_pairs(..., embed_fn=...)``) that embeds
     the missing texts with ``workers`` processes (or Ray tasks), each building the backend from ``spec``."""
 
-    def __init__(self, spec: BackendSpec, workers: int = 2, *, use_ray: bool = False, address: str | None = None,
-                 cores: int | None = None, ray_init_kwargs: dict | None = None):
+    def __init__(
+        self,
+        spec: BackendSpec,
+        workers: int = 2,
+        *,
+        use_ray: bool = False,
+        address: str | None = None,
+        cores: int | None = None,
+        ray_init_kwargs: dict | None = None,
+    ):
         if workers < 1:
             raise MicroError(f"--workers must be >= 1, got {workers}")
         if address and not use_ray:
@@ -190,11 +210,31 @@ class ParallelEmbedder:
         spec = self.spec
         if gpu and str(spec.kwargs.get("device", "")).startswith("cuda:"):  # each worker sees only its own GPU(s)
             spec = BackendSpec(spec.name, spec.model, {**spec.kwargs, "device": "cuda"}, spec.factory)
-        return [_Job(i, self.workers, spec, str(store.dir.parent), store.fingerprint, store.fingerprint_id,
-                     store.dtype, self.threads) for i in range(self.workers)]
+        return [
+            _Job(
+                i,
+                self.workers,
+                spec,
+                str(store.dir.parent),
+                store.fingerprint,
+                store.fingerprint_id,
+                store.dtype,
+                self.threads,
+            )
+            for i in range(self.workers)
+        ]
 
-    def __call__(self, store: EmbeddingStore, backend, texts: list[str], keys: np.ndarray,
-                 progress: Callable[[int], None] | None = None, *, lengths=None, log=None) -> int:
+    def __call__(
+        self,
+        store: EmbeddingStore,
+        backend,
+        texts: list[str],
+        keys: np.ndarray,
+        progress: Callable[[int], None] | None = None,
+        *,
+        lengths=None,
+        log=None,
+    ) -> int:
         """``lengths`` and ``log`` are accepted for :func:`pipeline.embed.embed.embed_missing`'s signature: each worker
         counts the tokens of its own share and reports to its own stderr."""
         if not texts:
@@ -208,8 +248,9 @@ class ParallelEmbedder:
 
     def _failed(self, store, why: list[str], total: int | None = None) -> MicroError:
         saved = f"the {total} texts saved by the workers stay" if total is not None else "what the workers saved stays"
-        return MicroError("; ".join(why) + f"; {saved} in the cache ({store.dir}): rerun the same command to embed "
-                          "the rest")
+        return MicroError(
+            "; ".join(why) + f"; {saved} in the cache ({store.dir}): rerun the same command to embed the rest"
+        )
 
     # --- local processes ---
     def _cuda(self) -> list[str | None]:
@@ -234,17 +275,22 @@ class ParallelEmbedder:
             elif kind == "error":
                 errors[i] = val
 
-        procs = run_processes([(job.index, (job, t, k)) for job, t, k in work if t], _process_worker,
-                              {i: _worker_env(i, self.workers, self.threads, cuda[i]) for i in range(self.workers)},
-                              handle)
+        procs = run_processes(
+            [(job.index, (job, t, k)) for job, t, k in work if t],
+            _process_worker,
+            {i: _worker_env(i, self.workers, self.threads, cuda[i]) for i in range(self.workers)},
+            handle,
+        )
         failed = [i for i, p in procs.items() if p.exitcode != 0]
         if failed:
             why = []
             for i in failed:
                 p = procs[i]
                 what = f"failed: {errors[i]}" if i in errors else describe_exit(p.exitcode)
-                why.append(f"embedding worker {i} of {self.workers} (pid {p.pid}) {what} after saving "
-                           f"{self.saved[i]} of {todo[i]} texts")
+                why.append(
+                    f"embedding worker {i} of {self.workers} (pid {p.pid}) {what} after saving "
+                    f"{self.saved[i]} of {todo[i]} texts"
+                )
             raise self._failed(store, why, sum(self.saved))
         return sum(self.saved)
 
@@ -270,6 +316,7 @@ class ParallelEmbedder:
                 return int(json.loads(manifest.read_text())["rows"])
             except (OSError, ValueError, KeyError):
                 return default
+
         start = rows(store.rows)
         refs = {task.remote(job, t, k): job.index for job, t, k in work if len(t)}
         self.saved = [0] * self.workers
@@ -285,8 +332,9 @@ class ParallelEmbedder:
                         self.saved[i] = int(ray.get(ref))
                     except Exception as exc:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, ...
                         cause = getattr(exc, "cause", None) or exc
-                        errors[i] = _one_line(cause) if isinstance(cause, MicroError) else \
-                            " ".join(str(exc).split())[:300]
+                        errors[i] = (
+                            _one_line(cause) if isinstance(cause, MicroError) else " ".join(str(exc).split())[:300]
+                        )
                 now = min(total, max(shown, rows(start + shown) - start))
                 if progress and now > shown:
                     progress(now - shown)
@@ -299,6 +347,8 @@ class ParallelEmbedder:
         if progress and done > shown and not errors:
             progress(done - shown)
         if errors:
-            raise self._failed(store, [f"embedding worker {i} of {self.workers} (Ray task) failed: {m}"
-                                       for i, m in sorted(errors.items())])
+            raise self._failed(
+                store,
+                [f"embedding worker {i} of {self.workers} (Ray task) failed: {m}" for i, m in sorted(errors.items())],
+            )
         return done

@@ -1,4 +1,5 @@
 """``micro eval``: check the options, run the seen-group evaluation or leave-group-out, print the tables."""
+
 from __future__ import annotations
 
 import sys
@@ -8,9 +9,22 @@ from heads.defaults import BUDGETS, LGO_BUDGETS, LGO_SEEDS, SEEDS
 from pipeline import checks as C
 
 
-def eval_command(model: Path, run_dir: Path, *, report: Path | None, protocol: str, budget: int, seeds: int | None,
-                 hyre_n: int, budgets: str | None, tau: float, epochs: int, lr: float, adapt: str,
-                 jobs: int | None) -> None:
+def eval_command(
+    model: Path,
+    run_dir: Path,
+    *,
+    report: Path | None,
+    protocol: str,
+    budget: int,
+    seeds: int | None,
+    hyre_n: int,
+    budgets: str | None,
+    tau: float,
+    epochs: int,
+    lr: float,
+    adapt: str,
+    jobs: int | None,
+) -> None:
     """``micro eval`` (see the README): the table on stdout, notes and written files on stderr."""
     from heads.user import ADAPT
     from pipeline.core.bundle import read_meta
@@ -33,13 +47,35 @@ def eval_command(model: Path, run_dir: Path, *, report: Path | None, protocol: s
     if lgo:
         from pipeline.evaluate.lgo import leave_group_out
 
-        res = leave_group_out(model, run_dir, budgets=budgets, seeds=seed_list, adapt=adapt, report=report,
-                              jobs=jobs, tau=tau, epochs=epochs, lr=lr, log=log)
+        res = leave_group_out(
+            model,
+            run_dir,
+            budgets=budgets,
+            seeds=seed_list,
+            adapt=adapt,
+            report=report,
+            jobs=jobs,
+            tau=tau,
+            epochs=epochs,
+            lr=lr,
+            log=log,
+        )
     else:
         from pipeline.evaluate.evaluate import evaluate
 
-        res = evaluate(model, run_dir, report=report, budget=budget, seeds=seed_list, hyre_n=hyre_n,
-                       budgets=budgets, tau=tau, epochs=epochs, lr=lr, log=log)
+        res = evaluate(
+            model,
+            run_dir,
+            report=report,
+            budget=budget,
+            seeds=seed_list,
+            hyre_n=hyre_n,
+            budgets=budgets,
+            tau=tau,
+            epochs=epochs,
+            lr=lr,
+            log=log,
+        )
     print(res.markdown())
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -35,6 +35,7 @@ With ``report=DIR``: ``DIR/results.csv`` (long form, exact columns ``method, gro
 nll, ece, n``), ``DIR/results.parquet`` (same table), ``DIR/results.md`` and three PNG figures (see
 :mod:`pipeline.evaluate.plots`); the budget curve trains ``len(seeds)`` routers for every budget in ``budgets``.
 """
+
 from __future__ import annotations
 
 import time
@@ -91,15 +92,27 @@ def _hyre(z, groups, n, seeds, prior_fn, label, notes) -> list[dict]:
 
     res = hyre_eval(z, groups, n_per_group=n, seeds=seeds, prior_fn=prior_fn)
     if res["skipped"]:
-        notes.append(f"{label}: groups with <= {n} test pairs have nothing left to score after adaptation, "
-                     f"left out: " + ", ".join(f"{g} ({c})" for g, c in sorted(res["skipped"].items())))
+        notes.append(
+            f"{label}: groups with <= {n} test pairs have nothing left to score after adaptation, "
+            f"left out: " + ", ".join(f"{g} ({c})" for g, c in sorted(res["skipped"].items()))
+        )
     return [{g: v["probs"][i] for g, v in res["per_group"].items()} for i in range(len(seeds))]
 
 
-def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | None = None, budget: int = BUDGET,
-             seeds: Sequence[int] = tuple(range(SEEDS)), hyre_n: int = HYRE_N, budgets: Sequence[int] | str = BUDGETS,
-             tau: float = TAU, epochs: int = ROUTER_EPOCHS, lr: float = ROUTER_LR,
-             log: Callable[[str], None] = print) -> EvalResult:
+def evaluate(
+    bundle: str | Path,
+    run_dir: str | Path,
+    *,
+    report: str | Path | None = None,
+    budget: int = BUDGET,
+    seeds: Sequence[int] = tuple(range(SEEDS)),
+    hyre_n: int = HYRE_N,
+    budgets: Sequence[int] | str = BUDGETS,
+    tau: float = TAU,
+    epochs: int = ROUTER_EPOCHS,
+    lr: float = ROUTER_LR,
+    log: Callable[[str], None] = print,
+) -> EvalResult:
     """Evaluate every method of the module docstring on the test split of ``run_dir``; see the module docstring."""
     from heads.baselines import OracleBT, SharedBase
     from heads.hyre import gate_prior_fn
@@ -125,8 +138,10 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
     if test.n == 0:
         raise MicroError(f"{run_dir}: the test split is empty (no pairs with split == 'test') — nothing to score")
     if train.n == 0:
-        raise MicroError(f"{run_dir}: the train split is empty (no pairs with split == 'train') — the baselines "
-                         "and the router need training pairs")
+        raise MicroError(
+            f"{run_dir}: the train split is empty (no pairs with split == 'train') — the baselines "
+            "and the router need training pairs"
+        )
     K = bundle_model.n_heads
     params = meta.get("params", {})
     l2, alpha = fitted_l2(meta), float(params.get("alpha", 0.0))
@@ -137,17 +152,23 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
     if names == ["all"]:
         notes.append("the run has no groups: every pair is scored as one group 'all'")
     if meta.get("routed_from"):
-        notes.append(f"the bundle is a routed bundle (from {meta['routed_from']}): its gate stands in for the "
-                     "Stage-1 gate (micro-hyre prior, and micro re-routes starting from it)")
+        notes.append(
+            f"the bundle is a routed bundle (from {meta['routed_from']}): its gate stands in for the "
+            "Stage-1 gate (micro-hyre prior, and micro re-routes starting from it)"
+        )
     if meta.get("baseline"):
         notes.append(f"the bundle is the '{meta['baseline']}' baseline (K={K}): hyre / micro rows mix its heads")
     stage1_x = bundle_model.gate_features(test)
     if stage1_x is not None and stage1_x.shape[1] != model.n_prompt_features_in_:
-        raise MicroError(f"{bundle}: the gate reads {model.n_prompt_features_in_}-dim features but {run_dir} has "
-                         f"{stage1_x.shape[1]}-dim {meta.get('gate_input')} features")
+        raise MicroError(
+            f"{bundle}: the gate reads {model.n_prompt_features_in_}-dim features but {run_dir} has "
+            f"{stage1_x.shape[1]}-dim {meta.get('gate_input')} features"
+        )
     if test.delta.shape[1] != model.n_features_in_:
-        raise MicroError(f"{bundle}: the heads read {model.n_features_in_}-dim features but {run_dir} has "
-                         f"{test.delta.shape[1]}-dim response features")
+        raise MicroError(
+            f"{bundle}: the heads read {model.n_features_in_}-dim features but {run_dir} has "
+            f"{test.delta.shape[1]}-dim response features"
+        )
     per_seed: dict[str, list[dict]] = {}
     timings: dict[str, float] = {}
 
@@ -157,7 +178,7 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
 
     log(f"eval: {train.n} train / {test.n} test pairs, {len(names)} group(s), K={K}, seeds {list(seeds)}")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")                   # convergence notes of the capped baseline fits
+        warnings.simplefilter("ignore")  # convergence notes of the capped baseline fits
         t = time.perf_counter()
         single = MixtureBT(n_components=1, gate="static", max_iter=SINGLE_MAX_ITER, random_state=0)
         single.fit(train.delta, groups=prompt_groups(train.prompt, train.n))
@@ -165,8 +186,14 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
         tick("single", t)
         t = time.perf_counter()
         if K <= train.n:
-            static = MixtureBT(n_components=K, gate="static", alpha=alpha, n_init=STATIC_N_INIT,
-                               max_iter=STATIC_MAX_ITER, random_state=0)
+            static = MixtureBT(
+                n_components=K,
+                gate="static",
+                alpha=alpha,
+                n_init=STATIC_N_INIT,
+                max_iter=STATIC_MAX_ITER,
+                random_state=0,
+            )
             static.fit(train.delta, groups=prompt_groups(train.prompt, train.n))
             per_seed["static"] = [_by_group(static.predict_proba(test.delta), g_test, names)]
         else:
@@ -174,8 +201,13 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
             notes.append(f"static: K={K} is larger than the {train.n} train pairs, not fitted")
         tick("static", t)
         t = time.perf_counter()
-        sb = SharedBase(n_components=min(K, train.n), prior_scale=SHARED_PRIOR_SCALE, l2=l2 / K,
-                        max_iter=SHARED_MAX_ITER, random_state=0).fit(train.delta)
+        sb = SharedBase(
+            n_components=min(K, train.n),
+            prior_scale=SHARED_PRIOR_SCALE,
+            l2=l2 / K,
+            max_iter=SHARED_MAX_ITER,
+            random_state=0,
+        ).fit(train.delta)
         probs, pick_sb, _ = _best_head(test.delta @ sb.coef_.T, g_test, names)
         per_seed["shared-base-best"] = [probs]
         tick("shared-base", t)
@@ -186,8 +218,9 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
 
     t = time.perf_counter()
     per_seed["hyre"] = _hyre(z_te, g_test, int(hyre_n), seeds, None, "hyre", notes)
-    per_seed["micro-hyre"] = _hyre(z_te, g_test, int(hyre_n), seeds, gate_prior_fn(bundle_model.gate_weights(test)),
-                                   "micro-hyre", [])
+    per_seed["micro-hyre"] = _hyre(
+        z_te, g_test, int(hyre_n), seeds, gate_prior_fn(bundle_model.gate_weights(test)), "micro-hyre", []
+    )
     tick("hyre + micro-hyre", t)
 
     t = time.perf_counter()
@@ -211,8 +244,9 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
         p_or[known] = oracle.predict_proba(test.delta[known], g_test[known].astype(str))
     per_seed["oracle"] = [{g: p_or[g_test == g] for g in names if (g_test == g).any() and g in train_names}]
     if not known.all():
-        notes.append("oracle: test groups with no train pairs are left out: "
-                     + ", ".join(sorted(set(g_test[~known].tolist()))))
+        notes.append(
+            "oracle: test groups with no train pairs are left out: " + ", ".join(sorted(set(g_test[~known].tolist())))
+        )
     tick("oracle", t)
 
     rows = []
@@ -223,13 +257,25 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
     if T != 1.0:  # the Stage-1 mixture's calibration, before and after its temperature
         raw = metrics(expit(model.log_odds(test.delta, stage1_x)))
         cal = metrics(model.predict_proba(test.delta, stage1_x))
-        notes.append(f"Stage-1 mixture on the test pairs, temperature {T:.3f} (fitted on held-out train prompts): "
-                     f"ECE {raw[2]:.3f} -> {cal[2]:.3f}, NLL {raw[1]:.3f} -> {cal[1]:.3f}")
-    notes.insert(0, f"Stage-1 gate without routing (for reference): macro accuracy {macro_before:.3f}; "
-                    + ", ".join(f"{g} {a:.3f}" for g, a in zip(names, res.before)))
-    result = EvalResult(rows=rows, groups=names, counts=counts, head_group_accuracy=hg_acc,
-                        best_heads={"shared-base-best": pick_sb, "stage1-best-head": pick_s1},
-                        stage1_accuracy=res.before, router_weights=router_w, notes=notes)
+        notes.append(
+            f"Stage-1 mixture on the test pairs, temperature {T:.3f} (fitted on held-out train prompts): "
+            f"ECE {raw[2]:.3f} -> {cal[2]:.3f}, NLL {raw[1]:.3f} -> {cal[1]:.3f}"
+        )
+    notes.insert(
+        0,
+        f"Stage-1 gate without routing (for reference): macro accuracy {macro_before:.3f}; "
+        + ", ".join(f"{g} {a:.3f}" for g, a in zip(names, res.before)),
+    )
+    result = EvalResult(
+        rows=rows,
+        groups=names,
+        counts=counts,
+        head_group_accuracy=hg_acc,
+        best_heads={"shared-base-best": pick_sb, "stage1-best-head": pick_s1},
+        stage1_accuracy=res.before,
+        router_weights=router_w,
+        notes=notes,
+    )
     result.budget_curve[int(budget)] = res.after
     if report is not None:
         from pipeline.evaluate import plots
@@ -238,19 +284,29 @@ def evaluate(bundle: str | Path, run_dir: str | Path, *, report: str | Path | No
         t = time.perf_counter()
         for b in budgets:
             if b not in result.budget_curve:
-                result.budget_curve[b] = route_seeds(bundle_model, train, test, tau=tau, epochs=epochs, budget=b,
-                                                     seeds=seeds, lr=lr).after
+                result.budget_curve[b] = route_seeds(
+                    bundle_model, train, test, tau=tau, epochs=epochs, budget=b, seeds=seeds, lr=lr
+                ).after
         tick(f"budget sweep {list(budgets)}", t)
-        curve = np.stack([result.budget_curve[b] for b in budgets])   # (nB, S, G)
+        curve = np.stack([result.budget_curve[b] for b in budgets])  # (nB, S, G)
         t = time.perf_counter()
         report.mkdir(parents=True, exist_ok=True)
         result.plots = [
             plots.plot_head_group_accuracy(hg_acc, names, report / "head_group_accuracy.png", counts=counts),
-            plots.plot_router_weights(router_w, names, report / "router_weights.png",
-                                      title=f"Mean routed mixture weight per group (test prompts, B={budget}, "
-                                            f"{len(seeds)} seeds)"),
-            plots.plot_budget_curve(budgets, curve.mean(axis=1), curve.std(axis=1), names,
-                                    report / "accuracy_vs_budget.png", reference=res.before),
+            plots.plot_router_weights(
+                router_w,
+                names,
+                report / "router_weights.png",
+                title=f"Mean routed mixture weight per group (test prompts, B={budget}, {len(seeds)} seeds)",
+            ),
+            plots.plot_budget_curve(
+                budgets,
+                curve.mean(axis=1),
+                curve.std(axis=1),
+                names,
+                report / "accuracy_vs_budget.png",
+                reference=res.before,
+            ),
         ]
         tick("plots", t)
     result.seconds = time.perf_counter() - t0

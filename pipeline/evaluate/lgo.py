@@ -21,6 +21,7 @@ per-seed macro). ``residual_share`` is the fraction of (seed) fits where ``adapt
 Folds run in parallel in a process pool (:func:`pipeline.core.parallel.run_jobs`), on the run's cached
 features (nothing is re-embedded).
 """
+
 from __future__ import annotations
 
 import time
@@ -40,7 +41,7 @@ from pipeline.evaluate.results import format_accuracy, metrics
 METHODS = ("single", "stage1-gate", "routing", "hyre", "user-head", "adapted", "oracle")
 BUDGETED = ("routing", "hyre", "user-head", "adapted")
 COLUMNS = ("method", "group", "budget", "accuracy", "accuracy_std", "nll", "ece", "n", "residual_share")
-PCA_DIM = 16                    # population principal directions offered to the residual (heads.adapt "pca")
+PCA_DIM = 16  # population principal directions offered to the residual (heads.adapt "pca")
 USER_HEAD_GRID = {"pca": (0.0, 1.0, 3.0), "iso": (0.0, 0.1, 0.3, 1.0)}
 
 
@@ -54,7 +55,7 @@ def fold_job(arrays: dict, meta: dict, job: dict) -> list[dict]:
     try:
         run = Run.from_shared(arrays, meta)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")            # convergence notes of the refits
+            warnings.simplefilter("ignore")  # convergence notes of the refits
             return _oracle(run, job) if job["group"] is None else _fold(run, job)
     except Exception as exc:  # noqa: BLE001 -- reported by the parent as one line
         return [{"group": job["group"], "error": error_text(exc)}]
@@ -89,13 +90,16 @@ def _fold(run: Run, job: dict) -> list[dict]:
     gx = run.gate_features(job["gate_input"])
     rx = None if job["gate_input"] == "none" else run.context
     take = lambda X, rows: None if X is None else np.ascontiguousarray(X[rows])  # noqa: E731
-    pid = run.prompt_id[pop]   # the held-out slice of the Stage-1 selection never splits a prompt
-    model = MixtureBT(**params).fit(take(D, pop), take(gx, pop) if params.get("n_components", 10) > 1 else None,
-                                    groups=pid)
+    pid = run.prompt_id[pop]  # the held-out slice of the Stage-1 selection never splits a prompt
+    model = MixtureBT(**params).fit(
+        take(D, pop), take(gx, pop) if params.get("n_components", 10) > 1 else None, groups=pid
+    )
     single = MixtureBT(**{**params, "n_components": 1, "gate": "static"}).fit(take(D, pop), groups=pid)
     Dt, gxt, rxt = take(D, test), take(gx, test), take(rx, test)
-    rows = [{"method": "single", "group": name, **_metrics(single.predict_proba(Dt))},
-            {"method": "stage1-gate", "group": name, **_metrics(model.predict_proba(Dt, gxt))}]
+    rows = [
+        {"method": "single", "group": name, **_metrics(single.predict_proba(Dt))},
+        {"method": "stage1-gate", "group": name, **_metrics(model.predict_proba(Dt, gxt))},
+    ]
     W, gate = model.coef_, model.gate_params_
     pca = pca_basis(take(D, pop), PCA_DIM)
     zt = Dt @ W.T
@@ -106,18 +110,35 @@ def _fold(run: Run, job: dict) -> list[dict]:
             Du, gxu, rxu, pid = take(D, idx), take(gx, idx), take(rx, idx), run.prompt_id[idx]
             ua = UserAdapter(adapt=job["adapt"], router=job["router"], random_state=int(seed))
             ua.fit(Du, W, gate, gxu, rxu, pca=pca, fold_groups=pid)
-            router = ua.router_ if job["adapt"] != "residual" else UserAdapter(
-                adapt="mixture", router=job["router"], random_state=int(seed)).fit(Du, W, gate, gxu, rxu).router_
+            router = (
+                ua.router_
+                if job["adapt"] != "residual"
+                else UserAdapter(adapt="mixture", router=job["router"], random_state=int(seed))
+                .fit(Du, W, gate, gxu, rxu)
+                .router_
+            )
             f = router.gate_weights(rxt, n_rows=test.size)
             head = ResidualBT(grid=USER_HEAD_GRID, combine="average", random_state=int(seed)).fit(
-                Du, {"none": np.zeros(len(idx))}, pca=pca, folds=kfold(len(idx), 5, int(seed), pid))
-            probs = {"routing": (f * moderated_proba(zt)).sum(axis=1),
-                     "hyre": hyre_predict_proba(zt, hyre_weights(Du @ W.T)),
-                     "user-head": head.predict_proba(Dt, {"none": np.zeros(test.size)}),
-                     "adapted": ua.predict_proba(Dt, W, gxt, rxt)}
+                Du, {"none": np.zeros(len(idx))}, pca=pca, folds=kfold(len(idx), 5, int(seed), pid)
+            )
+            probs = {
+                "routing": (f * moderated_proba(zt)).sum(axis=1),
+                "hyre": hyre_predict_proba(zt, hyre_weights(Du @ W.T)),
+                "user-head": head.predict_proba(Dt, {"none": np.zeros(test.size)}),
+                "adapted": ua.predict_proba(Dt, W, gxt, rxt),
+            }
             for method, p in probs.items():
-                rows.append({"method": method, "group": name, "budget": int(B), "seed": int(seed),
-                             "n_adapt": int(idx.size), "residual": ua.choice_ == "residual", **_metrics(p)})
+                rows.append(
+                    {
+                        "method": method,
+                        "group": name,
+                        "budget": int(B),
+                        "seed": int(seed),
+                        "n_adapt": int(idx.size),
+                        "residual": ua.choice_ == "residual",
+                        **_metrics(p),
+                    }
+                )
     return rows
 
 
@@ -127,7 +148,7 @@ class LGOResult:
 
     rows: list
     groups: list
-    counts: list                       # test pairs per group
+    counts: list  # test pairs per group
     budgets: list
     seeds: list
     notes: list = field(default_factory=list)
@@ -138,9 +159,17 @@ class LGOResult:
     def frame(self):
         import polars as pl
 
-        types = {"method": pl.Utf8, "group": pl.Utf8, "budget": pl.Int64, "accuracy": pl.Float64,
-                 "accuracy_std": pl.Float64, "nll": pl.Float64, "ece": pl.Float64, "n": pl.Int64,
-                 "residual_share": pl.Float64}
+        types = {
+            "method": pl.Utf8,
+            "group": pl.Utf8,
+            "budget": pl.Int64,
+            "accuracy": pl.Float64,
+            "accuracy_std": pl.Float64,
+            "nll": pl.Float64,
+            "ece": pl.Float64,
+            "n": pl.Int64,
+            "residual_share": pl.Float64,
+        }
         return pl.DataFrame({c: [r.get(c) for r in self.rows] for c in COLUMNS}, schema=types)
 
     def cell(self, method: str, group: str, budget: int | None = None) -> dict:
@@ -154,10 +183,13 @@ class LGOResult:
         cols = [*self.groups, "macro"]
         out = []
         for b in self.budgets:
-            out += [f"leave-group-out accuracy on each new user's test pairs, B = {b} adaptation pairs "
-                    f"(mean ± std over {len(self.seeds)} seeds)", "",
-                    "| method | " + " | ".join(f"{g} (n={n})" for g, n in zip(self.groups, self.counts)) + " | macro |",
-                    "|" + "---|" * (len(cols) + 1)]
+            out += [
+                f"leave-group-out accuracy on each new user's test pairs, B = {b} adaptation pairs "
+                f"(mean ± std over {len(self.seeds)} seeds)",
+                "",
+                "| method | " + " | ".join(f"{g} (n={n})" for g, n in zip(self.groups, self.counts)) + " | macro |",
+                "|" + "---|" * (len(cols) + 1),
+            ]
             for m in METHODS:
                 cells = [format_accuracy(self.cell(m, g, b)) for g in cols]
                 out.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -170,7 +202,7 @@ def aggregate(raw: list[dict], groups: list, budgets: list) -> list[dict]:
     """Long rows (COLUMNS) from per-(method, group, budget, seed) rows: mean ± std over seeds, and macro rows."""
     out = []
     for m in METHODS:
-        for b in (budgets if m in BUDGETED else [None]):
+        for b in budgets if m in BUDGETED else [None]:
             mine = [r for r in raw if r["method"] == m and r.get("budget") == b]
             seeds = sorted({r.get("seed", 0) for r in mine})
             acc = np.full((len(seeds), len(groups)), np.nan)
@@ -182,14 +214,33 @@ def aggregate(raw: list[dict], groups: list, budgets: list) -> list[dict]:
                 res[i, j] = float(r.get("residual", np.nan))
             sd = (lambda a: float(np.std(a))) if m in BUDGETED else (lambda a: None)
             for j, g in enumerate(groups):
-                out.append({"method": m, "group": g, "budget": b, "accuracy": float(np.mean(acc[:, j])),
-                            "accuracy_std": sd(acc[:, j]), "nll": float(np.mean(nll[:, j])),
-                            "ece": float(np.mean(ece[:, j])), "n": int(n[j]),
-                            "residual_share": float(np.mean(res[:, j])) if m == "adapted" else None})
+                out.append(
+                    {
+                        "method": m,
+                        "group": g,
+                        "budget": b,
+                        "accuracy": float(np.mean(acc[:, j])),
+                        "accuracy_std": sd(acc[:, j]),
+                        "nll": float(np.mean(nll[:, j])),
+                        "ece": float(np.mean(ece[:, j])),
+                        "n": int(n[j]),
+                        "residual_share": float(np.mean(res[:, j])) if m == "adapted" else None,
+                    }
+                )
             macro = acc.mean(axis=1)
-            out.append({"method": m, "group": "macro", "budget": b, "accuracy": float(macro.mean()),
-                        "accuracy_std": sd(macro), "nll": float(nll.mean()), "ece": float(ece.mean()),
-                        "n": int(n.sum()), "residual_share": float(np.mean(res)) if m == "adapted" else None})
+            out.append(
+                {
+                    "method": m,
+                    "group": "macro",
+                    "budget": b,
+                    "accuracy": float(macro.mean()),
+                    "accuracy_std": sd(macro),
+                    "nll": float(nll.mean()),
+                    "ece": float(ece.mean()),
+                    "n": int(n.sum()),
+                    "residual_share": float(np.mean(res)) if m == "adapted" else None,
+                }
+            )
     return out
 
 
@@ -218,11 +269,20 @@ def _validate(run: Run, budgets, seeds, adapt) -> tuple[list, list]:
     return counts, notes
 
 
-def leave_group_out(bundle: str | Path, run_dir: str | Path, *, budgets: Sequence[int] | str = LGO_BUDGETS,
-                    seeds: Sequence[int] = tuple(range(LGO_SEEDS)), adapt: str = "auto",
-                    report: str | Path | None = None,
-                    jobs: int | None = None, tau: float | None = None, epochs: int | None = None,
-                    lr: float | None = None, log: Callable[[str], None] = print) -> LGOResult:
+def leave_group_out(
+    bundle: str | Path,
+    run_dir: str | Path,
+    *,
+    budgets: Sequence[int] | str = LGO_BUDGETS,
+    seeds: Sequence[int] = tuple(range(LGO_SEEDS)),
+    adapt: str = "auto",
+    report: str | Path | None = None,
+    jobs: int | None = None,
+    tau: float | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    log: Callable[[str], None] = print,
+) -> LGOResult:
     """Leave-one-group-out evaluation (module docstring); writes results.csv/.parquet/.md and a figure to
     ``report``. ``tau`` / ``epochs`` / ``lr``: the router's (default: heads.defaults)."""
     from pipeline.core.model import Model
@@ -239,15 +299,24 @@ def leave_group_out(bundle: str | Path, run_dir: str | Path, *, budgets: Sequenc
     counts, notes = _validate(run, budgets, seeds, adapt)
     groups = list(run.group_names)
     params = {k: v for k, v in model.estimator.get_params().items() if k not in ("verbose", "on_iter")}
-    router = {"tau": TAU if tau is None else tau, "epochs": ROUTER_EPOCHS if epochs is None else epochs,
-              "lr": ROUTER_LR if lr is None else lr}
-    base = {"params": params, "oracle_l2": fitted_l2(model.meta), "gate_input": model.gate_input, "budgets": budgets,
-            "seeds": seeds, "adapt": adapt, "router": router}
+    router = {
+        "tau": TAU if tau is None else tau,
+        "epochs": ROUTER_EPOCHS if epochs is None else epochs,
+        "lr": ROUTER_LR if lr is None else lr,
+    }
+    base = {
+        "params": params,
+        "oracle_l2": fitted_l2(model.meta),
+        "gate_input": model.gate_input,
+        "budgets": budgets,
+        "seeds": seeds,
+        "adapt": adapt,
+        "router": router,
+    }
     job_list = [{**base, "group": None}] + [{**base, "group": g} for g in groups]
     n_jobs = max(1, min(len(job_list), jobs or n_cores()))
     threads = max(1, n_cores() // n_jobs)
-    log(f"leave-group-out: {len(groups)} groups, budgets {budgets}, seeds {seeds}, adapt={adapt}, "
-        f"{n_jobs} worker(s)")
+    log(f"leave-group-out: {len(groups)} groups, budgets {budgets}, seeds {seeds}, adapt={adapt}, {n_jobs} worker(s)")
     raw, errors = [], []
 
     def on_rows(job, rows):
@@ -257,12 +326,21 @@ def leave_group_out(bundle: str | Path, run_dir: str | Path, *, budgets: Sequenc
         log(f"  fold {job['group'] or 'oracle'} done ({time.perf_counter() - t0:.0f} s)")
 
     arrays, meta = run.shared()
-    run_jobs(job_list, fold_job, arrays, meta, on_rows, lambda job, exc: [{"error": error_text(exc)}],
-             n_jobs=n_jobs, threads=threads)
+    run_jobs(
+        job_list,
+        fold_job,
+        arrays,
+        meta,
+        on_rows,
+        lambda job, exc: [{"error": error_text(exc)}],
+        n_jobs=n_jobs,
+        threads=threads,
+    )
     if errors:
         raise MicroError(f"leave-group-out fold failed: {errors[0]}")
-    result = LGOResult(rows=aggregate(raw, groups, budgets), groups=groups, counts=counts, budgets=budgets,
-                       seeds=seeds, notes=notes)
+    result = LGOResult(
+        rows=aggregate(raw, groups, budgets), groups=groups, counts=counts, budgets=budgets, seeds=seeds, notes=notes
+    )
     if report is not None:
         result.files, result.plots = write_report(result, Path(report))
     result.seconds = time.perf_counter() - t0
@@ -276,8 +354,7 @@ def write_report(result: LGOResult, report: Path) -> tuple[list, list]:
 
     files = write_tables(result.frame(), result.markdown(), result.notes, report)
     cols = [*result.groups, "macro"]
-    curves = {m: np.array([[result.cell(m, g, b)["accuracy"] for g in cols] for b in result.budgets])
-              for m in BUDGETED}
+    curves = {m: np.array([[result.cell(m, g, b)["accuracy"] for g in cols] for b in result.budgets]) for m in BUDGETED}
     refs = {m: np.array([result.cell(m, g)["accuracy"] for g in cols]) for m in ("single", "stage1-gate", "oracle")}
     plot = plot_lgo_budget(result.budgets, curves, refs, cols, report / "accuracy_vs_budget_lgo.png")
     return files, [plot]

@@ -7,6 +7,7 @@
 Every function builds a standalone ``Figure`` on an Agg canvas (no pyplot global state, no display needed)
 and returns the path written.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,8 +35,14 @@ def _labels(groups: Sequence, counts: Sequence | None) -> list[str]:
     return [f"{g}\n(n={n})" for g, n in zip(groups, counts)]
 
 
-def plot_head_group_accuracy(acc: np.ndarray, groups: Sequence, path: str | Path, *, counts: Sequence | None = None,
-                             title: str = "Accuracy of each Stage-1 head alone per group (test split)") -> Path:
+def plot_head_group_accuracy(
+    acc: np.ndarray,
+    groups: Sequence,
+    path: str | Path,
+    *,
+    counts: Sequence | None = None,
+    title: str = "Accuracy of each Stage-1 head alone per group (test split)",
+) -> Path:
     """Heatmap of ``acc`` (K heads, G groups); the best head of each group is outlined."""
     acc = np.asarray(acc, dtype=float)
     K, G = acc.shape
@@ -63,8 +70,13 @@ def plot_head_group_accuracy(acc: np.ndarray, groups: Sequence, path: str | Path
     return save_figure(fig, path)
 
 
-def plot_router_weights(weights: np.ndarray, groups: Sequence, path: str | Path, *,
-                        title: str = "Mean routed mixture weight per group (test prompts)") -> Path:
+def plot_router_weights(
+    weights: np.ndarray,
+    groups: Sequence,
+    path: str | Path,
+    *,
+    title: str = "Mean routed mixture weight per group (test prompts)",
+) -> Path:
     """Heatmap of ``weights`` (G groups, K heads): rows sum to 1."""
     w = np.asarray(weights, dtype=float)
     G, K = w.shape
@@ -82,9 +94,17 @@ def plot_router_weights(weights: np.ndarray, groups: Sequence, path: str | Path,
     return save_figure(fig, path)
 
 
-def plot_budget_curve(budgets: Sequence[int], mean: np.ndarray, std: np.ndarray, groups: Sequence, path: str | Path, *,
-                      reference: np.ndarray | None = None, reference_label: str = "Stage-1 gate (no routing)",
-                      title: str = "Routed accuracy vs labelled pairs per group (mean ± std over seeds)") -> Path:
+def plot_budget_curve(
+    budgets: Sequence[int],
+    mean: np.ndarray,
+    std: np.ndarray,
+    groups: Sequence,
+    path: str | Path,
+    *,
+    reference: np.ndarray | None = None,
+    reference_label: str = "Stage-1 gate (no routing)",
+    title: str = "Routed accuracy vs labelled pairs per group (mean ± std over seeds)",
+) -> Path:
     """Lines of ``mean`` (nB, G) with ± ``std`` bands over ``budgets``; optional dashed per-group ``reference`` (G,)."""
     b = np.asarray(budgets, dtype=float)
     mean, std = np.asarray(mean, dtype=float), np.asarray(std, dtype=float)
@@ -117,10 +137,19 @@ def plot_selection(selection: dict, path: str | Path) -> Path:
     dims = sorted({p.get("dim") for p in selection["path"]}, key=lambda d: d or 0)
     for i, dim in enumerate(dims):
         pts = sorted((p for p in selection["path"] if p.get("dim") == dim), key=lambda p: p["c"])
-        ax.plot([p["c"] for p in pts], [p["val_loglik"] for p in pts], "o-", color=f"C{i}",
-                label=f"width {dim}" if len(dims) > 1 else "held-out prompts")
-    ax.axvline(selection["chosen_c"], color="C3", lw=1.0,
-               label=f"chosen: l2 {selection['l2']:.3g}, gate l2 {selection['gate_l2']:.3g}")
+        ax.plot(
+            [p["c"] for p in pts],
+            [p["val_loglik"] for p in pts],
+            "o-",
+            color=f"C{i}",
+            label=f"width {dim}" if len(dims) > 1 else "held-out prompts",
+        )
+    ax.axvline(
+        selection["chosen_c"],
+        color="C3",
+        lw=1.0,
+        label=f"chosen: l2 {selection['l2']:.3g}, gate l2 {selection['gate_l2']:.3g}",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("relative L2 (× mean feature variance)")
     ax.set_ylabel("mean log-likelihood per pair")
@@ -129,8 +158,15 @@ def plot_selection(selection: dict, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_lgo_budget(budgets: Sequence[int], curves: dict, references: dict, groups: Sequence, path: str | Path, *,
-                    title: str = "New users (leave-group-out): accuracy vs adaptation pairs B") -> Path:
+def plot_lgo_budget(
+    budgets: Sequence[int],
+    curves: dict,
+    references: dict,
+    groups: Sequence,
+    path: str | Path,
+    *,
+    title: str = "New users (leave-group-out): accuracy vs adaptation pairs B",
+) -> Path:
     """One panel per group (new user): ``curves`` {method: (nB, G) mean accuracy} as lines over ``budgets``,
     ``references`` {method: (G,)} (budget-free rows) as dashed horizontal lines."""
     b = np.asarray(budgets, dtype=float)

@@ -3,6 +3,7 @@
 :func:`metrics` is the one place accuracy / NLL / ECE of a set of pairs is computed for every evaluation row
 (seen groups and leave-group-out); :func:`write_tables` writes results.csv / .parquet / .md atomically.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,14 +25,14 @@ SEEDED = ("hyre", "micro-hyre", "micro")
 class EvalResult:
     """What ``micro eval`` computed: the long table (one dict per (method, group)) and the figures."""
 
-    rows: list                       # dicts with COLUMNS
-    groups: list                     # group names (sorted), without "macro"
-    counts: list                     # test pairs per group
+    rows: list  # dicts with COLUMNS
+    groups: list  # group names (sorted), without "macro"
+    counts: list  # test pairs per group
     head_group_accuracy: np.ndarray  # (K, G) accuracy of every bundle head alone per group (test split)
-    best_heads: dict                 # method -> {group: head index} for the "best head" rows
-    stage1_accuracy: np.ndarray      # (G,) Stage-1 gate (no routing) accuracy per group
-    router_weights: np.ndarray       # (G, K) mean routed gate weights per group over test prompts and seeds
-    budget_curve: dict = field(default_factory=dict)   # budget -> (S, G) routed accuracy per seed
+    best_heads: dict  # method -> {group: head index} for the "best head" rows
+    stage1_accuracy: np.ndarray  # (G,) Stage-1 gate (no routing) accuracy per group
+    router_weights: np.ndarray  # (G, K) mean routed gate weights per group over test prompts and seeds
+    budget_curve: dict = field(default_factory=dict)  # budget -> (S, G) routed accuracy per seed
     plots: list = field(default_factory=list)
     files: list = field(default_factory=list)
     notes: list = field(default_factory=list)
@@ -43,8 +44,16 @@ class EvalResult:
 
         return pl.DataFrame(
             {c: [r[c] for r in self.rows] for c in COLUMNS},
-            schema={"method": pl.Utf8, "group": pl.Utf8, "accuracy": pl.Float64, "accuracy_std": pl.Float64,
-                    "nll": pl.Float64, "ece": pl.Float64, "n": pl.Int64})
+            schema={
+                "method": pl.Utf8,
+                "group": pl.Utf8,
+                "accuracy": pl.Float64,
+                "accuracy_std": pl.Float64,
+                "nll": pl.Float64,
+                "ece": pl.Float64,
+                "n": pl.Int64,
+            },
+        )
 
     def cell(self, method: str, group: str) -> dict:
         """The row of (method, group)."""
@@ -57,13 +66,22 @@ class EvalResult:
         """Accuracy table (rows = methods, columns = groups + macro) and a macro NLL / ECE table."""
         cols = [*self.groups, "macro"]
         head = "| method | " + " | ".join(f"{g} (n={n})" for g, n in zip(self.groups, self.counts)) + " | macro |"
-        lines = ["accuracy on the test split (mean ± std over seeds where seeded)", "", head,
-                 "|" + "---|" * (len(cols) + 1)]
+        lines = [
+            "accuracy on the test split (mean ± std over seeds where seeded)",
+            "",
+            head,
+            "|" + "---|" * (len(cols) + 1),
+        ]
         for m in METHODS:
             cells = [format_accuracy(self.cell(m, g)) for g in cols]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        lines += ["", "macro-averaged negative log-likelihood and expected calibration error", "",
-                  "| method | nll | ece |", "|---|---|---|"]
+        lines += [
+            "",
+            "macro-averaged negative log-likelihood and expected calibration error",
+            "",
+            "| method | nll | ece |",
+            "|---|---|---|",
+        ]
         for m in METHODS:
             r = self.cell(m, "macro")
             lines.append(f"| {m} | {_fmt(r['nll'])} | {_fmt(r['ece'])} |")
@@ -104,16 +122,31 @@ def method_rows(method: str, per_seed: list[dict], names: list, seeded: bool) ->
             acc[s, j], nll[s, j], ece[s, j], n[j] = metrics(probs.get(g))
     rows = []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN groups stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN groups stay NaN
         for j, g in enumerate(names):
-            rows.append({"method": method, "group": g, "accuracy": _f(np.nanmean(acc[:, j])),
-                         "accuracy_std": _f(np.nanstd(acc[:, j])) if seeded else None,
-                         "nll": _f(np.nanmean(nll[:, j])), "ece": _f(np.nanmean(ece[:, j])), "n": int(n[j])})
-        macro = np.nanmean(acc, axis=1)                   # (S,) macro accuracy per seed
-        rows.append({"method": method, "group": "macro", "accuracy": _f(np.nanmean(macro)),
-                     "accuracy_std": _f(np.nanstd(macro)) if seeded else None,
-                     "nll": _f(np.nanmean(np.nanmean(nll, axis=0))), "ece": _f(np.nanmean(np.nanmean(ece, axis=0))),
-                     "n": int(n.sum())})
+            rows.append(
+                {
+                    "method": method,
+                    "group": g,
+                    "accuracy": _f(np.nanmean(acc[:, j])),
+                    "accuracy_std": _f(np.nanstd(acc[:, j])) if seeded else None,
+                    "nll": _f(np.nanmean(nll[:, j])),
+                    "ece": _f(np.nanmean(ece[:, j])),
+                    "n": int(n[j]),
+                }
+            )
+        macro = np.nanmean(acc, axis=1)  # (S,) macro accuracy per seed
+        rows.append(
+            {
+                "method": method,
+                "group": "macro",
+                "accuracy": _f(np.nanmean(macro)),
+                "accuracy_std": _f(np.nanstd(macro)) if seeded else None,
+                "nll": _f(np.nanmean(np.nanmean(nll, axis=0))),
+                "ece": _f(np.nanmean(np.nanmean(ece, axis=0))),
+                "n": int(n.sum()),
+            }
+        )
     return rows
 
 

@@ -1,4 +1,5 @@
 """``micro fit``: check the options, select K when asked (``--k auto``), fit, print the report."""
+
 from __future__ import annotations
 
 import time
@@ -14,16 +15,23 @@ def print_fit_report(console, report) -> None:
 
     sel = report.selection
     if sel.get("path"):
-        console.print(f"selection on {sel['val_pairs']} held-out pairs ({sel['holdout']:.0%} of the train prompts, "
-                      f"{sel['seconds']:.1f} s): " + "  ".join(
-                          f"{p['c']:.3g}→{p['val_loglik']:.4f}" for p in sorted(sel["path"], key=lambda p: p["c"]))
-                      + " (relative L2 → held-out log-lik)", highlight=False, soft_wrap=True)
+        console.print(
+            f"selection on {sel['val_pairs']} held-out pairs ({sel['holdout']:.0%} of the train prompts, "
+            f"{sel['seconds']:.1f} s): "
+            + "  ".join(f"{p['c']:.3g}→{p['val_loglik']:.4f}" for p in sorted(sel["path"], key=lambda p: p["c"]))
+            + " (relative L2 → held-out log-lik)",
+            highlight=False,
+            soft_wrap=True,
+        )
     cal = sel.get("calibration")
-    console.print(f"chosen: l2 {sel['l2']:.3g}, gate l2 {sel['gate_l2']:.3g}, width {sel['dim']} "
-                  f"(gate {sel['gate_dim']}),"
-                  f" temperature {sel['temperature']:.3f}"
-                  + (f" (held-out NLL {cal['val_nll_before']:.4f} → {cal['val_nll_after']:.4f})" if cal else ""),
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"chosen: l2 {sel['l2']:.3g}, gate l2 {sel['gate_l2']:.3g}, width {sel['dim']} "
+        f"(gate {sel['gate_dim']}),"
+        f" temperature {sel['temperature']:.3f}"
+        + (f" (held-out NLL {cal['val_nll_before']:.4f} → {cal['val_nll_after']:.4f})" if cal else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
     t = Table(title="mixture")
     for c in ("split", "n", "log-lik", "accuracy", "ECE"):
         t.add_column(c, justify="right")
@@ -43,16 +51,40 @@ def print_fit_report(console, report) -> None:
         console.print(f"note: {note}")
     for p in report.plots:
         console.print(f"written: {p}")
-    console.print(f"gate input: {report.gate_input} | {report.seconds:.1f} s"
-                  + (f" | bundle: {report.bundle}" if report.bundle else ""))
+    console.print(
+        f"gate input: {report.gate_input} | {report.seconds:.1f} s"
+        + (f" | bundle: {report.bundle}" if report.bundle else "")
+    )
 
 
-
-
-def fit_command(run_dir: Path, *, k: str, k_range: str, gate: str, gate_input: str, gate_hidden: int | None,
-                alpha: float, l2: str, gate_l2: float | None, holdout: float, patience: int, calibrate: str,
-                n_init: int, max_iter: int, tol: float, seed: int, dim: str, gate_dim: str, init: str, optimizer: str,
-                epochs: int, baseline: str | None, out: Path | None, quiet: bool, console) -> None:
+def fit_command(
+    run_dir: Path,
+    *,
+    k: str,
+    k_range: str,
+    gate: str,
+    gate_input: str,
+    gate_hidden: int | None,
+    alpha: float,
+    l2: str,
+    gate_l2: float | None,
+    holdout: float,
+    patience: int,
+    calibrate: str,
+    n_init: int,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    dim: str,
+    gate_dim: str,
+    init: str,
+    optimizer: str,
+    epochs: int,
+    baseline: str | None,
+    out: Path | None,
+    quiet: bool,
+    console,
+) -> None:
     """``micro fit`` (see the README)."""
     from heads.initialise import INITS
     from heads.solvers import AdamWSolver
@@ -70,13 +102,15 @@ def fit_command(run_dir: Path, *, k: str, k_range: str, gate: str, gate_input: s
     C.choice(gate_input, "--gate-input", ("auto", "prompt", "context"))
     C.integer(gate_hidden, "--gate-hidden", optional=True)
     C.number(alpha, "--alpha", low=0)
-    sel_kw = dict(l2=C.auto_number(l2, "--l2"), gate_l2=C.number(gate_l2, "--gate-l2", low=0, optional=True),
-                  dim=C.auto_number(dim, "--dim", int, none=True),
-                  gate_dim=C.auto_number(gate_dim, "--gate-dim", int, none=True),
-                  holdout=C.number(holdout, "--holdout", low=0, high=1, high_open=True),
-                  patience=C.integer(patience, "--patience"),
-                  calibrate={"auto": "auto", "on": True, "off": False}[C.choice(calibrate, "--calibrate",
-                                                                             ("auto", "on", "off"))])
+    sel_kw = dict(
+        l2=C.auto_number(l2, "--l2"),
+        gate_l2=C.number(gate_l2, "--gate-l2", low=0, optional=True),
+        dim=C.auto_number(dim, "--dim", int, none=True),
+        gate_dim=C.auto_number(gate_dim, "--gate-dim", int, none=True),
+        holdout=C.number(holdout, "--holdout", low=0, high=1, high_open=True),
+        patience=C.integer(patience, "--patience"),
+        calibrate={"auto": "auto", "on": True, "off": False}[C.choice(calibrate, "--calibrate", ("auto", "on", "off"))],
+    )
     C.integer(n_init, "--n-init")
     C.integer(max_iter, "--max-iter", minimum=0)
     C.number(tol, "--tol", low=0)
@@ -99,23 +133,52 @@ def fit_command(run_dir: Path, *, k: str, k_range: str, gate: str, gate_input: s
             return
         prev, state["prev"] = state["prev"], obj
         rel = "" if prev is None else f"  rel.change {abs(prev - obj) / max(abs(prev), 1e-12):.2e}"
-        console.print(f"  iter {it:4d}  objective {obj:.6f}{rel}  {time.perf_counter() - state['t']:.1f} s",
-                      highlight=False)
+        console.print(
+            f"  iter {it:4d}  objective {obj:.6f}{rel}  {time.perf_counter() - state['t']:.1f} s", highlight=False
+        )
 
     extra_meta = None
     if auto:
         from pipeline.fit.select_k import auto_k
 
-        sel = auto_k(run_dir, k_range, dict(gate="static" if baseline == "static" else gate, gate_input=gate_input,
-                                            gate_hidden=gate_hidden, alpha=alpha, l2=sel_kw["l2"], n_init=n_init,
-                                            max_iter=max_iter, tol=tol, dim=sel_kw["dim"], init=init),
-                     out_dir=out / "k_selection", log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+        sel = auto_k(
+            run_dir,
+            k_range,
+            dict(
+                gate="static" if baseline == "static" else gate,
+                gate_input=gate_input,
+                gate_hidden=gate_hidden,
+                alpha=alpha,
+                l2=sel_kw["l2"],
+                n_init=n_init,
+                max_iter=max_iter,
+                tol=tol,
+                dim=sel_kw["dim"],
+                init=init,
+            ),
+            out_dir=out / "k_selection",
+            log=lambda m: console.print(m, highlight=False, soft_wrap=True),
+        )
         console.print(f"chose {sel.reason}", highlight=False, soft_wrap=True)
         console.print(f"K selection: {out / 'k_selection'} | fitting the final model with K={sel.chosen_k}")
         k, extra_meta = str(sel.chosen_k), {"k_selection": sel.to_dict()}
-    report = fit_run(run_dir, k=int(k), gate=gate, gate_input=gate_input, baseline=baseline,
-                     out=out, on_iter=on_iter, extra_meta=extra_meta, alpha=alpha, n_init=n_init,
-                     max_iter=max_iter, tol=tol, random_state=seed, init=init,
-                     solver=AdamWSolver(epochs=epochs) if optimizer == "adamw" else "em", gate_hidden=gate_hidden,
-                     **sel_kw)
+    report = fit_run(
+        run_dir,
+        k=int(k),
+        gate=gate,
+        gate_input=gate_input,
+        baseline=baseline,
+        out=out,
+        on_iter=on_iter,
+        extra_meta=extra_meta,
+        alpha=alpha,
+        n_init=n_init,
+        max_iter=max_iter,
+        tol=tol,
+        random_state=seed,
+        init=init,
+        solver=AdamWSolver(epochs=epochs) if optimizer == "adamw" else "em",
+        gate_hidden=gate_hidden,
+        **sel_kw,
+    )
     print_fit_report(console, report)

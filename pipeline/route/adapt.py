@@ -10,6 +10,7 @@ vector v) that ``micro score MODEL --user OUT/<user>.json`` applies:
 with f the profile's own gate on the user's context + prompt (the router's for ``rule = mixture``, the Stage-1
 gate's for ``rule = logit``), c the user's context saved in the profile.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,7 +27,7 @@ from pipeline.errors import MicroError
 
 FORMAT = "micro-profile"
 KIND = "adapted"
-ROUTER = {"tau": TAU, "epochs": ROUTER_EPOCHS, "lr": ROUTER_LR}     # the router of `micro route` (heads.defaults)
+ROUTER = {"tau": TAU, "epochs": ROUTER_EPOCHS, "lr": ROUTER_LR}  # the router of `micro route` (heads.defaults)
 
 
 def profile_file(out_dir: Path, user: str) -> Path:
@@ -65,9 +66,21 @@ def user_context(run: Run) -> str | None:
     return max(set(ctx), key=ctx.count) if ctx else None
 
 
-def save_profile(path: Path, meta: dict, bundle, user: str, *, rule: str, gate_params: dict | None,
-                 gate_input: str, gate_multiplier: float, head_weights: np.ndarray, v: np.ndarray | None,
-                 context: str | None, extra: dict) -> Path:
+def save_profile(
+    path: Path,
+    meta: dict,
+    bundle,
+    user: str,
+    *,
+    rule: str,
+    gate_params: dict | None,
+    gate_input: str,
+    gate_multiplier: float,
+    head_weights: np.ndarray,
+    v: np.ndarray | None,
+    context: str | None,
+    extra: dict,
+) -> Path:
     """Write the profile JSON and its tensors (gate parameters, residual v) atomically."""
     from safetensors.numpy import save_file
 
@@ -79,12 +92,24 @@ def save_profile(path: Path, meta: dict, bundle, user: str, *, rule: str, gate_p
     if tensors:
         with atomic_path(tpath) as tmp:
             save_file(tensors, str(tmp))
-    write_json_atomic(path, {
-        "format": FORMAT, "kind": KIND, "user": user, "bundle": str(Path(bundle).resolve()),
-        "fingerprint_id": meta["fingerprint_id"], "n_heads": int(len(head_weights)), "rule": rule,
-        "gate_input": gate_input if gate_multiplier else "none", "gate_multiplier": float(gate_multiplier),
-        "head_weights": [float(x) for x in head_weights], "context": context,
-        "tensors": tpath.name if tensors else None, **extra})
+    write_json_atomic(
+        path,
+        {
+            "format": FORMAT,
+            "kind": KIND,
+            "user": user,
+            "bundle": str(Path(bundle).resolve()),
+            "fingerprint_id": meta["fingerprint_id"],
+            "n_heads": int(len(head_weights)),
+            "rule": rule,
+            "gate_input": gate_input if gate_multiplier else "none",
+            "gate_multiplier": float(gate_multiplier),
+            "head_weights": [float(x) for x in head_weights],
+            "context": context,
+            "tensors": tpath.name if tensors else None,
+            **extra,
+        },
+    )
     return path
 
 
@@ -115,10 +140,15 @@ def load_adapted(data: dict, path: Path) -> AdaptedProfile:
     gate = {k[5:]: v.astype(np.float64) for k, v in tensors.items() if k.startswith("gate.")}
     if data["gate_multiplier"] and not gate and data.get("gate_input") != "none":
         raise MicroError(f"{path}: the profile mixes with a gate but its tensors have none")
-    return AdaptedProfile(rule=data["rule"], gate_params=gate, gate_input=data.get("gate_input", "none"),
-                          gate_multiplier=float(data["gate_multiplier"]),
-                          head_weights=np.asarray(data["head_weights"], dtype=np.float64),
-                          v=tensors["v"].astype(np.float64) if "v" in tensors else None, context=data.get("context"))
+    return AdaptedProfile(
+        rule=data["rule"],
+        gate_params=gate,
+        gate_input=data.get("gate_input", "none"),
+        gate_multiplier=float(data["gate_multiplier"]),
+        head_weights=np.asarray(data["head_weights"], dtype=np.float64),
+        v=tensors["v"].astype(np.float64) if "v" in tensors else None,
+        context=data.get("context"),
+    )
 
 
 @dataclass
@@ -127,18 +157,28 @@ class AdaptResult:
 
     users: list
     counts: list
-    before: np.ndarray                 # (U,)
-    routing: np.ndarray                # (S, U)
-    adapted: np.ndarray                # (S, U)
-    choices: list                      # per user: fraction of seeds choosing the residual
+    before: np.ndarray  # (U,)
+    routing: np.ndarray  # (S, U)
+    adapted: np.ndarray  # (S, U)
+    choices: list  # per user: fraction of seeds choosing the residual
     paths: list
     budget: int
     seeds: list
     notes: list = field(default_factory=list)
 
 
-def adapt_users(bundle, user_data, out, *, adapt: str = "auto", budget: int = BUDGET, seeds=tuple(range(SEEDS)),
-                user: str | None = None, router: dict | None = None, log=print) -> AdaptResult:
+def adapt_users(
+    bundle,
+    user_data,
+    out,
+    *,
+    adapt: str = "auto",
+    budget: int = BUDGET,
+    seeds=tuple(range(SEEDS)),
+    user: str | None = None,
+    router: dict | None = None,
+    log=print,
+) -> AdaptResult:
     """Fit a UserAdapter per user (``user`` only, or every group) on ``budget`` of their train pairs per seed,
     score on their test pairs, and save the seed-0 model of each user as a profile in ``out``. ``router``:
     Router keyword arguments (default :data:`ROUTER`)."""
@@ -155,9 +195,18 @@ def adapt_users(bundle, user_data, out, *, adapt: str = "auto", budget: int = BU
     notes = [f"residual basis: population principal directions from {source}"]
     static = model.gate_kind_ == "static"
     pids = prompt_ids(run)
-    res = AdaptResult(users=[], counts=[], before=np.zeros(0), routing=np.zeros((len(seeds), 0)),
-                      adapted=np.zeros((len(seeds), 0)), choices=[], paths=[], budget=budget, seeds=list(seeds),
-                      notes=notes)
+    res = AdaptResult(
+        users=[],
+        counts=[],
+        before=np.zeros(0),
+        routing=np.zeros((len(seeds), 0)),
+        adapted=np.zeros((len(seeds), 0)),
+        choices=[],
+        paths=[],
+        budget=budget,
+        seeds=list(seeds),
+        notes=notes,
+    )
     before, routing, adapted = [], [], []
     for name in names:
         mine = run.take(groups == name)
@@ -177,24 +226,48 @@ def adapt_users(bundle, user_data, out, *, adapt: str = "auto", budget: int = BU
         for s in seeds:
             idx = np.sort(np.random.default_rng([int(s), 7]).choice(tr, min(budget, tr.size), replace=False))
             ua = UserAdapter(adapt=adapt, router=router or ROUTER, random_state=int(s)).fit(
-                D[idx], W, model.gate_params_, take(gx, idx), take(rx, idx), pca=pca,
-                fold_groups=pids[groups == name][idx])
-            routed = ua.router_ if adapt != "residual" else UserAdapter(
-                adapt="mixture", router=router or ROUTER, random_state=int(s)).fit(
-                D[idx], W, model.gate_params_, take(gx, idx), take(rx, idx)).router_
+                D[idx],
+                W,
+                model.gate_params_,
+                take(gx, idx),
+                take(rx, idx),
+                pca=pca,
+                fold_groups=pids[groups == name][idx],
+            )
+            routed = (
+                ua.router_
+                if adapt != "residual"
+                else UserAdapter(adapt="mixture", router=router or ROUTER, random_state=int(s))
+                .fit(D[idx], W, model.gate_params_, take(gx, idx), take(rx, idx))
+                .router_
+            )
             acc_r.append(float(np.mean(routed.predict_proba(D[te] @ W.T, take(rx, te)) > 0.5)))
             acc_a.append(float(np.mean(ua.predict_proba(D[te], W, take(gx, te), take(rx, te)) > 0.5)))
             chose.append(ua.choice_ == "residual")
             if s == seeds[0]:
-                path = save_profile(profile_file(out, name), meta, bundle, name, rule=ua.rule_,
-                                    gate_params=ua.gate_params_ if ua.gate_multiplier_ else None,
-                                    gate_input="none" if static else ("context" if ua.rule_ == "mixture"
-                                                                      else meta.get("gate_input", "prompt")),
-                                    gate_multiplier=ua.gate_multiplier_, head_weights=ua.head_weights_,
-                                    v=ua.coef_ if ua.coef_.size else None, context=user_context(mine),
-                                    extra={"source": "route --adapt", "adapt": adapt, "choice": ua.choice_,
-                                           "budget": int(idx.size), "seed": int(s),
-                                           "cv_loglik": {k: float(v.mean()) for k, v in ua.cv_.items()}})
+                path = save_profile(
+                    profile_file(out, name),
+                    meta,
+                    bundle,
+                    name,
+                    rule=ua.rule_,
+                    gate_params=ua.gate_params_ if ua.gate_multiplier_ else None,
+                    gate_input="none"
+                    if static
+                    else ("context" if ua.rule_ == "mixture" else meta.get("gate_input", "prompt")),
+                    gate_multiplier=ua.gate_multiplier_,
+                    head_weights=ua.head_weights_,
+                    v=ua.coef_ if ua.coef_.size else None,
+                    context=user_context(mine),
+                    extra={
+                        "source": "route --adapt",
+                        "adapt": adapt,
+                        "choice": ua.choice_,
+                        "budget": int(idx.size),
+                        "seed": int(s),
+                        "cv_loglik": {k: float(v.mean()) for k, v in ua.cv_.items()},
+                    },
+                )
         res.users.append(name)
         res.counts.append(int(te.size))
         res.paths.append(path)
@@ -212,15 +285,16 @@ class OnlineResult:
     user: str
     path: Path
     served: str
-    curve: np.ndarray          # (T+1,) accuracy before any pair, after 1, ..., after T pairs
-    prior_curve: np.ndarray    # (T+1,) the same for the prior alone (Hedge)
-    losses: dict               # expert -> cumulative prequential log-loss
+    curve: np.ndarray  # (T+1,) accuracy before any pair, after 1, ..., after T pairs
+    prior_curve: np.ndarray  # (T+1,) the same for the prior alone (Hedge)
+    losses: dict  # expert -> cumulative prequential log-loss
     n_stream: int
     n_heldout: int
 
 
-def build_online(bundle, user_data, user: str, out_dir, *, adapt: str = "auto", tau: float = HEDGE_TAU,
-                 log=print) -> OnlineResult:
+def build_online(
+    bundle, user_data, user: str, out_dir, *, adapt: str = "auto", tau: float = HEDGE_TAU, log=print
+) -> OnlineResult:
     """Online profile of ``user`` (:class:`heads.online.OnlineProfile`) from their train pairs in stream order,
     scored on their test pairs after every pair; saved as an adapted profile."""
     from heads.adapt import block_features, block_scales
@@ -229,8 +303,9 @@ def build_online(bundle, user_data, user: str, out_dir, *, adapt: str = "auto", 
     bundle_model = Model.load(bundle)
     model, meta = bundle_model.estimator, bundle_model.meta
     out_dir = Path(out_dir)
-    run = bundle_model.embed_user_data(user_data, out_dir / "work" / profile_file(Path(), user).stem, log=log,
-                                       user=user)
+    run = bundle_model.embed_user_data(
+        user_data, out_dir / "work" / profile_file(Path(), user).stem, log=log, user=user
+    )
     stream, held = run.part("train"), run.part("test")
     if stream.n == 0:
         raise MicroError(f"{user_data}: user '{user}' has no pairs to learn from (split == 'train')")
@@ -239,8 +314,9 @@ def build_online(bundle, user_data, user: str, out_dir, *, adapt: str = "auto", 
     pca, _ = population_basis(meta, None)
     pop = stream.delta
     scales = block_scales(block_features(pop, np.zeros(len(pop)), None, pca))
-    prof = OnlineProfile(prior, scales, pca, tau=tau, force="residual" if adapt == "residual" else None,
-                         n_heads=model.coef_.shape[0])
+    prof = OnlineProfile(
+        prior, scales, pca, tau=tau, force="residual" if adapt == "residual" else None, n_heads=model.coef_.shape[0]
+    )
     if adapt == "mixture":
         raise MicroError("--online --adapt mixture is the Hedge profile: use `micro route --online` without --adapt")
     W = model.coef_
@@ -251,14 +327,37 @@ def build_online(bundle, user_data, user: str, out_dir, *, adapt: str = "auto", 
             curve.append(float(np.mean(prof.predict_proba(held.delta, z_h) > 0.5)))
             prior_curve.append(float(np.mean(prof.predict_proba(held.delta, z_h, "prior") > 0.5)))
         if t < stream.n:
-            prof.update(stream.delta[t:t + 1], z_s[t:t + 1])
+            prof.update(stream.delta[t : t + 1], z_s[t : t + 1])
     served = prof.served_model()
-    path = save_profile(profile_file(out_dir, user), meta, bundle, user, rule=served["rule"], gate_params=None,
-                        gate_input="none", gate_multiplier=0.0, head_weights=served["head_weights"], v=served["v"],
-                        context=user_context(stream),
-                        extra={"source": "route --online", "adapt": adapt, "online": prof.summary(),
-                               "profile": prof.hedge.to_dict(),      # the prior expert (Hedge over heads)
-                               "learning_curve": curve, "prior_learning_curve": prior_curve, "n_heldout": held.n})
-    return OnlineResult(user=user, path=path, served=prof.served_, curve=np.array(curve),
-                        prior_curve=np.array(prior_curve), losses=prof.summary()["prequential_logloss"],
-                        n_stream=stream.n, n_heldout=held.n)
+    path = save_profile(
+        profile_file(out_dir, user),
+        meta,
+        bundle,
+        user,
+        rule=served["rule"],
+        gate_params=None,
+        gate_input="none",
+        gate_multiplier=0.0,
+        head_weights=served["head_weights"],
+        v=served["v"],
+        context=user_context(stream),
+        extra={
+            "source": "route --online",
+            "adapt": adapt,
+            "online": prof.summary(),
+            "profile": prof.hedge.to_dict(),  # the prior expert (Hedge over heads)
+            "learning_curve": curve,
+            "prior_learning_curve": prior_curve,
+            "n_heldout": held.n,
+        },
+    )
+    return OnlineResult(
+        user=user,
+        path=path,
+        served=prof.served_,
+        curve=np.array(curve),
+        prior_curve=np.array(prior_curve),
+        losses=prof.summary()["prequential_logloss"],
+        n_stream=stream.n,
+        n_heldout=held.n,
+    )

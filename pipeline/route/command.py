@@ -1,5 +1,6 @@
 """``micro route`` and ``micro score``: check the options, run Stage 2 (routing, adapted users, online profiles) or
 score rows, print the results."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,13 +23,16 @@ def router_options(tau: float, epochs: int, budget: int, seeds: int, lr: float) 
 def _print_route(console, res) -> None:
     from rich.table import Table
 
-    t = Table(title=f"held-out accuracy per group: Stage-1 gate vs routed (B={res.budget}/group, "
-                    f"mean ± std over {len(res.seeds)} seeds)")
+    t = Table(
+        title=f"held-out accuracy per group: Stage-1 gate vs routed (B={res.budget}/group, "
+        f"mean ± std over {len(res.seeds)} seeds)"
+    )
     for c in ("group", "n", "before", "after"):
         t.add_column(c, justify="right")
     for j, g in enumerate(res.groups):
-        t.add_row(str(g), str(res.counts[j]), f"{res.before[j]:.4f}",
-                  f"{res.after_mean[j]:.4f} ± {res.after_std[j]:.4f}")
+        t.add_row(
+            str(g), str(res.counts[j]), f"{res.before[j]:.4f}", f"{res.after_mean[j]:.4f} ± {res.after_std[j]:.4f}"
+        )
     macro = res.after.mean(axis=1)
     t.add_row("macro", str(sum(res.counts)), f"{np.nanmean(res.before):.4f}", f"{macro.mean():.4f} ± {macro.std():.4f}")
     console.print(t)
@@ -39,14 +43,22 @@ def _print_route(console, res) -> None:
 def _print_adapt(console, res) -> None:
     from rich.table import Table
 
-    t = Table(title=f"held-out accuracy per user: Stage-1 gate, routing, adapted (B={res.budget}, mean ± std over "
-                    f"{len(res.seeds)} seeds)")
+    t = Table(
+        title=f"held-out accuracy per user: Stage-1 gate, routing, adapted (B={res.budget}, mean ± std over "
+        f"{len(res.seeds)} seeds)"
+    )
     for c in ("user", "n", "stage-1 gate", "routing", "adapted", "residual chosen"):
         t.add_column(c, justify="right")
     for j, u in enumerate(res.users):
         r, a = res.routing[:, j], res.adapted[:, j]
-        t.add_row(str(u), str(res.counts[j]), f"{res.before[j]:.4f}", f"{r.mean():.4f} ± {r.std():.4f}",
-                  f"{a.mean():.4f} ± {a.std():.4f}", f"{res.choices[j]:.0%}")
+        t.add_row(
+            str(u),
+            str(res.counts[j]),
+            f"{res.before[j]:.4f}",
+            f"{r.mean():.4f} ± {r.std():.4f}",
+            f"{a.mean():.4f} ± {a.std():.4f}",
+            f"{res.choices[j]:.0%}",
+        )
     console.print(t)
     for note in res.notes:
         console.print(f"note: {note}", soft_wrap=True)
@@ -55,13 +67,18 @@ def _print_adapt(console, res) -> None:
 
 
 def _print_online(console, res) -> None:
-    console.print(f"profile of '{res.user}' after {res.n_stream} pairs: serving '{res.served}' (prequential "
-                  "log-loss " + ", ".join(f"{k} {v:.2f}" for k, v in res.losses.items()) + ")", soft_wrap=True)
+    console.print(
+        f"profile of '{res.user}' after {res.n_stream} pairs: serving '{res.served}' (prequential "
+        "log-loss " + ", ".join(f"{k} {v:.2f}" for k, v in res.losses.items()) + ")",
+        soft_wrap=True,
+    )
     if len(res.curve):
         marks = sorted({0, 1, 2, 5, 10, 20, 50, len(res.curve) - 1} & set(range(len(res.curve))))
-        console.print(f"learning curve, accuracy on {res.n_heldout} held-out pairs after n pairs seen (prior alone): "
-                      + "  ".join(f"n={n}: {res.curve[n]:.3f} ({res.prior_curve[n]:.3f})" for n in marks),
-                      soft_wrap=True)
+        console.print(
+            f"learning curve, accuracy on {res.n_heldout} held-out pairs after n pairs seen (prior alone): "
+            + "  ".join(f"n={n}: {res.curve[n]:.3f} ({res.prior_curve[n]:.3f})" for n in marks),
+            soft_wrap=True,
+        )
     console.print(f"profile saved: {res.path}", soft_wrap=True)
 
 
@@ -70,14 +87,29 @@ def _print_profile(console, prof) -> None:
     console.print(f"profile of '{prof.user}' after {prof.n_stream} pairs (prior: {prof.prior}): weights [{w}]")
     if len(prof.curve):
         marks = sorted({0, 1, 2, 5, 10, 20, 50, len(prof.curve) - 1} & set(range(len(prof.curve))))
-        console.print(f"learning curve, accuracy on {prof.n_heldout} held-out pairs after n pairs seen: "
-                      + "  ".join(f"n={n}: {prof.curve[n]:.3f}" for n in marks))
+        console.print(
+            f"learning curve, accuracy on {prof.n_heldout} held-out pairs after n pairs seen: "
+            + "  ".join(f"n={n}: {prof.curve[n]:.3f}" for n in marks)
+        )
     console.print(f"profile saved: {prof.path}")
 
 
-def route_command(model: Path, user_data: Path, out: Path | None, *, tau: float, epochs: int, budget: int,
-                  seeds: int, lr: float, user: str | None, online: bool, hedge_tau: float, adapt: str,
-                  console) -> None:
+def route_command(
+    model: Path,
+    user_data: Path,
+    out: Path | None,
+    *,
+    tau: float,
+    epochs: int,
+    budget: int,
+    seeds: int,
+    lr: float,
+    user: str | None,
+    online: bool,
+    hedge_tau: float,
+    adapt: str,
+    console,
+) -> None:
     """``micro route`` (see the README): routing, adapted users, or an online profile of one user."""
     from heads.user import ADAPT
     from pipeline.core.bundle import read_meta
@@ -96,13 +128,18 @@ def route_command(model: Path, user_data: Path, out: Path | None, *, tau: float,
         if adapt == "mixture":
             from pipeline.route.profiles import build_profile
 
-            _print_profile(console, build_profile(model, user_data, user, out or model.parent / "profiles",
-                                                  tau=hedge_tau, log=log))
+            _print_profile(
+                console, build_profile(model, user_data, user, out or model.parent / "profiles", tau=hedge_tau, log=log)
+            )
         else:
             from pipeline.route.adapt import build_online
 
-            _print_online(console, build_online(model, user_data, user, out or model.parent / "profiles",
-                                                adapt=adapt, tau=hedge_tau, log=log))
+            _print_online(
+                console,
+                build_online(
+                    model, user_data, user, out or model.parent / "profiles", adapt=adapt, tau=hedge_tau, log=log
+                ),
+            )
         return
     if user is None:
         routed = out or model.parent / f"{model.name}-routed"
@@ -112,11 +149,25 @@ def route_command(model: Path, user_data: Path, out: Path | None, *, tau: float,
     if adapt != "mixture" or user is not None:
         from pipeline.route.adapt import adapt_users
 
-        users_dir = (out or model.parent / f"{model.name}-routed") / "users" if user is None else \
-            (out or model.parent / "profiles")
-        _print_adapt(console, adapt_users(model, user_data, users_dir, adapt=adapt, budget=budget,
-                                          seeds=seed_list, user=user,
-                                          router={"tau": tau, "epochs": epochs, "lr": lr}, log=log))
+        users_dir = (
+            (out or model.parent / f"{model.name}-routed") / "users"
+            if user is None
+            else (out or model.parent / "profiles")
+        )
+        _print_adapt(
+            console,
+            adapt_users(
+                model,
+                user_data,
+                users_dir,
+                adapt=adapt,
+                budget=budget,
+                seeds=seed_list,
+                user=user,
+                router={"tau": tau, "epochs": epochs, "lr": lr},
+                log=log,
+            ),
+        )
 
 
 def score_command(model: Path, input: Path, out: Path, *, context: str | None, user: Path | None) -> Path:

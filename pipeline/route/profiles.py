@@ -1,4 +1,5 @@
 """Per-user online profiles: a Hedge weight vector over the frozen heads, updated pair by pair (no training)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,7 @@ class ProfileResult:
     user: str
     path: Path
     weights: np.ndarray
-    curve: np.ndarray          # (T+1,) accuracy before any pair, after 1, ..., after T pairs
+    curve: np.ndarray  # (T+1,) accuracy before any pair, after 1, ..., after T pairs
     n_stream: int
     n_heldout: int
     prior: str
@@ -39,8 +40,9 @@ def safe_name(user: str) -> str:
     return f"{clean}-{hashlib.sha256(str(user).encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
-def build_profile(bundle: str | Path, user_data: str | Path, user: str, out_dir: str | Path, *,
-                  tau: float = HEDGE_TAU, log=print) -> ProfileResult:
+def build_profile(
+    bundle: str | Path, user_data: str | Path, user: str, out_dir: str | Path, *, tau: float = HEDGE_TAU, log=print
+) -> ProfileResult:
     """Hedge profile of ``user`` from their 'train' pairs in stream order, scored on their 'test' pairs."""
     from heads.profile import HedgeProfile
 
@@ -48,8 +50,10 @@ def build_profile(bundle: str | Path, user_data: str | Path, user: str, out_dir:
     out_dir = Path(out_dir)
     run = model.embed_user_data(user_data, out_dir / "work" / safe_name(user), log=log, user=user)
     if user not in run.group_names:
-        raise MicroError(f"{user_data}: user '{user}' not found in the 'group' column; users present: "
-                         f"{', '.join(map(str, run.group_names[:20]))}")
+        raise MicroError(
+            f"{user_data}: user '{user}' not found in the 'group' column; users present: "
+            f"{', '.join(map(str, run.group_names[:20]))}"
+        )
     mine = run.take(run.groups == user)
     stream, heldout = mine.part("train"), mine.part("test")
     if stream.n == 0:
@@ -63,16 +67,32 @@ def build_profile(bundle: str | Path, user_data: str | Path, user: str, out_dir:
         prior, prior_name = None, "uniform"
     prof = HedgeProfile(tau=tau, prior=prior, n_heads=model.n_heads)
     z_stream = model.head_logits(stream)
-    curve = (np.asarray(prof.learning_curve(z_stream, model.head_logits(heldout))) if heldout.n
-             else np.array([]))
+    curve = np.asarray(prof.learning_curve(z_stream, model.head_logits(heldout))) if heldout.n else np.array([])
     prof.update(z_stream)
     path = out_dir / f"{safe_name(user)}.json"
-    write_json_atomic(path, {"format": FORMAT, "user": user, "bundle": str(Path(bundle).resolve()),
-                             "fingerprint_id": model.meta["fingerprint_id"], "n_heads": model.n_heads,
-                             "prior": prior_name, "profile": prof.to_dict(), "learning_curve": curve.tolist(),
-                             "n_heldout": heldout.n})
-    return ProfileResult(user=user, path=path, weights=np.asarray(prof.weights_), curve=curve,
-                         n_stream=stream.n, n_heldout=heldout.n, prior=prior_name)
+    write_json_atomic(
+        path,
+        {
+            "format": FORMAT,
+            "user": user,
+            "bundle": str(Path(bundle).resolve()),
+            "fingerprint_id": model.meta["fingerprint_id"],
+            "n_heads": model.n_heads,
+            "prior": prior_name,
+            "profile": prof.to_dict(),
+            "learning_curve": curve.tolist(),
+            "n_heldout": heldout.n,
+        },
+    )
+    return ProfileResult(
+        user=user,
+        path=path,
+        weights=np.asarray(prof.weights_),
+        curve=curve,
+        n_stream=stream.n,
+        n_heldout=heldout.n,
+        prior=prior_name,
+    )
 
 
 def load_profile(path: str | Path, meta: dict):
@@ -91,9 +111,11 @@ def load_profile(path: str | Path, meta: dict):
         raise MicroError(f"{path}: field 'format' is {data.get('format')!r}, expected {FORMAT!r}")
     n_heads = len(meta["fitted"]["mixture_weights_"])
     if data.get("fingerprint_id") != meta.get("fingerprint_id") or data.get("n_heads") != n_heads:
-        raise MicroError(f"{path}: profile of an unknown model (built for {data.get('bundle')}, "
-                         f"embedder {data.get('fingerprint_id')}, {data.get('n_heads')} heads)")
-    if data.get("kind") == "adapted":              # micro route --adapt / --online with a residual
+        raise MicroError(
+            f"{path}: profile of an unknown model (built for {data.get('bundle')}, "
+            f"embedder {data.get('fingerprint_id')}, {data.get('n_heads')} heads)"
+        )
+    if data.get("kind") == "adapted":  # micro route --adapt / --online with a residual
         from pipeline.route.adapt import load_adapted
 
         return load_adapted(data, path)

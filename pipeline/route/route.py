@@ -4,6 +4,7 @@ User data is any file ``micro data prepare`` reads (or a prepared pair table), e
 (:meth:`pipeline.core.model.Model.embed_user_data`). Profiles and adapted users: :mod:`pipeline.route.profiles`,
 :mod:`pipeline.route.adapt`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,11 +27,11 @@ class RouteResult:
 
     groups: list
     counts: list
-    before: np.ndarray              # (G,) accuracy with the Stage-1 gate
-    after: np.ndarray               # (S, G) accuracy per seed
+    before: np.ndarray  # (G,) accuracy with the Stage-1 gate
+    after: np.ndarray  # (S, G) accuracy per seed
     seeds: list
     budget: int
-    short: dict = field(default_factory=dict)   # group -> pairs available when fewer than the budget
+    short: dict = field(default_factory=dict)  # group -> pairs available when fewer than the budget
     routers: list = field(default_factory=list)
     notes: list = field(default_factory=list)
 
@@ -43,9 +44,18 @@ class RouteResult:
         return self.after.std(axis=0)
 
 
-def route_seeds(model: Model, train: Run, test: Run, *, tau: float = TAU, epochs: int = ROUTER_EPOCHS,
-                budget: int = BUDGET, seeds=tuple(range(SEEDS)), lr: float = ROUTER_LR,
-                batch_size: int = ROUTER_BATCH) -> RouteResult:
+def route_seeds(
+    model: Model,
+    train: Run,
+    test: Run,
+    *,
+    tau: float = TAU,
+    epochs: int = ROUTER_EPOCHS,
+    budget: int = BUDGET,
+    seeds=tuple(range(SEEDS)),
+    lr: float = ROUTER_LR,
+    batch_size: int = ROUTER_BATCH,
+) -> RouteResult:
     """Train one router per seed on ``budget`` train pairs per group; score every router on ``test``."""
     from heads.router import Router, draw_budget
 
@@ -71,11 +81,22 @@ def route_seeds(model: Model, train: Run, test: Run, *, tau: float = TAU, epochs
         after.append(test.group_accuracy(r.predict_proba(z_te, None if static else test.context))[cols])
         routers.append(r)
     if short:
-        notes.append("budget larger than the available pairs, used all: "
-                     + ", ".join(f"{g} ({n} pairs)" for g, n in sorted(short.items())))
+        notes.append(
+            "budget larger than the available pairs, used all: "
+            + ", ".join(f"{g} ({n} pairs)" for g, n in sorted(short.items()))
+        )
     counts = [int((test.group == j).sum()) for j in cols]
-    return RouteResult(groups=names, counts=counts, before=before, after=np.array(after), seeds=list(seeds),
-                       budget=budget, short=short, routers=routers, notes=notes)
+    return RouteResult(
+        groups=names,
+        counts=counts,
+        before=before,
+        after=np.array(after),
+        seeds=list(seeds),
+        budget=budget,
+        short=short,
+        routers=routers,
+        notes=notes,
+    )
 
 
 def save_routed_bundle(model: Model, router, out: Path, params: dict) -> Path:
@@ -83,14 +104,27 @@ def save_routed_bundle(model: Model, router, out: Path, params: dict) -> Path:
     routed = copy.copy(model.estimator)
     routed.gate_params_ = router.gate_params_
     routed.gate = "static" if router.gate_kind_ == "static" else "context"
-    meta = {**model.meta, "gate_input": "none" if router.gate_kind_ == "static" else "context",
-            "routed_from": str(params.pop("bundle")), "router": params}
+    meta = {
+        **model.meta,
+        "gate_input": "none" if router.gate_kind_ == "static" else "context",
+        "routed_from": str(params.pop("bundle")),
+        "router": params,
+    }
     return Model(routed, meta).save(out)
 
 
-def route(bundle: str | Path, user_data: str | Path, out: str | Path, *, tau: float = TAU,
-          epochs: int = ROUTER_EPOCHS, budget: int = BUDGET, seeds=tuple(range(SEEDS)), lr: float = ROUTER_LR,
-          log=print) -> RouteResult:
+def route(
+    bundle: str | Path,
+    user_data: str | Path,
+    out: str | Path,
+    *,
+    tau: float = TAU,
+    epochs: int = ROUTER_EPOCHS,
+    budget: int = BUDGET,
+    seeds=tuple(range(SEEDS)),
+    lr: float = ROUTER_LR,
+    log=print,
+) -> RouteResult:
     """``micro route``: fit routers on the user data, report held-out accuracy, save the seed-0 routed bundle."""
     model = Model.load(bundle)
     out = Path(out)
@@ -99,10 +133,21 @@ def route(bundle: str | Path, user_data: str | Path, out: str | Path, *, tau: fl
     if test.n == 0:
         raise MicroError(f"{user_data}: no held-out pairs (split == 'test') to score the router on")
     res = route_seeds(model, train, test, tau=tau, epochs=epochs, budget=budget, seeds=seeds, lr=lr)
-    save_routed_bundle(model, res.routers[0], out, {
-        "bundle": str(Path(bundle).resolve()), "user_data": str(Path(user_data).resolve()), "tau": tau,
-        "epochs": epochs, "budget_per_group": budget, "seed": int(seeds[0]), "lr": lr,
-        "heldout_accuracy_before": dict(zip(res.groups, res.before.tolist())),
-        "heldout_accuracy_after_mean": dict(zip(res.groups, res.after_mean.tolist())),
-        "heldout_accuracy_after_std": dict(zip(res.groups, res.after_std.tolist()))})
+    save_routed_bundle(
+        model,
+        res.routers[0],
+        out,
+        {
+            "bundle": str(Path(bundle).resolve()),
+            "user_data": str(Path(user_data).resolve()),
+            "tau": tau,
+            "epochs": epochs,
+            "budget_per_group": budget,
+            "seed": int(seeds[0]),
+            "lr": lr,
+            "heldout_accuracy_before": dict(zip(res.groups, res.before.tolist())),
+            "heldout_accuracy_after_mean": dict(zip(res.groups, res.after_mean.tolist())),
+            "heldout_accuracy_after_std": dict(zip(res.groups, res.after_std.tolist())),
+        },
+    )
     return res

@@ -10,6 +10,7 @@ Python API::
     out["weights"]    # (N, K) mixture weights f used for the mix
     out["residual"]   # (N,) v·φ(x, a), only with an adapted profile (then reward = Σ_k w_k r_k + v·φ)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,11 +75,17 @@ class RewardModel:
     def check_context(self, context: str | None, profile=None) -> None:
         """MicroError when the gate reads context+prompt features but neither a context nor a profile is given
         (the prompt-alone feature is not what the gate was fitted on)."""
-        if profile is None and not context and self.model.gate_kind_ != "static" \
-                and self.meta.get("gate_input") == "context":
-            raise MicroError(f"{self.path}: the gate reads the user's context with the prompt (it was fitted on "
-                             "context+prompt features): pass --context TEXT (the user's criterion) or --user "
-                             "PROFILE.json")
+        if (
+            profile is None
+            and not context
+            and self.model.gate_kind_ != "static"
+            and self.meta.get("gate_input") == "context"
+        ):
+            raise MicroError(
+                f"{self.path}: the gate reads the user's context with the prompt (it was fitted on "
+                "context+prompt features): pass --context TEXT (the user's criterion) or --user "
+                "PROFILE.json"
+            )
 
     def _adapted_weights(self, prompts: list[list[dict]], profile) -> np.ndarray:
         from heads.gate import gate_weights
@@ -98,8 +105,7 @@ class RewardModel:
             self._embed([])
         return self._backend
 
-    def rewards(self, prompts: Sequence, responses: Sequence[str], context: str | None = None,
-                profile=None) -> dict:
+    def rewards(self, prompts: Sequence, responses: Sequence[str], context: str | None = None, profile=None) -> dict:
         """Per-head rewards (N, K), weights (N, K) and the mixed reward (N,) for each (prompt, response)."""
         if len(prompts) != len(responses):
             raise MicroError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -111,7 +117,7 @@ class RewardModel:
         w = self.weights(msgs, context, profile)
         out = {"per_head": per_head, "weights": w, "reward": (per_head * w).sum(axis=1)}
         v = getattr(profile, "v", None)
-        if v is not None:                      # adapted profile: reward = sum_k w_k r_k + v . phi
+        if v is not None:  # adapted profile: reward = sum_k w_k r_k + v . phi
             out["residual"] = np.asarray(feats, dtype=np.float64) @ v
             out["reward"] = out["reward"] + out["residual"]
         return out
@@ -151,8 +157,14 @@ def read_score_input(path: str | Path) -> tuple[list, list, pa.Table]:
     return prompts, responses, df.to_arrow()
 
 
-def score_file(bundle: str | Path, input_path: str | Path, out: str | Path, *, context: str | None = None,
-               profile_path: str | Path | None = None) -> Path:
+def score_file(
+    bundle: str | Path,
+    input_path: str | Path,
+    out: str | Path,
+    *,
+    context: str | None = None,
+    profile_path: str | Path | None = None,
+) -> Path:
     """Write the input rows plus reward, per-head rewards and weights to ``out`` (.parquet or .jsonl)."""
     import pyarrow.parquet as pq
 
@@ -172,8 +184,9 @@ def score_file(bundle: str | Path, input_path: str | Path, out: str | Path, *, c
         rm.close()
     K = res["per_head"].shape[1]
     # re-scoring an output file: replace its reward columns instead of writing duplicate column names
-    table = table.drop_columns([c for c in table.column_names
-                                if c in ("reward", "weights", "residual") or c.startswith("reward_head_")])
+    table = table.drop_columns(
+        [c for c in table.column_names if c in ("reward", "weights", "residual") or c.startswith("reward_head_")]
+    )
     table = table.append_column("reward", pa.array(res["reward"]))
     if "residual" in res:
         table = table.append_column("residual", pa.array(res["residual"]))

@@ -1,4 +1,5 @@
 """Reading sweep results: aggregation over seeds, the leaderboard, K selection (one-SE rule) and the figures."""
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,11 @@ def aggregate(frame, metric: str, by: list | None = None):
     ok = frame.filter(pl.col("error").is_null() & pl.col(metric).is_not_null() & pl.col(metric).is_not_nan())
     by = by or param_columns(frame)
     return ok.group_by(by, maintain_order=True).agg(
-        pl.col(metric).mean().alias("mean"), pl.col(metric).std(ddof=1).fill_null(0.0).alias("std"),
-        pl.len().alias("n"), *[pl.col(c).mean().alias(c) for c in EXTRA if c in ok.columns and c != metric])
+        pl.col(metric).mean().alias("mean"),
+        pl.col(metric).std(ddof=1).fill_null(0.0).alias("std"),
+        pl.len().alias("n"),
+        *[pl.col(c).mean().alias(c) for c in EXTRA if c in ok.columns and c != metric],
+    )
 
 
 def leaderboard(frame, rank_by: str, top: int = 10):
@@ -45,7 +49,7 @@ def leaderboard(frame, rank_by: str, top: int = 10):
 class KSelection:
     """Per-K mean ± std of ``metric`` over seeds, the best K and the one-SE choice, and why."""
 
-    table: list            # dicts k, mean, std, n, se, params (the other hyperparameters of that K's best setting)
+    table: list  # dicts k, mean, std, n, se, params (the other hyperparameters of that K's best setting)
     best_k: int
     chosen_k: int
     threshold: float
@@ -53,8 +57,15 @@ class KSelection:
     reason: str
 
     def to_dict(self) -> dict:
-        return {"table": self.table, "best_k": self.best_k, "chosen_k": self.chosen_k, "threshold": self.threshold,
-                "metric": self.metric, "rule": "one standard error", "reason": self.reason}
+        return {
+            "table": self.table,
+            "best_k": self.best_k,
+            "chosen_k": self.chosen_k,
+            "threshold": self.threshold,
+            "metric": self.metric,
+            "rule": "one standard error",
+            "reason": self.reason,
+        }
 
 
 def select_k(frame, metric: str = "val_loglik") -> KSelection:
@@ -66,23 +77,36 @@ def select_k(frame, metric: str = "val_loglik") -> KSelection:
         raise MicroError(f"K selection: no successful trials with {metric}")
     best_per_k = agg.sort("mean", descending=True).unique("k", keep="first", maintain_order=True).sort("k")
     cols = [c for c in param_columns(frame) if c != "k"]
-    table = [{"k": int(r["k"]), "mean": float(r["mean"]), "std": float(r["std"]), "n": int(r["n"]),
-              "se": float(r["std"]) / math.sqrt(r["n"]), "params": {c: r[c] for c in cols}}
-             for r in best_per_k.iter_rows(named=True)]
+    table = [
+        {
+            "k": int(r["k"]),
+            "mean": float(r["mean"]),
+            "std": float(r["std"]),
+            "n": int(r["n"]),
+            "se": float(r["std"]) / math.sqrt(r["n"]),
+            "params": {c: r[c] for c in cols},
+        }
+        for r in best_per_k.iter_rows(named=True)
+    ]
     best = max(table, key=lambda r: r["mean"])
     thr = best["mean"] - best["se"]
     chosen = min((r for r in table if r["mean"] >= thr), key=lambda r: r["k"])
     others = [c for c in swept(frame) if c != "k"]
     failed = sorted(set(frame.filter(pl.col("error").is_not_null())["k"].to_list()) - {r["k"] for r in table})
     smaller = [r for r in table if r["k"] < chosen["k"]]
-    why_not = (f"; the next smaller K={smaller[-1]['k']} has {smaller[-1]['mean']:.4f} < threshold" if smaller else "")
-    head = (f"the highest mean {metric}" if chosen is best else
-            f"the smallest K whose mean {metric} is within one standard error of the best, K={best['k']} "
-            f"({best['mean']:.4f})")
-    reason = (f"K={chosen['k']}: {head}: {chosen['mean']:.4f} ± {chosen['std']:.4f} (std over {chosen['n']} seeds); "
-              f"threshold = best − SE = {best['mean']:.4f} − {best['se']:.4f} = {thr:.4f}{why_not}"
-              + (f"; per K the best of {', '.join(others)}" if others else "")
-              + (f"; K={failed} failed every trial" if failed else ""))
+    why_not = f"; the next smaller K={smaller[-1]['k']} has {smaller[-1]['mean']:.4f} < threshold" if smaller else ""
+    head = (
+        f"the highest mean {metric}"
+        if chosen is best
+        else f"the smallest K whose mean {metric} is within one standard error of the best, K={best['k']} "
+        f"({best['mean']:.4f})"
+    )
+    reason = (
+        f"K={chosen['k']}: {head}: {chosen['mean']:.4f} ± {chosen['std']:.4f} (std over {chosen['n']} seeds); "
+        f"threshold = best − SE = {best['mean']:.4f} − {best['se']:.4f} = {thr:.4f}{why_not}"
+        + (f"; per K the best of {', '.join(others)}" if others else "")
+        + (f"; K={failed} failed every trial" if failed else "")
+    )
     return KSelection(table, best["k"], chosen["k"], thr, metric, reason)
 
 
@@ -104,8 +128,6 @@ def parse_k_range(text: str) -> tuple[int, int]:
         raise MicroError(f"--k-range expects LOW..HIGH, e.g. 1..16, got {text!r}") from None
 
 
-
-
 # ------------------------------------------------------------------------------------------------- output
 def print_leaderboard(console, frame, rank_by: str, top: int = 10) -> None:
     """Rich table of :func:`leaderboard` (swept hyperparameters, mean ± std over seeds)."""
@@ -114,8 +136,13 @@ def print_leaderboard(console, frame, rank_by: str, top: int = 10) -> None:
     board = leaderboard(frame, rank_by, top)
     cols = swept(frame) or ["k"]
     t = Table(title=f"top {min(top, board.height)} configurations by {rank_by} (mean ± std over seeds)")
-    for c in ["#", *cols, "seeds", rank_by, *[m for m in ("val_loglik", "test_loglik", "test_acc_macro")
-                                               if m in board.columns]]:
+    for c in [
+        "#",
+        *cols,
+        "seeds",
+        rank_by,
+        *[m for m in ("val_loglik", "test_loglik", "test_acc_macro") if m in board.columns],
+    ]:
         t.add_column(c, justify="right")
     for i, r in enumerate(board.iter_rows(named=True)):
         extra = [_fmt(r[m]) for m in ("val_loglik", "test_loglik", "test_acc_macro") if m in board.columns]
@@ -136,8 +163,11 @@ def plot_k(frame, sel: KSelection, path: str | Path) -> Path:
 
     fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
-    styles = {"val_loglik": ("validation (selects K)", "C0", "-"), "train_loglik": ("train (fit rows)", "C1", "--"),
-              "test_loglik": ("test (not used)", "0.5", ":")}
+    styles = {
+        "val_loglik": ("validation (selects K)", "C0", "-"),
+        "train_loglik": ("train (fit rows)", "C1", "--"),
+        "test_loglik": ("test (not used)", "0.5", ":"),
+    }
     for metric, (label, color, ls) in styles.items():
         if metric not in frame.columns:
             continue

@@ -17,6 +17,7 @@ fingerprint id and pair ids): trials already in the file are skipped on rerun; a
 and figures beside the results file: ``<stem>_k_selection.png`` and ``<stem>_<param>.png`` per swept
 hyperparameter (:mod:`pipeline.sweep.report`).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,14 @@ def _dtype(col: str):
     import polars as pl
 
     if col in PARAMS:
-        return {"int": pl.Int64, "optint": pl.Int64, "float": pl.Float64, "str": pl.Utf8, "autofloat": pl.Utf8,
-                "autoint": pl.Utf8}[PARAMS[col][0]]
+        return {
+            "int": pl.Int64,
+            "optint": pl.Int64,
+            "float": pl.Float64,
+            "str": pl.Utf8,
+            "autofloat": pl.Utf8,
+            "autoint": pl.Utf8,
+        }[PARAMS[col][0]]
     if col in ("seed", "trial", "n_iter", "n_collapsed", "train_n", "val_n", "test_n"):
         return pl.Int64
     if col in ("converged", "fit_reused"):
@@ -52,8 +59,10 @@ def rows_frame(rows: list[dict]):
 
     cols = list(dict.fromkeys(c for r in rows for c in r))
     text = {c for c in cols if c in PARAMS and PARAMS[c][0] in ("autofloat", "autoint")}  # 'auto', 'none' or a number
-    return pl.DataFrame({c: [str(r.get(c)).lower() if c in text else r.get(c) for r in rows] for c in cols},
-                        schema={c: _dtype(c) for c in cols})
+    return pl.DataFrame(
+        {c: [str(r.get(c)).lower() if c in text else r.get(c) for r in rows] for c in cols},
+        schema={c: _dtype(c) for c in cols},
+    )
 
 
 def read_results(path: str | Path):
@@ -88,10 +97,10 @@ def write_results(frame, path: str | Path) -> None:
 # ------------------------------------------------------------------------------------------------ the sweep
 @dataclass
 class SweepResult:
-    frame: object                  # polars DataFrame of this sweep's trials (the results file may hold more)
+    frame: object  # polars DataFrame of this sweep's trials (the results file may hold more)
     path: Path
-    new: int                       # trials run now
-    skipped: int                   # trials already in the file
+    new: int  # trials run now
+    skipped: int  # trials already in the file
     seconds: float
     rank_by: str
     k_selection: KSelection | None = None
@@ -105,8 +114,15 @@ def plan(space_cfgs: list[dict], seeds, stage: str, holdout: float, data_id: str
     for i, cfg in enumerate(space_cfgs):
         params = resolve(cfg, stage)
         for s in seeds:
-            out.append({"trial": len(out), "config": i, "params": params, "seed": int(s),
-                        "hash": config_hash(params, s, stage, holdout, data_id)})
+            out.append(
+                {
+                    "trial": len(out),
+                    "config": i,
+                    "params": params,
+                    "seed": int(s),
+                    "hash": config_hash(params, s, stage, holdout, data_id),
+                }
+            )
     return out
 
 
@@ -126,14 +142,30 @@ def make_jobs(trials: list[dict], stage: str, holdout: float) -> list[dict]:
             return -float(f["k"]) * float(f["n_init"]) * float(f["max_iter"]) * len(j["trials"])
         except (TypeError, ValueError):
             return 0.0
+
     return sorted(jobs.values(), key=cost)
 
 
-def run_sweep(source, grid, *, seeds=3, stage: str = "fit", backend: str = "local", jobs: int | None = None,
-              samples: int | None = None, sample_seed: int = 0, out: str | Path = "sweep.parquet",
-              address: str | None = None, holdout: float = 0.2, rank_by: str | None = None,
-              retry_errors: bool = False, flush_every: int = 4, plots: bool = True, start_method: str | None = None,
-              log: Callable[[str], None] = print) -> SweepResult:
+def run_sweep(
+    source,
+    grid,
+    *,
+    seeds=3,
+    stage: str = "fit",
+    backend: str = "local",
+    jobs: int | None = None,
+    samples: int | None = None,
+    sample_seed: int = 0,
+    out: str | Path = "sweep.parquet",
+    address: str | None = None,
+    holdout: float = 0.2,
+    rank_by: str | None = None,
+    retry_errors: bool = False,
+    flush_every: int = 4,
+    plots: bool = True,
+    start_method: str | None = None,
+    log: Callable[[str], None] = print,
+) -> SweepResult:
     """Run (or resume) a sweep on a run folder or a :class:`Run`; see the module docstring."""
     import polars as pl
 
@@ -159,8 +191,11 @@ def run_sweep(source, grid, *, seeds=3, stage: str = "fit", backend: str = "loca
     trials = plan(cfgs, seeds, stage, holdout, data.data_id)
     out = Path(out)
     old = read_results(out)
-    done = set() if old is None else set(
-        (old if not retry_errors else old.filter(pl.col("error").is_null()))["config_hash"].to_list())
+    done = (
+        set()
+        if old is None
+        else set((old if not retry_errors else old.filter(pl.col("error").is_null()))["config_hash"].to_list())
+    )
     todo = [t for t in trials if t["hash"] not in done]
     skipped = len(trials) - len(todo)
     if old is not None and retry_errors:
@@ -168,8 +203,10 @@ def run_sweep(source, grid, *, seeds=3, stage: str = "fit", backend: str = "loca
     n_jobs = max(1, int(jobs or n_cores()))
     threads = max(1, n_cores() // n_jobs)
     rank_by = rank_by or ("test_acc_macro" if stage == "fit" else "routed_acc_macro")
-    log(f"sweep: {len(trials)} trials ({len(cfgs)} configurations × {len(seeds)} seeds), {skipped} already in "
-        f"{out}, {len(todo)} to run on {backend} with {n_jobs} workers × {threads} threads")
+    log(
+        f"sweep: {len(trials)} trials ({len(cfgs)} configurations × {len(seeds)} seeds), {skipped} already in "
+        f"{out}, {len(todo)} to run on {backend} with {n_jobs} workers × {threads} threads"
+    )
     by_hash = {t["hash"]: t for t in trials}
     names = [c for c in space if len({json.dumps(c_[c], default=str) for c_ in cfgs}) > 1]
     buffer, state = [], {"frame": old, "done": 0, "flushed": time.perf_counter()}
@@ -185,8 +222,16 @@ def run_sweep(source, grid, *, seeds=3, stage: str = "fit", backend: str = "loca
     def on_rows(job, rows):
         for r in rows:
             t = by_hash[r["config_hash"]]
-            row = {"config_hash": t["hash"], "trial": t["trial"], "stage": stage, "seed": t["seed"],
-                   "holdout": holdout, "fingerprint_id": data.fingerprint_id, **t["params"], **r}
+            row = {
+                "config_hash": t["hash"],
+                "trial": t["trial"],
+                "stage": stage,
+                "seed": t["seed"],
+                "holdout": holdout,
+                "fingerprint_id": data.fingerprint_id,
+                **t["params"],
+                **r,
+            }
             buffer.append(row)
             state["done"] += 1
             desc = " ".join(f"{n}={_short(t['params'][n])}" for n in names)
@@ -199,14 +244,27 @@ def run_sweep(source, grid, *, seeds=3, stage: str = "fit", backend: str = "loca
     try:
         if todo:
             arrays, meta = data.shared()
-            run_jobs(make_jobs(todo, stage, holdout), run_job, arrays, meta, on_rows, error_rows, n_jobs=n_jobs,
-                     threads=threads, backend=backend, address=address, start_method=start_method)
+            run_jobs(
+                make_jobs(todo, stage, holdout),
+                run_job,
+                arrays,
+                meta,
+                on_rows,
+                error_rows,
+                n_jobs=n_jobs,
+                threads=threads,
+                backend=backend,
+                address=address,
+                start_method=start_method,
+            )
     finally:
         flush()
     frame = state["frame"]
     if frame is not None:  # this sweep's trials (the file may hold others), numbered as planned now
-        index = pl.DataFrame({"config_hash": [t["hash"] for t in trials], "trial": [t["trial"] for t in trials]},
-                             schema={"config_hash": pl.Utf8, "trial": pl.Int64})
+        index = pl.DataFrame(
+            {"config_hash": [t["hash"] for t in trials], "trial": [t["trial"] for t in trials]},
+            schema={"config_hash": pl.Utf8, "trial": pl.Int64},
+        )
         frame = frame.drop("trial").join(index, on="config_hash", how="inner").sort("trial")
         frame = frame.select(["config_hash", "trial", *[c for c in frame.columns if c not in ("config_hash", "trial")]])
     res = SweepResult(frame, out, len(todo), skipped, time.perf_counter() - t0, rank_by)
@@ -231,9 +289,24 @@ def _short(v) -> str:
     return str(v)
 
 
-def sweep_command(run_dir: Path, grid: list, *, seeds: int, stage: str, backend: str, jobs: int | None,
-                  samples: int | None, sample_seed: int, holdout: float, out: Path | None, address: str | None,
-                  rank_by: str | None, top: int, retry_errors: bool, console) -> None:
+def sweep_command(
+    run_dir: Path,
+    grid: list,
+    *,
+    seeds: int,
+    stage: str,
+    backend: str,
+    jobs: int | None,
+    samples: int | None,
+    sample_seed: int,
+    holdout: float,
+    out: Path | None,
+    address: str | None,
+    rank_by: str | None,
+    top: int,
+    retry_errors: bool,
+    console,
+) -> None:
     """``micro sweep`` (see the README): checks first, then the sweep, the leaderboard and the K selection."""
     from pipeline import checks as C
     from pipeline.core.run import read_run
@@ -253,9 +326,22 @@ def sweep_command(run_dir: Path, grid: list, *, seeds: int, stage: str, backend:
     read_run(run_dir)
     out = out or Path(run_dir) / "sweep" / "results.parquet"
     C.out_file(out, "--out", suffixes=(".parquet",))
-    res = run_sweep(run_dir, grid, seeds=seeds, stage=stage, backend=backend, jobs=jobs, samples=samples,
-                    sample_seed=sample_seed, out=out, address=address, holdout=holdout, rank_by=rank_by,
-                    retry_errors=retry_errors, log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    res = run_sweep(
+        run_dir,
+        grid,
+        seeds=seeds,
+        stage=stage,
+        backend=backend,
+        jobs=jobs,
+        samples=samples,
+        sample_seed=sample_seed,
+        out=out,
+        address=address,
+        holdout=holdout,
+        rank_by=rank_by,
+        retry_errors=retry_errors,
+        log=lambda m: console.print(m, highlight=False, soft_wrap=True),
+    )
     if res.frame is not None and res.frame.height:
         print_leaderboard(console, res.frame, res.rank_by, top)
         n_err = res.frame["error"].is_not_null().sum()

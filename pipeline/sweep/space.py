@@ -7,6 +7,7 @@ expand to every integer. Parameters (default): fit ``k`` (10), ``alpha``, ``l2``
 ``tol``, ``init``, ``dim``, ``gate_dim``, ``gate_hidden`` (MixtureBT defaults), ``gate`` (context),
 ``gate_input`` (auto); route ``tau``, ``epochs``, ``lr``, ``budget`` (heads.defaults).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,15 +24,34 @@ from heads.mixture import MixtureBT
 from pipeline.errors import MicroError
 
 # kinds: int, float, str, optint (int or none), autofloat (float or auto), autoint (int, auto or none = full width)
-FIT_PARAMS = {"k": ("int", 10), "alpha": ("float", None), "l2": ("autofloat", None), "n_init": ("int", None),
-              "max_iter": ("int", None), "tol": ("float", None), "init": ("str", None), "dim": ("autoint", None),
-              "gate_hidden": ("optint", None), "gate_dim": ("autoint", None), "gate": ("str", "context"),
-              "gate_input": ("str", "auto")}
+FIT_PARAMS = {
+    "k": ("int", 10),
+    "alpha": ("float", None),
+    "l2": ("autofloat", None),
+    "n_init": ("int", None),
+    "max_iter": ("int", None),
+    "tol": ("float", None),
+    "init": ("str", None),
+    "dim": ("autoint", None),
+    "gate_hidden": ("optint", None),
+    "gate_dim": ("autoint", None),
+    "gate": ("str", "context"),
+    "gate_input": ("str", "auto"),
+}
 _MIXTURE_DEFAULTS = {n: p.default for n, p in inspect.signature(MixtureBT.__init__).parameters.items()}
-FIT_PARAMS.update({n: (kind, _MIXTURE_DEFAULTS[n]) for n, (kind, d) in FIT_PARAMS.items()
-                   if n in ("alpha", "l2", "n_init", "max_iter", "tol", "init", "dim", "gate_dim")})  # MixtureBT's
-ROUTE_PARAMS = {"tau": ("float", TAU), "epochs": ("int", ROUTER_EPOCHS), "lr": ("float", ROUTER_LR),
-                "budget": ("int", BUDGET)}
+FIT_PARAMS.update(
+    {
+        n: (kind, _MIXTURE_DEFAULTS[n])
+        for n, (kind, d) in FIT_PARAMS.items()
+        if n in ("alpha", "l2", "n_init", "max_iter", "tol", "init", "dim", "gate_dim")
+    }
+)  # MixtureBT's
+ROUTE_PARAMS = {
+    "tau": ("float", TAU),
+    "epochs": ("int", ROUTER_EPOCHS),
+    "lr": ("float", ROUTER_LR),
+    "budget": ("int", BUDGET),
+}
 PARAMS = {**FIT_PARAMS, **ROUTE_PARAMS}
 ALIASES = {"n_components": "k", "budget_per_group": "budget"}
 STAGES = ("fit", "route", "all")
@@ -45,7 +65,7 @@ class Dim:
     values: list | None = None
     low: float | None = None
     high: float | None = None
-    scale: str = "linear"          # linear | log | int
+    scale: str = "linear"  # linear | log | int
 
 
 def _cast(name: str, raw):
@@ -132,8 +152,9 @@ def random_configs(space: dict[str, Dim], n: int, seed: int = 0) -> list[dict]:
                 cfg[name] = d.values[int(rng.integers(len(d.values)))]
             elif d.scale == "log":
                 v = float(np.exp(rng.uniform(np.log(d.low), np.log(d.high))))
-                cfg[name] = v if PARAMS[name][0] in ("float", "autofloat") else \
-                    int(np.clip(round(v), math.ceil(d.low), d.high))
+                cfg[name] = (
+                    v if PARAMS[name][0] in ("float", "autofloat") else int(np.clip(round(v), math.ceil(d.low), d.high))
+                )
             elif d.scale == "int":
                 cfg[name] = int(rng.integers(int(math.ceil(d.low)), int(math.floor(d.high)) + 1))
             else:
@@ -146,8 +167,9 @@ def search_space(grid, stage: str, samples: int | None = None, sample_seed: int 
     """(space, configurations) of ``--grid`` for ``stage``; MicroError for anything that cannot be searched."""
     space = parse_space(grid)
     if stage == "fit" and set(space) & set(ROUTE_PARAMS):
-        raise MicroError(f"sweep: {sorted(set(space) & set(ROUTE_PARAMS))} are routing hyperparameters: "
-                         "use --stage route (or all)")
+        raise MicroError(
+            f"sweep: {sorted(set(space) & set(ROUTE_PARAMS))} are routing hyperparameters: use --stage route (or all)"
+        )
     return space, (random_configs(space, samples, sample_seed) if samples else grid_configs(space))
 
 
@@ -158,6 +180,15 @@ def resolve(cfg: dict, stage: str) -> dict:
 
 
 def config_hash(params: dict, seed: int, stage: str, holdout: float, data_id: str) -> str:
-    blob = json.dumps({"p": params, "seed": int(seed), "stage": "fit" if stage == "fit" else "route",
-                       "holdout": float(holdout), "data": data_id}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "p": params,
+            "seed": int(seed),
+            "stage": "fit" if stage == "fit" else "route",
+            "holdout": float(holdout),
+            "data": data_id,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

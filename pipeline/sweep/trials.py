@@ -5,6 +5,7 @@ A *job* is one Stage-1 fit (fit hyperparameters + seed) and the trials that shar
 :func:`run_job` runs in the workers of :func:`pipeline.core.parallel.run_jobs` on the run's shared arrays
 (:meth:`pipeline.core.run.Run.from_shared`: memory-mapped, never copied per job).
 """
+
 from __future__ import annotations
 
 import math
@@ -52,9 +53,13 @@ def _fit(run: Run, fit: dict, seed: int, holdout: float):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(D[rows["train"]], X[rows["train"]] if needs_gate else None)
-    out = {"n_iter": int(model.n_iter_), "converged": bool(model.converged_),
-           "objective": float(model.objective_), "n_collapsed": len(model.collapsed_pairs_),
-           "fit_seconds": float(model.fit_time_)}
+    out = {
+        "n_iter": int(model.n_iter_),
+        "converged": bool(model.converged_),
+        "objective": float(model.objective_),
+        "n_collapsed": len(model.collapsed_pairs_),
+        "fit_seconds": float(model.fit_time_),
+    }
     for name, m in rows.items():
         out[f"{name}_n"] = int(m.sum())
         if not m.any():
@@ -77,8 +82,16 @@ def _route(estimator, parts, gate_used: str, route: dict, seed: int) -> dict:
     train, test = parts
     if test.n == 0:
         raise ValueError("routing needs test pairs (split == 'test')")
-    res = route_seeds(Model(estimator, {"gate_input": gate_used}), train, test, tau=route["tau"],
-                      epochs=route["epochs"], budget=route["budget"], seeds=(seed,), lr=route["lr"])
+    res = route_seeds(
+        Model(estimator, {"gate_input": gate_used}),
+        train,
+        test,
+        tau=route["tau"],
+        epochs=route["epochs"],
+        budget=route["budget"],
+        seeds=(seed,),
+        lr=route["lr"],
+    )
     after = res.after[0]
     out = {column_name("routed_acc_", g): float(a) for g, a in zip(res.groups, after)}
     out["routed_acc_macro"] = _nanmean(after.tolist())
@@ -112,5 +125,7 @@ def run_job(arrays: dict, meta: dict, job: dict) -> list[dict]:
 
 def error_rows(job: dict, exc: BaseException) -> list[dict]:
     """Rows for a job whose worker died (the trial function itself never raises)."""
-    return [{"config_hash": t["hash"], "error": error_text(exc), "fit_reused": False, "wall_seconds": math.nan}
-            for t in job["trials"]]
+    return [
+        {"config_hash": t["hash"], "error": error_text(exc), "fit_reused": False, "wall_seconds": math.nan}
+        for t in job["trials"]
+    ]

@@ -13,6 +13,7 @@ needs the real one) and asserts, for every case:
 * nothing valid was dropped or overwritten: every file of the workspace before the command is still there,
   byte for byte.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,8 @@ class Case:
     expect: str
     setup: Callable | None = None
     code: int = 2
-    backend: bool = False          # the error may be found after a backend was built
-    real_backend: bool = False     # use the real get_backend (model-folder cases)
+    backend: bool = False  # the error may be found after a backend was built
+    real_backend: bool = False  # use the real get_backend (model-folder cases)
 
     def __str__(self) -> str:
         return self.id
@@ -66,10 +67,20 @@ def build_template(root: Path) -> None:
     user = synthetic_rows(n_per_group=12, seed=2, prefix="u")
     write_jsonl(user, root / "user.jsonl")
     write_table(user, root / "user.parquet")
-    write_jsonl([{"prompt": "question a", "response": "answer attrs 1 0 0"},
-                 {"prompt": "question b", "response": "answer attrs 0 1 0"}], root / "rows.jsonl")
-    write_jsonl([{"prompt": "q one", "chosen": "good one", "rejected": "bad one", "group": "g0"},
-                 {"prompt": "q two", "chosen": "good two", "rejected": "bad two", "group": "g1"}], root / "raw.jsonl")
+    write_jsonl(
+        [
+            {"prompt": "question a", "response": "answer attrs 1 0 0"},
+            {"prompt": "question b", "response": "answer attrs 0 1 0"},
+        ],
+        root / "rows.jsonl",
+    )
+    write_jsonl(
+        [
+            {"prompt": "q one", "chosen": "good one", "rejected": "bad one", "group": "g0"},
+            {"prompt": "q two", "chosen": "good two", "rejected": "bad two", "group": "g1"},
+        ],
+        root / "raw.jsonl",
+    )
     with pytest.MonkeyPatch.context() as mp:
         from pipeline.route.score import score_file
 
@@ -81,18 +92,30 @@ def build_template(root: Path) -> None:
     sweep.mkdir()
     import polars as pl
 
-    pl.DataFrame({"config_hash": ["abc"], "trial": [0], "k": [2], "seed": [0], "error": [None]},
-                 schema={"config_hash": pl.Utf8, "trial": pl.Int64, "k": pl.Int64, "seed": pl.Int64,
-                         "error": pl.Utf8}).write_parquet(sweep / "results.parquet")
+    pl.DataFrame(
+        {"config_hash": ["abc"], "trial": [0], "k": [2], "seed": [0], "error": [None]},
+        schema={"config_hash": pl.Utf8, "trial": pl.Int64, "k": pl.Int64, "seed": pl.Int64, "error": pl.Utf8},
+    ).write_parquet(sweep / "results.parquet")
 
 
 class Workspace:
     """A per-test copy of the template (absolute paths inside JSON files rewritten to the copy)."""
 
-    NAMES = {"pairs": "pairs.parquet", "run": "run", "bundle": "bundle", "cbundle": "cbundle", "cache": "cache",
-             "user": "user.jsonl", "user_table": "user.parquet", "rows": "rows.jsonl", "raw": "raw.jsonl",
-             "profile": "profiles/g1.json", "results": "sweep/results.parquet", "rewards": "rewards.parquet",
-             "ws": "."}
+    NAMES = {
+        "pairs": "pairs.parquet",
+        "run": "run",
+        "bundle": "bundle",
+        "cbundle": "cbundle",
+        "cache": "cache",
+        "user": "user.jsonl",
+        "user_table": "user.parquet",
+        "rows": "rows.jsonl",
+        "raw": "raw.jsonl",
+        "profile": "profiles/g1.json",
+        "results": "sweep/results.parquet",
+        "rewards": "rewards.parquet",
+        "ws": ".",
+    }
 
     def __init__(self, template: Path, root: Path, monkeypatch):
         shutil.copytree(template, root, symlinks=True)
@@ -150,8 +173,11 @@ def snapshot(root: Path) -> dict[str, str]:
             _MANIFESTS[p] = {s["file"] for s in json.loads(p.read_text())["shards"]}
         except (ValueError, KeyError, TypeError):
             _MANIFESTS.pop(p, None)  # a damaged manifest may only be rebuilt, not shrink what it listed
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def check(case: Case, ws: Workspace, monkeypatch, capsys) -> str:
@@ -196,7 +222,6 @@ def _shards_kept(path: Path) -> bool:
     before = _MANIFESTS.get(path)
     now = {s["file"] for s in json.loads(path.read_text())["shards"]}
     return before is not None and before <= now
-
 
 
 @pytest.fixture(scope="session")

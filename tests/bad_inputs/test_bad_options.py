@@ -3,6 +3,7 @@
 Each case must end in one line ``error: ...`` naming the option (exit 2), with no backend built, no text embedded,
 nothing fitted and no file of the workspace changed (see _corpus.py).
 """
+
 from __future__ import annotations
 
 from _corpus import Case, cases, check, corpus_template, ws  # noqa: F401 (fixtures)
@@ -28,19 +29,27 @@ EMBED = [
     Case("embed-dtype-unknown", E + "--dtype int4", r"--dtype must be one of .*'int4'"),
     Case("embed-workers-0", E + "--workers 0", r"--workers must be >= 1, got 0"),
     Case("embed-tensor-parallel-0", E + "--tensor-parallel-size 0", r"--tensor-parallel-size must be >= 1"),
-    Case("embed-max-batch-tokens-0", E + "--backend transformers --max-batch-tokens 0",
-         r"--max-batch-tokens must be .*0"),
+    Case(
+        "embed-max-batch-tokens-0", E + "--backend transformers --max-batch-tokens 0", r"--max-batch-tokens must be .*0"
+    ),
     Case("embed-max-batch-tokens-st", E + "--max-batch-tokens 4096", r"--max-batch-tokens applies to the"),
     Case("embed-device-unknown", E + "--device gpu", r"--device .*'gpu'"),
-    Case("embed-attn-unknown", E + "--backend transformers --attn-implementation magic",
-         r"--attn-implementation .*'magic'"),
+    Case(
+        "embed-attn-unknown",
+        E + "--backend transformers --attn-implementation magic",
+        r"--attn-implementation .*'magic'",
+    ),
     Case("embed-gpu-memory-1.5", E + "--backend vllm --gpu-memory-utilization 1.5", r"--gpu-memory-utilization"),
     Case("embed-max-model-len-st", E + "--max-model-len 512", r"--max-model-len applies to the"),
     Case("embed-address-without-ray", E + "--address auto", r"--address .* needs --ray"),
     Case("embed-pairs-missing", "embed {ws}/nope.parquet --out {ws}/newrun", r"nope\.parquet: no such file"),
     Case("embed-pairs-is-folder", "embed {run} --out {ws}/newrun", r"/run: is a folder, expected a pair table"),
-    Case("embed-pairs-raw-jsonl", "embed {raw} --out {ws}/newrun", r"raw\.jsonl: not a readable Parquet pair table.*"
-         r"micro data prepare"),
+    Case(
+        "embed-pairs-raw-jsonl",
+        "embed {raw} --out {ws}/newrun",
+        r"raw\.jsonl: not a readable Parquet pair table.*"
+        r"micro data prepare",
+    ),
     Case("embed-cache-dir-is-file", E + "--cache-dir {raw}", r"--cache-dir .*raw\.jsonl: .* is a file, not a folder"),
     Case("embed-unknown-option", E + "--batchsize 4", r"No such option: --batchsize"),
     Case("embed-missing-out", "embed {pairs}", r"Missing option '--out'"),
@@ -98,7 +107,11 @@ ROUTE = [
     Case("route-online-without-user", R + "--online", r"--online needs --user NAME"),
     Case("route-adapt-unknown", R + "--adapt span", r"--adapt must be one of auto, mixture, residual, got 'span'"),
     Case("route-user-unknown", R + "--user nobody", r"user 'nobody' not found"),
-    Case("route-user-data-missing", "route {bundle} --user-data {ws}/none.jsonl", r"--user-data .*none\.jsonl: no such file"),
+    Case(
+        "route-user-data-missing",
+        "route {bundle} --user-data {ws}/none.jsonl",
+        r"--user-data .*none\.jsonl: no such file",
+    ),
     Case("route-user-data-folder", "route {bundle} --user-data {run}", r"--user-data .*/run: is a folder"),
     Case("route-bundle-missing", "route {ws}/nobundle --user-data {user}", r"nobundle: not a model bundle"),
 ]
@@ -156,16 +169,31 @@ PREPARE = [
     Case("prepare-recipe-unknown", "data prepare shp {raw} -o {ws}/n.parquet", r"unknown recipe 'shp'"),
     Case("prepare-out-jsonl", "data prepare generic {raw} -o {ws}/n.jsonl", r"--out .*n\.jsonl: .*\.parquet"),
     Case("prepare-opt-no-equals", P + "--opt min_gap", r"--opt expects KEY=VALUE, got 'min_gap'"),
-    Case("prepare-opt-unknown", "data prepare dsp {raw} -o {ws}/n.parquet --opt min_gap=2",
-         r"recipe 'dsp' does not take option\(s\) min_gap"),
-    Case("prepare-labels-identical", P + "--a-col chosen --b-col rejected --label-col group --label-a 1 --label-b 1",
-         r"--label-a and --label-b are both '1'"),
-    Case("prepare-labels-same-number", P + "--a-col chosen --b-col rejected --label-col group --label-a 1 "
-         "--label-tie 1.0", r"--label-a and --label-tie are both '1'"),
-    Case("prepare-unknown-column", P + "--group-col annotator", r"raw\.jsonl: unknown column 'annotator' for --group-col"),
+    Case(
+        "prepare-opt-unknown",
+        "data prepare dsp {raw} -o {ws}/n.parquet --opt min_gap=2",
+        r"recipe 'dsp' does not take option\(s\) min_gap",
+    ),
+    Case(
+        "prepare-labels-identical",
+        P + "--a-col chosen --b-col rejected --label-col group --label-a 1 --label-b 1",
+        r"--label-a and --label-b are both '1'",
+    ),
+    Case(
+        "prepare-labels-same-number",
+        P + "--a-col chosen --b-col rejected --label-col group --label-a 1 --label-tie 1.0",
+        r"--label-a and --label-tie are both '1'",
+    ),
+    Case(
+        "prepare-unknown-column", P + "--group-col annotator", r"raw\.jsonl: unknown column 'annotator' for --group-col"
+    ),
     Case("prepare-partial-two-responses", P + "--a-col chosen", r"needs all of --a-col, --b-col and --label-col"),
-    Case("prepare-input-missing", "data prepare generic {ws}/none.jsonl -o {ws}/n.parquet", r"none\.jsonl: no such file"),
-    Case("prepare-input-folder", "data prepare generic {run} -o {ws}/n.parquet", r"/run: no such file \(it is a folder\)"),
+    Case(
+        "prepare-input-missing", "data prepare generic {ws}/none.jsonl -o {ws}/n.parquet", r"none\.jsonl: no such file"
+    ),
+    Case(
+        "prepare-input-folder", "data prepare generic {run} -o {ws}/n.parquet", r"/run: no such file \(it is a folder\)"
+    ),
     Case("prepare-overwrite-refused-bad-out", "data prepare generic {raw} -o {pairs}.txt", r"\.txt: .*\.parquet"),
 ]
 

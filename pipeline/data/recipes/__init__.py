@@ -3,6 +3,7 @@
 Each recipe is ``recipe(records, log, **options) -> Iterator[dict]`` (see ``pipeline.data.recipes.base``);
 ``pipeline.data.prepare.prepare`` reads the files, runs the recipe, checks, splits and writes the pairs.
 """
+
 from __future__ import annotations
 
 from pipeline.data.recipes.base import Recipe

@@ -5,6 +5,7 @@ one input file into pair dicts (see :func:`make_pair`).  Bad rows are reported w
 expected drops (ties, equal ratings) with ``log.drop``; the common checks (empty response,
 chosen == rejected, duplicate ids) and the split happen later, in ``pipeline.data.prepare``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,14 +43,31 @@ def need_text(data: dict, name: str) -> str:
     return value
 
 
-def make_pair(rec: Record, prompt: list[dict], chosen: str, rejected: str, *, group: str | None = None,
-              context: str | None = None, split: str | None = None, key: tuple = (), note: str | None = None,
-              train_drop: str | None = None) -> dict:
+def make_pair(
+    rec: Record,
+    prompt: list[dict],
+    chosen: str,
+    rejected: str,
+    *,
+    group: str | None = None,
+    context: str | None = None,
+    split: str | None = None,
+    key: tuple = (),
+    note: str | None = None,
+    train_drop: str | None = None,
+) -> dict:
     """A pair dict; ``key`` disambiguates several pairs of one row, ``note`` enriches skip reasons,
     ``train_drop`` is a reason to drop the pair if it lands in the train split."""
     return {
-        "prompt": prompt, "chosen": chosen, "rejected": rejected, "group": group, "context": context,
-        "split": split, "loc": rec.loc, "key": (rec.file, rec.index, group, *key), "note": note,
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "group": group,
+        "context": context,
+        "split": split,
+        "loc": rec.loc,
+        "key": (rec.file, rec.index, group, *key),
+        "note": note,
         "train_drop": train_drop,
     }
 

@@ -5,6 +5,7 @@ Rows {query, responses: {academy, business, entertainment, literature, normal}}.
 each of the other four responses -> 4 pairs per query per domain.  group = domain, context = a sentence
 describing that domain's preference, prompt = the query as one user turn.
 """
+
 from __future__ import annotations
 
 from pipeline.data.recipes.base import BadRow, Record, make_pair, need, need_text, per_record
@@ -14,9 +15,8 @@ from pipeline.data.schema import RowLog
 DOMAIN_CONTEXT = {
     "academy": "I am an academic: prefer rigorous, scholarly answers with precise terminology.",
     "business": "I am a business professional: prefer practical, concise answers focused on goals, "
-                "costs and actionable next steps.",
-    "entertainment": "I want to be entertained: prefer lively, witty, engaging answers with humour and "
-                     "vivid examples.",
+    "costs and actionable next steps.",
+    "entertainment": "I want to be entertained: prefer lively, witty, engaging answers with humour and vivid examples.",
     "literature": "I love literature: prefer expressive, literary answers with rich imagery and elegant prose.",
 }
 DOMAINS = tuple(DOMAIN_CONTEXT)
@@ -34,7 +34,17 @@ def dsp(rec: Record, log: RowLog) -> list[dict]:
         need_text(responses, name)
     prompt = user(query)
     return [
-        make_pair(rec, prompt, responses[d], responses[other], group=d, context=DOMAIN_CONTEXT[d],
-                  key=(other,), note=f"responses.{d} vs responses.{other}")
-        for d in DOMAINS for other in RESPONSES if other != d
+        make_pair(
+            rec,
+            prompt,
+            responses[d],
+            responses[other],
+            group=d,
+            context=DOMAIN_CONTEXT[d],
+            key=(other,),
+            note=f"responses.{d} vs responses.{other}",
+        )
+        for d in DOMAINS
+        for other in RESPONSES
+        if other != d
     ]

@@ -11,6 +11,7 @@ Columns named 'group', 'context' and 'split' are used when present unless mapped
 file are the union over all its rows (a first row without 'group' does not drop the groups of the others); a row
 missing a required field is skipped and counted.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,18 +69,23 @@ def build_mapping(cols, explicit: dict, where: str) -> Mapping:
     cols = set(cols)
     for opt, col in explicit.items():
         if col is not None and opt.endswith("_col") and col not in cols:
-            raise MicroError(f"{where}: unknown column '{col}' for --{opt.replace('_', '-')}; "
-                             f"columns are: {', '.join(sorted(cols))}")
+            raise MicroError(
+                f"{where}: unknown column '{col}' for --{opt.replace('_', '-')}; columns are: {', '.join(sorted(cols))}"
+            )
     three = [explicit.get(k) for k in ("a_col", "b_col", "label_col")]
     if any(three) and not all(three):
         raise MicroError(f"{where}: the two-responses shape needs all of --a-col, --b-col and --label-col")
-    labels = {k: label_text(explicit[k] if explicit.get(k) is not None else d)
-              for k, d in (("label_a", "a"), ("label_b", "b"), ("label_tie", "tie"))}
+    labels = {
+        k: label_text(explicit[k] if explicit.get(k) is not None else d)
+        for k, d in (("label_a", "a"), ("label_b", "b"), ("label_tie", "tie"))
+    }
     for i, (k1, v1) in enumerate(labels.items()):
-        for k2, v2 in list(labels.items())[i + 1:]:
+        for k2, v2 in list(labels.items())[i + 1 :]:
             if v1 == v2:
-                raise OptionError(f"--{k1.replace('_', '-')} and --{k2.replace('_', '-')} are both {v1!r}: "
-                                  "each label value must mean one thing")
+                raise OptionError(
+                    f"--{k1.replace('_', '-')} and --{k2.replace('_', '-')} are both {v1!r}: "
+                    "each label value must mean one thing"
+                )
 
     def pick(opt: str, default: str | None) -> str | None:
         col = explicit.get(opt)
@@ -88,13 +94,20 @@ def build_mapping(cols, explicit: dict, where: str) -> Mapping:
     if not any(three):
         for opt in ("chosen_col", "rejected_col"):
             if pick(opt, opt[:-4]) is None:
-                raise MicroError(f"{where}: no '{opt[:-4]}' column; map one with --{opt.replace('_', '-')} "
-                                 f"or use --a-col/--b-col/--label-col; columns are: {', '.join(sorted(cols))}")
+                raise MicroError(
+                    f"{where}: no '{opt[:-4]}' column; map one with --{opt.replace('_', '-')} "
+                    f"or use --a-col/--b-col/--label-col; columns are: {', '.join(sorted(cols))}"
+                )
     return Mapping(
-        prompt=pick("prompt_col", "prompt"), chosen=pick("chosen_col", "chosen"),
-        rejected=pick("rejected_col", "rejected"), group=pick("group_col", "group"),
-        context=pick("context_col", "context"), split=pick("split_col", "split"),
-        a=three[0], b=three[1], label=three[2],
+        prompt=pick("prompt_col", "prompt"),
+        chosen=pick("chosen_col", "chosen"),
+        rejected=pick("rejected_col", "rejected"),
+        group=pick("group_col", "group"),
+        context=pick("context_col", "context"),
+        split=pick("split_col", "split"),
+        a=three[0],
+        b=three[1],
+        label=three[2],
         **{k: str(explicit[k]) for k in ("label_a", "label_b", "label_tie") if explicit.get(k) is not None},
     )
 
@@ -115,8 +128,9 @@ def _label_side(value, m: Mapping) -> str:
     for side, want in (("a", m.label_a), ("b", m.label_b), ("tie", m.label_tie)):
         if label == label_text(want):
             return side
-    raise BadRow(f"unknown label: field '{m.label}' is {value!r} (expected {m.label_a!r}, {m.label_b!r} "
-                 f"or {m.label_tie!r})")
+    raise BadRow(
+        f"unknown label: field '{m.label}' is {value!r} (expected {m.label_a!r}, {m.label_b!r} or {m.label_tie!r})"
+    )
 
 
 def generic_row(rec: Record, log: RowLog, m: Mapping) -> list[dict]:
@@ -138,15 +152,36 @@ def generic_row(rec: Record, log: RowLog, m: Mapping) -> list[dict]:
         split = normalize_split(d.get(m.split)) if m.split else None
     except ValueError as exc:
         raise BadRow(f"bad split: field '{m.split}' {exc}") from None
-    return [make_pair(rec, prompt, chosen, rejected, group=_optional_text(d, m.group),
-                      context=_optional_text(d, m.context), split=split)]
+    return [
+        make_pair(
+            rec,
+            prompt,
+            chosen,
+            rejected,
+            group=_optional_text(d, m.group),
+            context=_optional_text(d, m.context),
+            split=split,
+        )
+    ]
 
 
-def generic(records: Iterable[Record], log: RowLog, *, prompt_col: str | None = None,
-            chosen_col: str | None = None, rejected_col: str | None = None, group_col: str | None = None,
-            context_col: str | None = None, split_col: str | None = None, a_col: str | None = None,
-            b_col: str | None = None, label_col: str | None = None, label_a: str | None = None,
-            label_b: str | None = None, label_tie: str | None = None) -> Iterator[dict]:
+def generic(
+    records: Iterable[Record],
+    log: RowLog,
+    *,
+    prompt_col: str | None = None,
+    chosen_col: str | None = None,
+    rejected_col: str | None = None,
+    group_col: str | None = None,
+    context_col: str | None = None,
+    split_col: str | None = None,
+    a_col: str | None = None,
+    b_col: str | None = None,
+    label_col: str | None = None,
+    label_a: str | None = None,
+    label_b: str | None = None,
+    label_tie: str | None = None,
+) -> Iterator[dict]:
     """Pairs from a generic preference file (see the module docstring for the accepted shapes)."""
     explicit = {k: v for k, v in locals().items() if k not in ("records", "log")}
     start = len(log.skipped)

@@ -11,6 +11,7 @@ pairs of a prompt prefer the same response ("all attributes agree") they carry n
 signal: they are dropped from the train split only (counted), kept in test.  The split comes from the
 file name (train* -> train, validation*/test* -> test) unless ``file_split`` is false.
 """
+
 from __future__ import annotations
 
 import re
@@ -66,16 +67,18 @@ def _item_pairs(a: Record, b: Record, log: RowLog, min_gap: float, split: str | 
             continue
         chosen, rejected = (resp_a, resp_b) if gap > 0 else (resp_b, resp_a)
         winners.add(gap > 0)
-        pairs.append(make_pair(a, prompt, chosen, rejected, group=attr, context=ATTRIBUTE_CONTEXT[attr],
-                               split=split, note=attr))
+        pairs.append(
+            make_pair(a, prompt, chosen, rejected, group=attr, context=ATTRIBUTE_CONTEXT[attr], split=split, note=attr)
+        )
     if len(winners) == 1:
         for p in pairs:
             p["train_drop"] = "all attributes agree"
     return pairs
 
 
-def helpsteer2(records: Iterable[Record], log: RowLog, *, min_gap: float = 1,
-               file_split: bool = True) -> Iterator[dict]:
+def helpsteer2(
+    records: Iterable[Record], log: RowLog, *, min_gap: float = 1, file_split: bool = True
+) -> Iterator[dict]:
     """Per-attribute pairs from consecutive same-prompt rows (see the module docstring)."""
     pending: Record | None = None
     for rec in records:

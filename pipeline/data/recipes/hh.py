@@ -7,6 +7,7 @@ DSP authors' copies {text: [t0, t1], score: [s0, s1]}; group = the HH subset nam
 ``hh-relabeled``: rows {prompt, responses, label, objective} from cassidylaidlaw/hidden-context
 (relabeled per objective); group = objective, context = a sentence stating the objective.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,7 +21,7 @@ DSP_COPIES = {"helpful": "helpful-base", "harmless": "harmless-base"}
 OBJECTIVE_CONTEXT = {
     "helpful": "Prefer the response that is more helpful: it answers the request fully and usefully.",
     "harmless": "Prefer the response that is less harmful: it avoids assisting with dangerous, unethical "
-                "or offensive requests.",
+    "or offensive requests.",
 }
 
 

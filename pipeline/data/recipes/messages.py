@@ -1,4 +1,5 @@
 """Conversation helpers: HH 'Human:/Assistant:' transcripts, message lists, prompt/response splitting."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,15 @@ from pipeline.data.recipes.base import BadRow
 
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
 _HH_ROLE = {"Human": "user", "Assistant": "assistant"}
-_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "bot": "assistant",
-          "model": "assistant", "system": "system"}
+_ROLES = {
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
 
 
 def user(text: str) -> list[dict]:

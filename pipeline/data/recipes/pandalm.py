@@ -4,6 +4,7 @@ Rows {instruction, input, response1, response2, annotator1, annotator2, annotato
 1 = response1 better, 2 = response2 better, 0 = tie.  One pair per annotator label, group = the
 annotator; ties are dropped and counted.  prompt = instruction + ("\\n\\n" + input if input).
 """
+
 from __future__ import annotations
 
 from pipeline.data.recipes.base import BadRow, Record, make_pair, need, need_text, per_record

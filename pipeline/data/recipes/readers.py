@@ -4,6 +4,7 @@ Unreadable rows (bad JSON line, non-UTF-8 bytes, a row that is not an object) ar
 RowLog with 'path:line' (JSONL, CSV), 'path:[index]' (JSON list) or 'path:row N' (Parquet).
 An unreadable file is a MicroError.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,7 @@ from pipeline.data.recipes.base import Record
 from pipeline.data.schema import RowLog
 from pipeline.errors import MicroError
 
-FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv",
-           ".tsv": "tsv"}
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
 
 
 def file_format(path: Path) -> str:
@@ -27,8 +27,9 @@ def file_format(path: Path) -> str:
     name = path.name.lower().removesuffix(".gz")
     fmt = FORMATS.get(Path(name).suffix)
     if fmt is None or (fmt == "parquet" and path.name.lower().endswith(".gz")):
-        raise MicroError(f"{path}: unsupported file type; expected one of "
-                         f"{', '.join(FORMATS)} (text formats may be .gz)")
+        raise MicroError(
+            f"{path}: unsupported file type; expected one of {', '.join(FORMATS)} (text formats may be .gz)"
+        )
     return fmt
 
 

@@ -9,6 +9,7 @@ context = the criterion (or the scenario with ``context_field='scenario'``), gro
 'criteria_y'.  'response_x' / 'response_y' are accepted as aliases of response_a / response_b.
 The split comes from the file name (train* / test*) unless ``file_split`` is false.
 """
+
 from __future__ import annotations
 
 from pipeline.data.recipes.base import Record, make_pair, need_text, per_record

@@ -1,4 +1,5 @@
 """Embedding backends: sentence-transformers (default), transformers, vLLM."""
+
 from __future__ import annotations
 
 from pipeline.errors import MicroError
@@ -14,8 +15,10 @@ _ONLY_FOR = {
     "max_num_batched_tokens": ("--max-num-batched-tokens", ("vllm",)),
     "enforce_eager": ("--enforce-eager", ("vllm",)),
 }
-_HINTS = {("max_batch_tokens", "vllm"): " (vLLM schedules by --max-num-batched-tokens)",
-          ("max_num_batched_tokens", "transformers"): " (the transformers backend: --max-batch-tokens)"}
+_HINTS = {
+    ("max_batch_tokens", "vllm"): " (vLLM schedules by --max-num-batched-tokens)",
+    ("max_num_batched_tokens", "transformers"): " (the transformers backend: --max-batch-tokens)",
+}
 
 
 def canonical_name(name: str) -> str:
@@ -36,17 +39,25 @@ def check_options(name: str, **opts) -> dict:
     kw = {k: v for k, v in opts.items() if v is not None}
     for key, (option, backends) in _ONLY_FOR.items():
         if key in kw and name not in backends:
-            raise MicroError(f"{option} applies to the {' and '.join(backends)} backend, not {name}"
-                             + _HINTS.get((key, name), ""))
-    for key, option in (("batch_size", "--batch-size"), ("max_length", "--max-length"),
-                        ("max_batch_tokens", "--max-batch-tokens")):
+            raise MicroError(
+                f"{option} applies to the {' and '.join(backends)} backend, not {name}" + _HINTS.get((key, name), "")
+            )
+    for key, option in (
+        ("batch_size", "--batch-size"),
+        ("max_length", "--max-length"),
+        ("max_batch_tokens", "--max-batch-tokens"),
+    ):
         check_positive(option, kw.get(key))
     if "device" in kw:
         kw["device"] = check_device(kw["device"])
     if "attn_implementation" in kw:
         check_attention(kw["attn_implementation"])
-    check_engine_options(kw.get("gpu_memory_utilization"), kw.get("max_model_len"),
-                         kw.get("max_num_batched_tokens"), kw.get("tensor_parallel_size", 1))
+    check_engine_options(
+        kw.get("gpu_memory_utilization"),
+        kw.get("max_model_len"),
+        kw.get("max_num_batched_tokens"),
+        kw.get("tensor_parallel_size", 1),
+    )
     return kw
 
 

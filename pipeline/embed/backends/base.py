@@ -3,6 +3,7 @@
 A backend turns the *exact model input* (a string produced by ``render_*``) into a vector. The cache key is
 hash(fingerprint + exact input), so two backends that render the same text differently never share vectors.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,10 +22,10 @@ Messages = Sequence[dict]  # [{"role": "user"|"assistant"|"system", "content": s
 class Backend(Protocol):
     """Embedding backend interface (see ``pipeline.embed.backends.get_backend``)."""
 
-    name: str          # "sentence-transformers" | "transformers" | "vllm"
-    dim: int           # embedding width
-    max_length: int    # max tokens per input; longer inputs are truncated (or skipped by the caller)
-    chunk_size: int    # how many inputs the caller should pass to one ``embed`` call
+    name: str  # "sentence-transformers" | "transformers" | "vllm"
+    dim: int  # embedding width
+    max_length: int  # max tokens per input; longer inputs are truncated (or skipped by the caller)
+    chunk_size: int  # how many inputs the caller should pass to one ``embed`` call
 
     def fingerprint(self) -> dict:
         """JSON-able identity of the embedder: backend, model, weights_hash, pooling, dtype, max_length,
@@ -79,8 +80,11 @@ def weights_hash(model_dir: str | os.PathLike, sample: int = 1 << 20) -> str:
         files = [root]
         root = root.parent
     else:
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES
-                       and ".cache" not in p.relative_to(root).parts)
+        files = sorted(
+            p
+            for p in root.rglob("*")
+            if p.is_file() and p.suffix in _WEIGHT_SUFFIXES and ".cache" not in p.relative_to(root).parts
+        )
     h = hashlib.sha256()
     for p in files:
         size = p.stat().st_size

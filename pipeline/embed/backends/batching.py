@@ -7,14 +7,15 @@ budget suits the device: a fixed value on the CPU, and on CUDA what the free GPU
 (:func:`budget_for_memory`, an estimate of one layer's activations per token), capped where larger batches stop
 paying. A CUDA out-of-memory error halves the budget (see :mod:`pipeline.embed.stream`).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
 
-CPU_BATCH_TOKENS = 8192        # default --max-batch-tokens on the CPU
+CPU_BATCH_TOKENS = 8192  # default --max-batch-tokens on the CPU
 GPU_MIN_BATCH_TOKENS = 1024
-GPU_MAX_BATCH_TOKENS = 65536   # matmuls are at full speed well below this; larger only delays the first shard
-GPU_MEMORY_FRACTION = 0.5      # of the free GPU memory after the model is loaded
+GPU_MAX_BATCH_TOKENS = 65536  # matmuls are at full speed well below this; larger only delays the first shard
+GPU_MEMORY_FRACTION = 0.5  # of the free GPU memory after the model is loaded
 
 
 def batch_cost(lengths: Sequence[int], packed: bool) -> int:
@@ -55,8 +56,13 @@ def activation_bytes_per_token(config, itemsize: int, max_length: int = 0, eager
     return itemsize * per
 
 
-def budget_for_memory(free_bytes: int, bytes_per_token: int, fraction: float = GPU_MEMORY_FRACTION,
-                      low: int = GPU_MIN_BATCH_TOKENS, high: int = GPU_MAX_BATCH_TOKENS) -> int:
+def budget_for_memory(
+    free_bytes: int,
+    bytes_per_token: int,
+    fraction: float = GPU_MEMORY_FRACTION,
+    low: int = GPU_MIN_BATCH_TOKENS,
+    high: int = GPU_MAX_BATCH_TOKENS,
+) -> int:
     """The largest power of two of tokens whose activations fit ``fraction`` of ``free_bytes``, within [low, high]."""
     fit = int(free_bytes * fraction) // max(1, int(bytes_per_token))
     power = 1 << max(0, fit.bit_length() - 1) if fit > 0 else 0

@@ -17,6 +17,7 @@ Both backends go through :class:`ChatRenderer`, so for one model they feed the n
   response's end; :mod:`pipeline.embed.backends.truncation`), so the template's tokens stay intact.
   ``token_lengths`` reports the untruncated counts, so the caller can see (or skip) what was cut.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -124,8 +125,9 @@ class ChatRenderer:
             if self._fold_system or not any(m["role"] == "system" for m in messages):
                 raise
             # e.g. Gemma / Mistral templates: "System role not supported" -> fold it into the first user turn
-            out = self.tok.apply_chat_template(fold_system(messages), add_generation_prompt=add_generation_prompt,
-                                               tokenize=False)
+            out = self.tok.apply_chat_template(
+                fold_system(messages), add_generation_prompt=add_generation_prompt, tokenize=False
+            )
             self._fold_system = True
         if not isinstance(out, str):  # some versions return a list for batched input
             out = out[0]
@@ -160,7 +162,7 @@ class ChatRenderer:
             offsets = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
             return offsets_cut(offsets, text, n, keep)
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        return self.tok.decode(ids[:n] if keep == "start" else ids[len(ids) - n:]) if n > 0 else ""
+        return self.tok.decode(ids[:n] if keep == "start" else ids[len(ids) - n :]) if n > 0 else ""
 
     # ---------- tokenisation ----------
     @property
@@ -170,8 +172,12 @@ class ChatRenderer:
     def _encode(self, texts: list[str], **kw) -> list[list[int]]:
         if not texts:
             return []
-        return [list(x) for x in self.tok(texts, add_special_tokens=self.add_special_tokens,
-                                          return_attention_mask=False, **kw)["input_ids"]]
+        return [
+            list(x)
+            for x in self.tok(texts, add_special_tokens=self.add_special_tokens, return_attention_mask=False, **kw)[
+                "input_ids"
+            ]
+        ]
 
     def token_lengths(self, inputs: Sequence[str]) -> np.ndarray:
         """(n,) untruncated token counts (history mode: of the conversation before it was shortened)."""
@@ -209,10 +215,17 @@ class RenderedBackend:
     def fingerprint(self) -> dict:
         if self._weights_hash is None:
             self._weights_hash = weights_hash(self.model_path)
-        return {"backend": self.name, "model": self.model_path.name, "weights_hash": self._weights_hash,
-                "pooling": self.pooling, "dtype": self.dtype, "max_length": self.max_length,
-                "chat_template": self.renderer.template_hash(), "padding": self.padding,
-                "truncation": self.renderer.truncation}
+        return {
+            "backend": self.name,
+            "model": self.model_path.name,
+            "weights_hash": self._weights_hash,
+            "pooling": self.pooling,
+            "dtype": self.dtype,
+            "max_length": self.max_length,
+            "chat_template": self.renderer.template_hash(),
+            "padding": self.padding,
+            "truncation": self.renderer.truncation,
+        }
 
     def render_response(self, prompt: Messages, response: str) -> str:
         return self.renderer.render_response(prompt, response)
@@ -224,16 +237,18 @@ class RenderedBackend:
         return self.renderer.token_lengths(inputs)
 
 
-def load_identity(model_path, gguf_file: str | None, load_dir, *, trust_remote_code: bool, max_length: int | None,
-                  truncation: str):
+def load_identity(
+    model_path, gguf_file: str | None, load_dir, *, trust_remote_code: bool, max_length: int | None, truncation: str
+):
     """(tokenizer, config, max_length, renderer) of a local decoder model, without loading its weights."""
     from transformers import AutoConfig
 
     tokenizer = load_tokenizer(load_dir, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
     cfg_kw = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        config = AutoConfig.from_pretrained(str(load_dir), local_files_only=True, trust_remote_code=trust_remote_code,
-                                            **cfg_kw)
+        config = AutoConfig.from_pretrained(
+            str(load_dir), local_files_only=True, trust_remote_code=trust_remote_code, **cfg_kw
+        )
     except (OSError, ValueError) as e:
         raise MicroError(f"cannot read the config of '{model_path}': {e}") from e
     check_max_length(max_length, config_positions(config), model_path)

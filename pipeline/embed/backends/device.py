@@ -3,6 +3,7 @@
 ``auto`` (the default) is CUDA when torch sees a GPU, else the CPU: for the transformers and vLLM backends and for
 sentence-transformers alike. ``cuda`` is the current CUDA device; ``cuda:N`` the N-th visible one.
 """
+
 from __future__ import annotations
 
 import re
@@ -37,8 +38,9 @@ def resolve_device(device: str | None):
         return torch.device("cuda" if have else "cpu")
     if name.startswith("cuda"):
         if not have:
-            raise MicroError(f"--device {name}: torch sees no CUDA device (torch {torch.__version__}); "
-                             "use --device cpu or auto")
+            raise MicroError(
+                f"--device {name}: torch sees no CUDA device (torch {torch.__version__}); use --device cpu or auto"
+            )
         index = int(name.split(":")[1]) if ":" in name else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
             raise MicroError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")

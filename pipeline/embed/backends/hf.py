@@ -18,6 +18,7 @@
   than ``max_length`` tokens keep their last ``max_length`` tokens (``truncation='right'``: first);
   ``token_lengths`` reports untruncated counts.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -42,9 +43,16 @@ from pipeline.embed.backends.device import resolve_device
 from pipeline.embed.backends.truncation import DEFAULT_TRUNCATION
 from pipeline.errors import MicroError
 
-COMPUTE_DTYPES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16",
-                  "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16", "half": "float16"}
+COMPUTE_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
 
 
 def resolve_dtype(dtype, on_gpu: bool) -> str:
@@ -78,8 +86,10 @@ def check_attention(name: str, device=None, dtype: str | None = None) -> str:
     if name.startswith("flash_attention"):
         package = "flash_attn" if name == "flash_attention_2" else "flash_attn_interface"
         if device is not None and importlib.util.find_spec(package) is None:
-            raise MicroError(f"--attn-implementation {name} needs the {package} package (pip install flash-attn); "
-                             f"the default is {DEFAULT_ATTENTION}")
+            raise MicroError(
+                f"--attn-implementation {name} needs the {package} package (pip install flash-attn); "
+                f"the default is {DEFAULT_ATTENTION}"
+            )
         if device is not None and device.type != "cuda":
             raise MicroError(f"--attn-implementation {name} runs on CUDA only (device {device})")
         if dtype == "float32":
@@ -117,11 +127,22 @@ class TransformersBackend(RenderedBackend):
     pooling = "last"
     padding = "left"  # identity field: last-token pooling that ignores padding (vectors are layout-independent)
 
-    def __init__(self, model: str | None = None, *, batch_size: int | None = None, max_batch_tokens: int | None = None,
-                 max_length: int | None = None, device: str | None = None, dtype: str | None = None,
-                 attn_implementation: str | None = None, trust_remote_code: bool = False,
-                 gguf_file: str | None = None, chunk_size: int | None = None, truncation: str = DEFAULT_TRUNCATION,
-                 packed: bool | None = None):
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
+        max_length: int | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        attn_implementation: str | None = None,
+        trust_remote_code: bool = False,
+        gguf_file: str | None = None,
+        chunk_size: int | None = None,
+        truncation: str = DEFAULT_TRUNCATION,
+        packed: bool | None = None,
+    ):
         import torch
         from transformers import AutoConfig, AutoModel
 
@@ -140,16 +161,19 @@ class TransformersBackend(RenderedBackend):
             self.tokenizer = load_tokenizer(load_dir, trust_remote_code=trust_remote_code, gguf_file=self.gguf_file)
             config = AutoConfig.from_pretrained(str(load_dir), **kw)
             check_max_length(max_length, config_positions(config), self.model_path)
-            self.model = AutoModel.from_pretrained(str(load_dir), dtype=getattr(torch, self.dtype),
-                                                   attn_implementation=self.attn_implementation, **kw)
+            self.model = AutoModel.from_pretrained(
+                str(load_dir), dtype=getattr(torch, self.dtype), attn_implementation=self.attn_implementation, **kw
+            )
         except MicroError:
             raise
         except ImportError as e:
             hint = " (GGUF files need `pip install gguf`)" if self.gguf_file else ""
             raise MicroError(f"cannot load '{self.model_path}' with transformers: {e}{hint}") from e
         except (OSError, ValueError) as e:
-            raise MicroError(f"cannot load model from '{self.model_path}' with transformers "
-                             f"(--attn-implementation {self.attn_implementation}): {e}") from e
+            raise MicroError(
+                f"cannot load model from '{self.model_path}' with transformers "
+                f"(--attn-implementation {self.attn_implementation}): {e}"
+            ) from e
         except Exception as e:
             if not self.gguf_file:
                 raise model_load_error(self.model_path, e) from None  # garbage / truncated weights
@@ -177,8 +201,12 @@ class TransformersBackend(RenderedBackend):
         import torch
 
         free, _ = torch.cuda.mem_get_info(self.device)
-        per = activation_bytes_per_token(config, 4 if self.dtype == "float32" else 2, self.max_length,
-                                         eager_attention=self.attn_implementation == "eager")
+        per = activation_bytes_per_token(
+            config,
+            4 if self.dtype == "float32" else 2,
+            self.max_length,
+            eager_attention=self.attn_implementation == "eager",
+        )
         return budget_for_memory(free, per)
 
     # ---------- token-level interface (pipeline.embed.stream) ----------
@@ -208,13 +236,13 @@ class TransformersBackend(RenderedBackend):
             arr = np.full((len(ids), width), self.pad_id, dtype=np.int64)
             if self.layout == "right":
                 for r, x in enumerate(ids):
-                    arr[r, :len(x)] = x
+                    arr[r, : len(x)] = x
                 out["gather"] = torch.from_numpy(lens - 1)
             else:
                 mask = np.zeros((len(ids), width), dtype=np.int64)
                 for r, x in enumerate(ids):
-                    arr[r, width - len(x):] = x
-                    mask[r, width - len(x):] = 1
+                    arr[r, width - len(x) :] = x
+                    mask[r, width - len(x) :] = 1
                 out["attention_mask"] = torch.from_numpy(mask)
                 out["position_ids"] = torch.from_numpy(np.maximum(mask.cumsum(-1) - 1, 0))
             out["input_ids"] = torch.from_numpy(arr)
@@ -229,9 +257,10 @@ class TransformersBackend(RenderedBackend):
         if self.model is None:
             raise MicroError("the transformers backend was closed")
         cuda = self.device.type == "cuda"
-        with torch.inference_mode(), (torch.cuda.device(self.device) if cuda else nullcontext()):
-            kw = {k: v.to(self.device, non_blocking=cuda) if isinstance(v, torch.Tensor) else v
-                  for k, v in batch.items()}
+        with torch.inference_mode(), torch.cuda.device(self.device) if cuda else nullcontext():
+            kw = {
+                k: v.to(self.device, non_blocking=cuda) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+            }
             gather = kw.pop("gather", None)
             res = self.model(**kw, **self._forward_kw)
             hidden = res.last_hidden_state if hasattr(res, "last_hidden_state") else res[0]

@@ -4,6 +4,7 @@
 :class:`PlanningBackend` renders, counts tokens and fingerprints with the real backends' code without loading the
 model, so the parent of ``micro embed --workers N`` never starts an engine of its own.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -67,10 +68,20 @@ class PlanningBackend(RenderedBackend):
     pooling = "last"
     padding = "left"
 
-    def __init__(self, name: str, model: str | None = None, *, max_length: int | None = None,
-                 dtype: str | None = None, trust_remote_code: bool = False, gguf_file: str | None = None,
-                 device: str | None = None, chunk_size: int | None = None, truncation: str = DEFAULT_TRUNCATION,
-                 **_runtime_kwargs):
+    def __init__(
+        self,
+        name: str,
+        model: str | None = None,
+        *,
+        max_length: int | None = None,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        gguf_file: str | None = None,
+        device: str | None = None,
+        chunk_size: int | None = None,
+        truncation: str = DEFAULT_TRUNCATION,
+        **_runtime_kwargs,
+    ):
         from pipeline.embed.backends.base import resolve_model_path
         from pipeline.embed.backends.chat import load_identity, quiet_transformers
         from pipeline.embed.backends.hf import resolve_dtype, split_gguf
@@ -87,8 +98,13 @@ class PlanningBackend(RenderedBackend):
         on_gpu = bool(visible_gpus()) if kind is None else kind == "cuda"
         self.dtype = resolve_dtype(dtype, on_gpu)
         self.tokenizer, config, self.max_length, self.renderer = load_identity(
-            self.model_path, self.gguf_file, load_dir, trust_remote_code=trust_remote_code, max_length=max_length,
-            truncation=truncation)
+            self.model_path,
+            self.gguf_file,
+            load_dir,
+            trust_remote_code=trust_remote_code,
+            max_length=max_length,
+            truncation=truncation,
+        )
         self.dim = int(getattr(config, "hidden_size", 0) or 0)
         self.chunk_size = int(chunk_size or 4096)
         self._weights_hash = None

@@ -4,6 +4,7 @@ Construction is cheap: the fingerprint comes from the model folder's config file
 ``tokenizer.json``, so a fully cached rerun never imports torch or loads weights. Weights load on first ``embed``,
 on ``device`` (auto: CUDA when torch sees a GPU, else the CPU; cpu | cuda | cuda:N).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,11 @@ def _pooling_name(model_dir: Path) -> str:
         kind = m["type"].rsplit(".", 1)[-1]
         if kind == "Pooling":
             cfg = _read_json(model_dir / m["path"] / "config.json") or {}
-            modes = [k[len("pooling_mode_"):].replace("_tokens", "").replace("_token", "")
-                     for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
+            modes = [
+                k[len("pooling_mode_") :].replace("_tokens", "").replace("_token", "")
+                for k, v in cfg.items()
+                if k.startswith("pooling_mode_") and v
+            ]
             parts.append("+".join(modes) or "mean")
         elif kind != "Transformer":
             parts.append(kind.lower())
@@ -64,9 +68,17 @@ class SentenceTransformersBackend:
 
     name = "sentence-transformers"
 
-    def __init__(self, model: str | None = None, *, batch_size: int = 32, max_length: int | None = None,
-                 device: str | None = None, dtype: str = "float32", normalize: bool = False,
-                 truncation: str = DEFAULT_TRUNCATION):
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        device: str | None = None,
+        dtype: str = "float32",
+        normalize: bool = False,
+        truncation: str = DEFAULT_TRUNCATION,
+    ):
         from pipeline.embed.backends.chat import TRUNCATION_SIDES
         from pipeline.errors import MicroError
 
@@ -75,11 +87,13 @@ class SentenceTransformersBackend:
         self.truncation = truncation
         default = default_model_path()
         self.model_path = check_model_folder(resolve_model_path(model or default), ("config.json", "tokenizer.json"))
-        self.model_id = DEFAULT_MODEL_ID if str(self.model_path) == str(Path(default).resolve()) \
-            else self.model_path.name
+        self.model_id = (
+            DEFAULT_MODEL_ID if str(self.model_path) == str(Path(default).resolve()) else self.model_path.name
+        )
         cfg = _read_json(self.model_path / "sentence_bert_config.json") or {}
-        check_max_length(max_length, config_positions(_read_json(self.model_path / "config.json") or {}),
-                         self.model_path)
+        check_max_length(
+            max_length, config_positions(_read_json(self.model_path / "config.json") or {}), self.model_path
+        )
         self.max_length = int(max_length if max_length is not None else cfg.get("max_seq_length") or 512)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise MicroError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
@@ -128,9 +142,17 @@ class SentenceTransformersBackend:
         return self._model
 
     def fingerprint(self) -> dict:
-        return {"backend": self.name, "model": self.model_id, "weights_hash": weights_hash(self.model_path),
-                "pooling": _pooling_name(self.model_path), "dtype": self.dtype, "max_length": self.max_length,
-                "normalize": self.normalize, "chat_template": None, "truncation": self.truncation}
+        return {
+            "backend": self.name,
+            "model": self.model_id,
+            "weights_hash": weights_hash(self.model_path),
+            "pooling": _pooling_name(self.model_path),
+            "dtype": self.dtype,
+            "max_length": self.max_length,
+            "normalize": self.normalize,
+            "chat_template": None,
+            "truncation": self.truncation,
+        }
 
     @staticmethod
     def _render(prompt: Messages, response: str | None) -> str:
@@ -176,8 +198,13 @@ class SentenceTransformersBackend:
         return np.asarray(n, dtype=np.int64)
 
     def embed(self, inputs: Sequence[str]) -> np.ndarray:
-        out = self.load().encode(list(inputs), batch_size=self.batch_size, convert_to_numpy=True,
-                                  normalize_embeddings=self.normalize, show_progress_bar=False)
+        out = self.load().encode(
+            list(inputs),
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=self.normalize,
+            show_progress_bar=False,
+        )
         return np.asarray(out, dtype=np.float32)
 
     def close(self) -> None:

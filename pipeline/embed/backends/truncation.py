@@ -15,6 +15,7 @@ reached through three callables: ``render(messages, response) -> str``, ``count(
 rendered text, special tokens included) and ``cut(text, n, keep) -> str`` (the first or last ``n`` tokens of a
 message's text, cut at a token boundary of the original string).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -48,8 +49,16 @@ def _shrink(text: str, over: int, keep: str, floor: int, count_text: Callable[[s
     return cut(text, max(n - over, min(n, floor), 0), keep)
 
 
-def fit_history(messages: Sequence[dict], response: str | None, max_length: int, render: Render, count: Count,
-                cut: Cut, count_text: Callable[[str], int], min_response: float = MIN_RESPONSE) -> tuple[str, int]:
+def fit_history(
+    messages: Sequence[dict],
+    response: str | None,
+    max_length: int,
+    render: Render,
+    count: Count,
+    cut: Cut,
+    count_text: Callable[[str], int],
+    min_response: float = MIN_RESPONSE,
+) -> tuple[str, int]:
     """(rendered text within ``max_length`` tokens where possible, token count of the unshortened rendering).
 
     ``count_text(s)`` counts the tokens of a bare message text (no special tokens); see the module docstring for
@@ -59,13 +68,13 @@ def fit_history(messages: Sequence[dict], response: str | None, max_length: int,
     if n_full <= max_length:
         return full, n_full
     system, turns = _split(messages)
-    for start in range(1, _last_user(turns) + 1):           # 1. oldest turns first
+    for start in range(1, _last_user(turns) + 1):  # 1. oldest turns first
         text = render(system + turns[start:], response)
         if count(text) <= max_length:
             return text, n_full
-    kept = turns[_last_user(turns):]
+    kept = turns[_last_user(turns) :]
     text = render(system + kept, response)
-    for _ in range(3):                                       # 2. the response, from its end
+    for _ in range(3):  # 2. the response, from its end
         over = count(text) - max_length
         if response is None or over <= 0:
             break
@@ -96,7 +105,7 @@ def offsets_cut(offsets: Sequence[tuple[int, int]], text: str, n: int, keep: str
         return ""
     if n >= len(offsets):
         return text
-    return text[:offsets[n - 1][1]] if keep == "start" else text[offsets[len(offsets) - n][0]:]
+    return text[: offsets[n - 1][1]] if keep == "start" else text[offsets[len(offsets) - n][0] :]
 
 
 class HistoryRenderer:
@@ -105,12 +114,18 @@ class HistoryRenderer:
 
     def __init__(self, max_length: int, render: Render, count: Count, count_text: Callable[[str], int], cut: Cut):
         self.max_length, self._render, self._count, self._count_text, self._cut = (
-            int(max_length), render, count, count_text, cut)
+            int(max_length),
+            render,
+            count,
+            count_text,
+            cut,
+        )
         self.full_lengths: dict[str, int] = {}
 
     def __call__(self, messages: Sequence[dict], response: str | None = None) -> str:
-        text, n_full = fit_history(messages, response, self.max_length, self._render, self._count, self._cut,
-                                   self._count_text)
+        text, n_full = fit_history(
+            messages, response, self.max_length, self._render, self._count, self._cut, self._count_text
+        )
         if n_full > self.max_length:
             self.full_lengths[text] = n_full
         return text

