@@ -50,6 +50,14 @@ def _console():
     return Console(stderr=True)
 
 
+def _call(target: str, options: dict, **extra):
+    """Import ``module:function`` (lazily: ``--help`` stays fast) and call it with a command's options by name."""
+    import importlib
+
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)(**options, **extra)
+
+
 @data_app.command("prepare")
 def data_prepare(
     recipe: str = typer.Argument(..., help="generic, hh-rlhf, hh-relabeled, dsp, pandalm, helpsteer2 or rpr"),
@@ -73,23 +81,7 @@ def data_prepare(
     opt: list[str] = typer.Option([], "--opt", help="recipe option KEY=VALUE, e.g. min_gap=2 (repeatable)"),
 ) -> None:
     """Prepare preference data into the canonical pair table (one row per pair, train/test split)."""
-    from pipeline.data.prepare import prepare_command
-
-    columns = dict(
-        prompt_col=prompt_col,
-        chosen_col=chosen_col,
-        rejected_col=rejected_col,
-        group_col=group_col,
-        context_col=context_col,
-        split_col=split_col,
-        a_col=a_col,
-        b_col=b_col,
-        label_col=label_col,
-        label_a=label_a,
-        label_b=label_b,
-        label_tie=label_tie,
-    )
-    prepare_command(recipe, inputs, out, test_size=test_size, seed=seed, strict=strict, columns=columns, opt=opt)
+    _call("pipeline.data.prepare:prepare_command", locals())
 
 
 @app.command()
@@ -148,34 +140,7 @@ def embed(
     address: str | None = typer.Option(None, help="--ray: cluster to join (default RAY_ADDRESS, else a local Ray)."),
 ) -> None:
     """Stage 0: embed every unique prompt+response, prompt and context+prompt once into the cache."""
-    from pipeline.embed.command import embed_command
-
-    embed_command(
-        pairs,
-        out,
-        backend=backend,
-        model=model,
-        cache_dir=cache_dir,
-        cache_dtype=cache_dtype,
-        overlong=overlong,
-        truncation=truncation,
-        dtype=dtype,
-        workers=workers,
-        ray=ray,
-        address=address,
-        console=_console(),
-        batch_size=batch_size,
-        max_length=max_length,
-        device=device,
-        max_batch_tokens=max_batch_tokens,
-        attn_implementation=attn_implementation,
-        trust_remote_code=trust_remote_code,
-        tensor_parallel_size=tensor_parallel_size,
-        gpu_memory_utilization=gpu_memory_utilization,
-        max_model_len=max_model_len,
-        max_num_batched_tokens=max_num_batched_tokens,
-        enforce_eager=enforce_eager,
-    )
+    _call("pipeline.embed.command:embed_command", locals(), console=_console())
 
 
 @app.command()
@@ -232,35 +197,7 @@ def fit(
     quiet: bool = typer.Option(False, help="No per-iteration progress."),
 ) -> None:
     """Stage 1: fit K Bradley-Terry heads and a gate by EM on cached features; write a model bundle."""
-    from pipeline.fit.command import fit_command
-
-    fit_command(
-        run_dir,
-        k=k,
-        k_range=k_range,
-        gate=gate,
-        gate_input=gate_input,
-        gate_hidden=gate_hidden,
-        alpha=alpha,
-        l2=l2,
-        gate_l2=gate_l2,
-        holdout=holdout,
-        patience=patience,
-        calibrate=calibrate,
-        n_init=n_init,
-        max_iter=max_iter,
-        tol=tol,
-        seed=seed,
-        dim=dim,
-        gate_dim=gate_dim,
-        init=init,
-        optimizer=optimizer,
-        epochs=epochs,
-        baseline=baseline,
-        out=out,
-        quiet=quiet,
-        console=_console(),
-    )
+    _call("pipeline.fit.command:fit_command", locals(), console=_console())
 
 
 @app.command()
@@ -270,7 +207,7 @@ def route(
     out: Path | None = typer.Option(None, "--out", "-o", help="Routed bundle folder (default MODEL-routed)."),
     tau: float = typer.Option(TAU, help=f"Temperature of the soft labels ω ∝ f·exp(−L/τ) (paper: {TAU_PAPER:g})."),
     epochs: int = typer.Option(ROUTER_EPOCHS, help="Router epochs."),
-    budget_per_group: int = typer.Option(BUDGET, help="Labelled pairs per group used to route (B)."),
+    budget: int = typer.Option(BUDGET, "--budget-per-group", help="Labelled pairs per group used to route (B)."),
     seeds: int = typer.Option(SEEDS, help="Random draws of the B pairs (results are mean ± std)."),
     lr: float = typer.Option(ROUTER_LR, help="Router learning rate (Adam)."),
     user: str | None = typer.Option(
@@ -287,23 +224,7 @@ def route(
     ),
 ) -> None:
     """Stage 2: route mixture weights to user contexts from a few labelled pairs (paper Alg. 1), and adapt per user."""
-    from pipeline.route.command import route_command
-
-    route_command(
-        model,
-        user_data,
-        out,
-        tau=tau,
-        epochs=epochs,
-        budget=budget_per_group,
-        seeds=seeds,
-        lr=lr,
-        user=user,
-        online=online,
-        hedge_tau=hedge_tau,
-        adapt=adapt,
-        console=_console(),
-    )
+    _call("pipeline.route.command:route_command", locals(), console=_console())
 
 
 @app.command()
@@ -321,9 +242,7 @@ def score(
     ),
 ) -> None:
     """Rewards per head and mixed (Σ_k f_k r_k, + v·φ with an adapted profile) for (prompt, response) rows."""
-    from pipeline.route.command import score_command
-
-    path = score_command(model, input, out, context=context, user=user)
+    path = _call("pipeline.route.command:score_command", locals())
     print(f"rewards written: {path}", file=sys.stderr)
 
 
@@ -337,7 +256,9 @@ def eval_cmd(
         help="seen (the paper's tables: every group seen in Stage 1) | "
         "leave-group-out (each group in turn is a new user: Stage 1 refitted without it).",
     ),
-    budget_per_group: int = typer.Option(BUDGET, help="Labelled train pairs per group for the MiCRo router (B)."),
+    budget: int = typer.Option(
+        BUDGET, "--budget-per-group", help="Labelled train pairs per group for the MiCRo router (B)."
+    ),
     seeds: int | None = typer.Option(
         None,
         help="Seeds of the HyRe draws and router budgets (mean ± std); "
@@ -357,23 +278,7 @@ def eval_cmd(
     jobs: int | None = typer.Option(None, help="leave-group-out: folds in parallel (default: CPU cores)."),
 ) -> None:
     """Paper Table 2/3 (seen groups), or new users by leave-one-group-out (--protocol leave-group-out)."""
-    from pipeline.evaluate.command import eval_command
-
-    eval_command(
-        model,
-        run_dir,
-        report=report,
-        protocol=protocol,
-        budget=budget_per_group,
-        seeds=seeds,
-        hyre_n=hyre_n,
-        budgets=budgets,
-        tau=tau,
-        epochs=epochs,
-        lr=lr,
-        adapt=adapt,
-        jobs=jobs,
-    )
+    _call("pipeline.evaluate.command:eval_command", locals())
 
 
 @app.command()
@@ -409,25 +314,7 @@ def sweep(
     retry_errors: bool = typer.Option(False, help="Rerun trials that recorded an error."),
 ) -> None:
     """Grid / random hyperparameter search of fit (and route) on cached features; resumable Parquet results."""
-    from pipeline.sweep.runner import sweep_command
-
-    sweep_command(
-        run_dir,
-        grid,
-        seeds=seeds,
-        stage=stage,
-        backend=backend,
-        jobs=jobs,
-        samples=samples,
-        sample_seed=sample_seed,
-        holdout=holdout,
-        out=out,
-        address=address,
-        rank_by=rank_by,
-        top=top,
-        retry_errors=retry_errors,
-        console=_console(),
-    )
+    _call("pipeline.sweep.command:sweep_command", locals(), console=_console())
 
 
 @app.command()
@@ -438,9 +325,7 @@ def demo(
     cache_dir: Path | None = typer.Option(None, help="Embedding cache root (default ~/.cache/micro/embeddings)."),
 ) -> None:
     """The whole pipeline on the bundled DSP sample (CPU, bundled model): prepare → embed → fit → route → eval."""
-    from pipeline.demo import demo_command
-
-    demo_command(out, k=k, seeds=seeds, cache_dir=cache_dir, console=_console())
+    _call("pipeline.demo:demo_command", locals(), console=_console())
 
 
 @app.callback()

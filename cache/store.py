@@ -37,8 +37,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache.atomic import atomic_path, write_json_atomic
-from cache.files import check_manifest, check_shard, held, idle, vector_width, writable_folder
+from cache.files import check_manifest, held, idle, writable_folder
 from cache.keys import KEY_BYTES, KeyIndex, key_prefix_u64, text_keys  # noqa: F401 (re-exported)
+from cache.shards import check_shard, read_shard, vector_width, write_shard
 from pipeline.errors import CacheError
 
 DTYPES = {"float16": (np.float16, pa.float16(), "f16"), "float32": (np.float32, pa.float32(), "f32")}
@@ -166,13 +167,6 @@ class EmbeddingStore:
             stacklevel=3,
         )
 
-    def _check_shard(self, name: str, dim: int | None) -> tuple[int, int] | str:
-        """(rows, bytes) of a readable shard with the right schema, or the reason it is unusable."""
-        return check_shard(self.shard_dir / name, dim, self.dtype)
-
-    def _vec_dim(self, f: pa.Field) -> int | str:
-        return vector_width(f, self.dtype)
-
     def _recover(self) -> dict:
         manifest, problem = self._load_manifest()
         if not self.read_only:
@@ -199,16 +193,15 @@ class EmbeddingStore:
         for name in sorted(on_disk - listed - {d[0] for d in self.damaged}):
             if not idle(self.shard_dir / name) and not self.read_only:
                 continue  # renamed by a live writer that is about to list it in the manifest
-            got = self._check_shard(name, manifest["dim"])
+            got = check_shard(self.shard_dir / name, manifest["dim"], self.dtype)
             if isinstance(got, str):
                 self._quarantine(name, got)
                 continue
             rows, nbytes = got
             kept.append({"file": name, "rows": rows, "bytes": nbytes})
             if manifest["dim"] is None:
-                manifest["dim"] = self._vec_dim(
-                    pq.read_metadata(self.shard_dir / name).schema.to_arrow_schema().field("vec")
-                )
+                field = pq.read_metadata(self.shard_dir / name).schema.to_arrow_schema().field("vec")
+                manifest["dim"] = vector_width(field, self.dtype)
         if problem:
             how = "left as is: read-only cache" if self.read_only else "rewritten"
             self.damaged.append(("manifest.json", f"{problem}; rebuilt from the {len(kept)} shard(s) on disk ({how})"))
@@ -233,24 +226,7 @@ class EmbeddingStore:
 
     def _read_shard(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         try:
-            table = pq.read_table(self.shard_dir / name, memory_map=True, page_checksum_verification=True)
-            keys = np.frombuffer(
-                table.column("key").combine_chunks().buffers()[1], dtype=f"S{KEY_BYTES}", count=table.num_rows
-            )
-            dim = self._vec_dim(table.schema.field("vec"))
-            if isinstance(dim, str):
-                raise ValueError(dim)
-            vec = table.column("vec").combine_chunks()
-            if pa.types.is_fixed_size_binary(vec.type):  # zero-copy view of the decoded column
-                flat = np.frombuffer(
-                    vec.buffers()[1],
-                    dtype=np.dtype(self.np_dtype).newbyteorder("<"),
-                    count=table.num_rows * dim,
-                    offset=vec.offset * vec.type.byte_width,
-                )
-            else:
-                flat = vec.flatten().to_numpy(zero_copy_only=False)
-            return keys, flat.reshape(table.num_rows, dim)
+            return read_shard(self.shard_dir / name, self.dtype)
         except Exception as exc:  # noqa: BLE001 - checksum or decode failure means damaged
             with self._lock():
                 self._quarantine(name, f"unreadable data: {exc}")
@@ -298,27 +274,11 @@ class EmbeddingStore:
 
     # --- writing --------------------------------------------------------------------------------
     def _write_shard(self, keys: np.ndarray, vectors: np.ndarray, hold: contextlib.ExitStack | None = None) -> dict:
-        d = vectors.shape[1]
-        key_arr = pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(KEY_BYTES), len(keys), [None, pa.py_buffer(np.ascontiguousarray(keys).tobytes())]
-        )
-        v = np.ascontiguousarray(vectors, dtype=np.dtype(self.np_dtype).newbyteorder("<"))
-        vec_type = pa.binary(d * v.itemsize)
-        vec_arr = pa.FixedSizeBinaryArray.from_buffers(vec_type, len(v), [None, pa.py_buffer(v)])
-        schema = pa.schema(
-            [
-                pa.field("key", pa.binary(KEY_BYTES), nullable=False),
-                pa.field("vec", vec_type, nullable=False, metadata={"dtype": self.dtype}),
-            ]
-        )
-        table = pa.Table.from_arrays([key_arr, vec_arr], schema=schema)
         name = f"part-{uuid.uuid4().hex}.parquet"
         with atomic_path(self.shard_dir / name) as tmp:
             if hold is not None:
                 hold.enter_context(held(tmp))  # kept (on the renamed file) until ``hold`` closes
-            pq.write_table(
-                table, tmp, compression="none", use_dictionary=False, write_page_checksum=True, write_statistics=False
-            )
+            write_shard(tmp, keys, vectors, self.dtype)
         return {"file": name, "rows": len(keys), "bytes": (self.shard_dir / name).stat().st_size}
 
     def append(self, keys: np.ndarray, vectors: np.ndarray) -> None:

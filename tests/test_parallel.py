@@ -8,7 +8,8 @@ import signal
 import numpy as np
 import pytest
 
-from pipeline.core.parallel import describe_exit, run_jobs, run_processes, thread_env, threads_per_worker
+from pipeline.core.parallel import run_jobs, thread_env, threads_per_worker
+from pipeline.core.processes import describe_exit, run_processes
 
 
 def row_sums(arrays: dict, meta: dict, job: dict) -> dict:

@@ -270,8 +270,8 @@ def prepare_command(
     test_size: float,
     seed: int,
     strict: bool,
-    columns: dict,
     opt: list[str],
+    **columns: str | None,
 ) -> None:
     """``micro data prepare``: the options checked (``columns``: the generic recipe's column options, None where
     not given; ``opt``: KEY=VALUE recipe options), then :func:`prepare`."""

@@ -46,15 +46,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from cache.store import EmbeddingStore, key_prefix_u64
-from pipeline.core.parallel import (
-    describe_exit,
-    quick_exit,
-    ray_session,
-    run_processes,
-    thread_env,
-    threads_per_worker,
-    watch_parent,
-)
+from pipeline.core.parallel import ray_session, thread_env, threads_per_worker, watch_parent
+from pipeline.core.processes import describe_exit, quick_exit, run_processes
 from pipeline.embed.backends.planning import BackendSpec, visible_gpus
 from pipeline.errors import MicroError
 

@@ -13,26 +13,18 @@ gate's for ``rule = logit``), c the user's context saved in the profile.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cache.atomic import atomic_path, write_json_atomic
 from heads.defaults import BUDGET, HEDGE_TAU, ROUTER_EPOCHS, ROUTER_LR, SEEDS, TAU
 from pipeline.core.model import Model
 from pipeline.core.run import Run
 from pipeline.errors import MicroError
+from pipeline.route.profiles import safe_name, save_profile
 
-FORMAT = "micro-profile"
-KIND = "adapted"
 ROUTER = {"tau": TAU, "epochs": ROUTER_EPOCHS, "lr": ROUTER_LR}  # the router of `micro route` (heads.defaults)
-
-
-def profile_file(out_dir: Path, user: str) -> Path:
-    """OUT/<user>.json with the user name made a safe file name."""
-    return Path(out_dir) / ((re.sub(r"[^A-Za-z0-9._-]", "_", str(user)).lstrip(".") or "_") + ".json")
 
 
 def prompt_ids(run: Run) -> np.ndarray:
@@ -64,91 +56,6 @@ def user_context(run: Run) -> str | None:
     """The most common context of the pairs (None when they have none)."""
     ctx = [c for c in run.pairs.column("context").to_pylist() if c]
     return max(set(ctx), key=ctx.count) if ctx else None
-
-
-def save_profile(
-    path: Path,
-    meta: dict,
-    bundle,
-    user: str,
-    *,
-    rule: str,
-    gate_params: dict | None,
-    gate_input: str,
-    gate_multiplier: float,
-    head_weights: np.ndarray,
-    v: np.ndarray | None,
-    context: str | None,
-    extra: dict,
-) -> Path:
-    """Write the profile JSON and its tensors (gate parameters, residual v) atomically."""
-    from safetensors.numpy import save_file
-
-    tensors = {f"gate.{k}": np.ascontiguousarray(a, dtype=np.float32) for k, a in (gate_params or {}).items()}
-    if v is not None and np.any(v):
-        tensors["v"] = np.ascontiguousarray(v, dtype=np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tpath = path.with_suffix(".safetensors")
-    if tensors:
-        with atomic_path(tpath) as tmp:
-            save_file(tensors, str(tmp))
-    write_json_atomic(
-        path,
-        {
-            "format": FORMAT,
-            "kind": KIND,
-            "user": user,
-            "bundle": str(Path(bundle).resolve()),
-            "fingerprint_id": meta["fingerprint_id"],
-            "n_heads": int(len(head_weights)),
-            "rule": rule,
-            "gate_input": gate_input if gate_multiplier else "none",
-            "gate_multiplier": float(gate_multiplier),
-            "head_weights": [float(x) for x in head_weights],
-            "context": context,
-            "tensors": tpath.name if tensors else None,
-            **extra,
-        },
-    )
-    return path
-
-
-@dataclass
-class AdaptedProfile:
-    """A loaded adapted profile: mixture weights g f(x, c) + omega and residual v (see the module docstring)."""
-
-    rule: str
-    gate_params: dict
-    gate_input: str
-    gate_multiplier: float
-    head_weights: np.ndarray
-    v: np.ndarray | None
-    context: str | None
-
-
-def load_adapted(data: dict, path: Path) -> AdaptedProfile:
-    """The AdaptedProfile of a profile JSON ``data`` read from ``path``."""
-    from safetensors.numpy import load_file
-
-    tensors = {}
-    if data.get("tensors"):
-        tpath = path.parent / Path(data["tensors"]).name
-        try:
-            tensors = load_file(str(tpath))
-        except Exception as exc:  # noqa: BLE001 -- missing or corrupt file
-            raise MicroError(f"{tpath}: the profile's tensors cannot be read ({exc})") from None
-    gate = {k[5:]: v.astype(np.float64) for k, v in tensors.items() if k.startswith("gate.")}
-    if data["gate_multiplier"] and not gate and data.get("gate_input") != "none":
-        raise MicroError(f"{path}: the profile mixes with a gate but its tensors have none")
-    return AdaptedProfile(
-        rule=data["rule"],
-        gate_params=gate,
-        gate_input=data.get("gate_input", "none"),
-        gate_multiplier=float(data["gate_multiplier"]),
-        head_weights=np.asarray(data["head_weights"], dtype=np.float64),
-        v=tensors["v"].astype(np.float64) if "v" in tensors else None,
-        context=data.get("context"),
-    )
 
 
 @dataclass
@@ -246,7 +153,7 @@ def adapt_users(
             chose.append(ua.choice_ == "residual")
             if s == seeds[0]:
                 path = save_profile(
-                    profile_file(out, name),
+                    out / f"{safe_name(name)}.json",
                     meta,
                     bundle,
                     name,
@@ -303,9 +210,7 @@ def build_online(
     bundle_model = Model.load(bundle)
     model, meta = bundle_model.estimator, bundle_model.meta
     out_dir = Path(out_dir)
-    run = bundle_model.embed_user_data(
-        user_data, out_dir / "work" / profile_file(Path(), user).stem, log=log, user=user
-    )
+    run = bundle_model.embed_user_data(user_data, out_dir / "work" / safe_name(user), log=log, user=user)
     stream, held = run.part("train"), run.part("test")
     if stream.n == 0:
         raise MicroError(f"{user_data}: user '{user}' has no pairs to learn from (split == 'train')")
@@ -330,7 +235,7 @@ def build_online(
             prof.update(stream.delta[t : t + 1], z_s[t : t + 1])
     served = prof.served_model()
     path = save_profile(
-        profile_file(out_dir, user),
+        out_dir / f"{safe_name(user)}.json",
         meta,
         bundle,
         user,

@@ -1,4 +1,6 @@
-"""Per-user online profiles: a Hedge weight vector over the frozen heads, updated pair by pair (no training)."""
+"""User profiles, the files ``micro score --user`` applies: online Hedge profiles (a weight vector over the frozen
+heads, updated pair by pair, no training) and adapted profiles (``micro route --adapt``: the gate a user mixes with
+and a residual vector v, see :mod:`pipeline.route.adapt`)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cache.atomic import write_json_atomic
+from cache.atomic import atomic_path, write_json_atomic
 from heads.defaults import HEDGE_TAU
 from pipeline.core.model import Model
 from pipeline.errors import MicroError
 
 FORMAT = "micro-profile"
+KIND = "adapted"
 
 
 @dataclass
@@ -96,7 +99,7 @@ def build_profile(
 
 
 def load_profile(path: str | Path, meta: dict):
-    """A saved HedgeProfile (or an adapted profile, pipeline.route.adapt.AdaptedProfile); error if it belongs to another
+    """A saved HedgeProfile (or an :class:`AdaptedProfile`); error if it belongs to another
     model."""
     from heads.profile import HedgeProfile
 
@@ -115,8 +118,91 @@ def load_profile(path: str | Path, meta: dict):
             f"{path}: profile of an unknown model (built for {data.get('bundle')}, "
             f"embedder {data.get('fingerprint_id')}, {data.get('n_heads')} heads)"
         )
-    if data.get("kind") == "adapted":  # micro route --adapt / --online with a residual
-        from pipeline.route.adapt import load_adapted
-
+    if data.get("kind") == KIND:  # micro route --adapt / --online with a residual
         return load_adapted(data, path)
     return HedgeProfile.from_dict(data["profile"])
+
+
+def save_profile(
+    path: Path,
+    meta: dict,
+    bundle,
+    user: str,
+    *,
+    rule: str,
+    gate_params: dict | None,
+    gate_input: str,
+    gate_multiplier: float,
+    head_weights: np.ndarray,
+    v: np.ndarray | None,
+    context: str | None,
+    extra: dict,
+) -> Path:
+    """Write the profile JSON and its tensors (gate parameters, residual v) atomically."""
+    from safetensors.numpy import save_file
+
+    tensors = {f"gate.{k}": np.ascontiguousarray(a, dtype=np.float32) for k, a in (gate_params or {}).items()}
+    if v is not None and np.any(v):
+        tensors["v"] = np.ascontiguousarray(v, dtype=np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tpath = path.with_suffix(".safetensors")
+    if tensors:
+        with atomic_path(tpath) as tmp:
+            save_file(tensors, str(tmp))
+    write_json_atomic(
+        path,
+        {
+            "format": FORMAT,
+            "kind": KIND,
+            "user": user,
+            "bundle": str(Path(bundle).resolve()),
+            "fingerprint_id": meta["fingerprint_id"],
+            "n_heads": int(len(head_weights)),
+            "rule": rule,
+            "gate_input": gate_input if gate_multiplier else "none",
+            "gate_multiplier": float(gate_multiplier),
+            "head_weights": [float(x) for x in head_weights],
+            "context": context,
+            "tensors": tpath.name if tensors else None,
+            **extra,
+        },
+    )
+    return path
+
+
+@dataclass
+class AdaptedProfile:
+    """A loaded adapted profile: mixture weights g f(x, c) + omega and residual v (see the module docstring)."""
+
+    rule: str
+    gate_params: dict
+    gate_input: str
+    gate_multiplier: float
+    head_weights: np.ndarray
+    v: np.ndarray | None
+    context: str | None
+
+
+def load_adapted(data: dict, path: Path) -> AdaptedProfile:
+    """The AdaptedProfile of a profile JSON ``data`` read from ``path``."""
+    from safetensors.numpy import load_file
+
+    tensors = {}
+    if data.get("tensors"):
+        tpath = path.parent / Path(data["tensors"]).name
+        try:
+            tensors = load_file(str(tpath))
+        except Exception as exc:  # noqa: BLE001 -- missing or corrupt file
+            raise MicroError(f"{tpath}: the profile's tensors cannot be read ({exc})") from None
+    gate = {k[5:]: v.astype(np.float64) for k, v in tensors.items() if k.startswith("gate.")}
+    if data["gate_multiplier"] and not gate and data.get("gate_input") != "none":
+        raise MicroError(f"{path}: the profile mixes with a gate but its tensors have none")
+    return AdaptedProfile(
+        rule=data["rule"],
+        gate_params=gate,
+        gate_input=data.get("gate_input", "none"),
+        gate_multiplier=float(data["gate_multiplier"]),
+        head_weights=np.asarray(data["head_weights"], dtype=np.float64),
+        v=tensors["v"].astype(np.float64) if "v" in tensors else None,
+        context=data.get("context"),
+    )

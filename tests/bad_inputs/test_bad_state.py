@@ -454,7 +454,7 @@ CTRL_C = [
         real_backend=True,
     ),
     Case("ctrl-c-fit", FIT, r"^interrupted$", interrupt("pipeline.fit.fit", "fit_run"), code=130),
-    Case("ctrl-c-sweep", SWEEP, r"^interrupted$", interrupt("pipeline.sweep.runner", "run_sweep"), code=130),
+    Case("ctrl-c-sweep", SWEEP, r"^interrupted$", interrupt("pipeline.sweep.command", "run_sweep"), code=130),
     Case("ctrl-c-eval", EVAL, r"^interrupted$", interrupt("pipeline.evaluate.evaluate", "evaluate"), code=130),
 ]
 
