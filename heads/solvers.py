@@ -63,21 +63,7 @@ class EMSolver:
         verbose: int = 0,
     ) -> EMResult:
         """One restart from (theta0, first responsibilities r0 (n, K) or None)."""
-        return run_em(
-            prob,
-            theta0,
-            r0,
-            max_iter=max_iter,
-            tol=tol,
-            m_steps=self.m_steps,
-            init_m_steps=self.init_m_steps,
-            memory=self.memory,
-            accept=self.accept,
-            on_iter=on_iter,
-            verbose=verbose,
-            val=val,
-            patience=patience,
-        )
+        return self._run(prob, theta0, r0, self.init_m_steps, max_iter, tol, val, patience, on_iter, verbose)
 
     def resume(
         self,
@@ -93,14 +79,17 @@ class EMSolver:
         warm: bool = False,
     ) -> EMResult:
         """Continue from theta (no first M-step): the screened leader, or a refit."""
+        return self._run(prob, theta, None, 0, max_iter, tol, val, patience, on_iter, verbose, warm)
+
+    def _run(self, prob, theta, r0, init_m_steps, max_iter, tol, val, patience, on_iter, verbose, warm=False):
         return run_em(
             prob,
             theta,
-            None,
+            r0,
             max_iter=max_iter,
             tol=tol,
             m_steps=self.m_steps,
-            init_m_steps=0,
+            init_m_steps=init_m_steps,
             memory=self.memory,
             accept=self.accept,
             on_iter=on_iter,
