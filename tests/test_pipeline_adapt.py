@@ -67,7 +67,7 @@ def expected_rewards(bundle, profile_path):
 
 def test_route_adapt_all_users_then_score(setup, tmp_path, monkeypatch, capsys):
     root, bundle, user = setup
-    patch_backend(monkeypatch)
+    built = patch_backend(monkeypatch)
     out = tmp_path / "routed"
     code, _, err = run_cli(
         monkeypatch,
@@ -85,6 +85,7 @@ def test_route_adapt_all_users_then_score(setup, tmp_path, monkeypatch, capsys):
     )
     assert code == 0, err
     assert "routed bundle" in err and "chosen" in err and "adapted" in err and err.count("profile saved:") == 3
+    assert len(built) == 1 and not (out / "users" / "work").exists()  # the user data embedded once, for both
     assert (out / "model.json").exists()  # routing as before (--adapt mixture)
     data = {g: json.loads((out / "users" / f"{g}.json").read_text()) for g in ("g0", "g1", "g2")}
     g1 = data["g1"]

@@ -85,18 +85,22 @@ def adapt_users(
     user: str | None = None,
     router: dict | None = None,
     log=print,
+    run: Run | None = None,
 ) -> AdaptResult:
     """Fit a UserAdapter per user (``user`` only, or every group) on ``budget`` of their train pairs per seed,
     score on their test pairs, and save the seed-0 model of each user as a profile in ``out``. ``router``:
-    Router keyword arguments (default :data:`ROUTER`)."""
+    Router keyword arguments (default :data:`ROUTER`). ``bundle``: a bundle folder or a loaded :class:`Model`;
+    ``run``: the user data (``user``'s pairs if given) already embedded with it (default: embedded into
+    ``out/work``)."""
     from heads.user import ADAPT, UserAdapter
 
     if adapt not in ADAPT:
         raise MicroError(f"--adapt must be one of {', '.join(ADAPT)}, got {adapt!r}")
-    bundle_model = Model.load(bundle)
+    bundle_model = bundle if isinstance(bundle, Model) else Model.load(bundle)
     model, meta = bundle_model.estimator, bundle_model.meta
     out = Path(out)
-    run = bundle_model.embed_user_data(user_data, out / "work", log=log, user=user)
+    if run is None:
+        run = bundle_model.embed_user_data(user_data, out / "work", log=log, user=user)
     groups, names = run.groups, run.group_names
     pca, source = population_basis(meta, run.delta[run.mask("train")])
     notes = [f"residual basis: population principal directions from {source}"]
@@ -155,7 +159,7 @@ def adapt_users(
                 path = save_profile(
                     out / f"{safe_name(name)}.json",
                     meta,
-                    bundle,
+                    bundle_model.path,
                     name,
                     rule=ua.rule_,
                     gate_params=ua.gate_params_ if ua.gate_multiplier_ else None,
