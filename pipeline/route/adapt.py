@@ -106,19 +106,7 @@ def adapt_users(
     notes = [f"residual basis: population principal directions from {source}"]
     static = model.gate_kind_ == "static"
     pids = prompt_ids(run)
-    res = AdaptResult(
-        users=[],
-        counts=[],
-        before=np.zeros(0),
-        routing=np.zeros((len(seeds), 0)),
-        adapted=np.zeros((len(seeds), 0)),
-        choices=[],
-        paths=[],
-        budget=budget,
-        seeds=list(seeds),
-        notes=notes,
-    )
-    before, routing, adapted = [], [], []
+    counts, paths, choices, before, routing, adapted = [], [], [], [], [], []
     for name in names:
         mine = run.take(groups == name)
         tr, te = np.flatnonzero(mine.mask("train")), np.flatnonzero(mine.mask("test"))
@@ -179,14 +167,23 @@ def adapt_users(
                         "cv_loglik": {k: float(v.mean()) for k, v in ua.cv_.items()},
                     },
                 )
-        res.users.append(name)
-        res.counts.append(int(te.size))
-        res.paths.append(path)
-        res.choices.append(float(np.mean(chose)))
+        counts.append(int(te.size))
+        paths.append(path)
+        choices.append(float(np.mean(chose)))
         routing.append(acc_r)
         adapted.append(acc_a)
-    res.before, res.routing, res.adapted = np.array(before), np.array(routing).T, np.array(adapted).T
-    return res
+    return AdaptResult(
+        users=list(names),
+        counts=counts,
+        before=np.array(before),
+        routing=np.array(routing).T,
+        adapted=np.array(adapted).T,
+        choices=choices,
+        paths=paths,
+        budget=budget,
+        seeds=list(seeds),
+        notes=notes,
+    )
 
 
 @dataclass
@@ -211,6 +208,8 @@ def build_online(
     from heads.adapt import block_features, block_scales
     from heads.online import OnlineProfile
 
+    if adapt == "mixture":
+        raise MicroError("--online --adapt mixture is the Hedge profile: use `micro route --online` without --adapt")
     bundle_model = Model.load(bundle)
     model, meta = bundle_model.estimator, bundle_model.meta
     out_dir = Path(out_dir)
@@ -226,8 +225,6 @@ def build_online(
     prof = OnlineProfile(
         prior, scales, pca, tau=tau, force="residual" if adapt == "residual" else None, n_heads=model.coef_.shape[0]
     )
-    if adapt == "mixture":
-        raise MicroError("--online --adapt mixture is the Hedge profile: use `micro route --online` without --adapt")
     W = model.coef_
     z_s, z_h = stream.delta @ W.T, held.delta @ W.T
     curve, prior_curve = [], []

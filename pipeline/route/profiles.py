@@ -51,14 +51,8 @@ def build_profile(
 
     model = Model.load(bundle)
     out_dir = Path(out_dir)
-    run = model.embed_user_data(user_data, out_dir / "work" / safe_name(user), log=log, user=user)
-    if user not in run.group_names:
-        raise MicroError(
-            f"{user_data}: user '{user}' not found in the 'group' column; users present: "
-            f"{', '.join(map(str, run.group_names[:20]))}"
-        )
-    mine = run.take(run.groups == user)
-    stream, heldout = mine.part("train"), mine.part("test")
+    run = model.embed_user_data(user_data, out_dir / "work" / safe_name(user), log=log, user=user)  # user's pairs
+    stream, heldout = run.part("train"), run.part("test")
     if stream.n == 0:
         raise MicroError(f"{user_data}: user '{user}' has no pairs to learn from (split == 'train')")
     gate_x = model.gate_features(stream)
