@@ -82,11 +82,13 @@ def synthetic_rows(
     seed: int = 0,
     groups=GROUPS,
     with_context: bool = True,
+    with_group: bool = True,
     prefix: str = "",
     split: str | None = None,
     topic: bool = False,
 ) -> list[dict]:
-    """Pair rows of groups with disagreeing preferences (BT label noise), contexts 'criterion for gK'."""
+    """Pair rows of groups with disagreeing preferences (BT label noise), contexts 'criterion for gK' (the group
+    column empty without ``with_group``)."""
     rng = np.random.default_rng(seed)
     rows = []
     for g in groups:
@@ -102,7 +104,7 @@ def synthetic_rows(
                     "prompt": [{"role": "user", "content": f"question {pid}" + (f" topic t{g[1:]}" if topic else "")}],
                     "chosen": f"answer {pid} one attrs {ch[0]:.4f} {ch[1]:.4f} {ch[2]:.4f}",
                     "rejected": f"answer {pid} two attrs {rj[0]:.4f} {rj[1]:.4f} {rj[2]:.4f}",
-                    "group": g,
+                    "group": g if with_group else None,
                     "context": f"criterion for {g}" if with_context else None,
                     "split": split or ("test" if i < test_frac * n_per_group else "train"),
                     "source": "synthetic",
@@ -125,15 +127,24 @@ def write_jsonl(rows: list[dict], path: Path, drop=("pair_id", "source")) -> Pat
     return path
 
 
+def make_run(root: Path, rows: list[dict], name: str, tag: str = "v1", cache: Path | None = None) -> Path:
+    """Embed ``rows`` with AttrBackend(tag) into the run folder ``root/name`` (cache ``cache``, default
+    ``root/cache``); the pair table is ``root/<name>_pairs.parquet``."""
+    from pipeline.embed.embed import embed_pairs
+
+    pairs = write_table(rows, root / f"{name}_pairs.parquet")
+    embed_pairs(pairs, root / name, AttrBackend(tag), cache_dir=cache or root / "cache", log=lambda m: None)
+    return root / name
+
+
 def make_bundle(
     root: Path, rows: list[dict], *, gate_input: str = "prompt", k: int = 3, name: str = "bundle", **fit_kw
 ) -> Path:
-    """Embed ``rows`` with AttrBackend into ``root/cache`` and fit a bundle at ``root/name``."""
-    from pipeline.embed.embed import embed_pairs
+    """Embed ``rows`` with AttrBackend into ``root/cache`` (run ``root/<name>_run``) and fit a bundle at
+    ``root/name``."""
     from pipeline.fit.fit import fit_run
 
-    pairs = write_table(rows, root / f"{name}_pairs.parquet")
-    embed_pairs(pairs, root / f"{name}_run", AttrBackend(), cache_dir=root / "cache", log=lambda m: None)
+    make_run(root, rows, f"{name}_run")
     params = dict(alpha=0.0, l2=1e-3, n_init=2, max_iter=60, random_state=0) | fit_kw
     fit_run(root / f"{name}_run", k=k, gate_input=gate_input, out=root / name, **params)
     return root / name
@@ -175,3 +186,13 @@ def run_cli(monkeypatch, capsys, *args):
         code = exc.code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def route_cli(monkeypatch, capsys, bundle, user_data, out, *options):
+    """`micro route BUNDLE --user-data USER_DATA --out OUT OPTIONS...` in-process (see :func:`run_cli`)."""
+    return run_cli(monkeypatch, capsys, "route", bundle, "--user-data", user_data, "--out", out, *options)
+
+
+def score_cli(monkeypatch, capsys, bundle, rows, out, *options):
+    """`micro score BUNDLE --input ROWS --out OUT OPTIONS...` in-process (see :func:`run_cli`)."""
+    return run_cli(monkeypatch, capsys, "score", bundle, "--input", rows, "--out", out, *options)

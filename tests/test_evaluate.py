@@ -1,108 +1,23 @@
 """micro eval on a tiny synthetic run: three groups that prefer different directions, no model anywhere.
 
-The fake backend reads the numbers written into each text: a response "... attrs a0 a1 a2" gets (a0, a1, a2) in
-its first three coordinates, a context "criterion for gK" a one-hot of K, every text a small hash-seeded
-noise vector. Group g0 prefers high a0, g1 low a0, g2 high a1, so one BT head cannot serve all three, while the
-context tells the gate / router the group.
+The data and the fake backend are tests/_stage2.py's (AttrBackend): group g0 prefers high a0, g1 low a0, g2 high
+a1, so one BT head cannot serve all three, while the context tells the gate / router the group.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import re
 import shutil
 
 import numpy as np
 import polars as pl
 import pytest
 
-from conftest import PlainTextBackend
+from _stage2 import GROUPS, make_run, synthetic_rows
 from pipeline.errors import MicroError
 
-DIM = 12
-GROUPS = ("g0", "g1", "g2")
-DIRECTIONS = {"g0": np.array([1.0, 0.0, 0.0]), "g1": np.array([-1.0, 0.0, 0.0]), "g2": np.array([0.0, 1.0, 0.0])}
 PNG = b"\x89PNG\r\n\x1a\n"
 FAST = dict(seeds=(0, 1, 2), budget=10, budgets=(5, 10), hyre_n=8, log=lambda m: None)
-
-
-class AttrBackend(PlainTextBackend):
-    """Backend protocol stand-in whose vectors encode the attributes and group written in the text."""
-
-    name = "fake-attrs"
-    dim, max_length, chunk_size = DIM, 10_000, 256
-
-    def __init__(self, tag: str = "v1"):
-        self.tag = tag
-
-    def fingerprint(self) -> dict:
-        return {
-            "backend": self.name,
-            "model": "attrs",
-            "tag": self.tag,
-            "dim": DIM,
-            "max_length": self.max_length,
-            "chat_template": None,
-        }
-
-    def embed(self, inputs):
-        out = np.zeros((len(inputs), DIM), dtype=np.float32)
-        for i, t in enumerate(inputs):
-            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
-            out[i, 6:] = 0.2 * np.random.default_rng(seed).standard_normal(DIM - 6)
-            m = re.search(r"attrs (\S+) (\S+) (\S+)", t)
-            if m:
-                out[i, :3] = [float(x) for x in m.groups()]
-            m = re.search(r"criterion for g(\d)", t)
-            if m:
-                out[i, 3 + int(m.group(1))] = 2.0
-        return out
-
-    def close(self) -> None:
-        pass
-
-
-def synthetic_rows(
-    n_per_group: int = 120,
-    test_frac: float = 0.35,
-    seed: int = 0,
-    groups=GROUPS,
-    with_group: bool = True,
-    split: str | None = None,
-) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for g in groups:
-        for i in range(n_per_group):
-            a, b = rng.standard_normal(3), rng.standard_normal(3)
-            u = DIRECTIONS[g] @ (a - b) * 3.0
-            first = rng.random() < 1.0 / (1.0 + math.exp(-u))  # BT label noise
-            ch, rj = (a, b) if first else (b, a)
-            pid = f"{g}-{i}"
-            rows.append(
-                {
-                    "pair_id": pid,
-                    "prompt": [{"role": "user", "content": f"question {pid}"}],
-                    "chosen": f"answer {pid} one attrs {ch[0]:.4f} {ch[1]:.4f} {ch[2]:.4f}",
-                    "rejected": f"answer {pid} two attrs {rj[0]:.4f} {rj[1]:.4f} {rj[2]:.4f}",
-                    "group": g if with_group else None,
-                    "context": f"criterion for {g}",
-                    "split": split or ("test" if i < test_frac * n_per_group else "train"),
-                    "source": "synthetic",
-                }
-            )
-    return rows
-
-
-def make_run(root, rows, name: str, tag: str = "v1"):
-    from pipeline.data.schema import pairs_to_table, write_pairs
-    from pipeline.embed.embed import embed_pairs
-
-    pairs = write_pairs(pairs_to_table(rows), root / f"{name}.parquet")
-    embed_pairs(pairs, root / name, AttrBackend(tag), cache_dir=root / "cache", log=lambda m: None)
-    return root / name
 
 
 def make_bundle(run, out, k: int = 3):

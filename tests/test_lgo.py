@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from _stage2 import make_bundle, run_cli, synthetic_rows, write_table
+from _stage2 import make_bundle, make_run, run_cli, synthetic_rows
 
 BUDGETS, SEEDS = (10, 30), (0, 1)
 
@@ -105,31 +105,30 @@ def test_cli_leave_group_out_and_errors(run, tmp_path, monkeypatch, capsys):
 
 
 def test_group_without_test_pairs_is_an_error(run, tmp_path, monkeypatch, capsys):
-    from _stage2 import AttrBackend
-    from pipeline.embed.embed import embed_pairs
-
     root, bundle, _ = run
     rows = [
         r
         for r in synthetic_rows(n_per_group=30, topic=True, test_frac=0.3)
         if not (r["group"] == "g2" and r["split"] == "test")
     ]
-    embed_pairs(
-        write_table(rows, tmp_path / "p.parquet"),
-        tmp_path / "run",
-        AttrBackend(),
-        cache_dir=root / "cache",
-        log=lambda m: None,
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "eval",
+        bundle,
+        make_run(tmp_path, rows, "run", cache=root / "cache"),
+        "--protocol",
+        "leave-group-out",
     )
-    code, _, err = run_cli(monkeypatch, capsys, "eval", bundle, tmp_path / "run", "--protocol", "leave-group-out")
     assert code == 2 and err == "error: group 'g2' has no test pairs (split == 'test'): nothing to score it on\n"
     one = [r for r in rows if r["group"] == "g0"]
-    embed_pairs(
-        write_table(one, tmp_path / "q.parquet"),
-        tmp_path / "run1",
-        AttrBackend(),
-        cache_dir=root / "cache",
-        log=lambda m: None,
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "eval",
+        bundle,
+        make_run(tmp_path, one, "run1", cache=root / "cache"),
+        "--protocol",
+        "leave-group-out",
     )
-    code, _, err = run_cli(monkeypatch, capsys, "eval", bundle, tmp_path / "run1", "--protocol", "leave-group-out")
     assert code == 2 and "needs at least 2 groups" in err, err

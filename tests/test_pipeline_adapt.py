@@ -10,7 +10,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from _stage2 import AttrBackend, make_bundle, patch_backend, run_cli, synthetic_rows, write_jsonl, write_table
+from _stage2 import (
+    AttrBackend,
+    make_bundle,
+    patch_backend,
+    route_cli,
+    run_cli,
+    score_cli,
+    synthetic_rows,
+    write_jsonl,
+    write_table,
+)
 from pipeline.embed.backends.base import render_plain, with_context
 from pipeline.errors import MicroError
 
@@ -67,24 +77,12 @@ def expected_rewards(bundle, profile_path):
 
 def test_route_adapt_all_users_then_score(setup, tmp_path, monkeypatch, capsys):
     root, bundle, user = setup
-    patch_backend(monkeypatch)
+    built = patch_backend(monkeypatch)
     out = tmp_path / "routed"
-    code, _, err = run_cli(
-        monkeypatch,
-        capsys,
-        "route",
-        bundle,
-        "--user-data",
-        user,
-        "--out",
-        out,
-        "--budget-per-group",
-        "25",
-        "--seeds",
-        "2",
-    )
+    code, _, err = route_cli(monkeypatch, capsys, bundle, user, out, "--budget-per-group", "25", "--seeds", "2")
     assert code == 0, err
     assert "routed bundle" in err and "chosen" in err and "adapted" in err and err.count("profile saved:") == 3
+    assert len(built) == 1 and not (out / "users" / "work").exists()  # the user data embedded once, for both
     assert (out / "model.json").exists()  # routing as before (--adapt mixture)
     data = {g: json.loads((out / "users" / f"{g}.json").read_text()) for g in ("g0", "g1", "g2")}
     g1 = data["g1"]
@@ -95,9 +93,7 @@ def test_route_adapt_all_users_then_score(setup, tmp_path, monkeypatch, capsys):
 
     rows = write_jsonl(ROWS, tmp_path / "rows.jsonl")
     path = out / "users" / "g1.json"
-    code, _, err = run_cli(
-        monkeypatch, capsys, "score", bundle, "--input", rows, "--user", path, "--out", tmp_path / "r.parquet"
-    )
+    code, _, err = score_cli(monkeypatch, capsys, bundle, rows, tmp_path / "r.parquet", "--user", path)
     assert code == 0, err
     df = pl.read_parquet(tmp_path / "r.parquet")
     reward, residual, w = expected_rewards(bundle, path)
@@ -108,19 +104,16 @@ def test_route_adapt_all_users_then_score(setup, tmp_path, monkeypatch, capsys):
     # g1 prefers LOW a0: its adapted reward ranks "attrs -1 ..." above "attrs 1 ..."
     assert reward[1] > reward[0]
     # a routing profile (--adapt mixture --user g0): weights = its router's gate on its context, no residual
-    code, _, err = run_cli(
+    code, _, err = route_cli(
         monkeypatch,
         capsys,
-        "route",
         bundle,
-        "--user-data",
         user,
+        tmp_path / "m",
         "--adapt",
         "mixture",
         "--user",
         "g0",
-        "--out",
-        tmp_path / "m",
         "--budget-per-group",
         "25",
         "--seeds",
@@ -129,17 +122,8 @@ def test_route_adapt_all_users_then_score(setup, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     g0 = json.loads((tmp_path / "m" / "g0.json").read_text())
     assert g0["choice"] == "mixture" and g0["rule"] == "mixture" and g0["tensors"] == "g0.safetensors"
-    code, _, err = run_cli(
-        monkeypatch,
-        capsys,
-        "score",
-        bundle,
-        "--input",
-        rows,
-        "--user",
-        tmp_path / "m" / "g0.json",
-        "--out",
-        tmp_path / "r0.parquet",
+    code, _, err = score_cli(
+        monkeypatch, capsys, bundle, rows, tmp_path / "r0.parquet", "--user", tmp_path / "m" / "g0.json"
     )
     assert code == 0, err
     df = pl.read_parquet(tmp_path / "r0.parquet")
@@ -175,19 +159,7 @@ def test_route_one_user_residual_and_mixture(setup, tmp_path, monkeypatch, capsy
 def test_online_profile_with_residual_experts(setup, tmp_path, monkeypatch, capsys):
     root, bundle, user = setup
     patch_backend(monkeypatch)
-    code, _, err = run_cli(
-        monkeypatch,
-        capsys,
-        "route",
-        bundle,
-        "--user-data",
-        user,
-        "--online",
-        "--user",
-        "g1",
-        "--out",
-        tmp_path / "profiles",
-    )
+    code, _, err = route_cli(monkeypatch, capsys, bundle, user, tmp_path / "profiles", "--online", "--user", "g1")
     assert code == 0, err
     data = json.loads((tmp_path / "profiles" / "g1.json").read_text())
     assert data["kind"] == "adapted" and data["source"] == "route --online" and data["online"]["n_seen"] == 30
@@ -198,17 +170,8 @@ def test_online_profile_with_residual_experts(setup, tmp_path, monkeypatch, caps
     assert L[data["online"]["served"]] < L["prior"]
     assert "serving 'residual" in err and "learning curve" in err and "profile saved" in err
     rows = write_jsonl(ROWS, tmp_path / "rows.jsonl")
-    code, _, err = run_cli(
-        monkeypatch,
-        capsys,
-        "score",
-        bundle,
-        "--input",
-        rows,
-        "--user",
-        tmp_path / "profiles" / "g1.json",
-        "--out",
-        tmp_path / "r.jsonl",
+    code, _, err = score_cli(
+        monkeypatch, capsys, bundle, rows, tmp_path / "r.jsonl", "--user", tmp_path / "profiles" / "g1.json"
     )
     assert code == 0, err
     reward, _, _ = expected_rewards(bundle, tmp_path / "profiles" / "g1.json")
@@ -222,9 +185,7 @@ def test_bad_adapt_options(setup, tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "route", bundle, "--user-data", user, "--adapt", "span")
     assert code == 2 and err == "error: --adapt must be one of auto, mixture, residual, got 'span'\n", err
     test_only = write_table(synthetic_rows(n_per_group=6, seed=8, prefix="t", split="test"), tmp_path / "t.parquet")
-    code, _, err = run_cli(
-        monkeypatch, capsys, "route", bundle, "--user-data", test_only, "--user", "g1", "--out", tmp_path / "x"
-    )
+    code, _, err = route_cli(monkeypatch, capsys, bundle, test_only, tmp_path / "x", "--user", "g1")
     assert code == 2 and err.splitlines()[-1].startswith("error: ") and "has 0 train pairs" in err, err
     train_only = write_table(synthetic_rows(n_per_group=6, seed=8, prefix="t", split="train"), tmp_path / "r.parquet")
     with pytest.raises(MicroError, match="no held-out pairs"):

@@ -13,7 +13,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from _stage2 import make_bundle, patch_backend, run_cli, synthetic_rows, write_jsonl, write_table
+from _stage2 import (
+    make_bundle,
+    patch_backend,
+    route_cli,
+    run_cli,
+    score_cli,
+    synthetic_rows,
+    write_jsonl,
+    write_table,
+)
 from pipeline.errors import MicroError
 
 
@@ -148,20 +157,8 @@ def test_load_profile(setup, built, tmp_path):
 def test_cli_online_profile_then_score_with_it(setup, tmp_path, monkeypatch, capsys):
     root, bundle, user = setup
     patch_backend(monkeypatch)
-    code, _, err = run_cli(
-        monkeypatch,
-        capsys,
-        "route",
-        bundle,
-        "--user-data",
-        user,
-        "--online",
-        "--user",
-        "g2",
-        "--out",
-        tmp_path / "profiles",
-        "--hedge-tau",
-        "0.5",
+    code, _, err = route_cli(
+        monkeypatch, capsys, bundle, user, tmp_path / "profiles", "--online", "--user", "g2", "--hedge-tau", "0.5"
     )
     assert code == 0, err
     path = tmp_path / "profiles" / "g2.json"
@@ -178,7 +175,7 @@ def test_cli_online_profile_then_score_with_it(setup, tmp_path, monkeypatch, cap
         tmp_path / "rows.jsonl",
     )
     out = tmp_path / "rewards.parquet"
-    code, _, err = run_cli(monkeypatch, capsys, "score", bundle, "--input", rows, "--user", path, "--out", out)
+    code, _, err = score_cli(monkeypatch, capsys, bundle, rows, out, "--user", path)
     assert code == 0, err
     df = pl.read_parquet(out)
     assert df.height == 2
@@ -189,9 +186,7 @@ def test_cli_online_profile_then_score_with_it(setup, tmp_path, monkeypatch, cap
 
     code, _, err = run_cli(monkeypatch, capsys, "route", bundle, "--user-data", user, "--online")
     assert code == 2 and err.startswith("error: --online needs --user"), err
-    code, _, err = run_cli(
-        monkeypatch, capsys, "route", bundle, "--user-data", user, "--online", "--user", "zed", "--out", tmp_path / "p2"
-    )
+    code, _, err = route_cli(monkeypatch, capsys, bundle, user, tmp_path / "p2", "--online", "--user", "zed")
     assert code == 2 and err.startswith("error: ") and "users present: g0, g1, g2" in err, err
     assert len(err.strip().splitlines()) == 1, err
 

@@ -17,7 +17,7 @@ from _stage2 import (
     make_bundle,
     patch_backend,
     rendered_texts,
-    run_cli,
+    route_cli,
     synthetic_rows,
     write_jsonl,
     write_table,
@@ -242,21 +242,8 @@ def test_cli_route(stage1, tmp_path, monkeypatch, capsys):
         tmp_path / "user.jsonl",
     )
     out = tmp_path / "cli-routed"
-    code, _, err = run_cli(
-        monkeypatch,
-        capsys,
-        "route",
-        bundle,
-        "--user-data",
-        user,
-        "--out",
-        out,
-        "--seeds",
-        "2",
-        "--budget-per-group",
-        "5",
-        "--epochs",
-        "2",
+    code, _, err = route_cli(
+        monkeypatch, capsys, bundle, user, out, "--seeds", "2", "--budget-per-group", "5", "--epochs", "2"
     )
     assert code == 0, err
     assert "before" in err and "after" in err and "macro" in err and "g2" in err
@@ -265,5 +252,5 @@ def test_cli_route(stage1, tmp_path, monkeypatch, capsys):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "q", "chosen": "a"}\n')
-    code, _, err = run_cli(monkeypatch, capsys, "route", bundle, "--user-data", bad, "--out", tmp_path / "x")
+    code, _, err = route_cli(monkeypatch, capsys, bundle, bad, tmp_path / "x")
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err

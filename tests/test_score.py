@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from _stage2 import AttrBackend, make_bundle, patch_backend, run_cli, synthetic_rows, write_jsonl
+from _stage2 import AttrBackend, make_bundle, patch_backend, run_cli, score_cli, synthetic_rows, write_jsonl
 from pipeline.embed.backends.base import render_plain, with_context
 from pipeline.errors import MicroError
 
@@ -181,7 +181,7 @@ def test_cli_score(bundles, tmp_path, monkeypatch, capsys):
     patch_backend(monkeypatch)
     inp = write_jsonl([{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES)], tmp_path / "in.jsonl")
     out = tmp_path / "r.jsonl"
-    code, _, err = run_cli(monkeypatch, capsys, "score", gated, "--input", inp, "--out", out, "--context", CONTEXT)
+    code, _, err = score_cli(monkeypatch, capsys, gated, inp, out, "--context", CONTEXT)
     assert code == 0, err
     assert f"rewards written: {out}" in err and pl.read_ndjson(out).height == 3
     code, _, err = run_cli(

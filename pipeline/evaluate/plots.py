@@ -35,6 +35,24 @@ def _labels(groups: Sequence, counts: Sequence | None) -> list[str]:
     return [f"{g}\n(n={n})" for g, n in zip(groups, counts)]
 
 
+def _finish_heatmap(fig, ax, im, ticks: tuple, labels: tuple, title: str, colorbar: str, path) -> Path:
+    """Tick labels (x, y), axis labels (x, y), title and colour bar of a heatmap; the figure saved to ``path``."""
+    ax.set_xticks(range(len(ticks[0])), ticks[0], fontsize=8)
+    ax.set_yticks(range(len(ticks[1])), ticks[1], fontsize=8)
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label=colorbar)
+    return save_figure(fig, path)
+
+
+def _log_budget_axis(ax, budgets: np.ndarray) -> None:
+    """A log x axis with one tick per budget."""
+    ax.set_xscale("log")
+    ax.set_xticks(budgets, [str(int(x)) for x in budgets])
+    ax.minorticks_off()
+
+
 def plot_head_group_accuracy(
     acc: np.ndarray,
     groups: Sequence,
@@ -61,13 +79,10 @@ def plot_head_group_accuracy(
             if np.isfinite(col).any():
                 k = int(np.nanargmax(col))
                 ax.add_patch(Rectangle((j - 0.5, k - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    ax.set_xticks(range(G), _labels(groups, counts), fontsize=8)
-    ax.set_yticks(range(K), [f"head {k}" for k in range(K)], fontsize=8)
-    ax.set_xlabel("group")
-    ax.set_ylabel("reward head")
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, label="accuracy (P(chosen ≻ rejected) > 0.5)")
-    return save_figure(fig, path)
+    ticks = (_labels(groups, counts), [f"head {k}" for k in range(K)])
+    return _finish_heatmap(
+        fig, ax, im, ticks, ("group", "reward head"), title, "accuracy (P(chosen ≻ rejected) > 0.5)", path
+    )
 
 
 def plot_router_weights(
@@ -85,13 +100,8 @@ def plot_router_weights(
     vmax = max(1e-6, float(np.nanmax(w))) if np.isfinite(w).any() else 1.0
     im = ax.imshow(w, cmap="Blues", vmin=0.0, vmax=vmax, aspect="auto")
     _annotate(ax, w, ".2f", 0.0, vmax, dark_high=True)
-    ax.set_xticks(range(K), [str(k) for k in range(K)], fontsize=8)
-    ax.set_yticks(range(G), [str(g) for g in groups], fontsize=8)
-    ax.set_xlabel("reward head")
-    ax.set_ylabel("group")
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, label="mean gate weight f_k")
-    return save_figure(fig, path)
+    ticks = ([str(k) for k in range(K)], [str(g) for g in groups])
+    return _finish_heatmap(fig, ax, im, ticks, ("reward head", "group"), title, "mean gate weight f_k", path)
 
 
 def plot_budget_curve(
@@ -118,9 +128,7 @@ def plot_budget_curve(
             ax.axhline(reference[j], color=colors[j], linestyle="--", linewidth=1, alpha=0.7)
     if reference is not None:
         ax.plot([], [], color="grey", linestyle="--", label=reference_label)
-    ax.set_xscale("log")
-    ax.set_xticks(b, [str(int(x)) for x in b])
-    ax.minorticks_off()
+    _log_budget_axis(ax, b)
     ax.set_xlabel("labelled routing pairs per group (B)")
     ax.set_ylabel("held-out accuracy")
     ax.set_title(title, fontsize=10)
@@ -180,9 +188,7 @@ def plot_lgo_budget(
             ax.plot(b, np.asarray(v)[:, j], marker="o", color=f"C{i}", label=m)
         for i, (m, v) in enumerate(references.items()):
             ax.axhline(float(np.asarray(v)[j]), color=f"C{i + len(curves)}", linestyle="--", linewidth=1, label=m)
-        ax.set_xscale("log")
-        ax.set_xticks(b, [str(int(x)) for x in b])
-        ax.minorticks_off()
+        _log_budget_axis(ax, b)
         ax.set_title(str(g), fontsize=9)
         ax.grid(alpha=0.3)
         if j % cols == 0:

@@ -168,6 +168,8 @@ def parse_budgets(budgets) -> tuple[int, ...]:
         except ValueError:
             raise MicroError(f"--budgets must be comma-separated integers, got {budgets!r}") from None
     out = tuple(int(b) for b in budgets)
+    if not out:
+        raise MicroError(f"--budgets must list at least one budget, got {budgets!r}")
     if any(b < 1 for b in out):
         raise MicroError(f"--budgets must all be >= 1, got {list(out)}")
     return tuple(sorted(set(out)))

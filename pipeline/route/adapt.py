@@ -85,36 +85,28 @@ def adapt_users(
     user: str | None = None,
     router: dict | None = None,
     log=print,
+    run: Run | None = None,
 ) -> AdaptResult:
     """Fit a UserAdapter per user (``user`` only, or every group) on ``budget`` of their train pairs per seed,
     score on their test pairs, and save the seed-0 model of each user as a profile in ``out``. ``router``:
-    Router keyword arguments (default :data:`ROUTER`)."""
+    Router keyword arguments (default :data:`ROUTER`). ``bundle``: a bundle folder or a loaded :class:`Model`;
+    ``run``: the user data (``user``'s pairs if given) already embedded with it (default: embedded into
+    ``out/work``)."""
     from heads.user import ADAPT, UserAdapter
 
     if adapt not in ADAPT:
         raise MicroError(f"--adapt must be one of {', '.join(ADAPT)}, got {adapt!r}")
-    bundle_model = Model.load(bundle)
+    bundle_model = bundle if isinstance(bundle, Model) else Model.load(bundle)
     model, meta = bundle_model.estimator, bundle_model.meta
     out = Path(out)
-    run = bundle_model.embed_user_data(user_data, out / "work", log=log, user=user)
+    if run is None:
+        run = bundle_model.embed_user_data(user_data, out / "work", log=log, user=user)
     groups, names = run.groups, run.group_names
     pca, source = population_basis(meta, run.delta[run.mask("train")])
     notes = [f"residual basis: population principal directions from {source}"]
     static = model.gate_kind_ == "static"
     pids = prompt_ids(run)
-    res = AdaptResult(
-        users=[],
-        counts=[],
-        before=np.zeros(0),
-        routing=np.zeros((len(seeds), 0)),
-        adapted=np.zeros((len(seeds), 0)),
-        choices=[],
-        paths=[],
-        budget=budget,
-        seeds=list(seeds),
-        notes=notes,
-    )
-    before, routing, adapted = [], [], []
+    counts, paths, choices, before, routing, adapted = [], [], [], [], [], []
     for name in names:
         mine = run.take(groups == name)
         tr, te = np.flatnonzero(mine.mask("train")), np.flatnonzero(mine.mask("test"))
@@ -155,7 +147,7 @@ def adapt_users(
                 path = save_profile(
                     out / f"{safe_name(name)}.json",
                     meta,
-                    bundle,
+                    bundle_model.path,
                     name,
                     rule=ua.rule_,
                     gate_params=ua.gate_params_ if ua.gate_multiplier_ else None,
@@ -175,14 +167,23 @@ def adapt_users(
                         "cv_loglik": {k: float(v.mean()) for k, v in ua.cv_.items()},
                     },
                 )
-        res.users.append(name)
-        res.counts.append(int(te.size))
-        res.paths.append(path)
-        res.choices.append(float(np.mean(chose)))
+        counts.append(int(te.size))
+        paths.append(path)
+        choices.append(float(np.mean(chose)))
         routing.append(acc_r)
         adapted.append(acc_a)
-    res.before, res.routing, res.adapted = np.array(before), np.array(routing).T, np.array(adapted).T
-    return res
+    return AdaptResult(
+        users=list(names),
+        counts=counts,
+        before=np.array(before),
+        routing=np.array(routing).T,
+        adapted=np.array(adapted).T,
+        choices=choices,
+        paths=paths,
+        budget=budget,
+        seeds=list(seeds),
+        notes=notes,
+    )
 
 
 @dataclass
@@ -207,6 +208,8 @@ def build_online(
     from heads.adapt import block_features, block_scales
     from heads.online import OnlineProfile
 
+    if adapt == "mixture":
+        raise MicroError("--online --adapt mixture is the Hedge profile: use `micro route --online` without --adapt")
     bundle_model = Model.load(bundle)
     model, meta = bundle_model.estimator, bundle_model.meta
     out_dir = Path(out_dir)
@@ -222,8 +225,6 @@ def build_online(
     prof = OnlineProfile(
         prior, scales, pca, tau=tau, force="residual" if adapt == "residual" else None, n_heads=model.coef_.shape[0]
     )
-    if adapt == "mixture":
-        raise MicroError("--online --adapt mixture is the Hedge profile: use `micro route --online` without --adapt")
     W = model.coef_
     z_s, z_h = stream.delta @ W.T, held.delta @ W.T
     curve, prior_curve = [], []

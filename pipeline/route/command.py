@@ -122,50 +122,46 @@ def route_command(
         raise MicroError("--online needs --user NAME (the group in the user data whose profile to build)")
     read_meta(model)
     C.existing_file(user_data, "--user-data")
-    C.out_dir(out or (model.parent / "profiles" if user else model.parent / f"{model.name}-routed"), "--out")
+    out = out or (model.parent / "profiles" if user else model.parent / f"{model.name}-routed")
+    C.out_dir(out, "--out")
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     if online:
         if adapt == "mixture":
             from pipeline.route.profiles import build_profile
 
-            _print_profile(
-                console, build_profile(model, user_data, user, out or model.parent / "profiles", tau=hedge_tau, log=log)
-            )
+            _print_profile(console, build_profile(model, user_data, user, out, tau=hedge_tau, log=log))
         else:
             from pipeline.route.adapt import build_online
 
-            _print_online(
-                console,
-                build_online(
-                    model, user_data, user, out or model.parent / "profiles", adapt=adapt, tau=hedge_tau, log=log
-                ),
-            )
+            _print_online(console, build_online(model, user_data, user, out, adapt=adapt, tau=hedge_tau, log=log))
         return
-    if user is None:
-        routed = out or model.parent / f"{model.name}-routed"
-        res = route(model, user_data, routed, tau=tau, epochs=epochs, budget=budget, seeds=seed_list, lr=lr, log=log)
+    bundle, run = model, None
+    if user is None:  # every group: the user data is embedded once, for the routers and the adapted users
+        from pipeline.core.model import Model
+
+        bundle = Model.load(model)
+        run = bundle.embed_user_data(user_data, out / "work", log=log)
+        res = route(
+            bundle, user_data, out, tau=tau, epochs=epochs, budget=budget, seeds=seed_list, lr=lr, log=log, run=run
+        )
         _print_route(console, res)
-        console.print(f"routed bundle: {routed}")
+        console.print(f"routed bundle: {out}")
     if adapt != "mixture" or user is not None:
         from pipeline.route.adapt import adapt_users
 
-        users_dir = (
-            (out or model.parent / f"{model.name}-routed") / "users"
-            if user is None
-            else (out or model.parent / "profiles")
-        )
         _print_adapt(
             console,
             adapt_users(
-                model,
+                bundle,
                 user_data,
-                users_dir,
+                out / "users" if user is None else out,
                 adapt=adapt,
                 budget=budget,
                 seeds=seed_list,
                 user=user,
                 router={"tau": tau, "epochs": epochs, "lr": lr},
                 log=log,
+                run=run,
             ),
         )
 

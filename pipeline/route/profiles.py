@@ -15,7 +15,7 @@ import numpy as np
 from cache.atomic import atomic_path, write_json_atomic
 from heads.defaults import HEDGE_TAU
 from pipeline.core.model import Model
-from pipeline.errors import MicroError
+from pipeline.errors import MicroError, first_line
 
 FORMAT = "micro-profile"
 KIND = "adapted"
@@ -51,14 +51,8 @@ def build_profile(
 
     model = Model.load(bundle)
     out_dir = Path(out_dir)
-    run = model.embed_user_data(user_data, out_dir / "work" / safe_name(user), log=log, user=user)
-    if user not in run.group_names:
-        raise MicroError(
-            f"{user_data}: user '{user}' not found in the 'group' column; users present: "
-            f"{', '.join(map(str, run.group_names[:20]))}"
-        )
-    mine = run.take(run.groups == user)
-    stream, heldout = mine.part("train"), mine.part("test")
+    run = model.embed_user_data(user_data, out_dir / "work" / safe_name(user), log=log, user=user)  # user's pairs
+    stream, heldout = run.part("train"), run.part("test")
     if stream.n == 0:
         raise MicroError(f"{user_data}: user '{user}' has no pairs to learn from (split == 'train')")
     gate_x = model.gate_features(stream)
@@ -110,6 +104,8 @@ def load_profile(path: str | Path, meta: dict):
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise MicroError(f"{path}: not a JSON profile ({exc})") from None
+    if not isinstance(data, dict):
+        raise MicroError(f"{path}: not a JSON profile (not a JSON object)")
     if data.get("format") != FORMAT:
         raise MicroError(f"{path}: field 'format' is {data.get('format')!r}, expected {FORMAT!r}")
     n_heads = len(meta["fitted"]["mixture_weights_"])
@@ -119,8 +115,15 @@ def load_profile(path: str | Path, meta: dict):
             f"embedder {data.get('fingerprint_id')}, {data.get('n_heads')} heads)"
         )
     if data.get("kind") == KIND:  # micro route --adapt / --online with a residual
-        return load_adapted(data, path)
-    return HedgeProfile.from_dict(data["profile"])
+        return load_adapted(data, path, n_heads, meta["fitted"].get("n_features_in_"))
+    try:
+        prof = HedgeProfile.from_dict(data["profile"])
+        weights = np.asarray(prof.weights_)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MicroError(f"{path}: damaged field 'profile' ({type(exc).__name__}: {first_line(exc)})") from None
+    if weights.shape != (n_heads,):
+        raise MicroError(f"{path}: field 'profile' has {weights.size} head weights, the model has {n_heads} heads")
+    return prof
 
 
 def save_profile(
@@ -183,10 +186,24 @@ class AdaptedProfile:
     context: str | None
 
 
-def load_adapted(data: dict, path: Path) -> AdaptedProfile:
-    """The AdaptedProfile of a profile JSON ``data`` read from ``path``."""
+def _numbers(data: dict, key: str, shape: tuple, path: Path, what: str) -> np.ndarray:
+    """Field ``key`` of a profile as finite float64 numbers of ``shape``; MicroError naming the file and field."""
+    try:
+        a = np.asarray(data.get(key), dtype=np.float64)
+    except (TypeError, ValueError):
+        a = None
+    if a is None or a.shape != shape or not np.isfinite(a).all():
+        raise MicroError(f"{path}: field '{key}' must be {what}, got {data.get(key)!r}")
+    return a
+
+
+def load_adapted(data: dict, path: Path, n_heads: int, dim: int | None) -> AdaptedProfile:
+    """The AdaptedProfile of a profile JSON ``data`` read from ``path``, for a model of ``n_heads`` heads on
+    ``dim``-dimensional features; MicroError naming the file and field that do not fit."""
     from safetensors.numpy import load_file
 
+    head_weights = _numbers(data, "head_weights", (n_heads,), path, f"a list of {n_heads} numbers (one per head)")
+    multiplier = float(_numbers(data, "gate_multiplier", (), path, "a number"))
     tensors = {}
     if data.get("tensors"):
         tpath = path.parent / Path(data["tensors"]).name
@@ -195,14 +212,18 @@ def load_adapted(data: dict, path: Path) -> AdaptedProfile:
         except Exception as exc:  # noqa: BLE001 -- missing or corrupt file
             raise MicroError(f"{tpath}: the profile's tensors cannot be read ({exc})") from None
     gate = {k[5:]: v.astype(np.float64) for k, v in tensors.items() if k.startswith("gate.")}
-    if data["gate_multiplier"] and not gate and data.get("gate_input") != "none":
+    if multiplier and not gate and data.get("gate_input") != "none":
         raise MicroError(f"{path}: the profile mixes with a gate but its tensors have none")
+    if "v" in tensors and dim is not None and tensors["v"].shape != (dim,):
+        raise MicroError(
+            f"{tpath}: tensor 'v' has shape {list(tensors['v'].shape)}, expected [{dim}] (the model's features)"
+        )
     return AdaptedProfile(
-        rule=data["rule"],
+        rule=data.get("rule"),
         gate_params=gate,
         gate_input=data.get("gate_input", "none"),
-        gate_multiplier=float(data["gate_multiplier"]),
-        head_weights=np.asarray(data["head_weights"], dtype=np.float64),
+        gate_multiplier=multiplier,
+        head_weights=head_weights,
         v=tensors["v"].astype(np.float64) if "v" in tensors else None,
         context=data.get("context"),
     )

@@ -124,11 +124,15 @@ def route(
     seeds=tuple(range(SEEDS)),
     lr: float = ROUTER_LR,
     log=print,
+    run: Run | None = None,
 ) -> RouteResult:
-    """``micro route``: fit routers on the user data, report held-out accuracy, save the seed-0 routed bundle."""
-    model = Model.load(bundle)
+    """``micro route``: fit routers on the user data, report held-out accuracy, save the seed-0 routed bundle.
+    ``bundle``: a bundle folder or a loaded :class:`Model`; ``run``: the user data already embedded with it (default:
+    embedded into ``out/work``)."""
+    model = bundle if isinstance(bundle, Model) else Model.load(bundle)
     out = Path(out)
-    run = model.embed_user_data(user_data, out / "work", log=log)
+    if run is None:
+        run = model.embed_user_data(user_data, out / "work", log=log)
     train, test = run.part("train"), run.part("test")
     if test.n == 0:
         raise MicroError(f"{user_data}: no held-out pairs (split == 'test') to score the router on")
@@ -138,7 +142,7 @@ def route(
         res.routers[0],
         out,
         {
-            "bundle": str(Path(bundle).resolve()),
+            "bundle": str(model.path.resolve()),
             "user_data": str(Path(user_data).resolve()),
             "tau": tau,
             "epochs": epochs,

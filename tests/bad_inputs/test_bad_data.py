@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from _corpus import Case, cases, check, corpus_template, ws  # noqa: F401 (fixtures)
@@ -361,7 +362,95 @@ SCORING = [
 ]
 
 
-@cases(*PREPARED, *PAIR_TABLES, *USER_DATA, *SCORING)
+def adapted(tensors: dict | bytes | bool | None = None, **fields):
+    """Setup: profiles/g1.json turned into an adapted profile (``micro route --adapt``) of the 3-head bundle, with
+    ``fields`` changed (None: removed) and ``tensors`` written to profiles/g1.safetensors (a dict of arrays, or
+    bytes as they are; True: named in the profile but absent)."""
+
+    def setup(ws):
+        from safetensors.numpy import save_file
+
+        def edit(d):
+            d.update(kind="adapted", rule="logit", gate_input="none", gate_multiplier=0.0, head_weights=[1 / 3] * 3)
+            d.update(context=None, tensors=None if tensors is None else "g1.safetensors")
+            for k, v in fields.items():
+                d.pop(k) if v is None else d.update({k: v})
+
+        ws.edit_json("profiles/g1.json", edit)
+        if isinstance(tensors, dict):
+            save_file(tensors, str(ws.path("profiles/g1.safetensors")))
+        elif isinstance(tensors, bytes):
+            ws.write("profiles/g1.safetensors", tensors)
+
+    return setup
+
+
+SU = "score {bundle} --input {rows} -o {ws}/r.parquet --user {profile}"
+PROFILES = [
+    Case(
+        "profile-not-an-object",
+        SU,
+        r"g1\.json: not a JSON profile \(not a JSON object\)",
+        text("profiles/g1.json", "[]"),
+    ),
+    Case(
+        "profile-hedge-missing",
+        SU,
+        r"g1\.json: damaged field 'profile' \(KeyError",
+        lambda ws: ws.edit_json("profiles/g1.json", lambda d: d.pop("profile") and None),
+    ),
+    Case(
+        "profile-hedge-wrong-kind",
+        SU,
+        r"g1\.json: damaged field 'profile' .*not a Hedge profile",
+        lambda ws: ws.edit_json("profiles/g1.json", lambda d: d["profile"].update(kind="router")),
+    ),
+    Case(
+        "profile-hedge-too-few-weights",
+        SU,
+        r"g1\.json: field 'profile' has 2 head weights, the model has 3 heads",
+        lambda ws: ws.edit_json("profiles/g1.json", lambda d: d["profile"].update(log_weights=[0.0, 0.0], prior=None)),
+    ),
+    Case(
+        "adapted-no-head-weights",
+        SU,
+        r"g1\.json: field 'head_weights' must be a list of 3 numbers",
+        adapted(head_weights=None),
+    ),
+    Case("adapted-head-weights-short", SU, r"g1\.json: field 'head_weights' must be", adapted(head_weights=[0.5, 0.5])),
+    Case("adapted-head-weights-text", SU, r"g1\.json: field 'head_weights' must be", adapted(head_weights=["a", 1, 2])),
+    Case(
+        "adapted-no-multiplier",
+        SU,
+        r"g1\.json: field 'gate_multiplier' must be a number",
+        adapted(gate_multiplier=None),
+    ),
+    Case(
+        "adapted-tensors-missing", SU, r"g1\.safetensors: the profile's tensors cannot be read", adapted(tensors=True)
+    ),
+    Case("adapted-tensors-empty", SU, r"g1\.safetensors: the profile's tensors cannot be read", adapted(tensors=b"")),
+    Case(
+        "adapted-tensors-damaged",
+        SU,
+        r"g1\.safetensors: the profile's tensors cannot be read",
+        adapted(tensors=b"garbage!"),
+    ),
+    Case(
+        "adapted-gate-without-tensors",
+        SU,
+        r"g1\.json: the profile mixes with a gate but its tensors have none",
+        adapted(gate_multiplier=1.0, gate_input="context", tensors={"v": np.ones(15, np.float32)}),
+    ),
+    Case(
+        "adapted-v-wrong-width",
+        SU,
+        r"g1\.safetensors: tensor 'v' has shape \[3\], expected \[15\]",
+        adapted(tensors={"v": np.ones(3, np.float32)}),
+    ),
+]
+
+
+@cases(*PREPARED, *PAIR_TABLES, *USER_DATA, *SCORING, *PROFILES)
 def test_bad_data(case, ws, monkeypatch, capsys):
     check(case, ws, monkeypatch, capsys)
 

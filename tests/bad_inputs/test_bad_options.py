@@ -104,6 +104,8 @@ ROUTE = [
     Case("route-lr-0", R + "--lr 0", r"--lr must be > 0, got 0"),
     Case("route-lr-inf", R + "--lr inf", r"--lr must be a finite number"),
     Case("route-hedge-tau-0", R + "--online --user g1 --hedge-tau 0", r"--hedge-tau must be > 0"),
+    Case("route-hedge-tau-nan", R + "--online --user g1 --hedge-tau nan", r"--hedge-tau must be a finite number"),
+    Case("route-seeds-text", R + "--seeds two", r"'--seeds'"),
     Case("route-online-without-user", R + "--online", r"--online needs --user NAME"),
     Case("route-adapt-unknown", R + "--adapt span", r"--adapt must be one of auto, mixture, residual, got 'span'"),
     Case("route-user-unknown", R + "--user nobody", r"user 'nobody' not found"),
@@ -122,6 +124,8 @@ EVAL = [
     Case("eval-hyre-n-negative", V + "--hyre-n=-1", r"--hyre-n must be >= 0, got -1"),
     Case("eval-budgets-text", V + "--budgets 5,ten", r"--budgets must be comma-separated integers"),
     Case("eval-budgets-0", V + "--budgets 0,5", r"--budgets must all be >= 1"),
+    Case("eval-budgets-none", V + "--budgets , --report {ws}/rep", r"--budgets must list at least one budget"),
+    Case("eval-budgets-none-lgo", V + "--budgets , --protocol leave-group-out", r"--budgets must list at least one"),
     Case("eval-tau-0", V + "--tau 0", r"--tau must be > 0"),
     Case("eval-epochs-0", V + "--epochs 0", r"--epochs must be >= 1"),
     Case("eval-lr-nan", V + "--lr nan", r"--lr must be a finite number"),
@@ -138,6 +142,7 @@ SCORE = [
     Case("score-input-missing", "score {bundle} --input {ws}/none.jsonl", r"--input .*none\.jsonl: no such file"),
     Case("score-out-csv", "score {bundle} --input {rows} --out {ws}/r.csv", r"--out .*r\.csv: .*\.parquet or \.jsonl"),
     Case("score-user-missing", S + "--user {ws}/nobody.json", r"--user .*nobody\.json: no such file"),
+    Case("score-user-folder", S + "--user {ws}/profiles", r"--user .*profiles: "),
     Case("score-bundle-missing", "score {ws}/nob --input {rows}", r"nob: not a model bundle"),
 ]
 
