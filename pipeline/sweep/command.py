@@ -64,8 +64,11 @@ def sweep_command(
         log=lambda m: console.print(m, highlight=False, soft_wrap=True),
     )
     if res.frame is not None and res.frame.height:
-        print_leaderboard(console, res.frame, res.rank_by, top)
         n_err = res.frame["error"].is_not_null().sum()
+        if n_err == res.frame.height:  # no leaderboard to print: say why, not that the metric column is missing
+            errors = res.frame["error"].unique(maintain_order=True).to_list()[:3]
+            raise MicroError(f"every trial failed ({'; '.join(errors)}); see the 'error' column of {res.path}")
+        print_leaderboard(console, res.frame, res.rank_by, top)
         if n_err:
             console.print(f"{n_err} trial(s) failed (see the 'error' column)")
     if res.k_selection is not None:

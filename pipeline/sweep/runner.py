@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.core.run import Run
-from pipeline.errors import InputError, MicroError, first_line
+from pipeline.errors import InputError, MicroError, OptionError, first_line
 from pipeline.sweep.report import KSelection, select_k, swept
 from pipeline.sweep.space import FIT_PARAMS, PARAMS, ROUTE_PARAMS, STAGES, config_hash, resolve, search_space
 
@@ -170,7 +170,7 @@ def run_sweep(
     import polars as pl
 
     from pipeline.core.parallel import n_cores, run_jobs
-    from pipeline.sweep.trials import error_rows, run_job
+    from pipeline.sweep.trials import error_rows, metric_columns, run_job
 
     t0 = time.perf_counter()
     if stage not in STAGES:
@@ -188,6 +188,9 @@ def run_sweep(
         raise MicroError("--seeds must be >= 1")
     space, cfgs = search_space(grid, stage, samples, sample_seed)
     data = source if isinstance(source, Run) else Run.load(source)
+    rank_by = rank_by or ("test_acc_macro" if stage == "fit" else "routed_acc_macro")
+    if rank_by not in metric_columns(data.group_names, stage):  # before any trial, not after the whole sweep
+        raise OptionError(f"--rank-by {rank_by!r}: no such column (e.g. test_acc_macro, test_loglik, val_loglik)")
     trials = plan(cfgs, seeds, stage, holdout, data.data_id)
     out = Path(out)
     old = read_results(out)
@@ -202,7 +205,6 @@ def run_sweep(
         old = old.filter(~pl.col("config_hash").is_in([t["hash"] for t in todo]))
     n_jobs = max(1, int(jobs or n_cores()))
     threads = max(1, n_cores() // n_jobs)
-    rank_by = rank_by or ("test_acc_macro" if stage == "fit" else "routed_acc_macro")
     log(
         f"sweep: {len(trials)} trials ({len(cfgs)} configurations × {len(seeds)} seeds), {skipped} already in "
         f"{out}, {len(todo)} to run on {backend} with {n_jobs} workers × {threads} threads"

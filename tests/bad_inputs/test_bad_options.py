@@ -157,6 +157,48 @@ SWEEP = [
     Case("sweep-grid-no-values", "sweep {run} --grid 'k='", r"sweep: expected NAME=VALUES, got 'k='"),
     Case("sweep-grid-twice", "sweep {run} --grid 'k=1; k=2'", r"sweep: k given twice"),
     Case("sweep-grid-bad-log-range", "sweep {run} --samples 3 --grid 'alpha=log:0..1'", r"bad range alpha"),
+    Case("sweep-grid-k-0", "sweep {run} --grid 'k=0,2'", r"sweep: k=0: .*'n_components' parameter .*range \[1, inf\)"),
+    Case("sweep-grid-l2-negative", "sweep {run} --grid 'l2=auto,-1'", r"sweep: l2=-1\.0: .*'l2' parameter"),
+    Case("sweep-grid-l2-nan", "sweep {run} --grid 'l2=nan'", r"sweep: l2=nan: .*'l2' parameter"),
+    Case(
+        "sweep-grid-l2-word", "sweep {run} --grid 'l2=auto,strong'", r"sweep: l2='strong' is not a valid number or auto"
+    ),
+    Case("sweep-grid-dim-0", "sweep {run} --grid 'dim=auto,0'", r"sweep: dim=0: .*'dim' parameter"),
+    Case(
+        "sweep-grid-dim-word",
+        "sweep {run} --grid 'dim=wide'",
+        r"sweep: dim='wide' is not a valid integer, auto or none",
+    ),
+    Case("sweep-grid-gate-dim-0", "sweep {run} --grid 'gate_dim=0'", r"sweep: gate_dim=0: .*'gate_dim' parameter"),
+    Case("sweep-grid-gate-hidden-0", "sweep {run} --grid 'gate_hidden=0'", r"sweep: gate_hidden=0: "),
+    Case("sweep-grid-n-init-0", "sweep {run} --grid 'n_init=0'", r"sweep: n_init=0: "),
+    Case("sweep-grid-tol-negative", "sweep {run} --grid 'tol=-1'", r"sweep: tol=-1\.0: "),
+    Case("sweep-grid-init-unknown", "sweep {run} --grid 'init=zeros'", r"sweep: init='zeros': .*'init' parameter"),
+    Case("sweep-grid-gate-unknown", "sweep {run} --grid 'gate=mlp'", r"sweep: gate='mlp': .*'gate' parameter"),
+    Case(
+        "sweep-grid-gate-input-unknown",
+        "sweep {run} --grid 'gate_input=response'",
+        r"sweep: gate_input must be one of auto, prompt, context, got 'response'",
+    ),
+    Case(
+        "sweep-grid-alpha-range-negative", "sweep {run} --samples 4 --grid 'alpha=-1..-0.5'", r"sweep: alpha=-0\.\d+: "
+    ),
+    Case("sweep-grid-tau-0", "sweep {run} --stage route --grid 'tau=0,1'", r"sweep: tau must be > 0, got 0"),
+    Case("sweep-grid-lr-inf", "sweep {run} --stage route --grid 'lr=inf'", r"sweep: lr must be a finite number"),
+    Case("sweep-grid-epochs-0", "sweep {run} --stage route --grid 'epochs=0'", r"sweep: epochs must be >= 1, got 0"),
+    Case("sweep-grid-budget-0", "sweep {run} --stage route --grid 'budget=0'", r"sweep: budget must be >= 1, got 0"),
+    Case("sweep-grid-not-sweepable", "sweep {run} --grid 'calibrate=on'", r"sweep: unknown hyperparameter 'calibrate'"),
+    Case("sweep-rank-by-unknown", W + "--rank-by accuracy", r"--rank-by 'accuracy': no such column"),
+    Case(
+        "sweep-rank-by-routed-in-fit", W + "--rank-by routed_acc_macro", r"--rank-by 'routed_acc_macro': no such column"
+    ),
+    Case("sweep-samples-text", W + "--samples many", r"'--samples'"),
+    Case("sweep-retry-errors-value", W + "--retry-errors=yes", r"--retry-errors"),
+    Case(
+        "sweep-every-trial-failed",
+        "sweep {run} --out {ws}/sw.parquet --seeds 1 --jobs 1 --grid k=100000",
+        r"every trial failed \(.*larger than the number of pairs.*\); see the 'error' column of .*sw\.parquet",
+    ),
     Case("sweep-address-without-ray", W + "--address auto", r"--address .* needs --backend ray"),
     Case("sweep-out-not-parquet", "sweep {run} --grid k=1 --out {ws}/r.csv", r"--out .*r\.csv: .*\.parquet"),
     Case("sweep-run-missing", "sweep {ws}/norun --grid k=1", r"norun: not a run folder"),
