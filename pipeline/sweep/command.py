@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.errors import MicroError
-from pipeline.sweep.runner import run_sweep
-from pipeline.sweep.space import STAGES, search_space
+from pipeline.sweep.runner import check_options, run_sweep
+from pipeline.sweep.space import search_space
 
 
 def sweep_command(
@@ -33,13 +33,8 @@ def sweep_command(
     from pipeline.core.run import read_run
     from pipeline.sweep.report import print_leaderboard
 
-    C.integer(seeds, "--seeds")
-    C.choice(stage, "--stage", STAGES)
-    C.choice(backend, "--backend", ("local", "ray"))
-    C.integer(jobs, "--jobs", optional=True)
-    C.integer(samples, "--samples", optional=True)
+    check_options(seeds=seeds, stage=stage, backend=backend, jobs=jobs, samples=samples, holdout=holdout)
     C.integer(sample_seed, "--sample-seed", minimum=0)
-    C.number(holdout, "--holdout", low=0, high=1, high_open=True)
     C.integer(top, "--top")
     if address and backend != "ray":
         raise MicroError("--address is the Ray cluster to join: it needs --backend ray")
