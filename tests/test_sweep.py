@@ -271,6 +271,8 @@ def test_cli_sweep_and_fit_k_auto(run, tmp_path, monkeypatch):
             "1",
             "--max-iter",
             "40",
+            "--gate-dim",
+            "4",
             "--out",
             str(tmp_path / "m"),
             "--quiet",
@@ -279,6 +281,8 @@ def test_cli_sweep_and_fit_k_auto(run, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     sel = json.loads((tmp_path / "m" / "k_selection" / "k_selection.json").read_text())
+    trials = pl.read_parquet(tmp_path / "m" / "k_selection" / "results.parquet")
+    assert set(trials["gate_dim"].to_list()) == {"4"}  # K is chosen with the options of the final fit
     assert meta["k_selection"]["chosen_k"] == sel["chosen_k"] and sel["candidates"] == [1, 2, 3, 4]
     assert f"fitting the final model with K={sel['chosen_k']}" in " ".join(r.output.split())
     assert (tmp_path / "m" / "k_selection" / "results_k_selection.png").exists()
