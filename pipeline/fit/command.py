@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from pipeline import checks as C
+from pipeline.boundary import console_log
 from pipeline.errors import MicroError
 
 
@@ -150,7 +151,7 @@ def fit_command(
             k_range,
             dict(params, gate=gate_used, gate_input=gate_input),
             out_dir=out / "k_selection",
-            log=lambda m: console.print(m, highlight=False, soft_wrap=True),
+            log=console_log(console),
         )
         console.print(f"chose {sel.reason}", highlight=False, soft_wrap=True)
         console.print(f"K selection: {out / 'k_selection'} | fitting the final model with K={sel.chosen_k}")

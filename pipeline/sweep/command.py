@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.boundary import console_log
 from pipeline.errors import MicroError
 from pipeline.sweep.runner import check_options, run_sweep
 from pipeline.sweep.space import search_space
@@ -56,7 +57,7 @@ def sweep_command(
         holdout=holdout,
         rank_by=rank_by,
         retry_errors=retry_errors,
-        log=lambda m: console.print(m, highlight=False, soft_wrap=True),
+        log=console_log(console),
     )
     if res.frame is not None and res.frame.height:
         n_err = res.frame["error"].is_not_null().sum()
