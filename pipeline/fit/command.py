@@ -117,6 +117,8 @@ def fit_command(
         tol=C.number(tol, "--tol", low=0),
         init=C.choice(init, "--init", INITS),
     )
+    if params["calibrate"] is True and params["holdout"] == 0:
+        raise MicroError("--calibrate on needs --holdout > 0: the temperature is fitted on the held-out train prompts")
     C.integer(seed, "--seed", minimum=0)
     C.choice(optimizer, "--optimizer", ("em", "adamw"))
     C.integer(epochs, "--epochs")

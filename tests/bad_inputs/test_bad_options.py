@@ -92,6 +92,14 @@ FIT = [
     Case("fit-auto-single", F + "--k auto --baseline single", r"--k auto: the single baseline has one head"),
     Case("fit-run-missing", "fit {ws}/norun", r"norun: not a run folder \(no run\.json\)"),
     Case("fit-max-iter-text", F + "--max-iter many", r"'--max-iter'"),
+    Case("fit-k-range-0", F + "--k auto --k-range 0..3", r"--k-range: need 1 <= low <= high, got 0..3"),
+    Case("fit-gate-l2-negative", F + "--gate-l2=-1", r"--gate-l2 must be >= 0, got -1"),
+    Case("fit-gate-dim-word", F + "--gate-dim wide", r"--gate-dim must be auto, none or an integer >= 1, got 'wide'"),
+    Case("fit-dim-negative", F + "--dim=-8", r"--dim must be auto, none or an integer >= 1, got '-8'"),
+    Case("fit-holdout-text", F + "--holdout most", r"'--holdout'"),
+    Case("fit-patience-text", F + "--patience long", r"'--patience'"),
+    Case("fit-epochs-text", F + "--optimizer adamw --epochs x", r"'--epochs'"),
+    Case("fit-calibrate-on-without-holdout", F + "--calibrate on --holdout 0", r"--calibrate on needs --holdout > 0"),
 ]
 
 ROUTE = [
@@ -230,6 +238,33 @@ PREPARE = [
         "prepare-unknown-column", P + "--group-col annotator", r"raw\.jsonl: unknown column 'annotator' for --group-col"
     ),
     Case("prepare-partial-two-responses", P + "--a-col chosen", r"needs all of --a-col, --b-col and --label-col"),
+    Case(
+        "prepare-label-a-without-label-col",
+        P + "--label-a 1",
+        r"--label-a/--label-b/--label-tie apply to the two-responses shape",
+    ),
+    Case(
+        "prepare-a-col-is-b-col",
+        P + "--a-col chosen --b-col chosen --label-col group",
+        r"--a-col and --b-col are both 'chosen'",
+    ),
+    Case("prepare-unknown-prompt-col", P + "--prompt-col question", r"unknown column 'question' for --prompt-col"),
+    Case("prepare-unknown-chosen-col", P + "--chosen-col best", r"unknown column 'best' for --chosen-col"),
+    Case("prepare-unknown-rejected-col", P + "--rejected-col worst", r"unknown column 'worst' for --rejected-col"),
+    Case("prepare-unknown-context-col", P + "--context-col persona", r"unknown column 'persona' for --context-col"),
+    Case("prepare-unknown-split-col", P + "--split-col fold", r"unknown column 'fold' for --split-col"),
+    Case(
+        "prepare-unknown-label-col",
+        P + "--a-col chosen --b-col rejected --label-col winner",
+        r"unknown column 'winner' for --label-col",
+    ),
+    Case(
+        "prepare-column-option-other-recipe",
+        "data prepare dsp {raw} -o {ws}/n.parquet --prompt-col prompt",
+        r"recipe 'dsp' does not take option\(s\) prompt_col",
+    ),
+    Case("prepare-opt-empty-key", P + "--opt =2", r"--opt expects KEY=VALUE, got '=2'"),
+    Case("prepare-opt-unknown-generic", P + "--opt min_gap=2", r"recipe 'generic' does not take option\(s\) min_gap"),
     Case(
         "prepare-input-missing", "data prepare generic {ws}/none.jsonl -o {ws}/n.parquet", r"none\.jsonl: no such file"
     ),
