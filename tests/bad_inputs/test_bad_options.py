@@ -16,19 +16,22 @@ S = "score {bundle} --input {rows} --out {ws}/rewards.parquet "
 W = "sweep {run} --out {ws}/sw.parquet --grid k=1,2 "
 P = "data prepare generic {raw} -o {ws}/new.parquet "
 
+
+def zero(command: str, prefix: str, *options: str) -> list[Case]:
+    """``--OPTION 0`` refused with '--OPTION must be >= 1, got 0', for each count option of one command."""
+    return [Case(f"{command}-{o}-0", f"{prefix}--{o} 0", rf"--{o} must be >= 1, got 0") for o in options]
+
+
 EMBED = [
-    Case("embed-batch-size-0", E + "--batch-size 0", r"--batch-size must be >= 1, got 0"),
+    *zero("embed", E, "batch-size", "max-length", "workers", "tensor-parallel-size"),
     Case("embed-batch-size-negative", E + "--batch-size -4", r"--batch-size must be >= 1, got -4"),
     Case("embed-batch-size-text", E + "--batch-size lots", r"'--batch-size'"),
-    Case("embed-max-length-0", E + "--max-length 0", r"--max-length must be >= 1, got 0"),
     Case("embed-max-length-negative", E + "--max-length -1", r"--max-length must be >= 1"),
     Case("embed-cache-dtype-int8", E + "--cache-dtype int8", r"--cache-dtype must be one of float16, float32"),
     Case("embed-overlong-drop", E + "--overlong drop", r"--overlong must be one of truncate, skip, got 'drop'"),
     Case("embed-truncation-middle", E + "--truncation middle", r"--truncation must be one of .*'middle'"),
     Case("embed-backend-unknown", E + "--backend onnx", r"--backend must be one of .*'onnx'"),
     Case("embed-dtype-unknown", E + "--dtype int4", r"--dtype must be one of .*'int4'"),
-    Case("embed-workers-0", E + "--workers 0", r"--workers must be >= 1, got 0"),
-    Case("embed-tensor-parallel-0", E + "--tensor-parallel-size 0", r"--tensor-parallel-size must be >= 1"),
     Case(
         "embed-max-batch-tokens-0", E + "--backend transformers --max-batch-tokens 0", r"--max-batch-tokens must be .*0"
     ),
@@ -56,6 +59,7 @@ EMBED = [
 ]
 
 FIT = [
+    *zero("fit", F, "n-init", "patience", "gate-hidden"),
     Case("fit-k-0", F + "--k 0", r"--k must be a positive integer or 'auto', got '0'"),
     Case("fit-k-negative", F + "--k=-3", r"--k must be a positive integer or 'auto', got '-3'"),
     Case("fit-k-word", F + "--k ten", r"--k must be a positive integer or 'auto', got 'ten'"),
@@ -71,17 +75,14 @@ FIT = [
     Case("fit-gate-l2-nan", F + "--gate-l2 nan", r"--gate-l2 must be a finite number"),
     Case("fit-holdout-1", F + "--holdout 1", r"--holdout must be >= 0 and < 1, got 1"),
     Case("fit-holdout-negative", F + "--holdout=-0.1", r"--holdout must be >= 0 and < 1"),
-    Case("fit-patience-0", F + "--patience 0", r"--patience must be >= 1, got 0"),
     Case("fit-calibrate-unknown", F + "--calibrate maybe", r"--calibrate must be one of auto, on, off, got 'maybe'"),
     Case("fit-gate-dim-0", F + "--gate-dim 0", r"--gate-dim must be auto, none or an integer >= 1, got '0'"),
     Case("fit-tol-nan", F + "--tol nan", r"--tol must be a finite number"),
     Case("fit-tol-negative", F + "--tol=-1", r"--tol must be >= 0"),
-    Case("fit-n-init-0", F + "--n-init 0", r"--n-init must be >= 1, got 0"),
     Case("fit-max-iter-negative", F + "--max-iter=-1", r"--max-iter must be >= 0, got -1"),
     Case("fit-seed-negative", F + "--seed=-1", r"--seed must be >= 0, got -1"),
     Case("fit-dim-0", F + "--dim 0", r"--dim must be auto, none or an integer >= 1, got '0'"),
     Case("fit-dim-word", F + "--dim wide", r"--dim must be auto, none or an integer >= 1, got 'wide'"),
-    Case("fit-gate-hidden-0", F + "--gate-hidden 0", r"--gate-hidden must be >= 1, got 0"),
     Case("fit-gate-unknown", F + "--gate mlp", r"--gate must be one of context, static, got 'mlp'"),
     Case("fit-gate-input-unknown", F + "--gate-input response", r"--gate-input must be one of auto, prompt, context"),
     Case("fit-init-unknown", F + "--init zeros", r"--init must be one of gate-kmeans, kmeans, random, split"),
@@ -103,12 +104,10 @@ FIT = [
 ]
 
 ROUTE = [
+    *zero("route", R, "epochs", "budget-per-group", "seeds"),
     Case("route-tau-0", R + "--tau 0", r"--tau must be > 0, got 0"),
     Case("route-tau-nan", R + "--tau nan", r"--tau must be a finite number"),
     Case("route-tau-negative", R + "--tau=-1", r"--tau must be > 0"),
-    Case("route-epochs-0", R + "--epochs 0", r"--epochs must be >= 1, got 0"),
-    Case("route-budget-0", R + "--budget-per-group 0", r"--budget-per-group must be >= 1, got 0"),
-    Case("route-seeds-0", R + "--seeds 0", r"--seeds must be >= 1, got 0"),
     Case("route-lr-0", R + "--lr 0", r"--lr must be > 0, got 0"),
     Case("route-lr-inf", R + "--lr inf", r"--lr must be a finite number"),
     Case("route-hedge-tau-0", R + "--online --user g1 --hedge-tau 0", r"--hedge-tau must be > 0"),
@@ -125,13 +124,11 @@ ROUTE = [
 ]
 
 EVAL = [
-    Case("eval-budget-0", V + "--budget-per-group 0", r"--budget-per-group must be >= 1, got 0"),
-    Case("eval-seeds-0", V + "--seeds 0", r"--seeds must be >= 1, got 0"),
+    *zero("eval", V, "epochs", "budget-per-group", "seeds"),
     Case("eval-hyre-n-negative", V + "--hyre-n=-1", r"--hyre-n must be >= 0, got -1"),
     Case("eval-budgets-text", V + "--budgets 5,ten", r"--budgets must be comma-separated integers"),
     Case("eval-budgets-0", V + "--budgets 0,5", r"--budgets must all be >= 1"),
     Case("eval-tau-0", V + "--tau 0", r"--tau must be > 0"),
-    Case("eval-epochs-0", V + "--epochs 0", r"--epochs must be >= 1"),
     Case("eval-lr-nan", V + "--lr nan", r"--lr must be a finite number"),
     Case("eval-protocol-unknown", V + "--protocol loo", r"--protocol must be one of seen, leave-group-out, got 'loo'"),
     Case("eval-adapt-unknown", V + "--protocol leave-group-out --adapt span", r"--adapt must be one of auto"),
@@ -150,14 +147,11 @@ SCORE = [
 ]
 
 SWEEP = [
-    Case("sweep-seeds-0", W + "--seeds 0", r"--seeds must be >= 1, got 0"),
+    *zero("sweep", W, "seeds", "jobs", "samples", "top"),
     Case("sweep-stage-unknown", W + "--stage eval", r"--stage must be one of fit, route, all, got 'eval'"),
     Case("sweep-backend-unknown", W + "--backend dask", r"--backend must be one of local, ray, got 'dask'"),
-    Case("sweep-jobs-0", W + "--jobs 0", r"--jobs must be >= 1, got 0"),
-    Case("sweep-samples-0", W + "--samples 0", r"--samples must be >= 1, got 0"),
     Case("sweep-holdout-1", W + "--holdout 1", r"--holdout must be >= 0 and < 1, got 1"),
     Case("sweep-holdout-negative", W + "--holdout=-0.1", r"--holdout must be >= 0 and < 1"),
-    Case("sweep-top-0", W + "--top 0", r"--top must be >= 1, got 0"),
     Case("sweep-grid-unknown-name", "sweep {run} --grid 'heads=1,2'", r"sweep: unknown hyperparameter 'heads'"),
     Case("sweep-grid-bad-value", "sweep {run} --grid 'k=1,two'", r"sweep: k='two' is not a valid int"),
     Case("sweep-grid-range-without-samples", "sweep {run} --grid 'alpha=0..1'", r"alpha is a range; use --samples"),
@@ -275,8 +269,7 @@ PREPARE = [
 ]
 
 DEMO = [
-    Case("demo-k-0", "demo --out {ws}/demo --k 0", r"--k must be >= 1, got 0"),
-    Case("demo-seeds-0", "demo --out {ws}/demo --seeds 0", r"--seeds must be >= 1, got 0"),
+    *zero("demo", "demo --out {ws}/demo ", "k", "seeds"),
     Case("demo-out-is-file", "demo --out {raw}", r"--out .*raw\.jsonl: is a file, not a folder"),
 ]
 
