@@ -35,6 +35,11 @@ def one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+def console_log(console):
+    """``log(message)`` for the stages: one plain line on the command's console (no highlighting, no wrapping)."""
+    return lambda message: console.print(message, highlight=False, soft_wrap=True)
+
+
 def raised_in_heads(exc: BaseException) -> bool:
     """True if ``exc`` was raised by code in the ``heads`` package (whose ValueErrors are input checks)."""
     import heads

@@ -107,14 +107,19 @@ def test_grid_trials_resume_and_errors(run, tmp_path):
     from pipeline.sweep.runner import run_sweep
 
     out = tmp_path / "res.parquet"
-    grid = f"k=1,2,100000; alpha=0,-1; {FAST}"
+    with pytest.raises(MicroError, match=r"sweep: alpha=-1\.0: .*'alpha' parameter"):  # no trial could use it
+        run_sweep(run, f"k=1,2; alpha=0,-1; {FAST}", seeds=2, jobs=1, out=out, log=quiet)
+    with pytest.raises(MicroError, match=r"--rank-by 'routed_acc_macro': no such column"):  # not after the trials
+        run_sweep(run, f"k=1,2; {FAST}", seeds=2, jobs=1, out=out, rank_by="routed_acc_macro", log=quiet)
+    assert not out.exists()
+    grid = f"k=1,2,100000; {FAST}"
     res = run_sweep(run, grid, seeds=2, jobs=1, out=out, log=quiet)
-    assert res.new == 12 and res.skipped == 0
+    assert res.new == 6 and res.skipped == 0
     f = pl.read_parquet(out)
-    assert f.height == 12 and f["config_hash"].n_unique() == 12
-    bad = f.filter((pl.col("k") == 100000) | (pl.col("alpha") < 0))
-    assert bad.height == 8 and bad["error"].is_not_null().all()
-    assert all("larger than the number of pairs" in e or "alpha" in e for e in bad["error"].to_list())
+    assert f.height == 6 and f["config_hash"].n_unique() == 6
+    bad = f.filter(pl.col("k") == 100000)  # fails on this data only: recorded, the sweep goes on
+    assert bad.height == 2 and bad["error"].is_not_null().all()
+    assert all("larger than the number of pairs" in e for e in bad["error"].to_list())
     good = f.filter(pl.col("error").is_null())
     assert good.height == 4 and good["test_acc_macro"].is_not_null().all()
     assert {
@@ -134,7 +139,7 @@ def test_grid_trials_resume_and_errors(run, tmp_path):
     assert all(0.1 < v / (N - N // 4) < 0.3 for v in good["val_n"].to_list())
     blob, mtime = out.read_bytes(), out.stat().st_mtime_ns
     res2 = run_sweep(run, grid, seeds=2, jobs=1, out=out, log=quiet)
-    assert res2.new == 0 and res2.skipped == 12
+    assert res2.new == 0 and res2.skipped == 6
     assert out.read_bytes() == blob and out.stat().st_mtime_ns == mtime
 
 
@@ -266,6 +271,8 @@ def test_cli_sweep_and_fit_k_auto(run, tmp_path, monkeypatch):
             "1",
             "--max-iter",
             "40",
+            "--gate-dim",
+            "4",
             "--out",
             str(tmp_path / "m"),
             "--quiet",
@@ -274,6 +281,8 @@ def test_cli_sweep_and_fit_k_auto(run, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     sel = json.loads((tmp_path / "m" / "k_selection" / "k_selection.json").read_text())
+    trials = pl.read_parquet(tmp_path / "m" / "k_selection" / "results.parquet")
+    assert set(trials["gate_dim"].to_list()) == {"4"}  # K is chosen with the options of the final fit
     assert meta["k_selection"]["chosen_k"] == sel["chosen_k"] and sel["candidates"] == [1, 2, 3, 4]
     assert f"fitting the final model with K={sel['chosen_k']}" in " ".join(r.output.split())
     assert (tmp_path / "m" / "k_selection" / "results_k_selection.png").exists()

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from pipeline import checks as C
+from pipeline.boundary import console_log
 from pipeline.errors import Interrupted, MicroError
 
 
@@ -131,7 +132,7 @@ def embed_command(
             overlong=overlong,
             progress_factory=factory,
             embed_fn=embed_fn,
-            log=lambda m: console.print(m, highlight=False, soft_wrap=True),
+            log=console_log(console),
         )
     except KeyboardInterrupt:
         if "prog" in holder:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from pipeline import checks as C
+from pipeline.boundary import console_log
 from pipeline.errors import MicroError
 
 
@@ -101,8 +102,9 @@ def fit_command(
     C.choice(gate, "--gate", ("context", "static"))
     C.choice(gate_input, "--gate-input", ("auto", "prompt", "context"))
     C.integer(gate_hidden, "--gate-hidden", optional=True)
-    C.number(alpha, "--alpha", low=0)
-    sel_kw = dict(
+    params = dict(  # MixtureBT's, checked; the same for the K selection's trials and the final fit
+        gate_hidden=gate_hidden,
+        alpha=C.number(alpha, "--alpha", low=0),
         l2=C.auto_number(l2, "--l2"),
         gate_l2=C.number(gate_l2, "--gate-l2", low=0, optional=True),
         dim=C.auto_number(dim, "--dim", int, none=True),
@@ -110,12 +112,14 @@ def fit_command(
         holdout=C.number(holdout, "--holdout", low=0, high=1, high_open=True),
         patience=C.integer(patience, "--patience"),
         calibrate={"auto": "auto", "on": True, "off": False}[C.choice(calibrate, "--calibrate", ("auto", "on", "off"))],
+        n_init=C.integer(n_init, "--n-init"),
+        max_iter=C.integer(max_iter, "--max-iter", minimum=0),
+        tol=C.number(tol, "--tol", low=0),
+        init=C.choice(init, "--init", INITS),
     )
-    C.integer(n_init, "--n-init")
-    C.integer(max_iter, "--max-iter", minimum=0)
-    C.number(tol, "--tol", low=0)
+    if params["calibrate"] is True and params["holdout"] == 0:
+        raise MicroError("--calibrate on needs --holdout > 0: the temperature is fitted on the held-out train prompts")
     C.integer(seed, "--seed", minimum=0)
-    C.choice(init, "--init", INITS)
     C.choice(optimizer, "--optimizer", ("em", "adamw"))
     C.integer(epochs, "--epochs")
     C.choice(baseline, "--baseline", BASELINES, optional=True)
@@ -137,33 +141,26 @@ def fit_command(
             f"  iter {it:4d}  objective {obj:.6f}{rel}  {time.perf_counter() - state['t']:.1f} s", highlight=False
         )
 
-    extra_meta = None
+    extra_meta, run = None, None
     if auto:
+        from pipeline.core.run import Run
         from pipeline.fit.select_k import auto_k
 
+        run = Run.load(run_dir, dtype=None)  # loaded once: the K sweep's trials and the final fit share it
+        gate_used = "static" if baseline == "static" else gate
         sel = auto_k(
-            run_dir,
+            run,
             k_range,
-            dict(
-                gate="static" if baseline == "static" else gate,
-                gate_input=gate_input,
-                gate_hidden=gate_hidden,
-                alpha=alpha,
-                l2=sel_kw["l2"],
-                n_init=n_init,
-                max_iter=max_iter,
-                tol=tol,
-                dim=sel_kw["dim"],
-                init=init,
-            ),
+            dict(params, gate=gate_used, gate_input=gate_input),
             out_dir=out / "k_selection",
-            log=lambda m: console.print(m, highlight=False, soft_wrap=True),
+            log=console_log(console),
         )
         console.print(f"chose {sel.reason}", highlight=False, soft_wrap=True)
         console.print(f"K selection: {out / 'k_selection'} | fitting the final model with K={sel.chosen_k}")
         k, extra_meta = str(sel.chosen_k), {"k_selection": sel.to_dict()}
     report = fit_run(
         run_dir,
+        run=run,
         k=int(k),
         gate=gate,
         gate_input=gate_input,
@@ -171,14 +168,8 @@ def fit_command(
         out=out,
         on_iter=on_iter,
         extra_meta=extra_meta,
-        alpha=alpha,
-        n_init=n_init,
-        max_iter=max_iter,
-        tol=tol,
         random_state=seed,
-        init=init,
         solver=AdamWSolver(epochs=epochs) if optimizer == "adamw" else "em",
-        gate_hidden=gate_hidden,
-        **sel_kw,
+        **params,
     )
     print_fit_report(console, report)

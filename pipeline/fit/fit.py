@@ -78,11 +78,14 @@ def fit_run(
     out: str | Path | None = None,
     on_iter: Callable[[int, float], None] | None = None,
     extra_meta: dict | None = None,
+    run: Run | None = None,
     **params,
 ) -> FitReport:
-    """Fit on the train split of ``run_dir``; evaluate on train and test; save a bundle to ``out``."""
+    """Fit on the train split of ``run_dir`` (``run``: its features, when already loaded with ``dtype=None``);
+    evaluate on train and test; save a bundle to ``out``."""
     t0 = time.perf_counter()
-    run = Run.load(run_dir, dtype=None)  # the cache's dtype: the fit computes in float32 chunks
+    if run is None:
+        run = Run.load(run_dir, dtype=None)  # the cache's dtype: the fit computes in float32 chunks
     train, test = run.part("train"), run.part("test")
     if train.n == 0:
         raise MicroError(f"{run_dir}: the train split is empty (pairs.parquet has no split == 'train' rows)")

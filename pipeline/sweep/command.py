@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.boundary import console_log
 from pipeline.errors import MicroError
-from pipeline.sweep.runner import run_sweep
-from pipeline.sweep.space import STAGES, search_space
+from pipeline.sweep.runner import check_options, run_sweep
+from pipeline.sweep.space import search_space
 
 
 def sweep_command(
@@ -33,13 +34,8 @@ def sweep_command(
     from pipeline.core.run import read_run
     from pipeline.sweep.report import print_leaderboard
 
-    C.integer(seeds, "--seeds")
-    C.choice(stage, "--stage", STAGES)
-    C.choice(backend, "--backend", ("local", "ray"))
-    C.integer(jobs, "--jobs", optional=True)
-    C.integer(samples, "--samples", optional=True)
+    check_options(seeds=seeds, stage=stage, backend=backend, jobs=jobs, samples=samples, holdout=holdout)
     C.integer(sample_seed, "--sample-seed", minimum=0)
-    C.number(holdout, "--holdout", low=0, high=1, high_open=True)
     C.integer(top, "--top")
     if address and backend != "ray":
         raise MicroError("--address is the Ray cluster to join: it needs --backend ray")
@@ -61,11 +57,14 @@ def sweep_command(
         holdout=holdout,
         rank_by=rank_by,
         retry_errors=retry_errors,
-        log=lambda m: console.print(m, highlight=False, soft_wrap=True),
+        log=console_log(console),
     )
     if res.frame is not None and res.frame.height:
-        print_leaderboard(console, res.frame, res.rank_by, top)
         n_err = res.frame["error"].is_not_null().sum()
+        if n_err == res.frame.height:  # no leaderboard to print: say why, not that the metric column is missing
+            errors = res.frame["error"].unique(maintain_order=True).to_list()[:3]
+            raise MicroError(f"every trial failed ({'; '.join(errors)}); see the 'error' column of {res.path}")
+        print_leaderboard(console, res.frame, res.rank_by, top)
         if n_err:
             console.print(f"{n_err} trial(s) failed (see the 'error' column)")
     if res.k_selection is not None:

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pipeline import checks as C
 from pipeline.core.run import Run
-from pipeline.errors import InputError, MicroError, first_line
+from pipeline.errors import InputError, OptionError, first_line
 from pipeline.sweep.report import KSelection, select_k, swept
 from pipeline.sweep.space import FIT_PARAMS, PARAMS, ROUTE_PARAMS, STAGES, config_hash, resolve, search_space
 
@@ -146,6 +147,20 @@ def make_jobs(trials: list[dict], stage: str, holdout: float) -> list[dict]:
     return sorted(jobs.values(), key=cost)
 
 
+def check_options(*, seeds, stage: str, backend: str, jobs: int | None, samples: int | None, holdout: float) -> None:
+    """OptionError naming the option (the CLI's words) for a value :func:`run_sweep` cannot use; ``seeds`` is a
+    count or a non-empty list of seeds."""
+    if isinstance(seeds, int):
+        C.integer(seeds, "--seeds")
+    elif not len(seeds):
+        raise OptionError("--seeds must be >= 1 seed, got none")
+    C.choice(stage, "--stage", STAGES)
+    C.choice(backend, "--backend", ("local", "ray"))
+    C.integer(jobs, "--jobs", optional=True)
+    C.integer(samples, "--samples", optional=True)
+    C.number(holdout, "--holdout", low=0, high=1, high_open=True)
+
+
 def run_sweep(
     source,
     grid,
@@ -170,24 +185,16 @@ def run_sweep(
     import polars as pl
 
     from pipeline.core.parallel import n_cores, run_jobs
-    from pipeline.sweep.trials import error_rows, run_job
+    from pipeline.sweep.trials import error_rows, metric_columns, run_job
 
     t0 = time.perf_counter()
-    if stage not in STAGES:
-        raise MicroError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
-    if backend not in ("local", "ray"):
-        raise MicroError(f"--backend must be local or ray, got {backend!r}")
-    if not 0 <= holdout < 1:
-        raise MicroError(f"--holdout must be in [0, 1), got {holdout}")
-    if jobs is not None and int(jobs) < 1:
-        raise MicroError(f"--jobs must be >= 1, got {jobs}")
-    if samples is not None and int(samples) < 1:
-        raise MicroError(f"--samples must be >= 1, got {samples}")
+    check_options(seeds=seeds, stage=stage, backend=backend, jobs=jobs, samples=samples, holdout=holdout)
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seeds:
-        raise MicroError("--seeds must be >= 1")
     space, cfgs = search_space(grid, stage, samples, sample_seed)
     data = source if isinstance(source, Run) else Run.load(source)
+    rank_by = rank_by or ("test_acc_macro" if stage == "fit" else "routed_acc_macro")
+    if rank_by not in metric_columns(data.group_names, stage):  # before any trial, not after the whole sweep
+        raise OptionError(f"--rank-by {rank_by!r}: no such column (e.g. test_acc_macro, test_loglik, val_loglik)")
     trials = plan(cfgs, seeds, stage, holdout, data.data_id)
     out = Path(out)
     old = read_results(out)
@@ -202,7 +209,6 @@ def run_sweep(
         old = old.filter(~pl.col("config_hash").is_in([t["hash"] for t in todo]))
     n_jobs = max(1, int(jobs or n_cores()))
     threads = max(1, n_cores() // n_jobs)
-    rank_by = rank_by or ("test_acc_macro" if stage == "fit" else "routed_acc_macro")
     log(
         f"sweep: {len(trials)} trials ({len(cfgs)} configurations × {len(seeds)} seeds), {skipped} already in "
         f"{out}, {len(todo)} to run on {backend} with {n_jobs} workers × {threads} threads"

@@ -21,7 +21,9 @@ import numpy as np
 
 from heads.defaults import BUDGET, ROUTER_EPOCHS, ROUTER_LR, TAU
 from heads.mixture import MixtureBT
-from pipeline.errors import MicroError
+from heads.validation import validate_params
+from pipeline import checks as C
+from pipeline.errors import MicroError, OptionError, first_line
 
 # kinds: int, float, str, optint (int or none), autofloat (float or auto), autoint (int, auto or none = full width)
 FIT_PARAMS = {
@@ -55,6 +57,7 @@ ROUTE_PARAMS = {
 PARAMS = {**FIT_PARAMS, **ROUTE_PARAMS}
 ALIASES = {"n_components": "k", "budget_per_group": "budget"}
 STAGES = ("fit", "route", "all")
+KINDS = {"optint": "integer or none", "autofloat": "number or auto", "autoint": "integer, auto or none"}
 
 
 @dataclass
@@ -83,7 +86,7 @@ def _cast(name: str, raw):
             return int(v)
         return float(text) if kind in ("float", "autofloat") else text
     except ValueError:
-        raise MicroError(f"sweep: {name}={text!r} is not a valid {kind.replace('optint', 'integer or none')}") from None
+        raise MicroError(f"sweep: {name}={text!r} is not a valid {KINDS.get(kind, kind)}") from None
 
 
 def parse_space(spec) -> dict[str, Dim]:
@@ -163,6 +166,23 @@ def random_configs(space: dict[str, Dim], n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def check_value(name: str, value) -> None:
+    """OptionError naming ``name`` for a value no trial could use (MixtureBT's own parameter checks for the fit
+    hyperparameters), so a bad ``--grid`` stops the sweep before its first trial instead of failing every one."""
+    option = f"sweep: {name}"
+    if name in ("tau", "lr"):
+        C.number(value, option, low=0, low_open=True)
+    elif name in ("epochs", "budget"):
+        C.integer(value, option)
+    elif name == "gate_input":
+        C.choice(value, option, ("auto", "prompt", "context"))
+    else:
+        try:
+            validate_params(MixtureBT(**{"n_components" if name == "k" else name: value}))
+        except ValueError as exc:
+            raise OptionError(f"sweep: {name}={value!r}: {first_line(exc)}") from None
+
+
 def search_space(grid, stage: str, samples: int | None = None, sample_seed: int = 0) -> tuple[dict, list[dict]]:
     """(space, configurations) of ``--grid`` for ``stage``; MicroError for anything that cannot be searched."""
     space = parse_space(grid)
@@ -170,7 +190,11 @@ def search_space(grid, stage: str, samples: int | None = None, sample_seed: int 
         raise MicroError(
             f"sweep: {sorted(set(space) & set(ROUTE_PARAMS))} are routing hyperparameters: use --stage route (or all)"
         )
-    return space, (random_configs(space, samples, sample_seed) if samples else grid_configs(space))
+    cfgs = random_configs(space, samples, sample_seed) if samples else grid_configs(space)
+    for name in space:
+        for value in dict.fromkeys(c[name] for c in cfgs):
+            check_value(name, value)
+    return space, cfgs
 
 
 def resolve(cfg: dict, stage: str) -> dict:

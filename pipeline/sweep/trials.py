@@ -18,6 +18,17 @@ from pipeline.core.parallel import error_text
 from pipeline.core.run import Run, per_group_accuracy
 
 FIT_KEYS = ("alpha", "l2", "n_init", "max_iter", "tol", "init", "dim", "gate_dim", "gate_hidden")
+FIT_METRICS = ("n_iter", "converged", "objective", "n_collapsed", "fit_seconds", "wall_seconds", "test_ece") + tuple(
+    f"{part}_{m}" for part in ("train", "val", "test") for m in ("n", "loglik", "acc", "acc_macro")
+)
+
+
+def metric_columns(group_names, stage: str) -> list[str]:
+    """The metric columns the trials of ``stage`` write (what ``--rank-by`` can name)."""
+    cols = [*FIT_METRICS, *(column_name("acc_", g) for g in group_names)]
+    if stage != "fit":
+        cols += ["routed_acc_macro", *(column_name("routed_acc_", g) for g in group_names)]
+    return cols
 
 
 def holdout_mask(prompt_id: np.ndarray, train: np.ndarray, frac: float, seed: int) -> np.ndarray:

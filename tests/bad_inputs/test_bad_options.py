@@ -16,19 +16,22 @@ S = "score {bundle} --input {rows} --out {ws}/rewards.parquet "
 W = "sweep {run} --out {ws}/sw.parquet --grid k=1,2 "
 P = "data prepare generic {raw} -o {ws}/new.parquet "
 
+
+def zero(command: str, prefix: str, *options: str) -> list[Case]:
+    """``--OPTION 0`` refused with '--OPTION must be >= 1, got 0', for each count option of one command."""
+    return [Case(f"{command}-{o}-0", f"{prefix}--{o} 0", rf"--{o} must be >= 1, got 0") for o in options]
+
+
 EMBED = [
-    Case("embed-batch-size-0", E + "--batch-size 0", r"--batch-size must be >= 1, got 0"),
+    *zero("embed", E, "batch-size", "max-length", "workers", "tensor-parallel-size"),
     Case("embed-batch-size-negative", E + "--batch-size -4", r"--batch-size must be >= 1, got -4"),
     Case("embed-batch-size-text", E + "--batch-size lots", r"'--batch-size'"),
-    Case("embed-max-length-0", E + "--max-length 0", r"--max-length must be >= 1, got 0"),
     Case("embed-max-length-negative", E + "--max-length -1", r"--max-length must be >= 1"),
     Case("embed-cache-dtype-int8", E + "--cache-dtype int8", r"--cache-dtype must be one of float16, float32"),
     Case("embed-overlong-drop", E + "--overlong drop", r"--overlong must be one of truncate, skip, got 'drop'"),
     Case("embed-truncation-middle", E + "--truncation middle", r"--truncation must be one of .*'middle'"),
     Case("embed-backend-unknown", E + "--backend onnx", r"--backend must be one of .*'onnx'"),
     Case("embed-dtype-unknown", E + "--dtype int4", r"--dtype must be one of .*'int4'"),
-    Case("embed-workers-0", E + "--workers 0", r"--workers must be >= 1, got 0"),
-    Case("embed-tensor-parallel-0", E + "--tensor-parallel-size 0", r"--tensor-parallel-size must be >= 1"),
     Case(
         "embed-max-batch-tokens-0", E + "--backend transformers --max-batch-tokens 0", r"--max-batch-tokens must be .*0"
     ),
@@ -56,6 +59,7 @@ EMBED = [
 ]
 
 FIT = [
+    *zero("fit", F, "n-init", "patience", "gate-hidden"),
     Case("fit-k-0", F + "--k 0", r"--k must be a positive integer or 'auto', got '0'"),
     Case("fit-k-negative", F + "--k=-3", r"--k must be a positive integer or 'auto', got '-3'"),
     Case("fit-k-word", F + "--k ten", r"--k must be a positive integer or 'auto', got 'ten'"),
@@ -71,17 +75,14 @@ FIT = [
     Case("fit-gate-l2-nan", F + "--gate-l2 nan", r"--gate-l2 must be a finite number"),
     Case("fit-holdout-1", F + "--holdout 1", r"--holdout must be >= 0 and < 1, got 1"),
     Case("fit-holdout-negative", F + "--holdout=-0.1", r"--holdout must be >= 0 and < 1"),
-    Case("fit-patience-0", F + "--patience 0", r"--patience must be >= 1, got 0"),
     Case("fit-calibrate-unknown", F + "--calibrate maybe", r"--calibrate must be one of auto, on, off, got 'maybe'"),
     Case("fit-gate-dim-0", F + "--gate-dim 0", r"--gate-dim must be auto, none or an integer >= 1, got '0'"),
     Case("fit-tol-nan", F + "--tol nan", r"--tol must be a finite number"),
     Case("fit-tol-negative", F + "--tol=-1", r"--tol must be >= 0"),
-    Case("fit-n-init-0", F + "--n-init 0", r"--n-init must be >= 1, got 0"),
     Case("fit-max-iter-negative", F + "--max-iter=-1", r"--max-iter must be >= 0, got -1"),
     Case("fit-seed-negative", F + "--seed=-1", r"--seed must be >= 0, got -1"),
     Case("fit-dim-0", F + "--dim 0", r"--dim must be auto, none or an integer >= 1, got '0'"),
     Case("fit-dim-word", F + "--dim wide", r"--dim must be auto, none or an integer >= 1, got 'wide'"),
-    Case("fit-gate-hidden-0", F + "--gate-hidden 0", r"--gate-hidden must be >= 1, got 0"),
     Case("fit-gate-unknown", F + "--gate mlp", r"--gate must be one of context, static, got 'mlp'"),
     Case("fit-gate-input-unknown", F + "--gate-input response", r"--gate-input must be one of auto, prompt, context"),
     Case("fit-init-unknown", F + "--init zeros", r"--init must be one of gate-kmeans, kmeans, random, split"),
@@ -92,15 +93,21 @@ FIT = [
     Case("fit-auto-single", F + "--k auto --baseline single", r"--k auto: the single baseline has one head"),
     Case("fit-run-missing", "fit {ws}/norun", r"norun: not a run folder \(no run\.json\)"),
     Case("fit-max-iter-text", F + "--max-iter many", r"'--max-iter'"),
+    Case("fit-k-range-0", F + "--k auto --k-range 0..3", r"--k-range: need 1 <= low <= high, got 0..3"),
+    Case("fit-gate-l2-negative", F + "--gate-l2=-1", r"--gate-l2 must be >= 0, got -1"),
+    Case("fit-gate-dim-word", F + "--gate-dim wide", r"--gate-dim must be auto, none or an integer >= 1, got 'wide'"),
+    Case("fit-dim-negative", F + "--dim=-8", r"--dim must be auto, none or an integer >= 1, got '-8'"),
+    Case("fit-holdout-text", F + "--holdout most", r"'--holdout'"),
+    Case("fit-patience-text", F + "--patience long", r"'--patience'"),
+    Case("fit-epochs-text", F + "--optimizer adamw --epochs x", r"'--epochs'"),
+    Case("fit-calibrate-on-without-holdout", F + "--calibrate on --holdout 0", r"--calibrate on needs --holdout > 0"),
 ]
 
 ROUTE = [
+    *zero("route", R, "epochs", "budget-per-group", "seeds"),
     Case("route-tau-0", R + "--tau 0", r"--tau must be > 0, got 0"),
     Case("route-tau-nan", R + "--tau nan", r"--tau must be a finite number"),
     Case("route-tau-negative", R + "--tau=-1", r"--tau must be > 0"),
-    Case("route-epochs-0", R + "--epochs 0", r"--epochs must be >= 1, got 0"),
-    Case("route-budget-0", R + "--budget-per-group 0", r"--budget-per-group must be >= 1, got 0"),
-    Case("route-seeds-0", R + "--seeds 0", r"--seeds must be >= 1, got 0"),
     Case("route-lr-0", R + "--lr 0", r"--lr must be > 0, got 0"),
     Case("route-lr-inf", R + "--lr inf", r"--lr must be a finite number"),
     Case("route-hedge-tau-0", R + "--online --user g1 --hedge-tau 0", r"--hedge-tau must be > 0"),
@@ -119,15 +126,13 @@ ROUTE = [
 ]
 
 EVAL = [
-    Case("eval-budget-0", V + "--budget-per-group 0", r"--budget-per-group must be >= 1, got 0"),
-    Case("eval-seeds-0", V + "--seeds 0", r"--seeds must be >= 1, got 0"),
+    *zero("eval", V, "epochs", "budget-per-group", "seeds"),
     Case("eval-hyre-n-negative", V + "--hyre-n=-1", r"--hyre-n must be >= 0, got -1"),
     Case("eval-budgets-text", V + "--budgets 5,ten", r"--budgets must be comma-separated integers"),
     Case("eval-budgets-0", V + "--budgets 0,5", r"--budgets must all be >= 1"),
     Case("eval-budgets-none", V + "--budgets , --report {ws}/rep", r"--budgets must list at least one budget"),
     Case("eval-budgets-none-lgo", V + "--budgets , --protocol leave-group-out", r"--budgets must list at least one"),
     Case("eval-tau-0", V + "--tau 0", r"--tau must be > 0"),
-    Case("eval-epochs-0", V + "--epochs 0", r"--epochs must be >= 1"),
     Case("eval-lr-nan", V + "--lr nan", r"--lr must be a finite number"),
     Case("eval-protocol-unknown", V + "--protocol loo", r"--protocol must be one of seen, leave-group-out, got 'loo'"),
     Case("eval-adapt-unknown", V + "--protocol leave-group-out --adapt span", r"--adapt must be one of auto"),
@@ -147,14 +152,11 @@ SCORE = [
 ]
 
 SWEEP = [
-    Case("sweep-seeds-0", W + "--seeds 0", r"--seeds must be >= 1, got 0"),
+    *zero("sweep", W, "seeds", "jobs", "samples", "top"),
     Case("sweep-stage-unknown", W + "--stage eval", r"--stage must be one of fit, route, all, got 'eval'"),
     Case("sweep-backend-unknown", W + "--backend dask", r"--backend must be one of local, ray, got 'dask'"),
-    Case("sweep-jobs-0", W + "--jobs 0", r"--jobs must be >= 1, got 0"),
-    Case("sweep-samples-0", W + "--samples 0", r"--samples must be >= 1, got 0"),
     Case("sweep-holdout-1", W + "--holdout 1", r"--holdout must be >= 0 and < 1, got 1"),
     Case("sweep-holdout-negative", W + "--holdout=-0.1", r"--holdout must be >= 0 and < 1"),
-    Case("sweep-top-0", W + "--top 0", r"--top must be >= 1, got 0"),
     Case("sweep-grid-unknown-name", "sweep {run} --grid 'heads=1,2'", r"sweep: unknown hyperparameter 'heads'"),
     Case("sweep-grid-bad-value", "sweep {run} --grid 'k=1,two'", r"sweep: k='two' is not a valid int"),
     Case("sweep-grid-range-without-samples", "sweep {run} --grid 'alpha=0..1'", r"alpha is a range; use --samples"),
@@ -162,6 +164,48 @@ SWEEP = [
     Case("sweep-grid-no-values", "sweep {run} --grid 'k='", r"sweep: expected NAME=VALUES, got 'k='"),
     Case("sweep-grid-twice", "sweep {run} --grid 'k=1; k=2'", r"sweep: k given twice"),
     Case("sweep-grid-bad-log-range", "sweep {run} --samples 3 --grid 'alpha=log:0..1'", r"bad range alpha"),
+    Case("sweep-grid-k-0", "sweep {run} --grid 'k=0,2'", r"sweep: k=0: .*'n_components' parameter .*range \[1, inf\)"),
+    Case("sweep-grid-l2-negative", "sweep {run} --grid 'l2=auto,-1'", r"sweep: l2=-1\.0: .*'l2' parameter"),
+    Case("sweep-grid-l2-nan", "sweep {run} --grid 'l2=nan'", r"sweep: l2=nan: .*'l2' parameter"),
+    Case(
+        "sweep-grid-l2-word", "sweep {run} --grid 'l2=auto,strong'", r"sweep: l2='strong' is not a valid number or auto"
+    ),
+    Case("sweep-grid-dim-0", "sweep {run} --grid 'dim=auto,0'", r"sweep: dim=0: .*'dim' parameter"),
+    Case(
+        "sweep-grid-dim-word",
+        "sweep {run} --grid 'dim=wide'",
+        r"sweep: dim='wide' is not a valid integer, auto or none",
+    ),
+    Case("sweep-grid-gate-dim-0", "sweep {run} --grid 'gate_dim=0'", r"sweep: gate_dim=0: .*'gate_dim' parameter"),
+    Case("sweep-grid-gate-hidden-0", "sweep {run} --grid 'gate_hidden=0'", r"sweep: gate_hidden=0: "),
+    Case("sweep-grid-n-init-0", "sweep {run} --grid 'n_init=0'", r"sweep: n_init=0: "),
+    Case("sweep-grid-tol-negative", "sweep {run} --grid 'tol=-1'", r"sweep: tol=-1\.0: "),
+    Case("sweep-grid-init-unknown", "sweep {run} --grid 'init=zeros'", r"sweep: init='zeros': .*'init' parameter"),
+    Case("sweep-grid-gate-unknown", "sweep {run} --grid 'gate=mlp'", r"sweep: gate='mlp': .*'gate' parameter"),
+    Case(
+        "sweep-grid-gate-input-unknown",
+        "sweep {run} --grid 'gate_input=response'",
+        r"sweep: gate_input must be one of auto, prompt, context, got 'response'",
+    ),
+    Case(
+        "sweep-grid-alpha-range-negative", "sweep {run} --samples 4 --grid 'alpha=-1..-0.5'", r"sweep: alpha=-0\.\d+: "
+    ),
+    Case("sweep-grid-tau-0", "sweep {run} --stage route --grid 'tau=0,1'", r"sweep: tau must be > 0, got 0"),
+    Case("sweep-grid-lr-inf", "sweep {run} --stage route --grid 'lr=inf'", r"sweep: lr must be a finite number"),
+    Case("sweep-grid-epochs-0", "sweep {run} --stage route --grid 'epochs=0'", r"sweep: epochs must be >= 1, got 0"),
+    Case("sweep-grid-budget-0", "sweep {run} --stage route --grid 'budget=0'", r"sweep: budget must be >= 1, got 0"),
+    Case("sweep-grid-not-sweepable", "sweep {run} --grid 'calibrate=on'", r"sweep: unknown hyperparameter 'calibrate'"),
+    Case("sweep-rank-by-unknown", W + "--rank-by accuracy", r"--rank-by 'accuracy': no such column"),
+    Case(
+        "sweep-rank-by-routed-in-fit", W + "--rank-by routed_acc_macro", r"--rank-by 'routed_acc_macro': no such column"
+    ),
+    Case("sweep-samples-text", W + "--samples many", r"'--samples'"),
+    Case("sweep-retry-errors-value", W + "--retry-errors=yes", r"--retry-errors"),
+    Case(
+        "sweep-every-trial-failed",
+        "sweep {run} --out {ws}/sw.parquet --seeds 1 --jobs 1 --grid k=100000",
+        r"every trial failed \(.*larger than the number of pairs.*\); see the 'error' column of .*sw\.parquet",
+    ),
     Case("sweep-address-without-ray", W + "--address auto", r"--address .* needs --backend ray"),
     Case("sweep-out-not-parquet", "sweep {run} --grid k=1 --out {ws}/r.csv", r"--out .*r\.csv: .*\.parquet"),
     Case("sweep-run-missing", "sweep {ws}/norun --grid k=1", r"norun: not a run folder"),
@@ -194,6 +238,33 @@ PREPARE = [
     ),
     Case("prepare-partial-two-responses", P + "--a-col chosen", r"needs all of --a-col, --b-col and --label-col"),
     Case(
+        "prepare-label-a-without-label-col",
+        P + "--label-a 1",
+        r"--label-a/--label-b/--label-tie apply to the two-responses shape",
+    ),
+    Case(
+        "prepare-a-col-is-b-col",
+        P + "--a-col chosen --b-col chosen --label-col group",
+        r"--a-col and --b-col are both 'chosen'",
+    ),
+    Case("prepare-unknown-prompt-col", P + "--prompt-col question", r"unknown column 'question' for --prompt-col"),
+    Case("prepare-unknown-chosen-col", P + "--chosen-col best", r"unknown column 'best' for --chosen-col"),
+    Case("prepare-unknown-rejected-col", P + "--rejected-col worst", r"unknown column 'worst' for --rejected-col"),
+    Case("prepare-unknown-context-col", P + "--context-col persona", r"unknown column 'persona' for --context-col"),
+    Case("prepare-unknown-split-col", P + "--split-col fold", r"unknown column 'fold' for --split-col"),
+    Case(
+        "prepare-unknown-label-col",
+        P + "--a-col chosen --b-col rejected --label-col winner",
+        r"unknown column 'winner' for --label-col",
+    ),
+    Case(
+        "prepare-column-option-other-recipe",
+        "data prepare dsp {raw} -o {ws}/n.parquet --prompt-col prompt",
+        r"recipe 'dsp' does not take option\(s\) prompt_col",
+    ),
+    Case("prepare-opt-empty-key", P + "--opt =2", r"--opt expects KEY=VALUE, got '=2'"),
+    Case("prepare-opt-unknown-generic", P + "--opt min_gap=2", r"recipe 'generic' does not take option\(s\) min_gap"),
+    Case(
         "prepare-input-missing", "data prepare generic {ws}/none.jsonl -o {ws}/n.parquet", r"none\.jsonl: no such file"
     ),
     Case(
@@ -203,8 +274,7 @@ PREPARE = [
 ]
 
 DEMO = [
-    Case("demo-k-0", "demo --out {ws}/demo --k 0", r"--k must be >= 1, got 0"),
-    Case("demo-seeds-0", "demo --out {ws}/demo --seeds 0", r"--seeds must be >= 1, got 0"),
+    *zero("demo", "demo --out {ws}/demo ", "k", "seeds"),
     Case("demo-out-is-file", "demo --out {raw}", r"--out .*raw\.jsonl: is a file, not a folder"),
 ]
 

@@ -75,6 +75,12 @@ def build_mapping(cols, explicit: dict, where: str) -> Mapping:
     three = [explicit.get(k) for k in ("a_col", "b_col", "label_col")]
     if any(three) and not all(three):
         raise MicroError(f"{where}: the two-responses shape needs all of --a-col, --b-col and --label-col")
+    if not any(three) and any(explicit.get(k) is not None for k in ("label_a", "label_b", "label_tie")):
+        raise OptionError(
+            "--label-a/--label-b/--label-tie apply to the two-responses shape (--a-col, --b-col, --label-col)"
+        )
+    if three[0] is not None and three[0] == three[1]:
+        raise OptionError(f"--a-col and --b-col are both {three[0]!r}: the two responses need two columns")
     labels = {
         k: label_text(explicit[k] if explicit.get(k) is not None else d)
         for k, d in (("label_a", "a"), ("label_b", "b"), ("label_tie", "tie"))
