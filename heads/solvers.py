@@ -76,12 +76,11 @@ class EMSolver:
         patience: int = 10,
         on_iter=None,
         verbose: int = 0,
-        warm: bool = False,
     ) -> EMResult:
         """Continue from theta (no first M-step): the screened leader, or a refit."""
-        return self._run(prob, theta, None, 0, max_iter, tol, val, patience, on_iter, verbose, warm)
+        return self._run(prob, theta, None, 0, max_iter, tol, val, patience, on_iter, verbose)
 
-    def _run(self, prob, theta, r0, init_m_steps, max_iter, tol, val, patience, on_iter, verbose, warm=False):
+    def _run(self, prob, theta, r0, init_m_steps, max_iter, tol, val, patience, on_iter, verbose):
         return run_em(
             prob,
             theta,
@@ -96,7 +95,6 @@ class EMSolver:
             verbose=verbose,
             val=val,
             patience=patience,
-            warm=warm,
         )
 
     def to_dict(self) -> dict:
@@ -133,15 +131,13 @@ class AdamWSolver(EMSolver):
         theta, hist = run_adamw(
             prob, start.theta, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed, on_epoch=cb
         )
-        final = prob.evaluate(theta, grads=())
         vh = [val.heldout_score(theta)] if val is not None else []
         return EMResult(
             theta=theta,
-            objective=final.L,
+            objective=hist[-1],  # the full objective after the last epoch
             history=start.history + hist,
             converged=True,
             n_iter=int(self.epochs),
-            final=final,
             val_history=vh,
             best_iter=len(vh) - 1 if vh else None,
         )
