@@ -29,6 +29,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from .defaults import MAX_ITER, PATIENCE, TOL
 from .lbfgs import LBFGS, line_search
 from .objective import Evaluation, Problem, entropy_const
 
@@ -91,8 +92,8 @@ def run_em(
     theta0: np.ndarray,
     r0: Optional[np.ndarray] = None,
     *,
-    max_iter: int = 200,
-    tol: float = 1e-6,
+    max_iter: int = MAX_ITER,
+    tol: float = TOL,
     m_steps: int = 1,
     init_m_steps: int = 50,
     memory: int = 10,
@@ -101,7 +102,7 @@ def run_em(
     verbose: int = 0,
     on_eval: Optional[Callable[[int, "Evaluation"], None]] = None,
     val: Optional[Problem] = None,
-    patience: int = 10,
+    patience: int = PATIENCE,
 ) -> EMResult:
     """Generalised EM from theta0; the first M-step uses responsibilities r0 (n, K) (default: the E-step at theta0)
     and runs up to ``init_m_steps`` L-BFGS steps on Q(.|r0) (0: none, e.g. for a warm start); later

@@ -39,7 +39,7 @@ from . import fitting as F
 from . import gate as G
 from .align import cosine_matrix
 from .chunked import matmul_t
-from .defaults import ALPHA, HOLDOUT, MAX_ITER, N_INIT, PATIENCE, TOL
+from .defaults import ALPHA, HOLDOUT, MAX_ITER, N_COMPONENTS, N_INIT, PATIENCE, TOL
 from .em import thread_limit
 from .initialise import INITS
 from .objective import Problem
@@ -108,7 +108,7 @@ class MixtureBT(BaseEstimator):
 
     def __init__(
         self,
-        n_components: int = 10,
+        n_components: int = N_COMPONENTS,
         gate: str = "context",
         alpha: float = ALPHA,
         l2="auto",

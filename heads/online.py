@@ -20,6 +20,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from .adapt import block_features
+from .defaults import HEDGE_TAU
 from .em import thread_limit
 from .laplace import laplace_mode, laplace_predict, logsig, moderated_proba
 from .profile import HedgeProfile
@@ -107,7 +108,7 @@ class OnlineProfile:
         scales: Dict[str, float],
         pca: Optional[np.ndarray] = None,
         experts: Optional[Dict[str, Dict[str, float]]] = None,
-        tau: float = 1.0,
+        tau: float = HEDGE_TAU,
         margin: float = 1.0,
         min_gain: float = 1.0,
         force: Optional[str] = None,

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .defaults import ADAMW_BATCH, ADAMW_EPOCHS, ADAMW_LR, PATIENCE
 from .em import EMResult, run_em
 from .objective import Problem
 
@@ -58,7 +59,7 @@ class EMSolver:
         tol: float,
         seed: int,
         val: Optional[Problem] = None,
-        patience: int = 10,
+        patience: int = PATIENCE,
         on_iter: Optional[Callable[[int, float], None]] = None,
         verbose: int = 0,
     ) -> EMResult:
@@ -73,7 +74,7 @@ class EMSolver:
         max_iter: int,
         tol: float,
         val: Optional[Problem] = None,
-        patience: int = 10,
+        patience: int = PATIENCE,
         on_iter=None,
         verbose: int = 0,
     ) -> EMResult:
@@ -106,9 +107,9 @@ class AdamWSolver(EMSolver):
     """Minibatch AdamW (paper: batch 32, lr 2e-3, 5 % warm-up then cosine decay, ``epochs`` passes) after the
     same first M-step as EM; refits after selection continue with EM."""
 
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 2e-3
+    epochs: int = ADAMW_EPOCHS
+    batch_size: int = ADAMW_BATCH
+    lr: float = ADAMW_LR
     name = "adamw"
 
     def check(self) -> None:
@@ -123,7 +124,7 @@ class AdamWSolver(EMSolver):
     def screening(self, n_restarts: int, n_components: int) -> Optional[int]:
         return None
 
-    def run(self, prob, theta0, r0, *, max_iter, tol, seed, val=None, patience=10, on_iter=None, verbose=0):
+    def run(self, prob, theta0, r0, *, max_iter, tol, seed, val=None, patience=PATIENCE, on_iter=None, verbose=0):
         from .sgd import run_adamw
 
         start = run_em(prob, theta0, r0, max_iter=0, init_m_steps=self.init_m_steps, memory=self.memory)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from heads.defaults import HOLDOUT, SWEEP_SEEDS
 from pipeline.core.run import Run
 from pipeline.errors import InputError, MicroError, first_line
 from pipeline.sweep.report import KSelection, select_k, swept
@@ -150,7 +151,7 @@ def run_sweep(
     source,
     grid,
     *,
-    seeds=3,
+    seeds=SWEEP_SEEDS,
     stage: str = "fit",
     backend: str = "local",
     jobs: int | None = None,
@@ -158,7 +159,7 @@ def run_sweep(
     sample_seed: int = 0,
     out: str | Path = "sweep.parquet",
     address: str | None = None,
-    holdout: float = 0.2,
+    holdout: float = HOLDOUT,
     rank_by: str | None = None,
     retry_errors: bool = False,
     flush_every: int = 4,
