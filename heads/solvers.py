@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import numpy as np
+from sklearn.utils._param_validation import InvalidParameterError
 
 from .defaults import ADAMW_BATCH, ADAMW_EPOCHS, ADAMW_LR, PATIENCE
 from .em import EMResult, run_em
@@ -35,15 +36,18 @@ class EMSolver:
     name = "em"
 
     def check(self) -> None:
+        """Raise scikit-learn's InvalidParameterError (a ValueError), as MixtureBT's own parameter checks do."""
         if self.accept not in ("L", "Q"):
-            raise ValueError(f"EMSolver.accept must be 'L' or 'Q', got {self.accept!r}")
+            raise InvalidParameterError(f"EMSolver.accept must be 'L' or 'Q', got {self.accept!r}")
         for key in ("m_steps", "init_m_steps", "memory"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if key == "init_m_steps" else 1):
-                raise ValueError(f"EMSolver.{key} must be a positive integer, got {v!r}")
+            v, low = getattr(self, key), 0 if key == "init_m_steps" else 1
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise InvalidParameterError(f"EMSolver.{key} must be an integer >= {low}, got {v!r}")
         si = self.screen_iter
         if si is not None and (not isinstance(si, (int, np.integer)) or si < 1):
-            raise ValueError(f"EMSolver.screen_iter must be None or a positive integer, got {self.screen_iter!r}")
+            raise InvalidParameterError(
+                f"EMSolver.screen_iter must be None or a positive integer, got {self.screen_iter!r}"
+            )
 
     def screening(self, n_restarts: int, n_components: int) -> Optional[int]:
         """Iterations each restart runs before only the leader goes on (None: no screening)."""
@@ -117,9 +121,9 @@ class AdamWSolver(EMSolver):
         for key in ("epochs", "batch_size"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"AdamWSolver.{key} must be a positive integer, got {v!r}")
+                raise InvalidParameterError(f"AdamWSolver.{key} must be a positive integer, got {v!r}")
         if isinstance(self.lr, bool) or not np.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"AdamWSolver.lr must be a finite number > 0, got {self.lr!r}")
+            raise InvalidParameterError(f"AdamWSolver.lr must be a finite number > 0, got {self.lr!r}")
 
     def screening(self, n_restarts: int, n_components: int) -> Optional[int]:
         return None
@@ -158,5 +162,5 @@ def make_solver(spec) -> EMSolver:
         obj.check()
         return obj
     if spec not in SOLVERS:
-        raise ValueError(f"solver must be 'em', 'adamw' or a solver object, got {spec!r}")
+        raise InvalidParameterError(f"solver must be 'em', 'adamw' or a solver object, got {spec!r}")
     return SOLVERS[spec]()
