@@ -191,7 +191,7 @@ def fit(
     dim: str = typer.Option(
         "auto",
         help="PCA width of the response features (fitted on train): auto (full up to "
-        "512 features, else 256) | none (full width) | N.",
+        "512 features, else 256, or with --l2 auto the better of 64 and 256 on held-out prompts) | none | N.",
     ),
     gate_dim: str = typer.Option("auto", help="The same for the gate's input features."),
     init: str = typer.Option("gate-kmeans", help="gate-kmeans | kmeans | random | split."),

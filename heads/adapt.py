@@ -220,7 +220,7 @@ class ResidualBT:
     (its mean held-out log-likelihood), ``cv_pairs_`` (n,) per-pair held-out log-likelihood of the fitted model
     (of the average with "average"), ``cv_priors_`` {name: (n,) of that prior alone}, ``cv_table_``
     [(prior, variances, mean loglik)], ``candidate_weights_``, ``prior_weights_`` {prior: multiplier of its
-    logit in the final model}, ``prior_scale_`` (the best prior's multiplier), ``coef_`` (d,) the residual v,
+    logit in the final model}, ``coef_`` (d,) the residual v,
     ``scales_`` {block: c_b}, ``folds_``, ``n_features_in_``.
     """
 
@@ -293,14 +293,14 @@ class ResidualBT:
             rows = np.stack([t[3] for t in table])
             self.cv_pairs_ = np.log(np.clip(weights @ np.exp(rows), 1e-300, None))
         self.prior_weights_, self.coef_, self.n_features_in_ = {}, np.zeros(D.shape[1]), D.shape[1]
-        for j in np.flatnonzero(weights > 1e-3 * weights.max()):
+        keep = np.flatnonzero(weights > 1e-3 * weights.max())
+        kept = weights[keep].sum()
+        for j in keep:
             name, var, t = table[j][0], table[j][1], table[j][4]
             c, v = self._refit(blocks, G, P[name][F], var, heads, pca)
             c, v = 1.0 + t * (c - 1.0), t * v
-            kept = weights[weights > 1e-3 * weights.max()].sum()
             self.prior_weights_[name] = self.prior_weights_.get(name, 0.0) + weights[j] / kept * c
-            self.coef_ += weights[j] / weights[weights > 1e-3 * weights.max()].sum() * v
-        self.prior_scale_ = self.prior_weights_.get(self.prior_, 0.0)
+            self.coef_ += weights[j] / kept * v
         return self
 
     def _refit(self, blocks, G, m, variances, heads, pca):
