@@ -9,21 +9,25 @@ from pathlib import Path
 import typer
 
 from heads.defaults import (
+    ADAMW_EPOCHS,
     ALPHA,
     ALPHA_PAPER,
     BUDGET,
     BUDGETS,
+    DEMO_SEEDS,
     HEDGE_TAU,
     HOLDOUT,
     HYRE_N,
     LGO_BUDGETS,
     LGO_SEEDS,
     MAX_ITER,
+    N_COMPONENTS,
     N_INIT,
     PATIENCE,
     ROUTER_EPOCHS,
     ROUTER_LR,
     SEEDS,
+    SWEEP_SEEDS,
     TAU,
     TAU_PAPER,
     TOL,
@@ -147,14 +151,15 @@ def embed(
 def fit(
     run_dir: Path = typer.Argument(..., help="Run folder from `micro embed`."),
     k: str = typer.Option(
-        "10",
+        str(N_COMPONENTS),
         "--k",
         help="Number of reward heads K, or 'auto' (K sweep on held-out train prompts, one-SE rule; see --k-range).",
     ),
     k_range: str = typer.Option(
         "1..16",
         "--k-range",
-        help="--k auto: K range LOW..HIGH (≤ 8 values: all; else 1, 2, 4, 6, 8, 10, 12, 16, … within it), 3 seeds.",
+        help="--k auto: K range LOW..HIGH (≤ 8 values: all; else 1, 2, 4, 6, 8, 10, 12, 16, … within it), "
+        f"{SWEEP_SEEDS} seeds.",
     ),
     gate: str = typer.Option("context", help="context (prompt-dependent gate) | static (one global mixture)."),
     gate_input: str = typer.Option("auto", help="What the gate reads: prompt | context | auto (context if present)."),
@@ -186,12 +191,12 @@ def fit(
     dim: str = typer.Option(
         "auto",
         help="PCA width of the response features (fitted on train): auto (full up to "
-        "512 features, else 256) | none (full width) | N.",
+        "512 features, else 256, or with --l2 auto the better of 64 and 256 on held-out prompts) | none | N.",
     ),
     gate_dim: str = typer.Option("auto", help="The same for the gate's input features."),
     init: str = typer.Option("gate-kmeans", help="gate-kmeans | kmeans | random | split."),
     optimizer: str = typer.Option("em", help="em (fast EM) | adamw (the paper's minibatch recipe)."),
-    epochs: int = typer.Option(1, help="adamw: epochs."),
+    epochs: int = typer.Option(ADAMW_EPOCHS, help="adamw: epochs."),
     baseline: str | None = typer.Option(None, help="single (one BT head) | static (Static Mixture)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Model bundle folder (default RUN_DIR/model)."),
     quiet: bool = typer.Option(False, help="No per-iteration progress."),
@@ -292,7 +297,7 @@ def sweep(
         help="Search space, e.g. 'k=1,2,5,10; alpha=0,0.5; l2=1e-4,1e-3'; "
         "with --samples also ranges: alpha=0..1, tau=log:1e-4..1e-2, k=int:1..16.",
     ),
-    seeds: int = typer.Option(3, help="Seeds per configuration (fit random_state, validation draw, router draw)."),
+    seeds: int = typer.Option(SWEEP_SEEDS, help="Seeds per configuration (fit seed, validation draw, router draw)."),
     stage: str = typer.Option("fit", help="fit (Stage 1) | route / all (Stage 1 + one router per trial)."),
     backend: str = typer.Option("local", help="local (process pool) | ray."),
     jobs: int | None = typer.Option(None, help="Trials in parallel (default: CPU cores)."),
@@ -320,8 +325,8 @@ def sweep(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for every stage's output."),
-    k: int = typer.Option(10, "--k", help="Number of reward heads."),
-    seeds: int = typer.Option(3, help="Router / HyRe seeds."),
+    k: int = typer.Option(N_COMPONENTS, "--k", help="Number of reward heads."),
+    seeds: int = typer.Option(DEMO_SEEDS, help="Router / HyRe seeds."),
     cache_dir: Path | None = typer.Option(None, help="Embedding cache root (default ~/.cache/micro/embeddings)."),
 ) -> None:
     """The whole pipeline on the bundled DSP sample (CPU, bundled model): prepare → embed → fit → route → eval."""

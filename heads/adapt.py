@@ -35,6 +35,7 @@ __all__ = [
     "block_features",
     "block_scales",
     "grams",
+    "residual_weights",
     "pca_basis",
     "kfold",
     "cv_heldout",
@@ -75,6 +76,21 @@ def block_scales(blocks: Mapping[str, np.ndarray]) -> Dict[str, float]:
         c = float(np.mean(np.einsum("ij,ij->i", X, X))) if X.size else 0.0
         out[k] = c if c > 0 else 1.0
     return out
+
+
+def residual_weights(
+    blocks: Mapping[str, np.ndarray], a: np.ndarray, variances: Mapping[str, float], scales: Mapping[str, float], bases
+) -> tuple:
+    """(prior multiplier 1 + c, residual v (d,) or None) of a posterior mode with dual weights ``a``: each block's
+    weights theta_b = (var_b / c_b) X_b^T a (representer theorem), folded back onto Delta ("iso" is Delta itself,
+    ``bases`` {"heads": (K, d), "pca": (r, d)} the others' bases; "scale" is the prior logit's c)."""
+    theta = {k: (variances.get(k, 0.0) / scales.get(k, 1.0)) * (X.T @ a) for k, X in blocks.items()}
+    v = theta["iso"].copy() if "iso" in theta else None
+    for k in ("heads", "pca"):
+        if k in theta and bases.get(k) is not None:
+            t = np.asarray(bases[k], dtype=np.float64).T @ theta[k]
+            v = t if v is None else v + t
+    return 1.0 + (float(theta["scale"][0]) if "scale" in theta else 0.0), v
 
 
 def grams(blocks: Mapping[str, np.ndarray], scales: Mapping[str, float]) -> Dict[str, np.ndarray]:
@@ -204,7 +220,7 @@ class ResidualBT:
     (its mean held-out log-likelihood), ``cv_pairs_`` (n,) per-pair held-out log-likelihood of the fitted model
     (of the average with "average"), ``cv_priors_`` {name: (n,) of that prior alone}, ``cv_table_``
     [(prior, variances, mean loglik)], ``candidate_weights_``, ``prior_weights_`` {prior: multiplier of its
-    logit in the final model}, ``prior_scale_`` (the best prior's multiplier), ``coef_`` (d,) the residual v,
+    logit in the final model}, ``coef_`` (d,) the residual v,
     ``scales_`` {block: c_b}, ``folds_``, ``n_features_in_``.
     """
 
@@ -277,14 +293,14 @@ class ResidualBT:
             rows = np.stack([t[3] for t in table])
             self.cv_pairs_ = np.log(np.clip(weights @ np.exp(rows), 1e-300, None))
         self.prior_weights_, self.coef_, self.n_features_in_ = {}, np.zeros(D.shape[1]), D.shape[1]
-        for j in np.flatnonzero(weights > 1e-3 * weights.max()):
+        keep = np.flatnonzero(weights > 1e-3 * weights.max())
+        kept = weights[keep].sum()
+        for j in keep:
             name, var, t = table[j][0], table[j][1], table[j][4]
             c, v = self._refit(blocks, G, P[name][F], var, heads, pca)
             c, v = 1.0 + t * (c - 1.0), t * v
-            kept = weights[weights > 1e-3 * weights.max()].sum()
             self.prior_weights_[name] = self.prior_weights_.get(name, 0.0) + weights[j] / kept * c
-            self.coef_ += weights[j] / weights[weights > 1e-3 * weights.max()].sum() * v
-        self.prior_scale_ = self.prior_weights_.get(self.prior_, 0.0)
+            self.coef_ += weights[j] / kept * v
         return self
 
     def _refit(self, blocks, G, m, variances, heads, pca):
@@ -292,14 +308,7 @@ class ResidualBT:
         K = _kernel({**G, "scale": np.outer(m, m)}, variances, len(m))
         fit = laplace_mode(K, m)
         scales = {**self.scales_, "scale": 1.0}
-        blocks = {**blocks, "scale": m[:, None]}
-        theta = {k: (variances.get(k, 0.0) / scales[k]) * (X.T @ fit.a) for k, X in blocks.items()}
-        v = theta["iso"].copy()
-        if heads is not None:
-            v += np.asarray(heads, dtype=np.float64).T @ theta["heads"]
-        if pca is not None:
-            v += np.asarray(pca, dtype=np.float64).T @ theta["pca"]
-        return 1.0 + float(theta["scale"][0]), v
+        return residual_weights({**blocks, "scale": m[:, None]}, fit.a, variances, scales, {"heads": heads, "pca": pca})
 
     def decision_function(self, delta, prior_logits) -> np.ndarray:
         """MAP logit (n,) = sum_j multiplier_j m_j + v . Delta; ``prior_logits`` {prior name: m_j (n,)} for the

@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from .defaults import FIXED_L2
+from .defaults import FIXED_L2, N_COMPONENTS
 from .em import newton_polish_single, run_em, thread_limit
 from .objective import Problem
 from .validation import as_matrix, check_rows, check_width
@@ -52,7 +52,7 @@ class SharedBase(BaseEstimator):
 
     def __init__(
         self,
-        n_components: int = 10,
+        n_components: int = N_COMPONENTS,
         prior_scale: float = 1.0,
         l2: float = FIXED_L2,
         max_iter: int = 500,

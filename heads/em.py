@@ -29,6 +29,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from .defaults import MAX_ITER, PATIENCE, TOL
 from .lbfgs import LBFGS, line_search
 from .objective import Evaluation, Problem, entropy_const
 
@@ -52,7 +53,6 @@ class EMResult:
     history: List[float]
     converged: bool
     n_iter: int
-    final: Evaluation
     times: List[float] = field(default_factory=list)
     val_history: List[float] = field(default_factory=list)  # held-out score per iteration (calibrated log-lik)
     best_iter: Optional[int] = None  # iteration of the returned point (early stopping)
@@ -92,8 +92,8 @@ def run_em(
     theta0: np.ndarray,
     r0: Optional[np.ndarray] = None,
     *,
-    max_iter: int = 200,
-    tol: float = 1e-6,
+    max_iter: int = MAX_ITER,
+    tol: float = TOL,
     m_steps: int = 1,
     init_m_steps: int = 50,
     memory: int = 10,
@@ -102,16 +102,14 @@ def run_em(
     verbose: int = 0,
     on_eval: Optional[Callable[[int, "Evaluation"], None]] = None,
     val: Optional[Problem] = None,
-    patience: int = 10,
-    warm: bool = False,
+    patience: int = PATIENCE,
 ) -> EMResult:
     """Generalised EM from theta0; the first M-step uses responsibilities r0 (n, K) (default: the E-step at theta0)
     and runs up to ``init_m_steps`` L-BFGS steps on Q(.|r0) (0: none, e.g. for a warm start); later
     M-steps run ``m_steps`` steps. ``accept`` is the line-search criterion of the EM iterations ("L" or "Q", see
     :func:`heads.lbfgs.line_search`; inner steps of an M-step with m_steps > 1 always use "Q"). ``on_eval(it,
     ev)``, if given, sees every accepted iterate (used by benchmarks). With ``val`` (a Problem on held-out pairs
-    with the same parameters) the fit stops early (``patience``) and returns the best validation point (``warm``:
-    among the points after the start, e.g. when the start was fitted under another L2)."""
+    with the same parameters) the fit stops early (``patience``) and returns the best validation point."""
     t_start = time.perf_counter()
     theta = np.array(theta0, dtype=np.float64)
     if init_m_steps:
@@ -122,7 +120,7 @@ def run_em(
     ev = _finite(prob.evaluate(theta, grads=("L",)), "at the start")
     history, times = [ev.L], [time.perf_counter() - t_start]
     val_hist = [val.heldout_score(ev.theta)] if val is not None else []
-    best = ((-np.inf if warm else val_hist[0]), 0, ev) if val is not None else None
+    best = (val_hist[0], 0, ev) if val is not None else None
     if verbose:
         print(f"  init  objective {ev.L:.8f}  ({times[-1]:.2f}s)")
     if on_eval is not None:
@@ -190,7 +188,6 @@ def run_em(
         history=history,
         converged=converged or stopped,
         n_iter=it,
-        final=ev,
         times=times,
         val_history=val_hist,
         best_iter=best[1] if best else None,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .chunked import matmul_t
+from .defaults import GATE_HIDDEN
 
 GATE_KINDS = ("linear", "mlp", "static")
 
@@ -72,7 +73,7 @@ def init_gate_params(
             "intercept": np.zeros(K),
         }
     if kind == "mlp":
-        H = int(hidden or 128)
+        H = int(hidden or GATE_HIDDEN)
         return {
             "hidden_coef": rng.standard_normal((H, n_prompt)) * np.sqrt(2.0 / max(n_prompt, 1)),
             "hidden_intercept": np.zeros(H),
@@ -148,7 +149,7 @@ def gate_penalty(params: Dict[str, np.ndarray]) -> float:
 
 def gate_shapes(kind: str, n_components: int, n_prompt: int, hidden: Optional[int]) -> List[Tuple[str, tuple]]:
     """(key, shape) in flat-vector order."""
-    K, p, H = n_components, n_prompt, int(hidden or 128)
+    K, p, H = n_components, n_prompt, int(hidden or GATE_HIDDEN)
     shapes = {
         "coef": (K, p) if kind == "linear" else (K, H),
         "intercept": (K,),

@@ -19,6 +19,8 @@ from typing import Callable, Dict, Iterable, Optional
 import numpy as np
 from scipy.special import log_expit
 
+from .defaults import HYRE_N, SEEDS
+
 __all__ = ["hyre_log_weights", "hyre_weights", "hyre_predict_proba", "hyre_eval", "gate_prior_fn"]
 
 
@@ -86,8 +88,8 @@ def gate_prior_fn(gate_weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray
 def hyre_eval(
     head_logits: np.ndarray,
     groups: np.ndarray,
-    n_per_group: int = 16,
-    seeds: Iterable[int] = (0, 1, 2, 3, 4),
+    n_per_group: int = HYRE_N,
+    seeds: Iterable[int] = tuple(range(SEEDS)),
     prior_fn: Optional[Callable[[np.ndarray], np.ndarray]] = None,
     beta: float = 1.0,
 ) -> Dict[str, object]:

@@ -1,7 +1,7 @@
 """Initialisation strategies for the mixture fit (they decide whether the heads specialise).
 
-Each returns ``(W0 (K, d), gate0 dict, r0 (n, K) or None)``; ``r0`` are the FIRST responsibilities the
-first M-step is fitted to (None: take the E-step at (W0, gate0)).
+:func:`initialise` returns ``(W0 (K, d), r0 (n, K) or None)``; ``r0`` are the FIRST responsibilities the
+first M-step is fitted to (None: take the E-step at W0 and the uniform gate).
 
 * ``"gate-kmeans"``: k-means on the gate's input (prompt) features; hard assignments smoothed to
   ``0.9`` on the own cluster and ``0.1 / (K - 1)`` elsewhere; heads and gate start at zero. On real DSP

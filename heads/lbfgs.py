@@ -8,8 +8,6 @@ import numpy as np
 
 from .objective import Evaluation, Problem
 
-DEBUG = False
-
 
 class LBFGS:
     """Two-loop recursion with a bounded memory of curvature pairs (skips pairs with s.y <= 0)."""
@@ -78,8 +76,6 @@ def line_search(
         val = new.Q if accept == "Q" else new.L
         if np.isfinite(val) and val <= f0 + c1 * step * gd:
             return new
-        if DEBUG:
-            print(f"    reject step {step:.3g}: Q {new.Q - f0:.3e} L {new.L - f0:.3e} armijo {c1 * step * gd:.3e}")
         # safeguarded quadratic interpolation
         denom = 2.0 * (val - f0 - gd * step) if np.isfinite(val) else np.inf
         nxt = -gd * step * step / denom if denom > 0 else 0.1 * step

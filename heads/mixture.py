@@ -37,8 +37,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import fitting as F
 from . import gate as G
+from .align import cosine_matrix
 from .chunked import matmul_t
-from .defaults import ALPHA, HOLDOUT, MAX_ITER, N_INIT, PATIENCE, TOL
+from .defaults import ALPHA, HOLDOUT, MAX_ITER, N_COMPONENTS, N_INIT, PATIENCE, TOL
 from .em import thread_limit
 from .initialise import INITS
 from .objective import Problem
@@ -51,9 +52,7 @@ GATES = ("context", "static")
 
 def collapsed_pairs(coef: np.ndarray, threshold: float = 0.99):
     """Pairs (i, j), i < j, of heads whose cosine similarity is >= threshold."""
-    nrm = np.linalg.norm(coef, axis=1)
-    U = coef / np.where(nrm > 0, nrm, 1.0)[:, None]
-    C = U @ U.T
+    C = cosine_matrix(coef, coef)
     K = coef.shape[0]
     return [(i, j) for i in range(K) for j in range(i + 1, K) if C[i, j] >= threshold]
 
@@ -109,7 +108,7 @@ class MixtureBT(BaseEstimator):
 
     def __init__(
         self,
-        n_components: int = 10,
+        n_components: int = N_COMPONENTS,
         gate: str = "context",
         alpha: float = ALPHA,
         l2="auto",

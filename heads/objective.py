@@ -69,7 +69,6 @@ class Evaluation:
     Q: Optional[float] = None  # surrogate value given the fixed responsibilities
     gL: Optional[np.ndarray] = None
     gQ: Optional[np.ndarray] = None
-    mix: Optional[np.ndarray] = None  # (K,) mean gate weight
 
 
 def entropy_const(r: np.ndarray) -> float:
@@ -211,7 +210,6 @@ class Problem:
         }
         r_out = np.empty((K, n))
         nll = ent = qdat = 0.0
-        mix = np.zeros(K)
         for s, e, Dc, Xc in self.chunks():
             z = kernels.mm_t(Dc, W)  # (K, B)
             lg, cache = kernels.gate_forward(self.kind, gp, Xc, e - s)  # (K, B)
@@ -228,7 +226,6 @@ class Problem:
             ent_row = (f * logf).sum(axis=0)
             nll -= float(np.sum(jm + np.log(rs)))
             ent += float(ent_row.sum())
-            mix += f.sum(axis=1)
             if r_fixed is not None:
                 qdat -= float(np.einsum("ij,ij->", r_fixed[:, s:e], joint))
             if not grads:
@@ -245,7 +242,7 @@ class Problem:
                 kernels.gate_backward(self.kind, gp, Xc, ga, cache, gg)
         pen = 0.5 * float(np.dot(theta * self.l2_weights, theta))
         L = nll / n + a * ent / n + pen
-        ev = Evaluation(theta=theta, L=L, nll=nll / n, r=r_out, mix=mix / n)
+        ev = Evaluation(theta=theta, L=L, nll=nll / n, r=r_out)
         if r_fixed is not None:
             ev.Q = qdat / n + rlogr + a * ent / n + pen
         for g in grads:

@@ -19,7 +19,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .adapt import block_features
+from .adapt import block_features, residual_weights
+from .defaults import HEDGE_TAU
 from .em import thread_limit
 from .laplace import laplace_mode, laplace_predict, logsig, moderated_proba
 from .profile import HedgeProfile
@@ -82,13 +83,7 @@ class OnlineResidual:
 
     def weights(self) -> tuple[float, np.ndarray]:
         """(prior multiplier 1 + c, residual v (d,)) of the current posterior mode (v . Delta is the residual)."""
-        theta = {k: self.variances[k] / self.scales.get(k, 1.0) * (X.T @ self.a) for k, X in self.X.items()}
-        c = float(theta["scale"][0]) if "scale" in theta else 0.0
-        v = theta.get("iso")
-        if "pca" in theta:
-            pv = np.asarray(self.pca, dtype=np.float64).T @ theta["pca"]
-            v = pv if v is None else v + pv
-        return 1.0 + c, v
+        return residual_weights(self.X, self.a, self.variances, self.scales, {"pca": self.pca})
 
 
 class OnlineProfile:
@@ -107,7 +102,7 @@ class OnlineProfile:
         scales: Dict[str, float],
         pca: Optional[np.ndarray] = None,
         experts: Optional[Dict[str, Dict[str, float]]] = None,
-        tau: float = 1.0,
+        tau: float = HEDGE_TAU,
         margin: float = 1.0,
         min_gain: float = 1.0,
         force: Optional[str] = None,

@@ -30,6 +30,8 @@ from typing import Dict, Optional
 import numpy as np
 from scipy.special import log_expit, logsumexp
 
+from .defaults import HEDGE_TAU
+
 __all__ = ["HedgeProfile"]
 
 
@@ -43,7 +45,7 @@ class HedgeProfile:
     Attributes: ``weights_`` (K,), ``log_weights_`` (K,), ``n_seen_`` (pairs observed), ``prior``.
     """
 
-    def __init__(self, tau: float = 1.0, prior: Optional[np.ndarray] = None, n_heads: Optional[int] = None):
+    def __init__(self, tau: float = HEDGE_TAU, prior: Optional[np.ndarray] = None, n_heads: Optional[int] = None):
         if not (np.isfinite(tau) and tau > 0):
             raise ValueError(f"tau must be a finite number > 0, got {tau}")
         self.tau = float(tau)

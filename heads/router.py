@@ -233,7 +233,6 @@ class Router(BaseEstimator):
 
     def _train(self, z: np.ndarray, X: Optional[np.ndarray], params: Dict[str, np.ndarray], n: int) -> None:
         rng = np.random.default_rng(self.random_state)
-        losses = per_head_losses(z)
         Xt = None if X is None else torch.from_numpy(np.ascontiguousarray(X))
         tp = params_to_torch(params, dtype=torch.float64, requires_grad=True)
         opt = torch.optim.Adam(list(tp.values()), lr=float(self.lr))
@@ -242,10 +241,8 @@ class Router(BaseEstimator):
 
         for _ in range(int(self.epochs)):
             # 1. soft labels with the current router, fixed for the epoch
-            cur = params_from_torch(tp)
-            log_f = gate_log_weights(cur, X, n_rows=n)
-            log_w = log_f - losses / float(self.tau)
-            omega = torch.from_numpy(np.exp(log_w - logsumexp(log_w, axis=1, keepdims=True)))
+            log_f = gate_log_weights(params_from_torch(tp), X, n_rows=n)
+            omega = torch.from_numpy(router_soft_labels(log_f, z, self.tau))
             # 2. cross-entropy on shuffled minibatches
             perm = rng.permutation(n)
             tot = 0.0

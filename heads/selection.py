@@ -104,11 +104,9 @@ def best_point(points: Sequence[PathPoint], tol: float = MIN_GAIN) -> PathPoint:
     return best
 
 
-def l2_path(
-    fit: Callable[[float], "object"], scales: tuple[float, float], start: float = C_START, refine: bool = True
-) -> List[PathPoint]:
+def l2_path(fit: Callable[[float], "object"], scales: tuple[float, float]) -> List[PathPoint]:
     """Search the relative L2 on a log grid. ``fit(c)`` fits relative L2 ``c`` from the initialisation with early
-    stopping and returns a :class:`heads.em.EMResult`; ``scales`` = (s_D, s_X). Starts at ``start`` and its two
+    stopping and returns a :class:`heads.em.EMResult`; ``scales`` = (s_D, s_X). Starts at ``C_START`` and its two
     decade neighbours, walks a decade at a time towards the better end while that keeps improving (within
     [MIN_C, MAX_C]), then tries the best point's half-decade neighbours. Returns the points sorted by ``c``."""
     points: List[PathPoint] = []
@@ -130,7 +128,7 @@ def l2_path(
         points.append(pt)
         return pt
 
-    for c in (start, start * 10, start / 10):
+    for c in (C_START, C_START * 10, C_START / 10):
         run(c)
     while True:
         best = best_point(points)
@@ -144,10 +142,9 @@ def l2_path(
         if best_point(points) is best:
             break
     best = best_point(points)
-    if refine:
-        for c in (best.c / np.sqrt(10.0), best.c * np.sqrt(10.0)):
-            if MIN_C <= c <= MAX_C and not any(np.isclose(c, p.c) for p in points):
-                run(c)
+    for c in (best.c / np.sqrt(10.0), best.c * np.sqrt(10.0)):
+        if MIN_C <= c <= MAX_C and not any(np.isclose(c, p.c) for p in points):
+            run(c)
     return sorted(points, key=lambda p: p.c)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .defaults import ADAMW_BATCH, ADAMW_EPOCHS, ADAMW_LR
 from .gate import PENALISED, gate_logits_torch
 from .objective import Problem
 
@@ -25,9 +26,9 @@ def run_adamw(
     prob: Problem,
     theta0: np.ndarray,
     *,
-    epochs: int = 1,
-    batch_size: int = 32,
-    lr: float = 2e-3,
+    epochs: int = ADAMW_EPOCHS,
+    batch_size: int = ADAMW_BATCH,
+    lr: float = ADAMW_LR,
     warmup: float = 0.05,
     seed: int = 0,
     on_epoch: Optional[Callable[[int, np.ndarray], None]] = None,

@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import numpy as np
+from sklearn.utils._param_validation import InvalidParameterError
 
+from .defaults import ADAMW_BATCH, ADAMW_EPOCHS, ADAMW_LR, PATIENCE
 from .em import EMResult, run_em
 from .objective import Problem
 
@@ -34,15 +36,18 @@ class EMSolver:
     name = "em"
 
     def check(self) -> None:
+        """Raise scikit-learn's InvalidParameterError (a ValueError), as MixtureBT's own parameter checks do."""
         if self.accept not in ("L", "Q"):
-            raise ValueError(f"EMSolver.accept must be 'L' or 'Q', got {self.accept!r}")
+            raise InvalidParameterError(f"EMSolver.accept must be 'L' or 'Q', got {self.accept!r}")
         for key in ("m_steps", "init_m_steps", "memory"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if key == "init_m_steps" else 1):
-                raise ValueError(f"EMSolver.{key} must be a positive integer, got {v!r}")
+            v, low = getattr(self, key), 0 if key == "init_m_steps" else 1
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise InvalidParameterError(f"EMSolver.{key} must be an integer >= {low}, got {v!r}")
         si = self.screen_iter
         if si is not None and (not isinstance(si, (int, np.integer)) or si < 1):
-            raise ValueError(f"EMSolver.screen_iter must be None or a positive integer, got {self.screen_iter!r}")
+            raise InvalidParameterError(
+                f"EMSolver.screen_iter must be None or a positive integer, got {self.screen_iter!r}"
+            )
 
     def screening(self, n_restarts: int, n_components: int) -> Optional[int]:
         """Iterations each restart runs before only the leader goes on (None: no screening)."""
@@ -58,7 +63,7 @@ class EMSolver:
         tol: float,
         seed: int,
         val: Optional[Problem] = None,
-        patience: int = 10,
+        patience: int = PATIENCE,
         on_iter: Optional[Callable[[int, float], None]] = None,
         verbose: int = 0,
     ) -> EMResult:
@@ -73,15 +78,14 @@ class EMSolver:
         max_iter: int,
         tol: float,
         val: Optional[Problem] = None,
-        patience: int = 10,
+        patience: int = PATIENCE,
         on_iter=None,
         verbose: int = 0,
-        warm: bool = False,
     ) -> EMResult:
         """Continue from theta (no first M-step): the screened leader, or a refit."""
-        return self._run(prob, theta, None, 0, max_iter, tol, val, patience, on_iter, verbose, warm)
+        return self._run(prob, theta, None, 0, max_iter, tol, val, patience, on_iter, verbose)
 
-    def _run(self, prob, theta, r0, init_m_steps, max_iter, tol, val, patience, on_iter, verbose, warm=False):
+    def _run(self, prob, theta, r0, init_m_steps, max_iter, tol, val, patience, on_iter, verbose):
         return run_em(
             prob,
             theta,
@@ -96,7 +100,6 @@ class EMSolver:
             verbose=verbose,
             val=val,
             patience=patience,
-            warm=warm,
         )
 
     def to_dict(self) -> dict:
@@ -108,9 +111,9 @@ class AdamWSolver(EMSolver):
     """Minibatch AdamW (paper: batch 32, lr 2e-3, 5 % warm-up then cosine decay, ``epochs`` passes) after the
     same first M-step as EM; refits after selection continue with EM."""
 
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 2e-3
+    epochs: int = ADAMW_EPOCHS
+    batch_size: int = ADAMW_BATCH
+    lr: float = ADAMW_LR
     name = "adamw"
 
     def check(self) -> None:
@@ -118,14 +121,14 @@ class AdamWSolver(EMSolver):
         for key in ("epochs", "batch_size"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"AdamWSolver.{key} must be a positive integer, got {v!r}")
+                raise InvalidParameterError(f"AdamWSolver.{key} must be a positive integer, got {v!r}")
         if isinstance(self.lr, bool) or not np.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"AdamWSolver.lr must be a finite number > 0, got {self.lr!r}")
+            raise InvalidParameterError(f"AdamWSolver.lr must be a finite number > 0, got {self.lr!r}")
 
     def screening(self, n_restarts: int, n_components: int) -> Optional[int]:
         return None
 
-    def run(self, prob, theta0, r0, *, max_iter, tol, seed, val=None, patience=10, on_iter=None, verbose=0):
+    def run(self, prob, theta0, r0, *, max_iter, tol, seed, val=None, patience=PATIENCE, on_iter=None, verbose=0):
         from .sgd import run_adamw
 
         start = run_em(prob, theta0, r0, max_iter=0, init_m_steps=self.init_m_steps, memory=self.memory)
@@ -133,15 +136,13 @@ class AdamWSolver(EMSolver):
         theta, hist = run_adamw(
             prob, start.theta, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed, on_epoch=cb
         )
-        final = prob.evaluate(theta, grads=())
         vh = [val.heldout_score(theta)] if val is not None else []
         return EMResult(
             theta=theta,
-            objective=final.L,
+            objective=hist[-1],  # the full objective after the last epoch
             history=start.history + hist,
             converged=True,
             n_iter=int(self.epochs),
-            final=final,
             val_history=vh,
             best_iter=len(vh) - 1 if vh else None,
         )
@@ -161,5 +162,5 @@ def make_solver(spec) -> EMSolver:
         obj.check()
         return obj
     if spec not in SOLVERS:
-        raise ValueError(f"solver must be 'em', 'adamw' or a solver object, got {spec!r}")
+        raise InvalidParameterError(f"solver must be 'em', 'adamw' or a solver object, got {spec!r}")
     return SOLVERS[spec]()

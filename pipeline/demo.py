@@ -8,14 +8,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from heads.defaults import DEMO_SEEDS, N_COMPONENTS
+
 SAMPLE = Path(__file__).parent / "sample" / "dsp_sample.json"
 
 
 def run_demo(
     out: str | Path,
     *,
-    k: int = 10,
-    seeds: int = 3,
+    k: int = N_COMPONENTS,
+    seeds: int = DEMO_SEEDS,
     cache_dir: str | Path | None = None,
     progress_factory=None,
     log=print,

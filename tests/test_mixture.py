@@ -272,8 +272,9 @@ def test_bad_inputs(small):
     ],
 )
 def test_invalid_parameters_are_refused_at_fit(small, param):
-    """alpha=nan used to fit a NaN model that reported converged_ = True; accept="x" silently acted as "L"."""
-    with pytest.raises(ValueError, match="must be"):
+    """alpha=nan used to fit a NaN model that reported converged_ = True; accept="x" silently acted as "L".
+    Solver fields fail like the estimator's own parameters (one error class for the CLI boundary and callers)."""
+    with pytest.raises(InvalidParameterError, match="must be"):
         MixtureBT(**{"n_components": 3, "n_init": 1, "max_iter": 5, **param}).fit(small["delta"], small["prompt"])
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from cache.atomic import write_json_atomic
-from heads.defaults import HOLDOUT
+from heads.defaults import HOLDOUT, SWEEP_SEEDS
 from pipeline.errors import MicroError
 from pipeline.sweep.report import KSelection, k_candidates, parse_k_range, select_k
 from pipeline.sweep.runner import run_sweep
@@ -22,7 +22,7 @@ def auto_k(
     k_range: str,
     fit_params: dict,
     *,
-    seeds: int = 3,
+    seeds: int = SWEEP_SEEDS,
     holdout: float = HOLDOUT,
     jobs: int | None = None,
     out_dir: str | Path,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from heads.defaults import HOLDOUT, SWEEP_SEEDS
 from pipeline import checks as C
 from pipeline.core.run import Run
 from pipeline.errors import InputError, OptionError, first_line
@@ -165,7 +166,7 @@ def run_sweep(
     source,
     grid,
     *,
-    seeds=3,
+    seeds=SWEEP_SEEDS,
     stage: str = "fit",
     backend: str = "local",
     jobs: int | None = None,
@@ -173,7 +174,7 @@ def run_sweep(
     sample_seed: int = 0,
     out: str | Path = "sweep.parquet",
     address: str | None = None,
-    holdout: float = 0.2,
+    holdout: float = HOLDOUT,
     rank_by: str | None = None,
     retry_errors: bool = False,
     flush_every: int = 4,
