@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from numbers import Integral
 from pathlib import Path
 from typing import Iterable
 
@@ -18,12 +19,12 @@ def integer(value, option: str, minimum: int = 1, maximum: int | None = None, op
     """``value`` as an int in [minimum, maximum] (None allowed when ``optional``)."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, Integral):
         raise OptionError(f"{option} must be an integer, got {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise OptionError(f"{option} must be {bound}, got {value}")
-    return value
+    return int(value)
 
 
 def number(

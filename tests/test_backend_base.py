@@ -57,7 +57,7 @@ def test_max_length_must_be_positive(bad):
     """--max-length 0 used to become the model default silently (same fingerprint as a default run)."""
     from pipeline.embed.backends.st import SentenceTransformersBackend
 
-    with pytest.raises(OptionError, match=f"--max-length must be an integer >= 1, got {bad}"):
+    with pytest.raises(OptionError, match=f"--max-length must be >= 1, got {bad}"):
         SentenceTransformersBackend(max_length=bad)
     with pytest.raises(OptionError, match="beyond the 512 positions"):
         SentenceTransformersBackend(max_length=513)

@@ -276,7 +276,7 @@ def test_bad_options_are_one_line_errors_before_loading(tiny_llama_dir):
         TransformersBackend(str(tiny_llama_dir), attn_implementation="flash")
     with pytest.raises(MicroError, match="flash_attn package|runs on CUDA only"):
         TransformersBackend(str(tiny_llama_dir), attn_implementation="flash_attention_2", dtype="bfloat16")
-    with pytest.raises(MicroError, match="--max-batch-tokens must be an integer >= 1"):
+    with pytest.raises(MicroError, match="--max-batch-tokens must be >= 1, got 0"):
         TransformersBackend(str(tiny_llama_dir), max_batch_tokens=0)
     with pytest.raises(MicroError, match="--device must be one of"):
         TransformersBackend(str(tiny_llama_dir), device="gpu")
@@ -290,12 +290,12 @@ def test_bad_options_are_one_line_errors_before_loading(tiny_llama_dir):
         "device": "cuda:1",
     }
     bad = [
-        ({"max_batch_tokens": 0}, "transformers", "--max-batch-tokens must be an integer >= 1"),
+        ({"max_batch_tokens": 0}, "transformers", "--max-batch-tokens must be >= 1, got 0"),
         ({"max_batch_tokens": 512}, "vllm", "applies to the transformers backend, not vllm.*--max-num-batched"),
         ({"attn_implementation": "sdpa"}, "sentence-transformers", "--attn-implementation applies to"),
-        ({"gpu_memory_utilization": 1.5}, "vllm", r"--gpu-memory-utilization must be in \(0, 1\]"),
+        ({"gpu_memory_utilization": 1.5}, "vllm", "--gpu-memory-utilization must be > 0 and <= 1, got 1.5"),
         ({"gpu_memory_utilization": 0.8}, "transformers", "applies to the vllm backend"),
-        ({"max_num_batched_tokens": 0}, "vllm", "--max-num-batched-tokens must be an integer >= 1"),
+        ({"max_num_batched_tokens": 0}, "vllm", "--max-num-batched-tokens must be >= 1, got 0"),
         ({"max_model_len": -3}, "vllm", "--max-model-len must be"),
         ({"enforce_eager": True}, "st", "--enforce-eager applies to the vllm backend"),
         ({"device": "tpu"}, "vllm", "--device must be one of"),

@@ -83,7 +83,7 @@ def test_engine_settings_are_checked_before_the_engine_starts(tiny_llama_dir):
 
     with pytest.raises(MicroError, match="--max-model-len 32 is below the max length 64"):
         VLLMBackend(str(tiny_llama_dir), max_length=64, max_model_len=32)
-    with pytest.raises(MicroError, match="--gpu-memory-utilization must be in"):
+    with pytest.raises(MicroError, match="--gpu-memory-utilization must be > 0 and <= 1"):
         VLLMBackend(str(tiny_llama_dir), gpu_memory_utilization=0.0)
     with pytest.raises(MicroError, match="--device must be one of"):
         VLLMBackend(str(tiny_llama_dir), device="npu")

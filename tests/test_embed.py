@@ -421,8 +421,11 @@ def test_bad_gpu_options_are_one_line_errors_before_any_model_loads(tmp_path, pa
     # every rule is tested on pipeline.embed.backends.check_options (tests/test_backend_hf.py); here: the CLI uses it
     path = pair_table()
     cases = [
-        (["--backend", "transformers", "--max-batch-tokens", "0"], "--max-batch-tokens must be an integer >= 1"),
-        (["--backend", "vllm", "--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization must be in (0, 1]"),
+        (["--backend", "transformers", "--max-batch-tokens", "0"], "--max-batch-tokens must be >= 1"),
+        (
+            ["--backend", "vllm", "--gpu-memory-utilization", "1.5"],
+            "--gpu-memory-utilization must be > 0 and <= 1",
+        ),
     ]
     for extra, msg in cases:
         r = micro_fake(tmp_path, "embed", path, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", *extra)

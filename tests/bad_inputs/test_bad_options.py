@@ -44,6 +44,18 @@ EMBED = [
     ),
     Case("embed-gpu-memory-1.5", E + "--backend vllm --gpu-memory-utilization 1.5", r"--gpu-memory-utilization"),
     Case("embed-max-model-len-st", E + "--max-model-len 512", r"--max-model-len applies to the"),
+    Case("embed-max-model-len-0", E + "--backend vllm --max-model-len 0", r"--max-model-len must be >= 1, got 0"),
+    Case(
+        "embed-max-num-batched-tokens-0",
+        E + "--backend vllm --max-num-batched-tokens 0",
+        r"--max-num-batched-tokens must be >= 1, got 0$",
+    ),
+    Case(
+        "embed-max-num-batched-tokens-hf",
+        E + "--backend transformers --max-num-batched-tokens 4096",
+        r"--max-num-batched-tokens applies to the .*--max-batch-tokens",
+    ),
+    Case("embed-max-num-batched-tokens-text", E + "--max-num-batched-tokens many", r"'--max-num-batched-tokens'"),
     Case("embed-address-without-ray", E + "--address auto", r"--address .* needs --ray"),
     Case("embed-pairs-missing", "embed {ws}/nope.parquet --out {ws}/newrun", r"nope\.parquet: no such file"),
     Case("embed-pairs-is-folder", "embed {run} --out {ws}/newrun", r"/run: is a folder, expected a pair table"),

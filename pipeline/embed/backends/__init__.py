@@ -31,8 +31,9 @@ def canonical_name(name: str) -> str:
 def check_options(name: str, **opts) -> dict:
     """Validate backend options before any model loads (one-line :class:`MicroError` naming the option) and
     return the keyword arguments for :func:`get_backend`, options left at None dropped."""
+    from pipeline import checks as C
     from pipeline.embed.backends.device import check_device
-    from pipeline.embed.backends.hf import check_attention, check_positive
+    from pipeline.embed.backends.hf import check_attention
     from pipeline.embed.backends.vllm_backend import check_engine_options
 
     name = canonical_name(name)
@@ -47,7 +48,7 @@ def check_options(name: str, **opts) -> dict:
         ("max_length", "--max-length"),
         ("max_batch_tokens", "--max-batch-tokens"),
     ):
-        check_positive(option, kw.get(key))
+        C.integer(kw.get(key), option, optional=True)
     if "device" in kw:
         kw["device"] = check_device(kw["device"])
     if "attn_implementation" in kw:

@@ -14,6 +14,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from pipeline import checks as C
 from pipeline.errors import MicroError, ModelLoadError, OptionError, first_line
 
 Messages = Sequence[dict]  # [{"role": "user"|"assistant"|"system", "content": str}, ...]
@@ -137,10 +138,8 @@ def model_load_error(path, exc: BaseException) -> ModelLoadError:
 
 def check_max_length(max_length: int | None, positions: int | None, where) -> None:
     """OptionError if ``max_length`` is < 1 or beyond the model's ``positions`` (None: unknown, no upper check)."""
-    if max_length is None:
+    if C.integer(max_length, "--max-length", optional=True) is None:
         return
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-        raise OptionError(f"--max-length must be an integer >= 1, got {max_length!r}")
     if isinstance(positions, int) and 0 < positions < max_length:
         raise OptionError(f"--max-length {max_length} is beyond the {positions} positions of the model in {where}")
 

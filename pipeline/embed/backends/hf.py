@@ -30,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline import checks as C
 from pipeline.embed.backends.base import check_max_length, config_positions, model_load_error, resolve_model_path
 from pipeline.embed.backends.batching import CPU_BATCH_TOKENS, activation_bytes_per_token, budget_for_memory
 from pipeline.embed.backends.chat import (
@@ -68,15 +69,6 @@ def resolve_dtype(dtype, on_gpu: bool) -> str:
 DEFAULT_ATTENTION = "sdpa"
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 DEFAULT_CHUNK = 1024  # texts per cache shard
-
-
-def check_positive(option: str, value) -> int | None:
-    """``value`` as an int >= 1 (None stays None); anything else is a :class:`MicroError` naming ``option``."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise MicroError(f"{option} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def check_attention(name: str, device=None, dtype: str | None = None) -> str:
@@ -152,8 +144,8 @@ class TransformersBackend(RenderedBackend):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device.type == "cuda")
         self.attn_implementation = check_attention(attn_implementation or DEFAULT_ATTENTION, self.device, self.dtype)
-        self.max_batch_rows = check_positive("--batch-size", batch_size)
-        budget = check_positive("--max-batch-tokens", max_batch_tokens)
+        self.max_batch_rows = C.integer(batch_size, "--batch-size", optional=True)
+        budget = C.integer(max_batch_tokens, "--max-batch-tokens", optional=True)
         kw = {"local_files_only": True, "trust_remote_code": trust_remote_code}
         if self.gguf_file:
             kw["gguf_file"] = self.gguf_file

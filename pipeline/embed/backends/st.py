@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline import checks as C
 from pipeline.embed.backends.base import (
     Messages,
     check_max_length,
@@ -95,9 +96,7 @@ class SentenceTransformersBackend:
             max_length, config_positions(_read_json(self.model_path / "config.json") or {}), self.model_path
         )
         self.max_length = int(max_length if max_length is not None else cfg.get("max_seq_length") or 512)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise MicroError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
-        self.batch_size = batch_size
+        self.batch_size = C.integer(batch_size, "--batch-size")
         self.chunk_size = batch_size
         from pipeline.embed.backends.device import check_device
 

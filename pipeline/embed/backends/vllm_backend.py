@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline import checks as C
 from pipeline.embed.backends.base import resolve_model_path
 from pipeline.embed.backends.chat import RenderedBackend, load_identity, quiet_transformers
 from pipeline.embed.backends.hf import resolve_dtype, split_gguf
@@ -30,16 +31,14 @@ from pipeline.errors import MicroError
 def check_engine_options(
     gpu_memory_utilization=None, max_model_len=None, max_num_batched_tokens=None, tensor_parallel_size=1
 ) -> None:
-    """Ranges of the vLLM engine settings (a :class:`MicroError` naming the option)."""
-    if gpu_memory_utilization is not None and not 0.0 < float(gpu_memory_utilization) <= 1.0:
-        raise MicroError(f"--gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization}")
+    """Ranges of the vLLM engine settings (an :class:`OptionError` naming the option)."""
+    C.number(gpu_memory_utilization, "--gpu-memory-utilization", low=0, low_open=True, high=1, optional=True)
     for option, value in (
         ("--max-model-len", max_model_len),
         ("--max-num-batched-tokens", max_num_batched_tokens),
         ("--tensor-parallel-size", tensor_parallel_size),
     ):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise MicroError(f"{option} must be an integer >= 1, got {value!r}")
+        C.integer(value, option, optional=True)
 
 
 def _on_gpu() -> bool:
