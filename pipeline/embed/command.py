@@ -53,16 +53,8 @@ def build_embedder(
     ``ray``. ``options`` are checked (one-line errors) before any model loads."""
     from pipeline.embed.backends import check_options, get_backend
 
-    decoder = backend in ("transformers", "vllm")
-    kw = check_options(
-        backend,
-        **{
-            **options,
-            "trust_remote_code": True if decoder and options.get("trust_remote_code") else None,
-            "tensor_parallel_size": options.get("tensor_parallel_size") if backend == "vllm" else None,
-            "enforce_eager": True if options.get("enforce_eager") else None,
-        },
-    )
+    flags = {k: options.get(k) or None for k in ("trust_remote_code", "enforce_eager")}  # a flag left off: not given
+    kw = check_options(backend, **{**options, **flags})
     if workers != 1 or ray or address:
         from pipeline.embed.backends.planning import BackendSpec, parent_backend
         from pipeline.embed.workers import ParallelEmbedder
@@ -105,7 +97,7 @@ def embed_command(
     C.choice(cache_dtype, "--cache-dtype", DTYPES)
     C.choice(overlong, "--overlong", ("truncate", "skip"))
     C.choice(truncation, "--truncation", TRUNCATION_SIDES)
-    C.integer(options.get("tensor_parallel_size"), "--tensor-parallel-size")
+    C.integer(options.get("tensor_parallel_size"), "--tensor-parallel-size", optional=True)
     C.integer(workers, "--workers")
     if address and not ray:
         raise MicroError("--address is the Ray cluster to join: it needs --ray")

@@ -42,6 +42,43 @@ EMBED = [
     Case("embed-gpu-memory-1.5", E + "--backend vllm --gpu-memory-utilization 1.5", r"--gpu-memory-utilization"),
     Case("embed-max-model-len-st", E + "--max-model-len 512", r"--max-model-len applies to the"),
     Case("embed-address-without-ray", E + "--address auto", r"--address .* needs --ray"),
+    Case("embed-workers-negative", E + "--workers=-2", r"--workers must be >= 1, got -2"),
+    Case("embed-device-cuda-letter", E + "--device cuda:x", r"--device must be one of .*'cuda:x'"),
+    Case("embed-attn-st", E + "--attn-implementation sdpa", r"--attn-implementation applies to the transformers"),
+    Case("embed-gpu-memory-0", E + "--backend vllm --gpu-memory-utilization 0", r"--gpu-memory-utilization .* got 0"),
+    Case(
+        "embed-gpu-memory-transformers",
+        E + "--backend transformers --gpu-memory-utilization 0.5",
+        r"--gpu-memory-utilization applies to the vllm backend",
+    ),
+    Case("embed-max-model-len-0", E + "--backend vllm --max-model-len 0", r"--max-model-len must be .*0"),
+    Case(
+        "embed-max-num-batched-tokens-0",
+        E + "--backend vllm --max-num-batched-tokens 0",
+        r"--max-num-batched-tokens must be .*0",
+    ),
+    Case(
+        "embed-max-num-batched-tokens-transformers",
+        E + "--backend transformers --max-num-batched-tokens 4096",
+        r"--max-num-batched-tokens applies to the vllm backend.*--max-batch-tokens",
+    ),
+    Case(
+        "embed-max-batch-tokens-vllm",
+        E + "--backend vllm --max-batch-tokens 4096",
+        r"--max-batch-tokens applies to the transformers backend.*--max-num-batched-tokens",
+    ),
+    Case("embed-enforce-eager-st", E + "--enforce-eager", r"--enforce-eager applies to the vllm backend"),
+    Case(
+        "embed-tensor-parallel-transformers",
+        E + "--backend transformers --tensor-parallel-size 2",
+        r"--tensor-parallel-size applies to the vllm backend, not transformers",
+    ),
+    Case(
+        "embed-trust-remote-code-st",
+        E + "--trust-remote-code",
+        r"--trust-remote-code applies to the transformers and vllm backends, not sentence-transformers",
+    ),
+    Case("embed-address-with-workers", E + "--workers 2 --address auto", r"--address .* needs --ray"),
     Case("embed-pairs-missing", "embed {ws}/nope.parquet --out {ws}/newrun", r"nope\.parquet: no such file"),
     Case("embed-pairs-is-folder", "embed {run} --out {ws}/newrun", r"/run: is a folder, expected a pair table"),
     Case(
