@@ -86,8 +86,7 @@ def embed_command(
     from cache.store import DTYPES
     from pipeline.data.schema import read_pairs
     from pipeline.embed.backends import BACKENDS
-    from pipeline.embed.backends.chat import TRUNCATION_SIDES
-    from pipeline.embed.backends.hf import COMPUTE_DTYPES
+    from pipeline.embed.backends.chat import COMPUTE_DTYPES, TRUNCATION_SIDES
     from pipeline.embed.embed import embed_pairs
 
     C.choice(backend, "--backend", (*BACKENDS, "st"))

@@ -20,9 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.embed.backends.base import resolve_model_path
-from pipeline.embed.backends.chat import RenderedBackend, load_identity, quiet_transformers
-from pipeline.embed.backends.hf import resolve_dtype, split_gguf
+from pipeline.embed.backends.chat import RenderedBackend
 from pipeline.embed.backends.truncation import DEFAULT_TRUNCATION
 from pipeline.errors import MicroError
 
@@ -116,15 +114,12 @@ class VLLMBackend(RenderedBackend):
             )
         if kind == "cuda" and not _on_gpu():
             raise MicroError(f"--device {device}: torch sees no CUDA device")
-        quiet_transformers()
         self.llm = None
-        self.model_path = resolve_model_path(model)
-        load_dir, self.gguf_file = split_gguf(self.model_path, gguf_file)
-        self.dtype = resolve_dtype(dtype, on_gpu)
-        self.tokenizer, config, self.max_length, self.renderer = load_identity(
-            self.model_path,
-            self.gguf_file,
-            load_dir,
+        load_dir, config = self.load_identity(
+            model,
+            gguf_file,
+            on_gpu=on_gpu,
+            dtype=dtype,
             trust_remote_code=trust_remote_code,
             max_length=max_length,
             truncation=truncation,
@@ -181,7 +176,6 @@ class VLLMBackend(RenderedBackend):
             raise
         if not self.dim:
             self.dim = int(self.llm.llm_engine.model_config.get_hidden_size())
-        self._weights_hash = None
 
     # ---------- embedding ----------
     def prepare(self, inputs: Sequence[str]) -> list[dict]:
