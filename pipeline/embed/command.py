@@ -102,7 +102,7 @@ def embed_command(
         raise MicroError("--address is the Ray cluster to join: it needs --ray")
     C.out_dir(out, "--out")
     C.cache_dir(cache_dir)
-    read_pairs(pairs)  # a bad pair table fails here, before any model is loaded
+    table = read_pairs(pairs)  # a bad pair table fails here, before any model is loaded
     be, embed_fn = build_embedder(
         backend,
         model,
@@ -122,6 +122,7 @@ def embed_command(
             overlong=overlong,
             progress_factory=factory,
             embed_fn=embed_fn,
+            table=table,
             log=lambda m: console.print(m, highlight=False, soft_wrap=True),
         )
     except KeyboardInterrupt:
