@@ -48,7 +48,8 @@ import numpy as np
 from cache.store import EmbeddingStore, key_prefix_u64
 from pipeline.core.parallel import ray_session, thread_env, threads_per_worker, watch_parent
 from pipeline.core.processes import describe_exit, quick_exit, run_processes
-from pipeline.embed.backends.planning import BackendSpec, visible_gpus
+from pipeline.embed.backends.device import device_kind, visible_gpus
+from pipeline.embed.backends.planning import BackendSpec
 from pipeline.errors import MicroError
 
 # --- planning -----------------------------------------------------------------------------------------------------
@@ -65,8 +66,6 @@ def shard_indices(keys: np.ndarray, n: int) -> list[np.ndarray]:
 def uses_gpu(kwargs: dict) -> bool:
     """Whether workers of a backend with these options run on GPUs (and so get one GPU (group) each):
     ``--device cuda[:N]``, or ``auto`` (the default, every backend) where GPUs are visible."""
-    from pipeline.embed.backends.device import device_kind
-
     kind = device_kind(kwargs.get("device"))
     return kind == "cuda" if kind is not None else bool(visible_gpus())
 
@@ -288,8 +287,6 @@ class ParallelEmbedder:
 
     def _ray_tasks(self, ray, store, split, progress) -> int:
         import json
-
-        from pipeline.embed.backends.device import device_kind
 
         kind = device_kind(self.spec.kwargs.get("device"))
         gpu = kind == "cuda" if kind is not None else ray.cluster_resources().get("GPU", 0) > 0  # auto: the cluster's

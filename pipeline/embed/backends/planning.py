@@ -7,8 +7,6 @@ model, so the parent of ``micro embed --workers N`` never starts an engine of it
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,26 +32,6 @@ class BackendSpec:
 
             return get_backend(self.name, self.model, **self.kwargs)
         return self.factory(self.name, self.model, **self.kwargs)
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use: the ``CUDA_VISIBLE_DEVICES`` entries if set, else 0..n-1 from torch."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        out = []
-        for d in (d.strip() for d in env.split(",") if d.strip()):  # CUDA stops at the first invalid entry
-            if d.startswith("-"):
-                break
-            out.append(d)
-        return out
-    if importlib.util.find_spec("torch") is None:
-        return []
-    import torch
-
-    try:
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - no driver
-        return []
 
 
 class PlanningBackend(RenderedBackend):
@@ -82,7 +60,7 @@ class PlanningBackend(RenderedBackend):
         truncation: str = DEFAULT_TRUNCATION,
         **_runtime_kwargs,
     ):
-        from pipeline.embed.backends.device import device_kind
+        from pipeline.embed.backends.device import device_kind, visible_gpus
 
         if name not in GPU_BACKENDS:
             raise ValueError(f"no planning backend for {name!r}")

@@ -52,27 +52,16 @@ def _on_gpu() -> bool:
 def select_gpu(device: str | None) -> None:
     """``--device cuda:N`` for vLLM: restrict ``CUDA_VISIBLE_DEVICES`` to the N-th visible GPU before the engine
     starts (vLLM runs on the GPUs it sees; its tensor-parallel groups take the first ones)."""
-    from pipeline.embed.backends.device import check_device
+    from pipeline.embed.backends.device import check_device, visible_gpus
 
     name = check_device(device)
     if not name.startswith("cuda:"):
         return
     index = int(name.split(":")[1])
-    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    if not visible:
-        visible = [str(i) for i in range(_gpu_count())]
+    visible = visible_gpus()
     if index >= len(visible):
         raise MicroError(f"--device {name}: only {len(visible)} CUDA device(s) are visible")
     os.environ["CUDA_VISIBLE_DEVICES"] = visible[index]
-
-
-def _gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # pragma: no cover
-        return 0
 
 
 class VLLMBackend(RenderedBackend):
