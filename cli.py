@@ -120,7 +120,7 @@ def embed(
         "cuts the response's end (the template stays intact); left / right keep the "
         "last / first tokens.",
     ),
-    tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs per model replica."),
+    tensor_parallel_size: int | None = typer.Option(None, help="vLLM: GPUs per model replica (default 1)."),
     gpu_memory_utilization: float | None = typer.Option(
         None, help="vLLM: fraction of GPU memory the engine takes (default 0.9)."
     ),

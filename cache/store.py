@@ -68,6 +68,7 @@ class EmbeddingStore:
         self.damaged: list[tuple[str, str]] = []  # (file, reason) found on open
         self.read_only = not writable_folder(self.shard_dir, Path(root).expanduser())
         self._index: KeyIndex | None = None
+        self._added: list[tuple[np.ndarray, np.ndarray]] = []  # appended since the index was built: merged on use
         self._lock_depth = 0
         with self._lock():
             self.manifest = self._recover()
@@ -239,7 +240,7 @@ class EmbeddingStore:
         """Re-read the manifest (e.g. after other processes stored shards) and drop the in-memory key index."""
         with self._lock():
             self.manifest = self._read_manifest()
-            self._index = None
+            self._index, self._added = None, []
 
     def index(self) -> KeyIndex:
         """The in-memory index of every stored key and vector (built on first use: reads and verifies the shards)."""
@@ -256,7 +257,11 @@ class EmbeddingStore:
                 vecs = np.concatenate([v for _, v in parts]) if len(parts) > 1 else parts[0][1]
             else:
                 keys, vecs = np.empty(0, f"S{KEY_BYTES}"), np.empty((0, dim), self.np_dtype)
-            self._index = KeyIndex(keys, vecs)
+            self._index, self._added = KeyIndex(keys, vecs), []
+        elif self._added:  # one merge for every shard appended since (not one copy of the whole cache per shard)
+            added, self._added = self._added, []
+            parts = [p for p in [(self._index.keys, self._index.vecs), *added] if len(p[0])]
+            self._index = KeyIndex(np.concatenate([k for k, _ in parts]), np.concatenate([v for _, v in parts]))
         return self._index
 
     def missing(self, keys: np.ndarray) -> np.ndarray:
@@ -306,11 +311,7 @@ class EmbeddingStore:
                     manifest["shards"].append(entry)
                 self._write_manifest(manifest)
         if self._index is not None:
-            cast = np.asarray(vectors, dtype=self.np_dtype)
-            self._index = KeyIndex(
-                np.concatenate([self._index.keys, keys]),
-                np.concatenate([self._index.vecs, cast]) if len(self._index.vecs) else cast,
-            )
+            self._added.append((np.asarray(keys), np.asarray(vectors, dtype=self.np_dtype)))
 
     def compact(self, min_shards: int = 2, only: Sequence[str] | None = None) -> int:
         """Merge shards into one (deduplicated): all of them, or just the files named in ``only`` (e.g. the
@@ -322,7 +323,7 @@ class EmbeddingStore:
             old = [s["file"] for s in manifest["shards"] if only is None or s["file"] in set(only)]
             if len(old) < min_shards:
                 return 0
-            self._index = None
+            self._index, self._added = None, []
             self.manifest = manifest
             parts = [p for p in (self._read_shard(name) for name in old) if p]  # damaged ones: quarantined
             if not parts:
@@ -337,5 +338,5 @@ class EmbeddingStore:
             self._write_manifest(manifest)
             for name in old:
                 (self.shard_dir / name).unlink(missing_ok=True)
-            self._index = None
+            self._index, self._added = None, []
         return len(old)

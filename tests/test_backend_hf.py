@@ -298,6 +298,8 @@ def test_bad_options_are_one_line_errors_before_loading(tiny_llama_dir):
         ({"max_num_batched_tokens": 0}, "vllm", "--max-num-batched-tokens must be >= 1, got 0"),
         ({"max_model_len": -3}, "vllm", "--max-model-len must be"),
         ({"enforce_eager": True}, "st", "--enforce-eager applies to the vllm backend"),
+        ({"tensor_parallel_size": 2}, "transformers", "--tensor-parallel-size applies to the vllm backend"),
+        ({"trust_remote_code": True}, "st", "--trust-remote-code applies to the transformers and vllm backends"),
         ({"device": "tpu"}, "vllm", "--device must be one of"),
         ({"batch_size": 0}, "sentence-transformers", "--batch-size must be"),
         ({}, "onnx", "unknown backend"),

@@ -63,6 +63,17 @@ def strict_fake_factory(name, model=None, **kw):
     return FakeBackend(chunk_size=4, **kw)
 
 
+class UncountingBackend(FakeBackend):
+    """A worker's backend that must not count tokens: the parent already did."""
+
+    def token_lengths(self, inputs):
+        raise AssertionError("the worker counted the tokens again")
+
+
+def uncounting_factory(name, model=None, **kw):
+    return UncountingBackend(chunk_size=4)
+
+
 # --- planning -----------------------------------------------------------------------------------------------------
 
 
@@ -223,6 +234,13 @@ def test_killed_worker_is_reported_and_the_rerun_embeds_only_the_rest(tmp_path, 
     embed_pairs(path, tmp_path / "run_clean", FakeBackend(), cache_dir=clean, log=quiet)
     assert assert_same_cache(cache, clean, FakeBackend()) == 40
     assert_same_features(tmp_path / "run", tmp_path / "run_clean")
+
+
+def test_workers_take_the_token_counts_of_the_parent(tmp_path, pair_table):
+    path = pair_table(make_pair_rows(4))
+    par = ParallelEmbedder(BackendSpec("fake", None, {}, uncounting_factory), 2)
+    s = embed_pairs(path, tmp_path / "run", FakeBackend(), cache_dir=tmp_path / "cache", log=quiet, embed_fn=par)
+    assert s.embedded == s.unique_texts and all(n > 0 for n in par.saved)
 
 
 def test_worker_exception_is_one_line_and_names_the_worker(tmp_path, pair_table):

@@ -95,6 +95,22 @@ def test_missing_and_lookup_of_absent_keys(tmp_path):
         s.lookup(k)
 
 
+def test_appends_after_the_index_is_built_are_merged_once_on_use(tmp_path, monkeypatch):
+    import cache.store
+
+    s = store(tmp_path)
+    _, k, v = data(30, seed=5)
+    assert s.missing(k).all()  # the index of the empty cache (width unknown)
+    built = []
+    monkeypatch.setattr(cache.store, "KeyIndex", lambda *a: built.append(a) or cache.keys.KeyIndex(*a))
+    for i in range(0, 30, 10):
+        s.append(k[i : i + 10], v[i : i + 10])
+    assert built == []  # appending never copies the cached vectors
+    np.testing.assert_array_equal(s.lookup(k[::-1]), v[::-1])
+    assert not s.missing(k).any() and len(built) == 1  # merged once, on the first use
+    np.testing.assert_array_equal(store(tmp_path).lookup(k), v)
+
+
 def test_append_validates(tmp_path):
     s = store(tmp_path)
     _, k, v = data(4, seed=5)

@@ -54,16 +54,8 @@ def build_embedder(
     ``ray``. ``options`` are checked (one-line errors) before any model loads."""
     from pipeline.embed.backends import check_options, get_backend
 
-    decoder = backend in ("transformers", "vllm")
-    kw = check_options(
-        backend,
-        **{
-            **options,
-            "trust_remote_code": True if decoder and options.get("trust_remote_code") else None,
-            "tensor_parallel_size": options.get("tensor_parallel_size") if backend == "vllm" else None,
-            "enforce_eager": True if options.get("enforce_eager") else None,
-        },
-    )
+    flags = {k: options.get(k) or None for k in ("trust_remote_code", "enforce_eager")}  # a flag left off: not given
+    kw = check_options(backend, **{**options, **flags})
     if workers != 1 or ray or address:
         from pipeline.embed.backends.planning import BackendSpec, parent_backend
         from pipeline.embed.workers import ParallelEmbedder
@@ -95,8 +87,7 @@ def embed_command(
     from cache.store import DTYPES
     from pipeline.data.schema import read_pairs
     from pipeline.embed.backends import BACKENDS
-    from pipeline.embed.backends.chat import TRUNCATION_SIDES
-    from pipeline.embed.backends.hf import COMPUTE_DTYPES
+    from pipeline.embed.backends.chat import COMPUTE_DTYPES, TRUNCATION_SIDES
     from pipeline.embed.embed import embed_pairs
 
     C.choice(backend, "--backend", (*BACKENDS, "st"))
@@ -106,13 +97,13 @@ def embed_command(
     C.choice(cache_dtype, "--cache-dtype", DTYPES)
     C.choice(overlong, "--overlong", ("truncate", "skip"))
     C.choice(truncation, "--truncation", TRUNCATION_SIDES)
-    C.integer(options.get("tensor_parallel_size"), "--tensor-parallel-size")
+    C.integer(options.get("tensor_parallel_size"), "--tensor-parallel-size", optional=True)
     C.integer(workers, "--workers")
     if address and not ray:
         raise MicroError("--address is the Ray cluster to join: it needs --ray")
     C.out_dir(out, "--out")
     C.cache_dir(cache_dir)
-    read_pairs(pairs)  # a bad pair table fails here, before any model is loaded
+    table = read_pairs(pairs)  # a bad pair table fails here, before any model is loaded
     be, embed_fn = build_embedder(
         backend,
         model,
@@ -132,6 +123,7 @@ def embed_command(
             overlong=overlong,
             progress_factory=factory,
             embed_fn=embed_fn,
+            table=table,
             log=console_log(console),
         )
     except KeyboardInterrupt:

@@ -144,15 +144,17 @@ def embed_pairs(
     progress_factory: Callable[[int], Callable[[int], None]] | None = None,
     log: Callable[[str], None] = print,
     embed_fn: Callable[..., int] | None = None,
+    table: pa.Table | None = None,
 ) -> EmbedSummary:
     """Embed a pair table into the cache and write RUN_DIR (see module docstring).
 
-    ``embed_fn`` replaces :func:`embed_missing` (same signature, ``lengths`` and ``log`` by keyword), e.g. a
+    ``table``: the pair table of ``pairs_path`` if the caller has read it already (:func:`read_pairs`), else it is read
+    here. ``embed_fn`` replaces :func:`embed_missing` (same signature, ``lengths`` and ``log`` by keyword), e.g. a
     :class:`pipeline.embed.workers.ParallelEmbedder` that hands the missing texts to N worker processes."""
     if overlong not in ("truncate", "skip"):
         raise MicroError(f"--overlong must be 'truncate' or 'skip', got {overlong!r}")
     t0 = time.perf_counter()
-    pairs = read_pairs(pairs_path)
+    pairs = read_pairs(pairs_path) if table is None else table
     if pairs.num_rows == 0:
         raise MicroError(f"{pairs_path}: the pair table is empty")
     summary = EmbedSummary(pairs=pairs.num_rows)
@@ -209,10 +211,11 @@ def embed_pairs(
         )
     kept = pairs.filter(pa.array(keep))
     key_cols = {}
+    row_of = {t: i for i, t in enumerate(uniq)}  # the keys were computed once per unique text above
     for r in ROLES:
         texts = [t for t, k in zip(inputs[r], keep) if k]
         present = np.array([t is not None for t in texts])
-        ks = text_keys(fid, [t if t is not None else "" for t in texts])
+        ks = ukeys[np.fromiter((row_of.get(t, 0) for t in texts), dtype=np.int64, count=len(texts))]
         arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(ks), [None, pa.py_buffer(ks.tobytes())])
         key_cols[r] = arr if present.all() else pc.if_else(pa.array(present), arr, pa.nulls(len(ks), pa.binary(16)))
     out = Path(out)

@@ -48,7 +48,8 @@ import numpy as np
 from cache.store import EmbeddingStore, key_prefix_u64
 from pipeline.core.parallel import ray_session, thread_env, threads_per_worker, watch_parent
 from pipeline.core.processes import describe_exit, quick_exit, run_processes
-from pipeline.embed.backends.planning import BackendSpec, visible_gpus
+from pipeline.embed.backends.device import device_kind, visible_gpus
+from pipeline.embed.backends.planning import BackendSpec
 from pipeline.errors import MicroError
 
 # --- planning -----------------------------------------------------------------------------------------------------
@@ -62,11 +63,9 @@ def shard_indices(keys: np.ndarray, n: int) -> list[np.ndarray]:
     return [np.flatnonzero(owner == np.uint64(i)) for i in range(n)]
 
 
-def uses_gpu(name: str, kwargs: dict) -> bool:
-    """Whether workers of this backend run on GPUs (and so get one GPU (group) each): ``--device cuda[:N]``, or
-    ``auto`` (the default, every backend) where GPUs are visible."""
-    from pipeline.embed.backends.device import device_kind
-
+def uses_gpu(kwargs: dict) -> bool:
+    """Whether workers of a backend with these options run on GPUs (and so get one GPU (group) each):
+    ``--device cuda[:N]``, or ``auto`` (the default, every backend) where GPUs are visible."""
     kind = device_kind(kwargs.get("device"))
     return kind == "cuda" if kind is not None else bool(visible_gpus())
 
@@ -105,8 +104,11 @@ def _one_line(exc: BaseException) -> str:
     return msg if isinstance(exc, MicroError) else f"{type(exc).__name__}: {msg}"
 
 
-def _run_job(job: _Job, texts: list[str], keys: np.ndarray, progress: Callable[[int], None] | None) -> int:
-    """Build the backend, check its fingerprint, embed ``texts`` into the cache; returns the count embedded."""
+def _run_job(
+    job: _Job, texts: list[str], keys: np.ndarray, lengths: np.ndarray | None, progress: Callable[[int], None] | None
+) -> int:
+    """Build the backend, check its fingerprint, embed ``texts`` (token counts ``lengths``, as the parent counted
+    them; None: counted here) into the cache; returns the count embedded."""
     from pipeline.embed.backends.base import fingerprint_id
     from pipeline.embed.embed import embed_missing
 
@@ -121,17 +123,17 @@ def _run_job(job: _Job, texts: list[str], keys: np.ndarray, progress: Callable[[
                 "(same backend options on every worker?)"
             )
         store = EmbeddingStore(job.cache_root, job.fingerprint, job.fingerprint_id, job.dtype)
-        return embed_missing(store, backend, texts, keys, progress)
+        return embed_missing(store, backend, texts, keys, progress, lengths=lengths)
     finally:
         backend.close()
 
 
-def _process_worker(job: _Job, texts: list[str], keys: np.ndarray, conn, parent_pid: int) -> None:
+def _process_worker(job: _Job, texts: list[str], keys: np.ndarray, lengths, conn, parent_pid: int) -> None:
     """Entry point of a spawned worker process: messages ("done", n) per chunk, then ("ok", n) or ("error", msg)."""
     watch_parent(parent_pid)
     code = 0
     try:
-        n = _run_job(job, texts, keys, lambda k: conn.send(("done", int(k))))
+        n = _run_job(job, texts, keys, lengths, lambda k: conn.send(("done", int(k))))
         conn.send(("ok", n))
     except KeyboardInterrupt:
         code = 130
@@ -147,12 +149,12 @@ def _process_worker(job: _Job, texts: list[str], keys: np.ndarray, conn, parent_
     quick_exit(code)
 
 
-def _ray_worker(job: _Job, texts: list[str], keys: np.ndarray) -> int:
+def _ray_worker(job: _Job, texts: list[str], keys: np.ndarray, lengths) -> int:
     """Body of one Ray task (Ray sets CUDA_VISIBLE_DEVICES for ``num_gpus`` and OMP_NUM_THREADS for ``num_cpus``)."""
     os.environ["MICRO_WORKER_INDEX"] = str(job.index)
     os.environ["MICRO_WORKERS"] = str(job.workers)
     try:
-        return _run_job(job, texts, keys, None)
+        return _run_job(job, texts, keys, lengths, None)
     except MicroError:
         raise
     except Exception as exc:  # noqa: BLE001 - one line across the Ray boundary
@@ -185,8 +187,6 @@ class ParallelEmbedder:
         *,
         use_ray: bool = False,
         address: str | None = None,
-        cores: int | None = None,
-        ray_init_kwargs: dict | None = None,
     ):
         if workers < 1:
             raise MicroError(f"--workers must be >= 1, got {workers}")
@@ -195,27 +195,15 @@ class ParallelEmbedder:
         if use_ray and importlib.util.find_spec("ray") is None:
             raise MicroError("--ray needs Ray: pip install -e '.[ray]'")
         self.spec, self.workers, self.use_ray, self.address = spec, int(workers), use_ray, address
-        self.threads = threads_per_worker(self.workers, cores)
-        self.ray_init_kwargs = dict(ray_init_kwargs or {})
+        self.threads = threads_per_worker(self.workers)
         self.saved: list[int] = []  # texts saved per worker (last call)
 
     def _jobs(self, store: EmbeddingStore, gpu: bool = False) -> list[_Job]:
         spec = self.spec
         if gpu and str(spec.kwargs.get("device", "")).startswith("cuda:"):  # each worker sees only its own GPU(s)
             spec = BackendSpec(spec.name, spec.model, {**spec.kwargs, "device": "cuda"}, spec.factory)
-        return [
-            _Job(
-                i,
-                self.workers,
-                spec,
-                str(store.dir.parent),
-                store.fingerprint,
-                store.fingerprint_id,
-                store.dtype,
-                self.threads,
-            )
-            for i in range(self.workers)
-        ]
+        common = (spec, str(store.dir.parent), store.fingerprint, store.fingerprint_id, store.dtype, self.threads)
+        return [_Job(i, self.workers, *common) for i in range(self.workers)]
 
     def __call__(
         self,
@@ -228,12 +216,13 @@ class ParallelEmbedder:
         lengths=None,
         log=None,
     ) -> int:
-        """``lengths`` and ``log`` are accepted for :func:`pipeline.embed.embed.embed_missing`'s signature: each worker
-        counts the tokens of its own share and reports to its own stderr."""
+        """Each worker gets its share of ``texts``, ``keys`` and ``lengths`` (the token counts, so that no worker
+        counts them again; None: each counts its own); ``log`` is accepted for
+        :func:`pipeline.embed.embed.embed_missing`'s signature: each worker reports to its own stderr."""
         if not texts:
             return 0
         parts = shard_indices(keys, self.workers)
-        split = [([texts[i] for i in p], keys[p]) for p in parts]
+        split = [([texts[i] for i in p], keys[p], None if lengths is None else np.asarray(lengths)[p]) for p in parts]
         run = self._run_ray if self.use_ray else self._run_processes
         done = run(store, split, progress)
         store.refresh()  # the workers' shards, for embed_pairs' compaction and run.json
@@ -245,17 +234,21 @@ class ParallelEmbedder:
             "; ".join(why) + f"; {saved} in the cache ({store.dir}): rerun the same command to embed the rest"
         )
 
+    @property
+    def gpus_per_worker(self) -> int:
+        """GPUs of one worker on a GPU: vLLM's tensor-parallel group, else one."""
+        return int(self.spec.kwargs.get("tensor_parallel_size") or 1) if self.spec.name == "vllm" else 1
+
     # --- local processes ---
     def _cuda(self) -> list[str | None]:
-        if not uses_gpu(self.spec.name, self.spec.kwargs):
+        if not uses_gpu(self.spec.kwargs):
             return [None] * self.workers
-        tp = int(self.spec.kwargs.get("tensor_parallel_size", 1) or 1) if self.spec.name == "vllm" else 1
-        return gpu_assignment(self.workers, visible_gpus(), tp, exclusive=self.spec.name == "vllm")
+        return gpu_assignment(self.workers, visible_gpus(), self.gpus_per_worker, exclusive=self.spec.name == "vllm")
 
     def _run_processes(self, store, split, progress) -> int:
         cuda = self._cuda()
-        work = [(job, t, k) for job, (t, k) in zip(self._jobs(store, cuda[0] is not None), split)]
-        todo = {job.index: len(t) for job, t, _ in work}
+        work = list(zip(self._jobs(store, cuda[0] is not None), split))  # (job, (texts, keys, lengths))
+        todo = {job.index: len(share[0]) for job, share in work}
         self.saved = [0] * self.workers
         errors: dict[int, str] = {}
 
@@ -269,7 +262,7 @@ class ParallelEmbedder:
                 errors[i] = val
 
         procs = run_processes(
-            [(job.index, (job, t, k)) for job, t, k in work if t],
+            [(job.index, (job, *share)) for job, share in work if share[0]],
             _process_worker,
             {i: _worker_env(i, self.workers, self.threads, cuda[i]) for i in range(self.workers)},
             handle,
@@ -289,19 +282,17 @@ class ParallelEmbedder:
 
     # --- Ray ---
     def _run_ray(self, store, split, progress) -> int:
-        with ray_session(self.address, log_to_driver=True, **self.ray_init_kwargs) as (ray, _):
+        with ray_session(self.address, log_to_driver=True) as (ray, _):
             return self._ray_tasks(ray, store, split, progress)
 
     def _ray_tasks(self, ray, store, split, progress) -> int:
         import json
 
-        from pipeline.embed.backends.device import device_kind
-
         kind = device_kind(self.spec.kwargs.get("device"))
         gpu = kind == "cuda" if kind is not None else ray.cluster_resources().get("GPU", 0) > 0  # auto: the cluster's
-        work = [(job, t, k) for job, (t, k) in zip(self._jobs(store, gpu), split)]
-        tp = int(self.spec.kwargs.get("tensor_parallel_size", 1) or 1) if self.spec.name == "vllm" else 1
-        task = ray.remote(_ray_worker).options(num_cpus=self.threads, num_gpus=tp if gpu else 0, max_retries=0)
+        work = list(zip(self._jobs(store, gpu), split))  # (job, (texts, keys, lengths))
+        gpus = self.gpus_per_worker if gpu else 0
+        task = ray.remote(_ray_worker).options(num_cpus=self.threads, num_gpus=gpus, max_retries=0)
         manifest = store.dir / "manifest.json"
 
         def rows(default: int) -> int:  # progress: the manifest's row count
@@ -311,9 +302,9 @@ class ParallelEmbedder:
                 return default
 
         start = rows(store.rows)
-        refs = {task.remote(job, t, k): job.index for job, t, k in work if len(t)}
+        refs = {task.remote(job, *share): job.index for job, share in work if share[0]}
         self.saved = [0] * self.workers
-        shown, total = 0, sum(len(t) for _, t, _ in work)
+        shown, total = 0, sum(len(share[0]) for _, share in work)
         errors: dict[int, str] = {}
         pending = list(refs)
         try:

@@ -411,6 +411,34 @@ MODELS = [
         model_folder(garbage=("config.json",)),
         real_backend=True,
     ),
+    Case(
+        "model-transformers-workers-garbage",
+        "embed {pairs} --out {ws}/nr --backend transformers --workers 2 --model {ws}/model",
+        r"cannot load model from .*/model' with transformers",
+        model_folder(garbage=("config.json",)),
+        real_backend=True,
+    ),
+    Case(
+        "model-transformers-garbage-tokenizer",
+        "embed {pairs} --out {ws}/nr --backend transformers --model {ws}/model",
+        r"cannot load model from .*/model' with transformers",
+        model_folder(garbage=("tokenizer.json",)),
+        real_backend=True,
+    ),
+    Case(
+        "model-transformers-workers-garbage-tokenizer",
+        "embed {pairs} --out {ws}/nr --backend transformers --workers 2 --model {ws}/model",
+        r"cannot load model from .*/model' with transformers",
+        model_folder(garbage=("tokenizer.json",)),
+        real_backend=True,
+    ),
+    Case(
+        "model-vllm-garbage",
+        "embed {pairs} --out {ws}/nr --backend vllm --model {ws}/model",
+        r"cannot load model from .*/model' with vllm",
+        model_folder(garbage=("config.json",)),
+        real_backend=True,
+    ),
 ]
 
 

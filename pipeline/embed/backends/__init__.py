@@ -14,6 +14,8 @@ _ONLY_FOR = {
     "max_model_len": ("--max-model-len", ("vllm",)),
     "max_num_batched_tokens": ("--max-num-batched-tokens", ("vllm",)),
     "enforce_eager": ("--enforce-eager", ("vllm",)),
+    "tensor_parallel_size": ("--tensor-parallel-size", ("vllm",)),
+    "trust_remote_code": ("--trust-remote-code", ("transformers", "vllm")),
 }
 _HINTS = {
     ("max_batch_tokens", "vllm"): " (vLLM schedules by --max-num-batched-tokens)",
@@ -41,7 +43,8 @@ def check_options(name: str, **opts) -> dict:
     for key, (option, backends) in _ONLY_FOR.items():
         if key in kw and name not in backends:
             raise MicroError(
-                f"{option} applies to the {' and '.join(backends)} backend, not {name}" + _HINTS.get((key, name), "")
+                f"{option} applies to the {' and '.join(backends)} backend{'s' if len(backends) > 1 else ''}, "
+                f"not {name}" + _HINTS.get((key, name), "")
             )
     for key, option in (
         ("batch_size", "--batch-size"),

@@ -22,16 +22,52 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from pipeline.embed.backends.base import Messages, check_max_length, config_positions, render_plain, weights_hash
+from pipeline.embed.backends.base import (
+    Messages,
+    check_max_length,
+    config_positions,
+    model_load_error,
+    render_plain,
+    resolve_model_path,
+    weights_hash,
+)
 from pipeline.embed.backends.truncation import DEFAULT_TRUNCATION
 from pipeline.errors import MicroError
 
 DEFAULT_MAX_LENGTH = 4096
 TRUNCATION_SIDES = ("left", "right", "history")
+COMPUTE_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
+
+
+def resolve_dtype(dtype, on_gpu: bool) -> str:
+    """Canonical dtype name: the given one, else bfloat16 on GPU and float32 on CPU."""
+    if dtype is None or dtype == "auto":
+        return "bfloat16" if on_gpu else "float32"
+    name = str(dtype).replace("torch.", "")
+    if name not in COMPUTE_DTYPES:
+        raise MicroError(f"unknown dtype '{dtype}': use float32, bfloat16 or float16")
+    return COMPUTE_DTYPES[name]
+
+
+def split_gguf(path: Path, gguf_file: str | None) -> tuple[Path, str | None]:
+    """(folder, gguf file name): a path to a .gguf file is split into its folder and name."""
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    return path, gguf_file
 
 
 def quiet_transformers() -> None:
@@ -208,9 +244,49 @@ class ChatRenderer:
 class RenderedBackend:
     """Identity, rendering and token counting shared by the decoder backends (transformers, vLLM).
 
-    Subclasses set ``name``, ``model_path``, ``pooling``, ``dtype``, ``max_length``, ``padding``, ``renderer``
-    (a :class:`ChatRenderer`) and ``_weights_hash = None``.
+    Subclasses set ``name``, ``pooling`` and ``padding`` and call :meth:`load_identity`, which sets ``model_path``,
+    ``gguf_file``, ``dtype``, ``tokenizer``, ``max_length`` and ``renderer`` (a :class:`ChatRenderer`).
     """
+
+    def load_identity(
+        self,
+        model: str | None,
+        gguf_file: str | None,
+        *,
+        on_gpu: bool,
+        dtype: str | None,
+        trust_remote_code: bool,
+        max_length: int | None,
+        truncation: str,
+    ) -> tuple[Path, object]:
+        """Read a local decoder model's tokenizer and config (not its weights) and set the identity attributes;
+        returns (the folder to load from, the config). A tokenizer or config that does not load is a one-line
+        :class:`MicroError` naming the model folder and this backend."""
+        from transformers import AutoConfig
+
+        quiet_transformers()
+        self.model_path = resolve_model_path(model)
+        load_dir, self.gguf_file = split_gguf(self.model_path, gguf_file)
+        self.dtype = resolve_dtype(dtype, on_gpu)
+        self._weights_hash = None
+        kw = {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        try:
+            tokenizer = load_tokenizer(load_dir, trust_remote_code=trust_remote_code, gguf_file=self.gguf_file)
+            config = AutoConfig.from_pretrained(
+                str(load_dir), local_files_only=True, trust_remote_code=trust_remote_code, **kw
+            )
+        except ImportError as e:
+            hint = " (GGUF files need `pip install gguf`)" if self.gguf_file else ""
+            raise MicroError(f"cannot load '{self.model_path}' with {self.name}: {e}{hint}") from e
+        except (OSError, ValueError) as e:
+            raise MicroError(f"cannot load model from '{self.model_path}' with {self.name}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - a damaged tokenizer or config: one line
+            raise model_load_error(self.model_path, e) from None
+        check_max_length(max_length, config_positions(config), self.model_path)
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length) if max_length is not None else default_max_length(tokenizer, config)
+        self.renderer = ChatRenderer(tokenizer, self.max_length, truncation)
+        return load_dir, config
 
     def fingerprint(self) -> dict:
         if self._weights_hash is None:
@@ -235,22 +311,3 @@ class RenderedBackend:
 
     def token_lengths(self, inputs: Sequence[str]) -> np.ndarray:
         return self.renderer.token_lengths(inputs)
-
-
-def load_identity(
-    model_path, gguf_file: str | None, load_dir, *, trust_remote_code: bool, max_length: int | None, truncation: str
-):
-    """(tokenizer, config, max_length, renderer) of a local decoder model, without loading its weights."""
-    from transformers import AutoConfig
-
-    tokenizer = load_tokenizer(load_dir, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
-    cfg_kw = {"gguf_file": gguf_file} if gguf_file else {}
-    try:
-        config = AutoConfig.from_pretrained(
-            str(load_dir), local_files_only=True, trust_remote_code=trust_remote_code, **cfg_kw
-        )
-    except (OSError, ValueError) as e:
-        raise MicroError(f"cannot read the config of '{model_path}': {e}") from e
-    check_max_length(max_length, config_positions(config), model_path)
-    max_length = int(max_length) if max_length is not None else default_max_length(tokenizer, config)
-    return tokenizer, config, max_length, ChatRenderer(tokenizer, max_length, truncation)

@@ -1,4 +1,4 @@
-"""``--device auto|cpu|cuda|cuda:N`` for every backend: parsing (no torch import) and resolution.
+"""``--device auto|cpu|cuda|cuda:N`` for every backend: parsing (no torch import), resolution, the visible GPUs.
 
 ``auto`` (the default) is CUDA when torch sees a GPU, else the CPU: for the transformers and vLLM backends and for
 sentence-transformers alike. ``cuda`` is the current CUDA device; ``cuda:N`` the N-th visible one.
@@ -6,6 +6,8 @@ sentence-transformers alike. ``cuda`` is the current CUDA device; ``cuda:N`` the
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 
 from pipeline.errors import MicroError
@@ -46,3 +48,23 @@ def resolve_device(device: str | None):
             raise MicroError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
         return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: the ``CUDA_VISIBLE_DEVICES`` entries if set, else 0..n-1 from torch."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        out = []
+        for d in (d.strip() for d in env.split(",") if d.strip()):  # CUDA stops at the first invalid entry
+            if d.startswith("-"):
+                break
+            out.append(d)
+        return out
+    if importlib.util.find_spec("torch") is None:
+        return []
+    import torch
+
+    try:
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - no driver
+        return []

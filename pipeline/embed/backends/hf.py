@@ -25,46 +25,17 @@ import importlib.util
 import inspect
 from contextlib import nullcontext
 from itertools import chain
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from pipeline import checks as C
-from pipeline.embed.backends.base import check_max_length, config_positions, model_load_error, resolve_model_path
+from pipeline.embed.backends.base import model_load_error
 from pipeline.embed.backends.batching import CPU_BATCH_TOKENS, activation_bytes_per_token, budget_for_memory
-from pipeline.embed.backends.chat import (
-    ChatRenderer,
-    RenderedBackend,
-    default_max_length,
-    load_tokenizer,
-    quiet_transformers,
-)
+from pipeline.embed.backends.chat import RenderedBackend
 from pipeline.embed.backends.device import resolve_device
 from pipeline.embed.backends.truncation import DEFAULT_TRUNCATION
 from pipeline.errors import MicroError
-
-COMPUTE_DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-}
-
-
-def resolve_dtype(dtype, on_gpu: bool) -> str:
-    """Canonical dtype name: the given one, else bfloat16 on GPU and float32 on CPU."""
-    if dtype is None or dtype == "auto":
-        return "bfloat16" if on_gpu else "float32"
-    name = str(dtype).replace("torch.", "")
-    if name not in COMPUTE_DTYPES:
-        raise MicroError(f"unknown dtype '{dtype}': use float32, bfloat16 or float16")
-    return COMPUTE_DTYPES[name]
-
 
 DEFAULT_ATTENTION = "sdpa"
 ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
@@ -105,13 +76,6 @@ def batch_layout(attn_implementation: str, causal: bool, takes_positions: bool, 
     return "right" if causal else "left"
 
 
-def split_gguf(path: Path, gguf_file: str | None) -> tuple[Path, str | None]:
-    """(folder, gguf file name): a path to a .gguf file is split into its folder and name."""
-    if path.is_file() and path.suffix == ".gguf":
-        return path.parent, path.name
-    return path, gguf_file
-
-
 class TransformersBackend(RenderedBackend):
     """Embeds with a Hugging Face ``AutoModel``: last-token pooling of the final hidden layer."""
 
@@ -136,28 +100,28 @@ class TransformersBackend(RenderedBackend):
         packed: bool | None = None,
     ):
         import torch
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
-        quiet_transformers()
-        self.model_path = resolve_model_path(model)
-        load_dir, self.gguf_file = split_gguf(self.model_path, gguf_file)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device.type == "cuda")
-        self.attn_implementation = check_attention(attn_implementation or DEFAULT_ATTENTION, self.device, self.dtype)
         self.max_batch_rows = C.integer(batch_size, "--batch-size", optional=True)
         budget = C.integer(max_batch_tokens, "--max-batch-tokens", optional=True)
+        load_dir, config = self.load_identity(
+            model,
+            gguf_file,
+            on_gpu=self.device.type == "cuda",
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            max_length=max_length,
+            truncation=truncation,
+        )
+        self.attn_implementation = check_attention(attn_implementation or DEFAULT_ATTENTION, self.device, self.dtype)
         kw = {"local_files_only": True, "trust_remote_code": trust_remote_code}
         if self.gguf_file:
             kw["gguf_file"] = self.gguf_file
         try:
-            self.tokenizer = load_tokenizer(load_dir, trust_remote_code=trust_remote_code, gguf_file=self.gguf_file)
-            config = AutoConfig.from_pretrained(str(load_dir), **kw)
-            check_max_length(max_length, config_positions(config), self.model_path)
             self.model = AutoModel.from_pretrained(
                 str(load_dir), dtype=getattr(torch, self.dtype), attn_implementation=self.attn_implementation, **kw
             )
-        except MicroError:
-            raise
         except ImportError as e:
             hint = " (GGUF files need `pip install gguf`)" if self.gguf_file else ""
             raise MicroError(f"cannot load '{self.model_path}' with transformers: {e}{hint}") from e
@@ -171,8 +135,6 @@ class TransformersBackend(RenderedBackend):
                 raise model_load_error(self.model_path, e) from None  # garbage / truncated weights
             raise MicroError(f"cannot load GGUF file '{self.gguf_file}' with transformers: {e}") from e
         self.model.to(self.device).eval()
-        self.max_length = int(max_length) if max_length is not None else default_max_length(self.tokenizer, config)
-        self.renderer = ChatRenderer(self.tokenizer, self.max_length, truncation)
         self.dim = int(getattr(config, "hidden_size", 0) or self.model.get_input_embeddings().embedding_dim)
         params = inspect.signature(self.model.forward).parameters
         self._forward_kw = {"use_cache": False} if "use_cache" in params else {}
@@ -185,7 +147,6 @@ class TransformersBackend(RenderedBackend):
         self.batch_size = self.max_batch_rows
         self.chunk_size = int(chunk_size or DEFAULT_CHUNK)
         self.pad_id = self.renderer.pad_id()
-        self._weights_hash = None
 
     def _default_budget(self, config) -> int:
         if self.device.type != "cuda":

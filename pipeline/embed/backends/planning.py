@@ -7,8 +7,6 @@ model, so the parent of ``micro embed --workers N`` never starts an engine of it
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,26 +32,6 @@ class BackendSpec:
 
             return get_backend(self.name, self.model, **self.kwargs)
         return self.factory(self.name, self.model, **self.kwargs)
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use: the ``CUDA_VISIBLE_DEVICES`` entries if set, else 0..n-1 from torch."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        out = []
-        for d in (d.strip() for d in env.split(",") if d.strip()):  # CUDA stops at the first invalid entry
-            if d.startswith("-"):
-                break
-            out.append(d)
-        return out
-    if importlib.util.find_spec("torch") is None:
-        return []
-    import torch
-
-    try:
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - no driver
-        return []
 
 
 class PlanningBackend(RenderedBackend):
@@ -82,32 +60,23 @@ class PlanningBackend(RenderedBackend):
         truncation: str = DEFAULT_TRUNCATION,
         **_runtime_kwargs,
     ):
-        from pipeline.embed.backends.base import resolve_model_path
-        from pipeline.embed.backends.chat import load_identity, quiet_transformers
-        from pipeline.embed.backends.hf import resolve_dtype, split_gguf
+        from pipeline.embed.backends.device import device_kind, visible_gpus
 
         if name not in GPU_BACKENDS:
             raise ValueError(f"no planning backend for {name!r}")
-        quiet_transformers()
         self.name = name
-        self.model_path = resolve_model_path(model)
-        load_dir, self.gguf_file = split_gguf(self.model_path, gguf_file)
-        from pipeline.embed.backends.device import device_kind
-
         kind = device_kind(device)
-        on_gpu = bool(visible_gpus()) if kind is None else kind == "cuda"
-        self.dtype = resolve_dtype(dtype, on_gpu)
-        self.tokenizer, config, self.max_length, self.renderer = load_identity(
-            self.model_path,
-            self.gguf_file,
-            load_dir,
+        _, config = self.load_identity(
+            model,
+            gguf_file,
+            on_gpu=bool(visible_gpus()) if kind is None else kind == "cuda",
+            dtype=dtype,
             trust_remote_code=trust_remote_code,
             max_length=max_length,
             truncation=truncation,
         )
         self.dim = int(getattr(config, "hidden_size", 0) or 0)
         self.chunk_size = int(chunk_size or 4096)
-        self._weights_hash = None
 
     def embed(self, inputs):  # pragma: no cover - the workers embed
         raise MicroError(f"the {self.name} planning backend does not embed; its workers do")

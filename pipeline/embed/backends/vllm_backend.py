@@ -21,9 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline import checks as C
-from pipeline.embed.backends.base import resolve_model_path
-from pipeline.embed.backends.chat import RenderedBackend, load_identity, quiet_transformers
-from pipeline.embed.backends.hf import resolve_dtype, split_gguf
+from pipeline.embed.backends.chat import RenderedBackend
 from pipeline.embed.backends.truncation import DEFAULT_TRUNCATION
 from pipeline.errors import MicroError
 
@@ -53,27 +51,16 @@ def _on_gpu() -> bool:
 def select_gpu(device: str | None) -> None:
     """``--device cuda:N`` for vLLM: restrict ``CUDA_VISIBLE_DEVICES`` to the N-th visible GPU before the engine
     starts (vLLM runs on the GPUs it sees; its tensor-parallel groups take the first ones)."""
-    from pipeline.embed.backends.device import check_device
+    from pipeline.embed.backends.device import check_device, visible_gpus
 
     name = check_device(device)
     if not name.startswith("cuda:"):
         return
     index = int(name.split(":")[1])
-    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    if not visible:
-        visible = [str(i) for i in range(_gpu_count())]
+    visible = visible_gpus()
     if index >= len(visible):
         raise MicroError(f"--device {name}: only {len(visible)} CUDA device(s) are visible")
     os.environ["CUDA_VISIBLE_DEVICES"] = visible[index]
-
-
-def _gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # pragma: no cover
-        return 0
 
 
 class VLLMBackend(RenderedBackend):
@@ -115,15 +102,12 @@ class VLLMBackend(RenderedBackend):
             )
         if kind == "cuda" and not _on_gpu():
             raise MicroError(f"--device {device}: torch sees no CUDA device")
-        quiet_transformers()
         self.llm = None
-        self.model_path = resolve_model_path(model)
-        load_dir, self.gguf_file = split_gguf(self.model_path, gguf_file)
-        self.dtype = resolve_dtype(dtype, on_gpu)
-        self.tokenizer, config, self.max_length, self.renderer = load_identity(
-            self.model_path,
-            self.gguf_file,
-            load_dir,
+        load_dir, config = self.load_identity(
+            model,
+            gguf_file,
+            on_gpu=on_gpu,
+            dtype=dtype,
             trust_remote_code=trust_remote_code,
             max_length=max_length,
             truncation=truncation,
@@ -180,7 +164,6 @@ class VLLMBackend(RenderedBackend):
             raise
         if not self.dim:
             self.dim = int(self.llm.llm_engine.model_config.get_hidden_size())
-        self._weights_hash = None
 
     # ---------- embedding ----------
     def prepare(self, inputs: Sequence[str]) -> list[dict]:
