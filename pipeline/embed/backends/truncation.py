@@ -63,6 +63,13 @@ def fit_history(
 
     ``count_text(s)`` counts the tokens of a bare message text (no special tokens); see the module docstring for
     the order in which the conversation is shortened."""
+    seen: dict[str, int] = {}  # a rendering is often counted twice (e.g. one-turn prompts re-rendered in step 2)
+
+    def count(text: str, _count=count) -> int:
+        if text not in seen:
+            seen[text] = _count(text)
+        return seen[text]
+
     full = render(list(messages), response)
     n_full = count(full)
     if n_full <= max_length:
