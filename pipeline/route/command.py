@@ -141,6 +141,10 @@ def route_command(
 
         bundle = Model.load(model)
         run = bundle.embed_user_data(user_data, out / "work", log=log)
+        if adapt != "mixture":  # the users are checked before the routed bundle is written
+            from pipeline.route.adapt import check_users
+
+            check_users(run, user_data)
         res = route(
             bundle, user_data, out, tau=tau, epochs=epochs, budget=budget, seeds=seed_list, lr=lr, log=log, run=run
         )
