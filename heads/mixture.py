@@ -80,8 +80,8 @@ class MixtureBT(BaseEstimator):
 
     Fitted attributes: ``coef_`` (K, d), ``gate_params_``, ``gate_kind_``, ``mixture_weights_``, ``l2_``,
     ``gate_l2_``, ``dim_``, ``gate_dim_``, ``temperature_``, ``selection_`` (the path, chosen values, seconds),
-    ``objective_``, ``objective_history_``, ``converged_``, ``n_iter_``, ``restart_objectives_``, ``n_identical_`` (pairs left
-    out of the fit: a zero difference vector carries no preference), ...
+    ``objective_``, ``objective_history_``, ``converged_``, ``n_iter_``, ``restart_objectives_``,
+    ``n_identical_`` (pairs left out of the fit: a zero difference vector carries no preference), ...
     """
 
     _parameter_constraints: dict = {

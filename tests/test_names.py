@@ -1,0 +1,89 @@
+"""Names from the data (groups, users, file names): printed literally by every command, never as rich markup or
+terminal control codes (pipeline.errors.printable / shown); pairs without a group never merge with a real group
+named 'all' (pipeline.core.run.group_labels)."""
+
+from __future__ import annotations
+
+import pytest
+
+from _stage2 import make_run, patch_backend, run_cli, synthetic_rows, write_jsonl
+
+ESC = "\x1b[31mred\x1b]0;title\x07"
+NAMES = {"g0": "[/bold]", "g1": "[red]x", "g2": ESC}
+
+
+def renamed(rows):
+    return [dict(r, group=NAMES[r["group"]]) for r in rows]
+
+
+def test_printable_escapes_every_control_character():
+    from pipeline.errors import printable, shown
+
+    assert printable(ESC) == "\\x1b[31mred\\x1b]0;title\\x07"
+    assert printable("a\rb\x08c\x9bd\x7f\ttab\nline") == "a\\x0db\\x08c\\x9bd\\x7f\ttab\nline"
+    assert printable("a\tb\nc", lines=False) == "a\\x09b\\x0ac"
+    assert printable("plain [red]x ünïcode") == "plain [red]x ünïcode"
+    assert shown("[/bold]\\").plain == "[/bold]\\" and shown(ESC).plain == printable(ESC)
+
+
+@pytest.fixture
+def named(tmp_path, monkeypatch):
+    """A Stage-1 run whose groups are named like markup and terminal codes, and user data with the same names."""
+    monkeypatch.setenv("COLUMNS", "300")  # rich wraps narrow columns: keep every name on one line
+    run = make_run(tmp_path, renamed(synthetic_rows(n_per_group=24, topic=True, seed=1)), "run")
+    write_jsonl(renamed(synthetic_rows(n_per_group=12, seed=2, prefix="u")), tmp_path / "user.jsonl")
+    patch_backend(monkeypatch)
+    return tmp_path, run
+
+
+def assert_literal(out: str, names=NAMES.values()):
+    from pipeline.errors import printable
+
+    assert "\x1b" not in out and "\x07" not in out, "a terminal code from the data reached the output"
+    for name in names:
+        assert printable(name) in out, f"{name!r} not printed literally"
+
+
+def test_fit_eval_route_print_names_literally(named, monkeypatch, capsys):
+    root, run = named
+    code, out, err = run_cli(monkeypatch, capsys, "fit", run, "--out", root / "b", "--k", "3", "--n-init", "1")
+    assert code == 0, err
+    assert_literal(out + err)
+    code, out, err = run_cli(monkeypatch, capsys, "eval", root / "b", run, "--seeds", "1", "--budgets", "8")
+    assert code == 0, err
+    assert_literal(out + err)
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "route",
+        root / "b",
+        "--user-data",
+        root / "user.jsonl",
+        "--out",
+        root / "ro",
+        "--seeds",
+        "1",
+    )
+    assert code == 0, err
+    assert_literal(out + err)
+    assert (root / "ro" / "model.json").is_file() and len(list((root / "ro" / "users").glob("*.json"))) == 3
+
+
+def test_error_lines_escape_names_from_the_data(named, monkeypatch, capsys):
+    root, run = named
+    code, out, err = run_cli(monkeypatch, capsys, "fit", run, "--out", root / "b", "--k", "3", "--n-init", "1")
+    assert code == 0, err
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "route",
+        root / "b",
+        "--user-data",
+        root / "user.jsonl",
+        "--out",
+        root / "p",
+        "--user",
+        "\x1b[2Jnobody",
+    )
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: ")
+    assert "\x1b" not in err and "\\x1b[2Jnobody" in err
