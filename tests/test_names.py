@@ -87,3 +87,36 @@ def test_error_lines_escape_names_from_the_data(named, monkeypatch, capsys):
     )
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: ")
     assert "\x1b" not in err and "\\x1b[2Jnobody" in err
+
+
+def test_a_real_group_all_is_never_merged_with_the_ungrouped_pairs(tmp_path, monkeypatch, capsys):
+    """Pairs without a group and a real group 'all': two groups (the ungrouped pairs renamed, with a warning),
+    in Run.from_arrays, Run.load (fit's report) and the user data of route --user."""
+    import numpy as np
+
+    from pipeline.core.run import Run
+
+    rows = synthetic_rows(n_per_group=24, topic=True, seed=1)
+    rows = [dict(r, group={"g0": "all", "g1": None}.get(r["group"], r["group"])) for r in rows]
+    with pytest.warns(UserWarning, match="pairs without a group are named 'all \\(ungrouped\\)'"):
+        arr = Run.from_arrays(
+            np.ones((len(rows), 2)), np.ones((len(rows), 2)), ["train"] * len(rows), group=[r["group"] for r in rows]
+        )
+    assert arr.group_names == ["all", "all (ungrouped)", "g2"]
+    assert [int((arr.groups == g).sum()) for g in arr.group_names] == [24, 24, 24]
+    with pytest.warns(UserWarning, match="named 'all \\(ungrouped\\)'"):
+        run = make_run(tmp_path, rows, "run")
+        loaded = Run.load(run)
+    assert loaded.group_names == ["all", "all (ungrouped)", "g2"]
+    assert sorted(loaded.groups[loaded.groups != "g2"].tolist()) == ["all"] * 24 + ["all (ungrouped)"] * 24
+    monkeypatch.setenv("COLUMNS", "300")
+    code, out, err = run_cli(monkeypatch, capsys, "fit", run, "--out", tmp_path / "b", "--k", "3", "--n-init", "1")
+    assert code == 0, err
+    assert "warning: pairs without a group are named 'all (ungrouped)'" in err
+    assert "all (n=" in err and "all (ungrouped) (n=" in err
+    write_jsonl(rows, tmp_path / "user.jsonl")
+    patch_backend(monkeypatch)
+    args = ["route", tmp_path / "b", "--user-data", tmp_path / "user.jsonl", "--out", tmp_path / "p", "--seeds", "1"]
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--user", "all")
+    assert code == 0, err
+    assert "user data: 24 pairs" in err  # the real group 'all' alone, not the 24 ungrouped pairs with it
