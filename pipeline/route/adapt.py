@@ -78,6 +78,8 @@ def check_users(run: Run, user_data) -> None:
     """MicroError naming the first user (group) of ``run`` that cannot be adapted: fewer than 2 train pairs, or
     no held-out pairs. Checked before anything is fitted or written."""
     train, test = run.mask("train"), run.mask("test")
+    if not test.any():
+        raise MicroError(f"{user_data}: no held-out pairs (split == 'test') to score on")
     for j, name in enumerate(run.group_names):
         mine = run.group == j
         n_train, n_test = int((mine & train).sum()), int((mine & test).sum())
