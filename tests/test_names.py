@@ -120,3 +120,18 @@ def test_a_real_group_all_is_never_merged_with_the_ungrouped_pairs(tmp_path, mon
     code, out, err = run_cli(monkeypatch, capsys, *args, "--user", "all")
     assert code == 0, err
     assert "user data: 24 pairs" in err  # the real group 'all' alone, not the 24 ungrouped pairs with it
+
+
+def test_file_names_with_markup_print_literally(tmp_path, monkeypatch, capsys):
+    """Folder names are data too: `[red]` in an output folder is printed as it is by embed and fit."""
+    from _stage2 import write_table
+
+    pairs = write_table(synthetic_rows(n_per_group=10, topic=True), tmp_path / "pairs.parquet")
+    patch_backend(monkeypatch)
+    out = tmp_path / "[red]run"
+    code, _, err = run_cli(monkeypatch, capsys, "embed", pairs, "--out", out, "--cache-dir", tmp_path / "c")
+    assert code == 0, err
+    assert f"run folder: {out}" in err
+    code, _, err = run_cli(monkeypatch, capsys, "fit", out, "--out", tmp_path / "[b]m", "--k", "2", "--n-init", "1")
+    assert code == 0, err
+    assert f"bundle: {tmp_path / '[b]m'}" in "".join(err.split("\n"))

@@ -53,10 +53,8 @@ def print_fit_report(console, report) -> None:
         say(f"note: {note}")
     for p in report.plots:
         say(f"written: {p}")
-    console.print(
-        f"gate input: {report.gate_input} | {report.seconds:.1f} s"
-        + (f" | bundle: {report.bundle}" if report.bundle else "")
-    )
+    bundle = f" | bundle: {report.bundle}" if report.bundle else ""
+    say(f"gate input: {report.gate_input} | {report.seconds:.1f} s{bundle}")
 
 
 def fit_command(
