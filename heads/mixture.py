@@ -45,7 +45,7 @@ from .initialise import INITS
 from .objective import Problem
 from .selection import C_START, prompt_groups
 from .solvers import SOLVERS, EMSolver, make_solver
-from .validation import as_matrix, check_rows, check_width
+from .validation import as_matrix, check_rows, check_width, nonzero_rows
 
 GATES = ("context", "static")
 
@@ -80,7 +80,8 @@ class MixtureBT(BaseEstimator):
 
     Fitted attributes: ``coef_`` (K, d), ``gate_params_``, ``gate_kind_``, ``mixture_weights_``, ``l2_``,
     ``gate_l2_``, ``dim_``, ``gate_dim_``, ``temperature_``, ``selection_`` (the path, chosen values, seconds),
-    ``objective_``, ``objective_history_``, ``converged_``, ``n_iter_``, ``restart_objectives_``, ...
+    ``objective_``, ``objective_history_``, ``converged_``, ``n_iter_``, ``restart_objectives_``,
+    ``n_identical_`` (pairs left out of the fit: a zero difference vector carries no preference), ...
     """
 
     _parameter_constraints: dict = {
@@ -158,11 +159,20 @@ class MixtureBT(BaseEstimator):
             check_rows(D, X, "delta", "prompt")
         elif self.gate == "context" and self.n_components > 1:
             raise ValueError("gate='context' needs prompt features: call fit(delta, prompt)")
-        if self.n_components > D.shape[0]:
-            raise ValueError(f"n_components={self.n_components} is larger than the number of pairs ({D.shape[0]})")
         g = prompt_groups(X, D.shape[0]) if groups is None else np.asarray(groups).reshape(-1)
         if g.shape[0] != D.shape[0]:
             raise ValueError(f"delta has {D.shape[0]} rows but groups has {g.shape[0]}")
+        keep = nonzero_rows(D)  # identical chosen/rejected features: no preference to learn, left out
+        self.n_identical_ = int(D.shape[0] - keep.sum())
+        if not keep.any():
+            raise ValueError(
+                f"all {D.shape[0]} pairs have identical chosen and rejected features (every difference vector "
+                "is zero): nothing to learn from"
+            )
+        if self.n_identical_:
+            D, X, g = D[keep], (X[keep] if X is not None else None), g[keep]
+        if self.n_components > D.shape[0]:
+            raise ValueError(f"n_components={self.n_components} is larger than the number of pairs ({D.shape[0]})")
         return D, X, g
 
     def _check_predict_input(self, delta, prompt, need_delta=True):

@@ -35,6 +35,15 @@ def _finite_rows_chunked(A: np.ndarray, rows: int = 4096) -> np.ndarray:
     return out
 
 
+def nonzero_rows(A: np.ndarray, rows: int = 4096) -> np.ndarray:
+    """(n,) bool: rows of ``A`` with a non-zero entry (a zero difference vector: chosen and rejected embed to
+    the same features, so the pair carries no preference)."""
+    out = np.empty(A.shape[0], dtype=bool)
+    for s in range(0, A.shape[0], rows):
+        out[s : s + rows] = (A[s : s + rows] != 0).any(axis=1)
+    return out
+
+
 def check_width(A: np.ndarray, expected: int, name: str) -> None:
     if A.shape[1] != expected:
         raise ValueError(f"{name} has {A.shape[1]} features but the model was fitted with {expected}")

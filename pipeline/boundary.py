@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.errors import Interrupted, MicroError, first_line, os_error_line
+from pipeline.errors import Interrupted, MicroError, first_line, os_error_line, printable
 
 DEBUG_HELP = "Show the Python traceback of an error (for bug reports); also MICRO_DEBUG=1."
 
@@ -30,14 +30,17 @@ def one_line_warnings() -> None:
     import warnings
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {first_line(message) if isinstance(message, Exception) else message}", file=sys.stderr)
+        text = first_line(message) if isinstance(message, Exception) else message
+        print(f"warning: {printable(text, lines=False)}", file=sys.stderr)
 
     warnings.showwarning = show
 
 
 def console_log(console):
-    """``log(message)`` for the stages: one plain line on the command's console (no highlighting, no wrapping)."""
-    return lambda message: console.print(message, highlight=False, soft_wrap=True)
+    """``log(message)`` for the stages and the commands' own lines: printed as plain text on the command's console
+    (never parsed as rich markup, control characters escaped: names from data print literally; no highlighting,
+    no wrapping)."""
+    return lambda message: console.print(printable(message), markup=False, highlight=False, soft_wrap=True)
 
 
 def raised_in_heads(exc: BaseException) -> bool:
@@ -108,6 +111,6 @@ def run(app, argv: list[str]) -> None:
     if line is not None:
         if debug and error is not None and code != 130:
             traceback.print_exception(error)
-        print(line, file=sys.stderr)
+        print(printable(line, lines=False), file=sys.stderr)
     if code:
         sys.exit(code)

@@ -103,7 +103,11 @@ def run_demo(
 def demo_command(out: Path, *, k: int, seeds: int, cache_dir: Path | None, console) -> None:
     """``micro demo``: the whole pipeline, then the table, the figures and the two users' picks."""
     from pipeline import checks as C
+    from pipeline.boundary import console_log
     from pipeline.embed.command import progress_factory
+    from pipeline.errors import printable
+
+    say = console_log(console)  # the sample's texts print literally (no markup)
 
     C.integer(k, "--k")
     C.integer(seeds, "--seeds")
@@ -116,12 +120,12 @@ def demo_command(out: Path, *, k: int, seeds: int, cache_dir: Path | None, conso
         seeds=seeds,
         cache_dir=cache_dir,
         progress_factory=factory,
-        log=lambda m: console.print(m, highlight=False),
+        log=say,
     )
-    print(res["eval"].markdown())
-    console.print(f"query: {res['prompt'][:100]!r}")
+    print(printable(res["eval"].markdown()))
+    say(f"query: {res['prompt'][:100]!r}")
     for domain, text in res["picks"].items():
-        console.print(f"  best response for a user who says they are into {domain}: {text[:100]!r}…", highlight=False)
+        say(f"  best response for a user who says they are into {domain}: {text[:100]!r}…")
     for p in [*res["eval"].files, *res["eval"].plots]:
-        console.print(f"written: {p}")
-    console.print(f"demo finished in {res['seconds']:.0f} s; outputs in {res['out']}")
+        say(f"written: {p}")
+    say(f"demo finished in {res['seconds']:.0f} s; outputs in {res['out']}")

@@ -7,6 +7,7 @@ tell them apart (the CLI treats them all the same way).
 from __future__ import annotations
 
 import os
+import re
 
 
 class MicroError(Exception):
@@ -49,3 +50,22 @@ def os_error_line(exc: OSError, what: str | os.PathLike | None = None) -> str:
     path = exc.filename if exc.filename is not None else what
     reason = exc.strerror or first_line(exc)
     return f"{path}: {reason}" if path is not None else reason
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # every C0/C1 control but tab and newline
+_CONTROL_ALL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: object, lines: bool = True) -> str:
+    """``str(text)`` with control characters (ESC, BEL, CR, backspace, C1, ...) written as visible escapes
+    (``\\x1b``), so that data never drives the terminal; ``lines=False`` escapes tabs and newlines too."""
+    return (_CONTROL if lines else _CONTROL_ALL).sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def shown(value: object, style: str = ""):
+    """A data-derived string (group, user, file name, pair id, ...) as a rich ``Text`` for tables and
+    ``console.print``: printed literally (never parsed as markup), control characters escaped (:func:`printable`,
+    one line)."""
+    from rich.text import Text
+
+    return Text(printable(value, lines=False), style=style)

@@ -299,3 +299,27 @@ def test_non_finite_objective_is_an_error_not_convergence(small, monkeypatch):
     monkeypatch.setattr(m, "_validate_params", lambda: None)
     with pytest.raises(ValueError, match=r"the objective became non-finite \(nan\)"):
         m.fit(small["delta"], small["prompt"])
+
+
+def test_pairs_with_a_zero_difference_are_left_out_of_the_fit(small):
+    """Pairs whose chosen and rejected features are identical carry no preference: the fit with them equals the
+    fit without them (counted in n_identical_), for the default L2 search and a fixed L2."""
+    D, X = small["delta"][:600], small["prompt"][:600]
+    g = np.arange(600)
+    Dz = np.vstack([D[:300], np.zeros((7, D.shape[1])), D[300:]])
+    Xz = np.vstack([X[:300], X[:7], X[300:]])
+    gz = np.concatenate([g[:300], 1000 + np.arange(7), g[300:]])
+    for kw in ({}, {"l2": 1e-3}):
+        ref = MixtureBT(n_components=3, n_init=1, max_iter=30, random_state=0, **kw).fit(D, X, groups=g)
+        m = MixtureBT(n_components=3, n_init=1, max_iter=30, random_state=0, **kw).fit(Dz, Xz, groups=gz)
+        assert m.n_identical_ == 7 and ref.n_identical_ == 0
+        np.testing.assert_allclose(m.coef_, ref.coef_, atol=1e-6)
+        np.testing.assert_allclose(m.predict_proba(D, X), ref.predict_proba(D, X), atol=1e-6)
+        np.testing.assert_allclose(m.predict_proba(Dz[300:307], Xz[300:307]), 0.5, atol=1e-12)
+
+
+def test_all_zero_differences_are_an_error_naming_the_cause(small):
+    X = small["prompt"][:50]
+    for K in (1, 3):
+        with pytest.raises(ValueError, match="all 50 pairs have identical chosen and rejected features"):
+            MixtureBT(n_components=K, n_init=1, max_iter=5).fit(np.zeros((50, 6)), X)

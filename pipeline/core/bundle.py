@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from cache.atomic import atomic_paths
+from cache.store import DTYPES
 from pipeline.core.run import check_fields, read_folder_json
 from pipeline.errors import InputError, MicroError, first_line
 
@@ -34,6 +36,7 @@ _FITTED_SCALARS = (
     "objective_history_",
     "restart_objectives_",
     "collapsed_pairs_",
+    "n_identical_",
     "l2_",
     "gate_l2_",
     "dim_",
@@ -147,7 +150,67 @@ def read_meta(path: str | Path) -> dict:
     if meta.get("format") != FORMAT:
         raise MicroError(f"{meta_path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
     check_fields(meta, {"class": str, "params": dict, "fitted": dict, "fingerprint_id": str}, meta_path)
+    check_fields(meta, {"fingerprint": dict, "embedder": dict}, meta_path, "refit with `micro fit`")
+    for where, doc, checks in (
+        ("", meta, _META),
+        ("fitted.", meta["fitted"], _FITTED),
+        ("embedder.", meta["embedder"], _EMBEDDER),
+    ):
+        for key, (what, ok, required) in checks.items():
+            if (key in doc or required) and not ok(doc.get(key)):
+                got = "missing" if key not in doc else f"{json.dumps(doc[key])[:60]}"
+                raise InputError(f"{meta_path}: field '{where}{key}' is {got}, expected {what}; refit with `micro fit`")
     return meta
+
+
+def _integer(low: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(low: float, open_low: bool = False):
+    def ok(v) -> bool:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            return False
+        return v > low if open_low else v >= low
+
+    return ok
+
+
+def _optional(check):
+    return lambda v: v is None or check(v)
+
+
+def _text(v) -> bool:
+    return isinstance(v, str)
+
+
+_NUMBERS = lambda v: isinstance(v, list) and all(_number(-math.inf)(x) for x in v)  # noqa: E731
+#: model.json fields read when the bundle is used: (what is expected, check, required)
+_META = {
+    "gate_input": ("one of 'prompt', 'context', 'none'", lambda v: v in ("prompt", "context", "none"), False),
+    "routed_from": ("a path (string) or null", _optional(_text), False),
+    "baseline": ("a string or null", _optional(_text), False),
+    "groups": ("a list of group names", lambda v: isinstance(v, list) and all(map(_text, v)), False),
+}
+_FITTED = {
+    "n_features_in_": ("an integer >= 1", _integer(1), True),
+    "n_prompt_features_in_": ("an integer >= 0", _integer(0), True),
+    "temperature_": ("a finite number > 0", _number(0.0, open_low=True), False),
+    "gate_kind_": ("a string", _text, False),
+    "mixture_weights_": ("a list of finite numbers >= 0", lambda v: _NUMBERS(v) and min(v, default=0) >= 0, False),
+    "l2_": ("a finite number >= 0", _number(0.0), False),
+    "gate_l2_": ("a finite number >= 0", _number(0.0), False),
+    "dim_": ("an integer >= 0", _integer(0), False),
+    "gate_dim_": ("an integer >= 0", _integer(0), False),
+    "selection_": ("an object", lambda v: isinstance(v, dict), False),
+}
+_EMBEDDER = {
+    "backend": ("a backend name (string)", lambda v: isinstance(v, str) and bool(v), True),
+    "model_path": ("a path (string) or null", _optional(_text), False),
+    "max_length": ("an integer >= 1 or null", _optional(_integer(1)), False),
+    "cache_dir": ("a folder (string)", lambda v: isinstance(v, str) and bool(v), True),
+    "cache_dtype": (f"one of {', '.join(DTYPES)}", lambda v: v in DTYPES, True),
+}
 
 
 def _check_tensors(path: Path, model, tensors: dict) -> None:

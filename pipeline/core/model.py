@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.bundle import check_fingerprint, load_bundle, save_bundle
-from pipeline.core.run import Run
+from pipeline.core.run import Run, group_labels
 from pipeline.errors import MicroError
 
 
@@ -122,7 +122,7 @@ class Model:
         if table.num_rows == 0:
             raise MicroError(f"{user_data}: no preference pairs in the user data")
         if user is not None:  # check the user before embedding anything, and embed only their pairs
-            labels = np.array(["all" if g is None else g for g in table.column("group").to_pylist()], dtype=object)
+            labels = group_labels(table.column("group").to_pylist()).astype(object)
             names = sorted(set(labels.tolist()))
             if user not in names:
                 raise MicroError(

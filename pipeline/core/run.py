@@ -28,6 +28,24 @@ RUN_FIELDS = {"fingerprint": dict, "fingerprint_id": str, "cache_dir": str, "cac
 #: split codes of :attr:`Run.split` (-1: any other split name)
 SPLITS = {"train": 0, "test": 1}
 ARRAYS = ("delta", "prompt", "context", "has_context", "split", "group", "prompt_id")
+#: the group name of pairs without a group (another name when the data has a real group of this name)
+UNGROUPED = "all"
+
+
+def group_labels(values) -> np.ndarray:
+    """(N,) str group names of ``values`` (None: no group): pairs without a group are 'all', or, when a real
+    group is named 'all' too, the first free name 'all (ungrouped)', 'all (ungrouped 2)', ... with a warning:
+    never merged silently with a real group."""
+    import warnings
+
+    values = list(values)
+    real = {str(v) for v in values if v is not None}
+    name, i = UNGROUPED, 1
+    if None in values and UNGROUPED in real:
+        while name in real or name == UNGROUPED:
+            i, name = i + 1, f"{UNGROUPED} (ungrouped{'' if i == 1 else f' {i}'})"
+        warnings.warn(f"pairs without a group are named '{name}' (the data has a real group named 'all')")
+    return np.array([name if v is None else str(v) for v in values], dtype=object).astype(str)
 
 
 def per_group_accuracy(values: np.ndarray, groups: np.ndarray, names, threshold: float = 0.5) -> np.ndarray:
@@ -170,9 +188,7 @@ class Run:
         codes = (
             np.where(split == "train", 0, np.where(split == "test", 1, -1)) if split.dtype.kind in "OUS" else split
         ).astype(np.int8)
-        labels = np.array(
-            ["all" if x is None else str(x) for x in (group if group is not None else [None] * n)], dtype=object
-        ).astype(str)
+        labels = group_labels(group if group is not None else [None] * n)
         names, gcodes = np.unique(labels, return_inverse=True)
         pid = np.arange(n) if prompt_id is None else np.unique(np.asarray(prompt_id), return_inverse=True)[1]
         delta, prompt = np.ascontiguousarray(delta), np.ascontiguousarray(prompt)
@@ -309,8 +325,7 @@ def load_run(run_dir: str | Path, dtype=np.float32) -> Run:
     step = max(1, (1 << 24) // max(1, chosen.shape[1]))
     for s in range(0, len(delta), step):
         delta[s : s + step] = chosen[s : s + step].astype(np.float32) - rejected[s : s + step].astype(np.float32)
-    labels = np.array(["all" if g is None else str(g) for g in pairs.column("group").to_pylist()], dtype=object)
-    names, gcodes = np.unique(labels.astype(str), return_inverse=True)
+    names, gcodes = np.unique(group_labels(pairs.column("group").to_pylist()), return_inverse=True)
     split = np.array(pairs.column("split").to_pylist(), dtype=object)
     codes = np.where(split == "train", 0, np.where(split == "test", 1, -1)).astype(np.int8)
     pid = np.unique(key_column(keys.column("prompt"))[0], return_inverse=True)[1]

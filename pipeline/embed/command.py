@@ -149,4 +149,4 @@ def embed_command(
         ),
         soft_wrap=True,
     )
-    console.print(f"run folder: {out}", soft_wrap=True)
+    console_log(console)(f"run folder: {out}")  # a file name prints literally

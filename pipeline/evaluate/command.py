@@ -7,6 +7,7 @@ from pathlib import Path
 
 from heads.defaults import BUDGETS, LGO_BUDGETS, LGO_SEEDS, SEEDS
 from pipeline import checks as C
+from pipeline.errors import printable
 
 
 def eval_command(
@@ -43,7 +44,7 @@ def eval_command(
     read_run(run_dir)
     if report is not None:
         C.out_dir(report, "--report")
-    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    log = lambda msg: print(printable(msg), file=sys.stderr)  # noqa: E731
     if lgo:
         from pipeline.evaluate.lgo import leave_group_out
 
@@ -76,9 +77,9 @@ def eval_command(
             lr=lr,
             log=log,
         )
-    print(res.markdown())
+    print(printable(res.markdown()))  # names from the data print literally, never as terminal codes
     for note in res.notes:
-        print(f"note: {note}", file=sys.stderr)
+        log(f"note: {note}")
     for p in [*res.files, *res.plots]:
-        print(f"written: {p}", file=sys.stderr)
+        log(f"written: {p}")
     print(f"eval: {res.seconds:.1f} s", file=sys.stderr)

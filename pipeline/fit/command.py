@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline import checks as C
 from pipeline.boundary import console_log
-from pipeline.errors import MicroError
+from pipeline.errors import MicroError, shown
 
 
 def print_fit_report(console, report) -> None:
@@ -43,19 +43,18 @@ def print_fit_report(console, report) -> None:
     h = Table(title=f"accuracy of each head alone per group ({report.head_group_split} split)")
     h.add_column("head")
     for g, n in zip(report.groups, report.group_counts):
-        h.add_column(f"{g} (n={n})", justify="right")
+        h.add_column(shown(f"{g} (n={n})"), justify="right")
     best = report.head_group_accuracy.argmax(axis=0)
     for k, row in enumerate(report.head_group_accuracy):
         h.add_row(str(k), *[(f"[bold]{v:.3f}[/]" if best[j] == k else f"{v:.3f}") for j, v in enumerate(row)])
     console.print(h)
+    say = console_log(console)
     for note in report.notes:
-        console.print(f"note: {note}")
+        say(f"note: {note}")
     for p in report.plots:
-        console.print(f"written: {p}")
-    console.print(
-        f"gate input: {report.gate_input} | {report.seconds:.1f} s"
-        + (f" | bundle: {report.bundle}" if report.bundle else "")
-    )
+        say(f"written: {p}")
+    bundle = f" | bundle: {report.bundle}" if report.bundle else ""
+    say(f"gate input: {report.gate_input} | {report.seconds:.1f} s{bundle}")
 
 
 def fit_command(

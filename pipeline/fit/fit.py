@@ -127,6 +127,11 @@ def fit_run(
         notes=[note] if note and needs_gate else [],
         head_group_split="test" if test.n else "train",
     )
+    if getattr(model, "n_identical_", 0):
+        report.notes.append(
+            f"{model.n_identical_} pairs with identical features (chosen and rejected embed to the same vector) "
+            "carry no preference: left out of the fit"
+        )
     if getattr(model, "collapsed_pairs_", None):
         report.notes.append(f"collapsed heads (cosine ≥ 0.99): {model.collapsed_pairs_[:5]}")
     report.selection = selection_summary(model)

@@ -74,6 +74,21 @@ class AdaptResult:
     notes: list = field(default_factory=list)
 
 
+def check_users(run: Run, user_data) -> None:
+    """MicroError naming the first user (group) of ``run`` that cannot be adapted: fewer than 2 train pairs, or
+    no held-out pairs. Checked before anything is fitted or written."""
+    train, test = run.mask("train"), run.mask("test")
+    if not test.any():
+        raise MicroError(f"{user_data}: no held-out pairs (split == 'test') to score on")
+    for j, name in enumerate(run.group_names):
+        mine = run.group == j
+        n_train, n_test = int((mine & train).sum()), int((mine & test).sum())
+        if n_train < 2:
+            raise MicroError(f"{user_data}: user '{name}' has {n_train} train pairs; adapting needs at least 2")
+        if n_test == 0:
+            raise MicroError(f"{user_data}: user '{name}' has no held-out pairs (split == 'test') to score on")
+
+
 def adapt_users(
     bundle,
     user_data,
@@ -101,6 +116,7 @@ def adapt_users(
     out = Path(out)
     if run is None:
         run = bundle_model.embed_user_data(user_data, out / "work", log=log, user=user)
+    check_users(run, user_data)
     groups, names = run.groups, run.group_names
     pca, source = population_basis(meta, run.delta[run.mask("train")])
     notes = [f"residual basis: population principal directions from {source}"]
@@ -110,10 +126,6 @@ def adapt_users(
     for name in names:
         mine = run.take(groups == name)
         tr, te = np.flatnonzero(mine.mask("train")), np.flatnonzero(mine.mask("test"))
-        if tr.size < 2:
-            raise MicroError(f"{user_data}: user '{name}' has {tr.size} train pairs; adapting needs at least 2")
-        if te.size == 0:
-            raise MicroError(f"{user_data}: user '{name}' has no held-out pairs (split == 'test') to score on")
         if tr.size < budget:
             notes.append(f"{name}: {tr.size} train pairs, fewer than the budget {budget}: used all")
         gx = None if static else bundle_model.gate_features(mine)

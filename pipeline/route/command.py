@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import checks as C
-from pipeline.errors import MicroError
+from pipeline.boundary import console_log
+from pipeline.errors import MicroError, shown
 
 
 def router_options(tau: float, epochs: int, budget: int, seeds: int, lr: float) -> tuple:
@@ -31,13 +32,13 @@ def _print_route(console, res) -> None:
         t.add_column(c, justify="right")
     for j, g in enumerate(res.groups):
         t.add_row(
-            str(g), str(res.counts[j]), f"{res.before[j]:.4f}", f"{res.after_mean[j]:.4f} ± {res.after_std[j]:.4f}"
+            shown(g), str(res.counts[j]), f"{res.before[j]:.4f}", f"{res.after_mean[j]:.4f} ± {res.after_std[j]:.4f}"
         )
     macro = res.after.mean(axis=1)
     t.add_row("macro", str(sum(res.counts)), f"{np.nanmean(res.before):.4f}", f"{macro.mean():.4f} ± {macro.std():.4f}")
     console.print(t)
     for note in res.notes:
-        console.print(f"note: {note}")
+        console_log(console)(f"note: {note}")
 
 
 def _print_adapt(console, res) -> None:
@@ -52,7 +53,7 @@ def _print_adapt(console, res) -> None:
     for j, u in enumerate(res.users):
         r, a = res.routing[:, j], res.adapted[:, j]
         t.add_row(
-            str(u),
+            shown(u),
             str(res.counts[j]),
             f"{res.before[j]:.4f}",
             f"{r.mean():.4f} ± {r.std():.4f}",
@@ -60,38 +61,39 @@ def _print_adapt(console, res) -> None:
             f"{res.choices[j]:.0%}",
         )
     console.print(t)
+    say = console_log(console)
     for note in res.notes:
-        console.print(f"note: {note}", soft_wrap=True)
+        say(f"note: {note}")
     for p in res.paths:
-        console.print(f"profile saved: {p}", soft_wrap=True)
+        say(f"profile saved: {p}")
 
 
 def _print_online(console, res) -> None:
-    console.print(
+    say = console_log(console)
+    say(
         f"profile of '{res.user}' after {res.n_stream} pairs: serving '{res.served}' (prequential "
-        "log-loss " + ", ".join(f"{k} {v:.2f}" for k, v in res.losses.items()) + ")",
-        soft_wrap=True,
+        "log-loss " + ", ".join(f"{k} {v:.2f}" for k, v in res.losses.items()) + ")"
     )
     if len(res.curve):
         marks = sorted({0, 1, 2, 5, 10, 20, 50, len(res.curve) - 1} & set(range(len(res.curve))))
-        console.print(
+        say(
             f"learning curve, accuracy on {res.n_heldout} held-out pairs after n pairs seen (prior alone): "
-            + "  ".join(f"n={n}: {res.curve[n]:.3f} ({res.prior_curve[n]:.3f})" for n in marks),
-            soft_wrap=True,
+            + "  ".join(f"n={n}: {res.curve[n]:.3f} ({res.prior_curve[n]:.3f})" for n in marks)
         )
-    console.print(f"profile saved: {res.path}", soft_wrap=True)
+    say(f"profile saved: {res.path}")
 
 
 def _print_profile(console, prof) -> None:
     w = ", ".join(f"{v:.3f}" for v in prof.weights)
-    console.print(f"profile of '{prof.user}' after {prof.n_stream} pairs (prior: {prof.prior}): weights [{w}]")
+    say = console_log(console)
+    say(f"profile of '{prof.user}' after {prof.n_stream} pairs (prior: {prof.prior}): weights [{w}]")
     if len(prof.curve):
         marks = sorted({0, 1, 2, 5, 10, 20, 50, len(prof.curve) - 1} & set(range(len(prof.curve))))
-        console.print(
+        say(
             f"learning curve, accuracy on {prof.n_heldout} held-out pairs after n pairs seen: "
             + "  ".join(f"n={n}: {prof.curve[n]:.3f}" for n in marks)
         )
-    console.print(f"profile saved: {prof.path}")
+    say(f"profile saved: {prof.path}")
 
 
 def route_command(
@@ -124,7 +126,7 @@ def route_command(
     C.existing_file(user_data, "--user-data")
     out = out or (model.parent / "profiles" if user else model.parent / f"{model.name}-routed")
     C.out_dir(out, "--out")
-    log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
+    log = console_log(console)
     if online:
         if adapt == "mixture":
             from pipeline.route.profiles import build_profile
@@ -141,11 +143,15 @@ def route_command(
 
         bundle = Model.load(model)
         run = bundle.embed_user_data(user_data, out / "work", log=log)
+        if adapt != "mixture":  # the users are checked before the routed bundle is written
+            from pipeline.route.adapt import check_users
+
+            check_users(run, user_data)
         res = route(
             bundle, user_data, out, tau=tau, epochs=epochs, budget=budget, seeds=seed_list, lr=lr, log=log, run=run
         )
         _print_route(console, res)
-        console.print(f"routed bundle: {out}")
+        log(f"routed bundle: {out}")
     if adapt != "mixture" or user is not None:
         from pipeline.route.adapt import adapt_users
 
