@@ -190,9 +190,15 @@ def test_nan_tensor_and_foreign_bundle_are_errors(fix, tmp_path):
     # a v2 profile made for bundle A, loaded by bundle B with the same K and embedder
     other = tmp_path / "other"
     shutil.copytree(d / "bundle", other)
+    t = load_file(str(other / "model.safetensors"))
+    t["coef"] = t["coef"] * 1.01  # a refit: same K, same embedder, other heads
+    save_file(t, str(other / "model.safetensors"))
     meta = json.loads((other / "model.json").read_text())
-    meta["note"] = "refit"
+    meta["trained_on"] = "/elsewhere"  # paths are not part of the identity
     (other / "model.json").write_text(json.dumps(meta))
+    moved = tmp_path / "moved"
+    shutil.copytree(d / "bundle", moved)
+    assert bundle_id(moved) == bundle_id(d / "bundle") != bundle_id(other)
     p = save_user(tmp_path / "w.json", UserModel.weights(np.ones(rm.n_heads) / rm.n_heads), rm.meta, d / "bundle")
     from pipeline.route.score import RewardModel
 

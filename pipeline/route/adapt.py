@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from heads.defaults import BUDGET, HEDGE_TAU, ROUTER_EPOCHS, ROUTER_LR, SEEDS, TAU
-from pipeline.core.model import Model
 from pipeline.core.run import Run
 from pipeline.errors import MicroError
-from pipeline.route.profiles import safe_name, save_profile
+from pipeline.route.profiles import as_model, safe_name, save_profile
 
 ROUTER = {"tau": TAU, "epochs": ROUTER_EPOCHS, "lr": ROUTER_LR}  # the router of `micro route` (heads.defaults)
 
@@ -96,7 +95,7 @@ def adapt_users(
 
     if adapt not in ADAPT:
         raise MicroError(f"--adapt must be one of {', '.join(ADAPT)}, got {adapt!r}")
-    bundle_model = bundle if isinstance(bundle, Model) else Model.load(bundle)
+    bundle_model = as_model(bundle)
     model, meta = bundle_model.estimator, bundle_model.meta
     out = Path(out)
     if run is None:
@@ -210,7 +209,7 @@ def build_online(
 
     if adapt == "mixture":
         raise MicroError("--online --adapt mixture is the Hedge profile: use `micro route --online` without --adapt")
-    bundle_model = Model.load(bundle)
+    bundle_model = as_model(bundle)
     model, meta = bundle_model.estimator, bundle_model.meta
     out_dir = Path(out_dir)
     run = bundle_model.embed_user_data(user_data, out_dir / "work" / safe_name(user), log=log, user=user)
@@ -238,7 +237,7 @@ def build_online(
     path = save_profile(
         out_dir / f"{safe_name(user)}.json",
         meta,
-        bundle,
+        bundle_model.path,
         user,
         rule=served["rule"],
         gate_params=None,

@@ -21,18 +21,6 @@ from pipeline.errors import MicroError
 LRU_SIZE = 65536  # prompt/gate features kept in memory (rows of d floats)
 
 
-def usable_cache_root(recorded: str | Path | None, given: str | Path | None = None) -> Path:
-    """The cache root to use: ``given``; else the bundle's ``recorded`` root when it exists here; else the default
-    cache (a bundle from another machine never makes its absolute path here)."""
-    from pipeline.embed.embed import DEFAULT_CACHE
-
-    if given is not None:
-        return Path(given).expanduser()
-    if recorded and Path(recorded).expanduser().is_dir():
-        return Path(recorded).expanduser()
-    return DEFAULT_CACHE.expanduser()
-
-
 class Featurizer:
     """Vectors of exact model inputs with ``backend_factory()`` (called once, lazily) and the cache under
     ``cache_root`` in ``dtype``; ``calls`` counts embedder passes (tests, benches)."""

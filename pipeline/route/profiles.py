@@ -39,13 +39,19 @@ def safe_name(user: str) -> str:
     return f"{clean}-{hashlib.sha256(str(user).encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
+def as_model(bundle) -> Model:
+    """A bundle folder or an already loaded :class:`Model` as a Model."""
+    return bundle if isinstance(bundle, Model) else Model.load(bundle)
+
+
 def build_profile(
     bundle: str | Path, user_data: str | Path, user: str, out_dir: str | Path, *, tau: float = HEDGE_TAU, log=print
 ) -> ProfileResult:
     """Hedge profile of ``user`` from their 'train' pairs in stream order, scored on their 'test' pairs."""
     from heads.profile import HedgeProfile
 
-    model = Model.load(bundle)
+    model = as_model(bundle)
+    bundle = model.path
     out_dir = Path(out_dir)
     run = model.embed_user_data(user_data, out_dir / "work" / safe_name(user), log=log, user=user)  # user's pairs
     stream, heldout = run.part("train"), run.part("test")

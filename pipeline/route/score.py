@@ -24,10 +24,10 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core.model import Model
+from pipeline.core.model import Model, usable_cache_root
 from pipeline.embed.backends.base import with_context
 from pipeline.errors import MicroError
-from pipeline.route.features import Featurizer, usable_cache_root
+from pipeline.route.features import Featurizer
 from pipeline.route.users import UserModel, load_user
 
 VERSION = 2  # of the scoring API (rm.info()["version"])
@@ -63,11 +63,8 @@ class RewardModel:
     def __init__(self, bundle: Model, cache_dir: str | Path | None = None, cache_writes: bool = False):
         self.bundle = bundle
         self.model, self.meta, self.path = bundle.estimator, bundle.meta, bundle.path
-        emb = self.meta["embedder"]
-        recorded = Path(emb["cache_dir"]).parent if emb.get("cache_dir") else None
-        self.featurizer = Featurizer(
-            bundle.embedder, usable_cache_root(recorded, cache_dir), emb["cache_dtype"], cache_writes
-        )
+        root = usable_cache_root(bundle.recorded_cache_root, cache_dir)
+        self.featurizer = Featurizer(bundle.embedder, root, self.meta["embedder"]["cache_dtype"], cache_writes)
         self._stage1 = UserModel.stage1(self.n_heads, bundle.gate_input)
 
     @classmethod
