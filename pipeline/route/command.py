@@ -66,7 +66,7 @@ def _print_adapt(console, res) -> None:
         console.print(f"profile saved: {p}", soft_wrap=True)
 
 
-def _print_online(console, res) -> None:
+def print_online(console, res) -> None:
     console.print(
         f"profile of '{res.user}' after {res.n_stream} pairs: serving '{res.served}' (prequential "
         "log-loss " + ", ".join(f"{k} {v:.2f}" for k, v in res.losses.items()) + ")",
@@ -82,7 +82,7 @@ def _print_online(console, res) -> None:
     console.print(f"profile saved: {res.path}", soft_wrap=True)
 
 
-def _print_profile(console, prof) -> None:
+def print_profile(console, prof) -> None:
     w = ", ".join(f"{v:.3f}" for v in prof.weights)
     console.print(f"profile of '{prof.user}' after {prof.n_stream} pairs (prior: {prof.prior}): weights [{w}]")
     if len(prof.curve):
@@ -112,13 +112,13 @@ def route_command(
     cache_dir: Path | None = None,
 ) -> None:
     """``micro route`` (see the README): routing, adapted users, or an online profile of one user."""
-    from heads.user import ADAPT
     from pipeline.core.bundle import read_meta
+    from pipeline.route.methods import METHODS, call
     from pipeline.route.route import route
 
     seed_list = router_options(tau, epochs, budget, seeds, lr)
     C.number(hedge_tau, "--hedge-tau", low=0, low_open=True)
-    C.choice(adapt, "--adapt", ADAPT)
+    C.choice(adapt, "--adapt", tuple(METHODS))
     if online and not user:
         raise MicroError("--online needs --user NAME (the group in the user data whose profile to build)")
     read_meta(model)
@@ -133,14 +133,11 @@ def route_command(
     bundle = Model.load(model)
     bundle.cache_dir = cache_dir
     if online:
-        if adapt == "mixture":
-            from pipeline.route.profiles import build_profile
-
-            _print_profile(console, build_profile(bundle, user_data, user, out, tau=hedge_tau, log=log))
-        else:
-            from pipeline.route.adapt import build_online
-
-            _print_online(console, build_online(bundle, user_data, user, out, adapt=adapt, tau=hedge_tau, log=log))
+        method = METHODS[adapt]
+        if method.online is None:
+            raise MicroError(f"--online: the method {adapt!r} has no online form")
+        res = call(method.online, bundle, user_data, user, out, adapt=adapt, tau=hedge_tau, log=log)
+        call(method.report, console, res)
         return
     run = None
     if user is None:  # every group: the user data is embedded once, for the routers and the adapted users

@@ -92,6 +92,13 @@ def build_profile(
     )
 
 
+def build_online_hedge(
+    bundle, user_data, user: str, out_dir, *, adapt: str = "mixture", tau: float = HEDGE_TAU, log=print
+):
+    """``micro route --online --adapt mixture``: the Hedge profile (:func:`build_profile`)."""
+    return build_profile(bundle, user_data, user, out_dir, tau=tau, log=log)
+
+
 def load_profile(path: str | Path, meta: dict, bundle_path: str | Path | None = None):
     """The :class:`pipeline.route.users.UserModel` of a profile file (any version); error if it belongs to another
     model."""
