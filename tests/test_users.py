@@ -218,3 +218,15 @@ def test_per_row_argument_errors(fix, tmp_path):
         rm.rewards(["a", "b"], ["x", "y"], user=[None, "alice"])
     assert rm.info()["n_heads"] == rm.n_heads and rm.info()["version"] == 2
     assert isinstance(AttrBackend.vector("x"), np.ndarray)
+
+
+def test_empty_call(fix, tmp_path):
+    d, _, built = fix
+    rm = _rm(d, tmp_path)
+    out = rm.rewards([], [], user=[])
+    assert {k: v.shape for k, v in out.items()} == {
+        "per_head": (0, 3),
+        "weights": (0, 3),
+        "reward": (0,),
+        "residual": (0,),
+    }

@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.errors import MicroError
 
-LRU_SIZE = 65536  # prompt/gate features kept in memory (rows of d floats)
+LRU_SIZE = 8192  # prompt/gate features kept in memory (rows of d float32: 134 MB at d = 4096)
 
 
 class Featurizer:

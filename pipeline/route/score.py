@@ -106,7 +106,7 @@ class RewardModel:
             return None
         if user.gate_params is None and self.model.gate_kind_ == "static":
             return None
-        ctx = context if user.kind == "gate" else (context or user.context if user.gate_input == "context" else None)
+        ctx = context if user.kind == "gate" else ((context or user.context) if user.gate_input == "context" else None)
         return self.featurizer.backend.render_prompt(with_context(msgs, ctx) if ctx else msgs)
 
     def _mix(self, user: UserModel, x: np.ndarray | None, n: int) -> np.ndarray:
@@ -128,6 +128,14 @@ class RewardModel:
         n = len(prompts)
         if n != len(responses):
             raise MicroError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if n == 0:  # e.g. an OpenRLHF request split across servers
+            K = self.n_heads
+            return {
+                "per_head": np.zeros((0, K)),
+                "weights": np.zeros((0, K)),
+                "reward": np.zeros(0),
+                "residual": np.zeros(0),
+            }
         ctxs = _per_row(context, n, "context", (str,))
         users = _per_row(user, n, "user", (UserModel,))
         for i, (c, u) in enumerate(zip(ctxs, users)):
