@@ -21,8 +21,8 @@ import numpy as np
 from heads.defaults import BUDGET, HEDGE_TAU, ROUTER_EPOCHS, ROUTER_LR, SEEDS, TAU
 from pipeline.core.run import Run
 from pipeline.errors import MicroError
-from pipeline.route.profiles import as_model, safe_name, save_profile
-from pipeline.route.users import save_user
+from pipeline.route.profiles import as_model, safe_name
+from pipeline.route.users import UserModel, save_user
 
 ROUTER = {"tau": TAU, "epochs": ROUTER_EPOCHS, "lr": ROUTER_LR}  # the router of `micro route` (heads.defaults)
 
@@ -221,19 +221,20 @@ def build_online(
         if t < stream.n:
             prof.update(stream.delta[t : t + 1], z_s[t : t + 1])
     served = prof.served_model()
-    path = save_profile(
-        out_dir / f"{safe_name(user)}.json",
-        meta,
-        bundle_model.path,
-        user,
-        rule=served["rule"],
-        gate_params=None,
-        gate_input="none",
-        gate_multiplier=0.0,
-        head_weights=served["head_weights"],
+    um = UserModel(
+        "adapted",
+        np.asarray(served["head_weights"], dtype=np.float64),
         v=served["v"],
         context=user_context(stream),
-        extra={
+        rule=served["rule"],
+        user=user,
+    )
+    path = save_user(
+        out_dir / f"{safe_name(user)}.json",
+        um,
+        meta,
+        bundle_model.path,
+        {
             "source": "route --online",
             "adapt": adapt,
             "online": prof.summary(),

@@ -103,33 +103,3 @@ def load_profile(path: str | Path, meta: dict, bundle_path: str | Path | None = 
     """The :class:`pipeline.route.users.UserModel` of a profile file (any version); error if it belongs to another
     model."""
     return load_user(path, meta, bundle_path)
-
-
-def save_profile(
-    path: Path,
-    meta: dict,
-    bundle,
-    user: str,
-    *,
-    rule: str,
-    gate_params: dict | None,
-    gate_input: str,
-    gate_multiplier: float,
-    head_weights: np.ndarray,
-    v: np.ndarray | None,
-    context: str | None,
-    extra: dict,
-) -> Path:
-    """Write an adapted profile (a UserModel of kind 'adapted') and its tensors atomically."""
-    um = UserModel(
-        "adapted",
-        np.asarray(head_weights, dtype=np.float64),
-        float(gate_multiplier),
-        gate_params,
-        gate_input,
-        v,
-        context,
-        rule,
-        user,
-    )
-    return save_user(path, um, meta, bundle, extra)
