@@ -230,3 +230,18 @@ def test_empty_call(fix, tmp_path):
         "reward": (0,),
         "residual": (0,),
     }
+
+
+def test_concurrent_calls_equal_sequential(fix, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    d, rows, _ = fix
+    rm = _rm(d, tmp_path)
+    with pytest.warns(ForeignProfile):
+        users = [None, rm.load_user(d / "hedge_g1.json"), rm.load_user(d / "adapted_g2.json")]
+    P, R = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    want = [rm.rewards(P, R, context="criterion for g0", user=u)["reward"] for u in users]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda i: rm.rewards(P, R, context="criterion for g0", user=users[i % 3]), range(24)))
+    for i, out in enumerate(got):
+        np.testing.assert_allclose(out["reward"], want[i % 3], rtol=0, atol=1e-12)

@@ -18,6 +18,7 @@ Scoring reads the persistent embedding cache but writes it only with ``cache_wri
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -66,6 +67,7 @@ class RewardModel:
         root = usable_cache_root(bundle.recorded_cache_root, cache_dir)
         self.featurizer = Featurizer(bundle.embedder, root, self.meta["embedder"]["cache_dtype"], cache_writes)
         self._stage1 = UserModel.stage1(self.n_heads, bundle.gate_input)
+        self._lock = threading.Lock()  # one call at a time: the LRU and the embedder are shared state
 
     @classmethod
     def load(cls, path: str | Path, cache_dir: str | Path | None = None, cache_writes: bool = False) -> "RewardModel":
@@ -124,7 +126,12 @@ class RewardModel:
 
     def rewards(self, prompts: Sequence, responses: Sequence[str], context=None, user=None) -> dict:
         """Per-head rewards (N, K), weights (N, K), residual (N,) and the user's reward (N,) per (prompt, response);
-        ``context`` / ``user``: one for all rows or one per row (None: the bundle's gate on the context)."""
+        ``context`` / ``user``: one for all rows or one per row (None: the bundle's gate on the context).
+        Thread-safe (calls are serialised)."""
+        with self._lock:
+            return self._rewards(prompts, responses, context, user)
+
+    def _rewards(self, prompts: Sequence, responses: Sequence[str], context, user) -> dict:
         n = len(prompts)
         if n != len(responses):
             raise MicroError(f"{len(prompts)} prompts but {len(responses)} responses")
