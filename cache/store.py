@@ -63,7 +63,8 @@ class EmbeddingStore:
         self.fingerprint_id = fingerprint_id
         self.dtype = dtype
         self.np_dtype, self.pa_dtype, tag = DTYPES[dtype]
-        self.dir = Path(root).expanduser().resolve() / f"{fingerprint_id}-{tag}"
+        self.root = Path(root).expanduser().resolve()
+        self.dir = self.root / f"{fingerprint_id}-{tag}"
         self.shard_dir = self.dir / "shards"
         self.damaged: list[tuple[str, str]] = []  # (file, reason) found on open
         self.read_only = not writable_folder(self.shard_dir, Path(root).expanduser())
@@ -276,6 +277,14 @@ class EmbeddingStore:
             raise KeyError(f"{int((rows < 0).sum())} of {len(keys)} keys are not in the cache {self.dir}")
         out = idx.vecs[rows]
         return out if dtype is None or out.dtype == dtype else out.astype(dtype)
+
+    def take(self, keys: np.ndarray, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+        """((n, dim) vectors as ``dtype``, rows of absent keys unspecified; (n,) bool found) for ``keys``."""
+        idx = self.index()
+        rows = idx.find(keys)
+        found = rows >= 0
+        out = idx.vecs[np.where(found, rows, 0)] if len(idx.keys) else np.zeros((len(keys), self.dim or 0))
+        return (out if dtype is None or out.dtype == dtype else out.astype(dtype)), found
 
     # --- writing --------------------------------------------------------------------------------
     def _write_shard(self, keys: np.ndarray, vectors: np.ndarray, hold: contextlib.ExitStack | None = None) -> dict:

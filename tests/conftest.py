@@ -336,3 +336,21 @@ def read_only():
     ro = ReadOnly()
     yield ro
     ro.undo()
+
+
+# --- object-store caches (tests/test_objstore.py; the Ray tests reuse them) --------------------------------------
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 for the whole session (stopped at its end), the AWS environment pointed at it."""
+    from _s3 import moto_s3
+
+    with moto_s3() as url:
+        yield url
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """``s3://NAME`` of a fresh, empty bucket on the session's moto server."""
+    from _s3 import new_bucket
+
+    return new_bucket(s3_endpoint)

@@ -103,9 +103,11 @@ class Model:
         return backend
 
     @property
-    def cache_root(self) -> Path:
-        """The embedding cache root the bundle's features came from."""
-        return Path(self.meta["embedder"]["cache_dir"]).parent
+    def cache_root(self) -> Path | str:
+        """The embedding cache root the bundle's features came from (a folder, or an object-store URL)."""
+        from cache.stores import parent
+
+        return parent(self.meta["embedder"]["cache_dir"])
 
     def embed_user_data(
         self, user_data: str | Path, workdir: Path, test_size: float = 0.2, log=print, user: str | None = None

@@ -46,6 +46,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from cache.store import EmbeddingStore, key_prefix_u64
+from cache.stores import open_store
 from pipeline.core.parallel import ray_session, thread_env, threads_per_worker, watch_parent
 from pipeline.core.processes import describe_exit, quick_exit, run_processes
 from pipeline.embed.backends.device import device_kind, visible_gpus
@@ -122,7 +123,7 @@ def _run_job(
                 f"its backend has fingerprint {fid}, the parent's is {job.fingerprint_id} "
                 "(same backend options on every worker?)"
             )
-        store = EmbeddingStore(job.cache_root, job.fingerprint, job.fingerprint_id, job.dtype)
+        store = open_store(job.cache_root, job.fingerprint, job.fingerprint_id, job.dtype)
         return embed_missing(store, backend, texts, keys, progress, lengths=lengths)
     finally:
         backend.close()
@@ -202,7 +203,7 @@ class ParallelEmbedder:
         spec = self.spec
         if gpu and str(spec.kwargs.get("device", "")).startswith("cuda:"):  # each worker sees only its own GPU(s)
             spec = BackendSpec(spec.name, spec.model, {**spec.kwargs, "device": "cuda"}, spec.factory)
-        common = (spec, str(store.dir.parent), store.fingerprint, store.fingerprint_id, store.dtype, self.threads)
+        common = (spec, str(store.root), store.fingerprint, store.fingerprint_id, store.dtype, self.threads)
         return [_Job(i, self.workers, *common) for i in range(self.workers)]
 
     def __call__(
