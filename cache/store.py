@@ -280,11 +280,9 @@ class EmbeddingStore:
 
     def take(self, keys: np.ndarray, dtype=None) -> tuple[np.ndarray, np.ndarray]:
         """((n, dim) vectors as ``dtype``, rows of absent keys unspecified; (n,) bool found) for ``keys``."""
-        idx = self.index()
-        rows = idx.find(keys)
-        found = rows >= 0
-        out = idx.vecs[np.where(found, rows, 0)] if len(idx.keys) else np.zeros((len(keys), self.dim or 0))
-        return (out if dtype is None or out.dtype == dtype else out.astype(dtype)), found
+        idx, rows = self.index(), self.index().find(keys)
+        out = idx.vecs[np.maximum(rows, 0)] if len(idx.keys) else np.zeros((len(keys), self.dim or 0), self.np_dtype)
+        return (out if dtype is None or out.dtype == dtype else out.astype(dtype)), rows >= 0
 
     # --- writing --------------------------------------------------------------------------------
     def _write_shard(self, keys: np.ndarray, vectors: np.ndarray, hold: contextlib.ExitStack | None = None) -> dict:
