@@ -31,7 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from _s3 import moto_s3, new_bucket  # noqa: E402
-
 from cache.keys import text_keys  # noqa: E402
 from cache.stores import open_store  # noqa: E402
 
@@ -99,11 +98,15 @@ def bench_embed_and_fit(bucket: str, tmp: Path, reps: int) -> None:
             texts = s.embedded
             rates[where].append(s.embedded / seconds)
     local, remote = statistics.median(rates["local"]), statistics.median(rates["s3"])
-    print(f"embed {texts} unique DSP-sample texts (MiniLM, whole embed_pairs): local {local:.0f} texts/s, "
-          f"s3 {remote:.0f} texts/s, ratio s3 / local = {remote / local:.2f} (target >= 0.9)")
+    print(
+        f"embed {texts} unique DSP-sample texts (MiniLM, whole embed_pairs): local {local:.0f} texts/s, "
+        f"s3 {remote:.0f} texts/s, ratio s3 / local = {remote / local:.2f} (target >= 0.9)"
+    )
     fits = {w: median_time(lambda w=w: fit_run(runs[w], k=2, n_init=1), reps) for w in ("local", "s3")}
-    print(f"fit k=2 on the run: local {fits['local']:.2f} s, s3 {fits['s3']:.2f} s, "
-          f"ratio s3 / local = {fits['s3'] / fits['local']:.2f} (target <= 1.5)")
+    print(
+        f"fit k=2 on the run: local {fits['local']:.2f} s, s3 {fits['s3']:.2f} s, "
+        f"ratio s3 / local = {fits['s3'] / fits['local']:.2f} (target <= 1.5)"
+    )
     backend.close()
 
 

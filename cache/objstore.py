@@ -207,6 +207,16 @@ class ObjectStore:
                 except Exception as exc:  # noqa: BLE001 - checksum or decode failure means damaged
                     self._quarantine(s["file"], f"unreadable data: {exc}")
 
+    def stored_rows(self) -> int | None:
+        """Rows named by the fragments now (other writers' shards included), None if they cannot be listed."""
+        try:
+            frags = self._fragments()
+        except (OSError, CacheError):
+            return None
+        gone = {name for f in frags for name in f.get("supersedes", [])}
+        files = {f["file"]: int(f.get("rows", 0)) for f in frags if f.get("file") and f["file"] not in gone}
+        return sum(files.values())
+
     def refresh(self) -> None:
         """Re-read the fragments (e.g. after other writers stored shards) and drop the in-memory key index."""
         self.manifest = self._recover()

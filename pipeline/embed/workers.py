@@ -287,20 +287,15 @@ class ParallelEmbedder:
             return self._ray_tasks(ray, store, split, progress)
 
     def _ray_tasks(self, ray, store, split, progress) -> int:
-        import json
-
         kind = device_kind(self.spec.kwargs.get("device"))
         gpu = kind == "cuda" if kind is not None else ray.cluster_resources().get("GPU", 0) > 0  # auto: the cluster's
         work = list(zip(self._jobs(store, gpu), split))  # (job, (texts, keys, lengths))
         gpus = self.gpus_per_worker if gpu else 0
         task = ray.remote(_ray_worker).options(num_cpus=self.threads, num_gpus=gpus, max_retries=0)
-        manifest = store.dir / "manifest.json"
 
-        def rows(default: int) -> int:  # progress: the manifest's row count
-            try:
-                return int(json.loads(manifest.read_text())["rows"])
-            except (OSError, ValueError, KeyError):
-                return default
+        def rows(default: int) -> int:  # progress: the rows stored now (a local manifest, or the S3 fragments)
+            got = store.stored_rows()
+            return default if got is None else got
 
         start = rows(store.rows)
         refs = {task.remote(job, *share): job.index for job, share in work if share[0]}
