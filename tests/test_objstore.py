@@ -82,8 +82,23 @@ def test_rerun_on_s3_embeds_nothing_and_fit_reads_the_remote_run(tmp_path, pair_
     assert len(store.manifest["shards"]) == 1  # the run's chunk shards were compacted into one
     fs = s3fs_of(s3_bucket)
     assert len(fs.ls(store.base + "/shards", refresh=True)) == 1  # the superseded ones are deleted
-    code, _, err = run_cli(monkeypatch, capsys, "fit", tmp_path / "run", "--k", "2", "--n-init", "1", "--quiet")
+    bundle = tmp_path / "model"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "fit", tmp_path / "run", "--k", "2", "--n-init", "1", "--out", bundle, "--quiet"
+    )
     assert code == 0, err
+    res = tmp_path / "sweep.parquet"
+    args = ("sweep", tmp_path / "run", "--grid", "k=1,2; max_iter=20", "--seeds", "1", "--jobs", "1", "--out", res)
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0 and "(2 new, 0 already there)" in " ".join((out + err).split()), err + out
+    code, _, err = run_cli(monkeypatch, capsys, "eval", bundle, tmp_path / "run", "--report", tmp_path / "rep")
+    assert code == 0, err
+
+
+def test_file_url_is_the_local_cache(tmp_path, pair_table):
+    embed_pairs(pair_table(), tmp_path / "run", FakeBackend(), cache_dir=f"file://{tmp_path}/cache", log=quiet)
+    store = store_of(tmp_path / "run")
+    assert type(store).__name__ == "EmbeddingStore" and (tmp_path / "cache" / store.dir.name / "manifest.json").is_file()
 
 
 def test_two_concurrent_embeds_into_one_prefix(tmp_path, pair_table, s3_bucket):
