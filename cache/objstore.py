@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from cache.keys import KEY_BYTES, KeyIndex
+from cache.keys import KEY_BYTES, KeyIndex, key_prefix_u64
 from cache.remote import filesystem, join, move, put_create
 from cache.shards import read_shard, shard_bytes
 from cache.store import DTYPES, CacheDamaged
@@ -256,7 +256,9 @@ class ObjectStore:
             idx = self.index()
             rows = idx.find(keys)
             return idx.vecs[np.maximum(rows, 0)].astype(dtype, copy=False) * (rows >= 0)[:, None], rows >= 0
-        uniq, inv = np.unique(np.asarray(keys), return_inverse=True)
+        keys = np.asarray(keys)
+        _, first, inv = np.unique(key_prefix_u64(keys), return_index=True, return_inverse=True)  # int sort: fast
+        uniq = keys[first]
         want = KeyIndex(uniq, np.empty((len(uniq), 0)))
         out = np.zeros((len(uniq), self.dim or 0), dtype)
         got = np.zeros(len(uniq), bool)
@@ -264,8 +266,10 @@ class ObjectStore:
             for k, v in self._stream(self.manifest["shards"]):
                 rows = want.find(k)
                 hit = rows >= 0
-                out[rows[hit]] = v[hit]
-                got[rows[hit]] = True
+                if hit.all():  # no copy of the mask: the usual case (a run's shard holds only wanted keys)
+                    out[rows], got[rows] = v, True
+                else:
+                    out[rows[hit]], got[rows[hit]] = v[hit], True
                 if got.all():
                     break
             if got.all() or attempt or not self.damaged:

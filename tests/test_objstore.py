@@ -98,7 +98,8 @@ def test_rerun_on_s3_embeds_nothing_and_fit_reads_the_remote_run(tmp_path, pair_
 def test_file_url_is_the_local_cache(tmp_path, pair_table):
     embed_pairs(pair_table(), tmp_path / "run", FakeBackend(), cache_dir=f"file://{tmp_path}/cache", log=quiet)
     store = store_of(tmp_path / "run")
-    assert type(store).__name__ == "EmbeddingStore" and (tmp_path / "cache" / store.dir.name / "manifest.json").is_file()
+    assert type(store).__name__ == "EmbeddingStore"
+    assert (tmp_path / "cache" / store.dir.name / "manifest.json").is_file()
 
 
 def test_two_concurrent_embeds_into_one_prefix(tmp_path, pair_table, s3_bucket):
