@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 import warnings
@@ -134,6 +135,42 @@ def test_two_concurrent_embeds_into_one_prefix(tmp_path, pair_table, s3_bucket):
     np.testing.assert_array_equal(a.chosen, want)  # every served vector is the one embedded for its text
     again = embed_pairs(path, tmp_path / "run3", FakeBackend(), cache_dir=url, log=quiet)
     assert again.embedded == 0
+
+
+def test_two_concurrent_micro_embed_processes_into_one_prefix(tmp_path, pair_table, s3_bucket):
+    import subprocess
+    import sys
+
+    from test_embed import REPO, RUNNER, TESTS
+
+    path = pair_table(make_pair_rows(12))
+    url = s3_bucket + "/procs"
+    script = tmp_path / "micro_fake.py"
+    script.write_text(RUNNER.format(repo=str(REPO), tests=str(TESTS)))
+    env = {**os.environ, "FAKE_CHUNK": "3", "FAKE_DIE_AFTER": ""}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), "embed", str(path), "--out", str(tmp_path / f"run{i}"), "--cache-dir", url],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    store = store_of(tmp_path / "run0")
+    assert store.damaged == []
+    on_store = {p.rsplit("/", 1)[1] for p in s3fs_of(url).ls(store.base + "/shards", refresh=True)}
+    assert {s["file"] for s in store.manifest["shards"]} == on_store
+    keys = run_keys(tmp_path / "run0")
+    assert set(store.index().keys.tolist()) == set(keys.tolist())
+    a, b = Run.load(tmp_path / "run0"), Run.load(tmp_path / "run1")
+    assert a.delta.tobytes() == b.delta.tobytes()
+    want = np.stack([FakeBackend.vector(t) for t in expected_texts(make_pair_rows(12))["rejected"]])
+    np.testing.assert_array_equal(b.rejected, want)
 
 
 def test_create_only_conflict_gets_a_new_shard_name(tmp_path, s3_bucket, monkeypatch):
