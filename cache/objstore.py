@@ -303,9 +303,16 @@ class ObjectStore:
 
     def _store(self, keys: np.ndarray, vectors: np.ndarray, supersedes: list[str]) -> dict:
         data = shard_bytes(keys, vectors, self.dtype)
-        name = self._put_shard(data)
-        entry = {"file": name, "rows": len(keys), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        self._put_fragment({**entry, "dim": int(vectors.shape[1]), "supersedes": supersedes})
+        try:
+            name = self._put_shard(data)
+            entry = {"file": name, "rows": len(keys), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            self._put_fragment({**entry, "dim": int(vectors.shape[1]), "supersedes": supersedes})
+        except FileNotFoundError:
+            raise CacheError(f"{self.dir}: no such bucket (create it first)") from None
+        except OSError as exc:  # network, permissions revoked mid-run, ...: what was stored before stays valid
+            raise CacheError(
+                f"{self.dir}: cannot store a shard ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+            ) from None
         return entry
 
     def compact(self, min_shards: int = 2, only: Sequence[str] | None = None) -> int:

@@ -283,3 +283,10 @@ def test_kill_9_mid_embed_then_rerun_embeds_exactly_the_rest(tmp_path, pair_tabl
     assert r.returncode == 0, r.stderr
     unique, hits, embedded = summary_of(r.stderr)[3:6]  # the counts printed by `micro embed`
     assert hits == stored and embedded == unique - stored > 0
+
+
+def test_missing_bucket_is_one_line_error_before_embedding(tmp_path, pair_table, s3_bucket):
+    backend = FakeBackend()
+    with pytest.raises(CacheError, match=r"s3://micro-no-such-bucket-1/c/.*: no such bucket"):
+        embed_pairs(pair_table(), tmp_path / "run", backend, cache_dir="s3://micro-no-such-bucket-1/c", log=quiet)
+    assert backend.calls == [] and not (tmp_path / "run").exists()
