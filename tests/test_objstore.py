@@ -195,7 +195,8 @@ def test_create_only_conflict_gets_a_new_shard_name(tmp_path, s3_bucket, monkeyp
     np.testing.assert_array_equal(fresh.lookup(np.concatenate([k1, k2])), [[1] * 4, [2] * 4])
 
 
-def test_damaged_remote_shard_is_quarantined_and_reembedded(tmp_path, pair_table, s3_bucket):
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_remote_shard_is_quarantined_and_reembedded(tmp_path, pair_table, s3_bucket, damage):
     path = pair_table()
     url = s3_bucket + "/c"
     first = embed_pairs(path, tmp_path / "run", FakeBackend(), cache_dir=url, log=quiet)
@@ -204,7 +205,10 @@ def test_damaged_remote_shard_is_quarantined_and_reembedded(tmp_path, pair_table
     fs = s3fs_of(url)
     obj = f"{store.base}/shards/{shard['file']}"
     data = bytearray(fs.cat_file(obj))
-    data[len(data) // 2] ^= 0xFF  # same size, wrong bytes
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF  # same size, wrong bytes: found by the sha256 when read
+    else:
+        del data[len(data) // 2 :]  # found by the size on open
     fs.pipe_file(obj, bytes(data))
     with pytest.warns(CacheDamaged, match="quarantine|embedded again"):
         again = embed_pairs(path, tmp_path / "run", FakeBackend(), cache_dir=url, log=quiet)
