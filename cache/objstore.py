@@ -249,13 +249,13 @@ class ObjectStore:
         return out
 
     def take(self, keys: np.ndarray, dtype=None) -> tuple[np.ndarray, np.ndarray]:
-        """((n, dim) vectors as ``dtype``, zero where absent; (n,) bool found) for ``keys``, streamed shard by
+        """((n, dim) vectors as ``dtype`` (absent: unspecified); (n,) bool found) for ``keys``, streamed shard by
         shard (at most ``BATCH`` shards in memory; stops once every key is found): no copy of the whole cache."""
         dtype = np.dtype(dtype or self.np_dtype)
-        if self._index is not None:
+        if self._index is not None and len(self.index().keys):  # built already (e.g. by missing()): use it
             idx = self.index()
             rows = idx.find(keys)
-            return idx.vecs[np.maximum(rows, 0)].astype(dtype, copy=False) * (rows >= 0)[:, None], rows >= 0
+            return idx.vecs[np.maximum(rows, 0)].astype(dtype, copy=False), rows >= 0
         keys = np.asarray(keys)
         _, first, inv = np.unique(key_prefix_u64(keys), return_index=True, return_inverse=True)  # int sort: fast
         uniq = keys[first]
