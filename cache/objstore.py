@@ -34,6 +34,7 @@ from cache.store import DTYPES, CacheDamaged
 from pipeline.errors import CacheError
 
 BATCH = 8  # shards fetched concurrently per request batch while streaming
+MINE_BYTES = 1 << 28  # vectors of the shards appended by this object kept in memory for compact() (no re-download)
 
 
 def _name(path: str) -> str:
@@ -60,6 +61,7 @@ class ObjectStore:
         self._read_only: bool | None = None
         self._index: KeyIndex | None = None
         self._added: list[tuple[np.ndarray, np.ndarray]] = []
+        self._mine: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # appended here (up to MINE_BYTES)
         self.manifest = self._recover()
 
     # --- the object store ---------------------------------------------------------------------------------------
@@ -298,6 +300,8 @@ class ObjectStore:
         self.manifest["dim"] = int(vectors.shape[1])
         self.manifest["shards"].append(entry)
         self.manifest["rows"] += entry["rows"]
+        if sum(v.nbytes for _, v in self._mine.values()) + vectors.nbytes <= MINE_BYTES:
+            self._mine[entry["file"]] = (np.asarray(keys), np.asarray(vectors, dtype=self.np_dtype))
         if self._index is not None:
             self._added.append((np.asarray(keys), np.asarray(vectors, dtype=self.np_dtype)))
 
@@ -323,7 +327,8 @@ class ObjectStore:
         old = [s for s in self.manifest["shards"] if only is None or s["file"] in set(only)]
         if len(old) < min_shards:
             return 0
-        parts = list(self._stream(old))
+        kept = [s for s in old if s["file"] in self._mine]  # vectors still in memory: not downloaded again
+        parts = [self._mine.pop(s["file"]) for s in kept] + list(self._stream([s for s in old if s not in kept]))
         if not parts:
             return 0
         keys = np.concatenate([k for k, _ in parts])
