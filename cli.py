@@ -34,7 +34,7 @@ from heads.defaults import (
 )
 from pipeline.boundary import DEBUG_HELP
 
-CACHE_HELP = "Embedding cache (default: the bundle's if present here, else ~/.cache/micro/embeddings)."
+CACHE_HELP = "Embedding cache, a folder or s3://bucket/prefix (default: the bundle's if here, else ~/.cache/micro)."
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -112,7 +112,7 @@ def embed(
     ),
     max_length: int | None = typer.Option(None, help="Max tokens per text (default: the model's)."),
     dtype: str | None = typer.Option(None, help="Model compute dtype (default: fp32 on CPU, bf16 on GPU)."),
-    cache_dir: Path | None = typer.Option(None, help="Embedding cache root (default ~/.cache/micro/embeddings)."),
+    cache_dir: str | None = typer.Option(None, help="Embedding cache root, a folder or s3://bucket/prefix."),
     cache_dtype: str = typer.Option("float32", help="Stored vector dtype: float32 | float16."),
     overlong: str = typer.Option("truncate", help="Texts over max length: truncate | skip (counted either way)."),
     truncation: str = typer.Option(
@@ -228,7 +228,7 @@ def route(
         "with --online); auto also fits per-user residuals, kept where cross-validation on the "
         "user's pairs prefers them; residual always keeps them.",
     ),
-    cache_dir: Path | None = typer.Option(None, help=CACHE_HELP),
+    cache_dir: str | None = typer.Option(None, help=CACHE_HELP),
 ) -> None:
     """Stage 2: route mixture weights to user contexts from a few labelled pairs (paper Alg. 1), and adapt per user."""
     _call("pipeline.route.command:route_command", locals(), console=_console())
@@ -243,7 +243,7 @@ def score(
     out: Path = typer.Option(Path("rewards.parquet"), "--out", "-o", help="Output .parquet or .jsonl."),
     context: str | None = typer.Option(None, help="User criterion the gate reads (context+prompt)."),
     user: Path | None = typer.Option(None, help="A user: a profile JSON of `micro route` (or a routed bundle)."),
-    cache_dir: Path | None = typer.Option(None, help=CACHE_HELP),
+    cache_dir: str | None = typer.Option(None, help=CACHE_HELP),
     cache_writes: bool = typer.Option(False, "--cache-writes", help="Store new embeddings in the cache (default: no)."),
 ) -> None:
     """Rewards per head and mixed (Σ_k f_k r_k, + v·φ with an adapted profile) for (prompt, response) rows."""
@@ -327,7 +327,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for every stage's output."),
     k: int = typer.Option(N_COMPONENTS, "--k", help="Number of reward heads."),
     seeds: int = typer.Option(DEMO_SEEDS, help="Router / HyRe seeds."),
-    cache_dir: Path | None = typer.Option(None, help="Embedding cache root (default ~/.cache/micro/embeddings)."),
+    cache_dir: str | None = typer.Option(None, help="Embedding cache root, a folder or s3://bucket/prefix."),
 ) -> None:
     """The whole pipeline on the bundled DSP sample (CPU, bundled model): prepare → embed → fit → route → eval."""
     _call("pipeline.demo:demo_command", locals(), console=_console())

@@ -45,9 +45,13 @@ def check_shard(path: Path, dim: int | None, dtype: str) -> tuple[int, int] | st
     return meta.num_rows, path.stat().st_size
 
 
-def read_shard(path: Path, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """(keys (n,) S16, vectors (n, dim) ``dtype``) of a shard, page checksums verified; raises if damaged."""
-    table = pq.read_table(path, memory_map=True, page_checksum_verification=True)
+def read_shard(path, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(keys (n,) S16, vectors (n, dim) ``dtype``) of a shard (a local path, memory-mapped, or the shard's bytes),
+    page checksums verified; raises if damaged."""
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        table = pq.read_table(pa.BufferReader(path), page_checksum_verification=True)
+    else:
+        table = pq.read_table(path, memory_map=True, page_checksum_verification=True)
     keys = np.frombuffer(table.column("key").combine_chunks().buffers()[1], dtype=f"S{KEY_BYTES}", count=table.num_rows)
     dim = vector_width(table.schema.field("vec"), dtype)
     if isinstance(dim, str):
@@ -65,8 +69,16 @@ def read_shard(path: Path, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     return keys, flat.reshape(table.num_rows, dim)
 
 
-def write_shard(path: Path, keys: np.ndarray, vectors: np.ndarray, dtype: str) -> None:
-    """Write keys (n,) S16 and vectors (n, dim) as a shard of storage ``dtype`` at ``path`` (not atomic)."""
+def shard_bytes(keys: np.ndarray, vectors: np.ndarray, dtype: str) -> bytes:
+    """The bytes of the shard :func:`write_shard` would write (built in memory, for one object-store PUT)."""
+    sink = pa.BufferOutputStream()
+    write_shard(sink, keys, vectors, dtype)
+    return sink.getvalue().to_pybytes()
+
+
+def write_shard(path, keys: np.ndarray, vectors: np.ndarray, dtype: str) -> None:
+    """Write keys (n,) S16 and vectors (n, dim) as a shard of storage ``dtype`` at ``path`` (a path or a pyarrow
+    output stream; not atomic)."""
     key_arr = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(KEY_BYTES), len(keys), [None, pa.py_buffer(np.ascontiguousarray(keys).tobytes())]
     )

@@ -16,13 +16,16 @@ from pipeline.core.run import Run, group_labels
 from pipeline.errors import MicroError
 
 
-def usable_cache_root(recorded: str | Path | None, given: str | Path | None = None) -> Path:
-    """The cache root to use: ``given``; else the bundle's ``recorded`` root when it is a folder here; else the
-    default cache ~/.cache/micro/embeddings."""
+def usable_cache_root(recorded: str | Path | None, given: str | Path | None = None) -> Path | str:
+    """The cache root to use: ``given``; else the bundle's ``recorded`` root when it is a folder here or an
+    object-store URL; else the default cache ~/.cache/micro/embeddings."""
+    from cache.stores import is_remote
     from pipeline.embed.embed import DEFAULT_CACHE
 
     if given is not None:
-        return Path(given).expanduser()
+        return str(given) if is_remote(str(given)) else Path(given).expanduser()
+    if recorded and is_remote(str(recorded)):
+        return recorded
     if recorded and Path(recorded).expanduser().is_dir():
         return Path(recorded).expanduser()
     return DEFAULT_CACHE.expanduser()
@@ -116,15 +119,19 @@ class Model:
         return backend
 
     @property
-    def recorded_cache_root(self) -> Path | None:
-        """The embedding cache root recorded in the bundle (where its features came from, maybe on another machine)."""
+    def recorded_cache_root(self) -> Path | str | None:
+        """The embedding cache root recorded in the bundle (where its features came from, maybe on another machine;
+        an object-store URL stays a URL)."""
+        from cache.stores import parent
+
         recorded = (self.meta.get("embedder") or {}).get("cache_dir")
-        return Path(recorded).parent if recorded else None
+        return parent(recorded) if recorded else None
 
     @property
-    def cache_root(self) -> Path:
-        """The cache root to embed with: ``cache_dir`` if set, else the recorded one if it exists here, else the
-        default cache (a bundle from another machine never creates its absolute path here)."""
+    def cache_root(self) -> Path | str:
+        """The cache root to embed with: ``cache_dir`` if set, else the recorded one if it exists here (or is an
+        object-store URL), else the default cache (a bundle from another machine never creates its absolute path
+        here)."""
         return usable_cache_root(self.recorded_cache_root, self.cache_dir)
 
     def embed_user_data(

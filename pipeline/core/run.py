@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache.store import DTYPES, EmbeddingStore
+from cache.stores import open_store, parent
 from pipeline.data.schema import read_pairs
 from pipeline.errors import InputError, MicroError, first_line
 
@@ -286,7 +287,7 @@ def key_column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 def open_run_store(run: dict) -> EmbeddingStore:
     """The cache store a run was embedded into."""
-    return EmbeddingStore(Path(run["cache_dir"]).parent, run["fingerprint"], run["fingerprint_id"], run["cache_dtype"])
+    return open_store(parent(run["cache_dir"]), run["fingerprint"], run["fingerprint_id"], run["cache_dtype"])
 
 
 def load_run(run_dir: str | Path, dtype=np.float32) -> Run:
@@ -298,28 +299,32 @@ def load_run(run_dir: str | Path, dtype=np.float32) -> Run:
     if keys.column("pair_id").to_pylist() != pairs.column("pair_id").to_pylist():
         raise InputError(f"{run_dir}: keys.parquet and pairs.parquet disagree (different pair ids); {_rerun(run_dir)}")
     store = open_run_store(info)
-    arrays, has_ctx = {}, None
-    for role in ROLES:
-        k, valid = key_column(keys.column(role))
-        if role != "context" and not valid.all():
+    cols = {role: key_column(keys.column(role)) for role in ROLES}
+    for role in ROLES[:3]:
+        if not cols[role][1].all():
             raise InputError(f"{run_dir}/keys.parquet: column '{role}' has null keys; {_rerun(run_dir)}")
-        want = k[valid]
-        miss = store.missing(want)
-        if miss.any():
+    wanted = [cols[r][0][cols[r][1]] for r in ROLES]
+    # one pass over the cache for every role (an object store streams its shards once)
+    vecs, found = store.take(np.concatenate(wanted), dtype)
+    arrays, has_ctx, start = {}, None, 0
+    for role, want in zip(ROLES, wanted):
+        got, ok = vecs[start : start + len(want)], found[start : start + len(want)]
+        start += len(want)
+        if not ok.all():
             raise MicroError(
-                f"{run_dir}: {int(miss.sum())} {role} vectors are missing from the cache {store.dir} "
+                f"{run_dir}: {int((~ok).sum())} {role} vectors are missing from the cache {store.dir} "
                 f"(deleted or damaged); rerun `micro embed {info.get('source_pairs', 'PAIRS')} "
                 f"--out {run_dir}`"
             )
         if role == "context":
-            has_ctx = valid
-            if valid.any():
+            has_ctx = cols[role][1]
+            if has_ctx.any():
                 arrays[role] = arrays["prompt"].copy()
-                arrays[role][valid] = store.lookup(want, dtype)
+                arrays[role][has_ctx] = got
             else:
                 arrays[role] = arrays["prompt"]
         else:
-            arrays[role] = store.lookup(want, dtype)
+            arrays[role] = got
     chosen, rejected = arrays.pop("chosen"), arrays.pop("rejected")
     delta = np.empty_like(chosen)
     step = max(1, (1 << 24) // max(1, chosen.shape[1]))

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from cache.atomic import atomic_paths
 from cache.store import EmbeddingStore, text_keys
+from cache.stores import open_store as open_cache
 from cache.writer import ShardWriter
 from pipeline.core.run import ROLES
 from pipeline.data.schema import read_pairs, validate_pairs
@@ -77,9 +78,9 @@ def render_inputs(pairs: pa.Table, backend) -> dict[str, list]:
 
 
 def open_store(cache_dir: str | Path | None, backend, dtype: str) -> EmbeddingStore:
-    """The cache of this backend's fingerprint under ``cache_dir``."""
+    """The cache of this backend's fingerprint under ``cache_dir`` (a folder, or an object-store URL)."""
     fp = backend.fingerprint()
-    return EmbeddingStore(Path(cache_dir or DEFAULT_CACHE), fp, fingerprint_id(fp), dtype)
+    return open_cache(cache_dir or DEFAULT_CACHE, fp, fingerprint_id(fp), dtype)
 
 
 def embed_missing(

@@ -46,6 +46,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from cache.store import EmbeddingStore, key_prefix_u64
+from cache.stores import open_store
 from pipeline.core.parallel import ray_session, thread_env, threads_per_worker, watch_parent
 from pipeline.core.processes import describe_exit, quick_exit, run_processes
 from pipeline.embed.backends.device import device_kind, visible_gpus
@@ -122,7 +123,7 @@ def _run_job(
                 f"its backend has fingerprint {fid}, the parent's is {job.fingerprint_id} "
                 "(same backend options on every worker?)"
             )
-        store = EmbeddingStore(job.cache_root, job.fingerprint, job.fingerprint_id, job.dtype)
+        store = open_store(job.cache_root, job.fingerprint, job.fingerprint_id, job.dtype)
         return embed_missing(store, backend, texts, keys, progress, lengths=lengths)
     finally:
         backend.close()
@@ -202,7 +203,7 @@ class ParallelEmbedder:
         spec = self.spec
         if gpu and str(spec.kwargs.get("device", "")).startswith("cuda:"):  # each worker sees only its own GPU(s)
             spec = BackendSpec(spec.name, spec.model, {**spec.kwargs, "device": "cuda"}, spec.factory)
-        common = (spec, str(store.dir.parent), store.fingerprint, store.fingerprint_id, store.dtype, self.threads)
+        common = (spec, str(store.root), store.fingerprint, store.fingerprint_id, store.dtype, self.threads)
         return [_Job(i, self.workers, *common) for i in range(self.workers)]
 
     def __call__(
@@ -286,20 +287,15 @@ class ParallelEmbedder:
             return self._ray_tasks(ray, store, split, progress)
 
     def _ray_tasks(self, ray, store, split, progress) -> int:
-        import json
-
         kind = device_kind(self.spec.kwargs.get("device"))
         gpu = kind == "cuda" if kind is not None else ray.cluster_resources().get("GPU", 0) > 0  # auto: the cluster's
         work = list(zip(self._jobs(store, gpu), split))  # (job, (texts, keys, lengths))
         gpus = self.gpus_per_worker if gpu else 0
         task = ray.remote(_ray_worker).options(num_cpus=self.threads, num_gpus=gpus, max_retries=0)
-        manifest = store.dir / "manifest.json"
 
-        def rows(default: int) -> int:  # progress: the manifest's row count
-            try:
-                return int(json.loads(manifest.read_text())["rows"])
-            except (OSError, ValueError, KeyError):
-                return default
+        def rows(default: int) -> int:  # progress: the rows stored now (a local manifest, or the S3 fragments)
+            got = store.stored_rows()
+            return default if got is None else got
 
         start = rows(store.rows)
         refs = {task.remote(job, *share): job.index for job, share in work if share[0]}

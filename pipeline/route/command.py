@@ -111,7 +111,7 @@ def route_command(
     hedge_tau: float,
     adapt: str,
     console,
-    cache_dir: Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> None:
     """``micro route`` (see the README): routing, adapted users, or an online profile of one user."""
     from pipeline.core.bundle import read_meta
@@ -125,8 +125,7 @@ def route_command(
         raise MicroError("--online needs --user NAME (the group in the user data whose profile to build)")
     read_meta(model)
     C.existing_file(user_data, "--user-data")
-    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
-        raise MicroError(f"--cache-dir {cache_dir}: not a folder")
+    cache_dir = C.cache_dir(cache_dir)
     out = out or (model.parent / "profiles" if user else model.parent / f"{model.name}-routed")
     C.out_dir(out, "--out")
     log = console_log(console)
@@ -180,7 +179,7 @@ def score_command(
     *,
     context: str | None,
     user: Path | None,
-    cache_dir: Path | None = None,
+    cache_dir: str | Path | None = None,
     cache_writes: bool = False,
 ) -> Path:
     """``micro score``: rewards of the rows of ``input`` written to ``out``; returns ``out``."""
@@ -195,8 +194,7 @@ def score_command(
     C.existing_file(input, "--input")
     if user is not None and not (user / "model.json").is_file():  # a profile file, or a routed bundle folder
         C.existing_file(user, "--user")
-    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
-        raise MicroError(f"--cache-dir {cache_dir}: not a folder")
+    cache_dir = C.cache_dir(cache_dir)
     C.out_file(out, "--out", suffixes=(".parquet", ".jsonl"))
     return score_file(
         model, input, out, context=context, profile_path=user, cache_dir=cache_dir, cache_writes=cache_writes
