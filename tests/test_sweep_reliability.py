@@ -39,3 +39,60 @@ def test_changed_texts_or_labels_rerun_trials(tmp_path):
     lab = run_sweep(run, f"k=1,2; {FAST}", seeds=2, jobs=1, out=out, log=quiet, plots=False)
     assert (lab.new, lab.skipped) == (4, 0)
     assert pl.read_parquet(out).height == 12
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rel")
+    return make_run(root, synthetic_rows(n_per_group=20, seed=4), "run")
+
+
+def test_duplicate_trials_run_once_with_a_note(run, tmp_path):
+    from pipeline.sweep.runner import run_sweep
+
+    notes = []
+    res = run_sweep(run, f"k=2,2,02; {FAST}", seeds=[0, 1, 1], jobs=1, out=tmp_path / "a.parquet", log=notes.append)
+    assert res.new == 2 and res.frame.height == 2 and sorted(res.frame["seed"].to_list()) == [0, 1]
+    assert any("2 duplicate configuration(s) dropped" in n and "1 distinct of 3 given" in n for n in notes), notes
+    assert any("1 repeated seed(s) dropped" in n for n in notes), notes
+    notes.clear()
+    res = run_sweep(run, "k=1,2; n_init=1; max_iter=30", samples=5, seeds=1, jobs=1, out=tmp_path / "b.parquet",
+                    log=notes.append, plots=False)
+    assert res.new == 2 and sorted(res.frame["k"].to_list()) == [1, 2]
+    assert any("3 duplicate configuration(s) dropped" in n and "2 distinct of 5 drawn" in n for n in notes), notes
+
+
+def test_empty_validation_slice_is_an_error_not_a_success(run, tmp_path):
+    from pipeline.fit.select_k import auto_k
+    from pipeline.sweep.runner import run_sweep
+
+    res = run_sweep(run, f"k=1,2; {FAST}", seeds=2, holdout=1e-4, jobs=1, out=tmp_path / "r.parquet", log=quiet)
+    assert res.frame.height == 4 and res.frame["error"].is_not_null().all()
+    assert all("empty validation slice" in e for e in res.frame["error"].to_list())
+    assert res.k_selection is None
+    with pytest.raises(MicroError, match="K selection failed: no successful trials .*empty validation slice"):
+        auto_k(run, "1..2", {"n_init": 1, "max_iter": 30}, seeds=2, holdout=1e-4, jobs=1, out_dir=tmp_path / "k",
+               log=quiet)
+    with pytest.raises(MicroError, match=r"--k auto needs --holdout > 0"):
+        auto_k(run, "1..2", {}, holdout=0.0, out_dir=tmp_path / "k0", log=quiet)
+
+
+def test_fit_k_auto_honours_holdout(run, tmp_path, monkeypatch, capsys):
+    import json
+
+    import pipeline.core.parallel as B
+    from _stage2 import run_cli
+
+    monkeypatch.setattr(B, "n_cores", lambda: 1)
+    args = ["fit", run, "--k", "auto", "--k-range", "1..2", "--n-init", "1", "--max-iter", "30", "--quiet"]
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--holdout", "0.5", "--out", tmp_path / "m")
+    assert code == 0, err
+    sel = json.loads((tmp_path / "m" / "k_selection" / "k_selection.json").read_text())
+    trials = pl.read_parquet(tmp_path / "m" / "k_selection" / "results.parquet")
+    assert sel["holdout"] == 0.5 and set(trials["holdout"].to_list()) == {0.5}
+    train_n = trials["train_n"] + trials["val_n"]
+    assert (trials["val_n"] / train_n).mean() > 0.35  # half the train prompts validate, not the default 20 %
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--holdout", "0", "--out", tmp_path / "m0")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "error: --k auto needs --holdout > 0: K is chosen on the held-out train prompts"
+    )

@@ -32,7 +32,7 @@ from pipeline import checks as C
 from pipeline.core.run import Run
 from pipeline.errors import InputError, OptionError, first_line
 from pipeline.sweep.report import KSelection, select_k, swept
-from pipeline.sweep.space import FIT_PARAMS, PARAMS, ROUTE_PARAMS, STAGES, config_hash, resolve, search_space
+from pipeline.sweep.space import FIT_PARAMS, PARAMS, ROUTE_PARAMS, STAGES, config_hash, resolve, search_space, unique_configs
 
 
 def _dtype(col: str):
@@ -191,7 +191,16 @@ def run_sweep(
     t0 = time.perf_counter()
     check_options(seeds=seeds, stage=stage, backend=backend, jobs=jobs, samples=samples, holdout=holdout)
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    space, cfgs = search_space(grid, stage, samples, sample_seed)
+    space, drawn = search_space(grid, stage, samples, sample_seed)
+    cfgs, given = unique_configs(drawn, stage), len(seeds)
+    seeds = list(dict.fromkeys(seeds))
+    if len(cfgs) < len(drawn):
+        log(
+            f"note: {len(drawn) - len(cfgs)} duplicate configuration(s) dropped (the same values): "
+            f"{len(cfgs)} distinct of {len(drawn)} {'drawn' if samples else 'given'}"
+        )
+    if len(seeds) < given:
+        log(f"note: {given - len(seeds)} repeated seed(s) dropped: seeds {seeds}")
     data = source if isinstance(source, Run) else Run.load(source)
     rank_by = rank_by or ("test_acc_macro" if stage == "fit" else "routed_acc_macro")
     if rank_by not in metric_columns(data.group_names, stage):  # before any trial, not after the whole sweep
@@ -277,9 +286,10 @@ def run_sweep(
     res = SweepResult(frame, out, len(todo), skipped, time.perf_counter() - t0, rank_by)
     if frame is None or frame.height == 0:
         return res
-    if "k" in swept(frame) and holdout > 0 and frame.filter(pl.col("error").is_null()).height:
+    ok = frame.filter(pl.col("error").is_null()).height
+    if "k" in swept(frame) and holdout > 0 and ok:
         res.k_selection = select_k(frame)
-    if plots:
+    if plots and ok:  # nothing to draw when every trial failed
         from pipeline.sweep.report import plot_k, plot_params
 
         if res.k_selection is not None:
