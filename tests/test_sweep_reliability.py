@@ -56,8 +56,16 @@ def test_duplicate_trials_run_once_with_a_note(run, tmp_path):
     assert any("2 duplicate configuration(s) dropped" in n and "1 distinct of 3 given" in n for n in notes), notes
     assert any("1 repeated seed(s) dropped" in n for n in notes), notes
     notes.clear()
-    res = run_sweep(run, "k=1,2; n_init=1; max_iter=30", samples=5, seeds=1, jobs=1, out=tmp_path / "b.parquet",
-                    log=notes.append, plots=False)
+    res = run_sweep(
+        run,
+        "k=1,2; n_init=1; max_iter=30",
+        samples=5,
+        seeds=1,
+        jobs=1,
+        out=tmp_path / "b.parquet",
+        log=notes.append,
+        plots=False,
+    )
     assert res.new == 2 and sorted(res.frame["k"].to_list()) == [1, 2]
     assert any("3 duplicate configuration(s) dropped" in n and "2 distinct of 5 drawn" in n for n in notes), notes
 
@@ -71,8 +79,9 @@ def test_empty_validation_slice_is_an_error_not_a_success(run, tmp_path):
     assert all("empty validation slice" in e for e in res.frame["error"].to_list())
     assert res.k_selection is None
     with pytest.raises(MicroError, match="K selection failed: no successful trials .*empty validation slice"):
-        auto_k(run, "1..2", {"n_init": 1, "max_iter": 30}, seeds=2, holdout=1e-4, jobs=1, out_dir=tmp_path / "k",
-               log=quiet)
+        auto_k(
+            run, "1..2", {"n_init": 1, "max_iter": 30}, seeds=2, holdout=1e-4, jobs=1, out_dir=tmp_path / "k", log=quiet
+        )
     with pytest.raises(MicroError, match=r"--k auto needs --holdout > 0"):
         auto_k(run, "1..2", {}, holdout=0.0, out_dir=tmp_path / "k0", log=quiet)
 
@@ -96,3 +105,59 @@ def test_fit_k_auto_honours_holdout(run, tmp_path, monkeypatch, capsys):
     assert code == 2 and err.strip().splitlines()[-1] == (
         "error: --k auto needs --holdout > 0: K is chosen on the held-out train prompts"
     )
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 512 KiB tmpfs at tmp_path/disk (skipped where mounting is not permitted), unmounted afterwards."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk) -> None:
+    """Write a filler file until the disk is full."""
+    with open(disk / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def files(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != "filler"}
+
+
+def test_full_disk_is_one_error_line_and_loses_nothing(run, small_disk, monkeypatch, capsys):
+    from _stage2 import run_cli
+
+    out = small_disk / "s" / "res.parquet"
+    sweep = ["sweep", run, "--seeds", "2", "--jobs", "1", "--out", out]
+    code, _, err = run_cli(monkeypatch, capsys, *sweep, "--grid", f"k=1,2; {FAST}")
+    assert code == 0, err
+    before = files(small_disk)
+    fill(small_disk)
+    code, _, err = run_cli(monkeypatch, capsys, *sweep, "--grid", f"k=1,2,3; {FAST}")
+    lines = err.strip().splitlines()
+    assert code == 2 and "Traceback" not in err and sum(ln.startswith("error:") for ln in lines) == 1, err
+    assert lines[-1].startswith(f"error: cannot write {out}: No space left on device; 2 finished trial(s) not saved")
+    assert files(small_disk) == before  # the saved trials intact, no temp file left
+    code, _, err = run_cli(
+        monkeypatch, capsys, "fit", run, "--k", "2", "--n-init", "1", "--quiet", "--out", small_disk / "m"
+    )
+    lines = err.strip().splitlines()
+    assert code == 2 and "Traceback" not in err and lines[-1].startswith("error: cannot write "), err
+    assert "No space left on device" in lines[-1] and str(small_disk / "m") in lines[-1]
+    assert files(small_disk) == before
+    (small_disk / "filler").unlink()  # space again: the rerun runs only the trials not saved
+    code, out_text, err = run_cli(monkeypatch, capsys, *sweep, "--grid", f"k=1,2,3; {FAST}")
+    assert code == 0 and "(2 new, 4 already there)" in " ".join((out_text + err).split()), err

@@ -30,9 +30,18 @@ from typing import Callable
 from heads.defaults import HOLDOUT, SWEEP_SEEDS
 from pipeline import checks as C
 from pipeline.core.run import Run
-from pipeline.errors import InputError, OptionError, first_line
+from pipeline.errors import InputError, OptionError, OutputError, first_line
 from pipeline.sweep.report import KSelection, select_k, swept
-from pipeline.sweep.space import FIT_PARAMS, PARAMS, ROUTE_PARAMS, STAGES, config_hash, resolve, search_space, unique_configs
+from pipeline.sweep.space import (
+    FIT_PARAMS,
+    PARAMS,
+    ROUTE_PARAMS,
+    STAGES,
+    config_hash,
+    resolve,
+    search_space,
+    unique_configs,
+)
 
 
 def _dtype(col: str):
@@ -230,8 +239,16 @@ def run_sweep(
     def flush():
         if buffer:
             new = rows_frame(buffer)
-            state["frame"] = new if state["frame"] is None else pl.concat([state["frame"], new], how="diagonal_relaxed")
-            write_results(state["frame"], out)
+            frame = new if state["frame"] is None else pl.concat([state["frame"], new], how="diagonal_relaxed")
+            try:
+                write_results(frame, out)
+            except OutputError as exc:  # e.g. a full disk: the file keeps the trials saved before
+                saved = 0 if state["frame"] is None else state["frame"].height
+                raise OutputError(
+                    f"{exc}; {len(buffer)} finished trial(s) not saved ({out} keeps the {saved} saved before); "
+                    "free space and rerun the same command: saved trials are skipped"
+                ) from None
+            state["frame"] = frame
             buffer.clear()
         state["flushed"] = time.perf_counter()
 
