@@ -161,3 +161,80 @@ def test_full_disk_is_one_error_line_and_loses_nothing(run, small_disk, monkeypa
     (small_disk / "filler").unlink()  # space again: the rerun runs only the trials not saved
     code, out_text, err = run_cli(monkeypatch, capsys, *sweep, "--grid", f"k=1,2,3; {FAST}")
     assert code == 0 and "(2 new, 4 already there)" in " ".join((out_text + err).split()), err
+
+
+def test_stale_temp_files_of_killed_runs_are_removed(run, tmp_path):
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.sweep.runner import run_sweep
+
+    out = tmp_path / "res.parquet"
+    tmp = tmp_path / f".{out.name}.k1ll3d.tmp"  # what atomic_path leaves when kill -9 cuts a write short
+    tmp.write_bytes(b"PAR1 half written")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = Path(tempfile.gettempdir()) / f"micro-sweep-{dead.pid}-abc"  # a killed run's shared feature copy
+    stale.mkdir()
+    (stale / "delta.npy").write_bytes(b"x" * 100)
+    notes = []
+    res = run_sweep(run, f"k=1; {FAST}", seeds=1, jobs=1, out=out, log=notes.append, plots=False)
+    assert res.new == 1 and not tmp.exists() and not stale.exists()
+    assert any(f"removed {tmp}" in n for n in notes), notes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.parquet"]
+
+
+def test_sigint_stops_a_sweep_quickly_and_saves_finished_trials(run, tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out, log = tmp_path / "res.parquet", tmp_path / "log.txt"
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys, cli; sys.exit(cli.main())",
+        "sweep",
+        str(run),
+        "--grid",
+        "k=1,5; n_init=2; max_iter=1500; tol=0",
+        "--seeds",
+        "3",
+        "--jobs",
+        "2",
+        "--out",
+        str(out),
+    ]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    with open(log, "w") as fh:
+        p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=root)
+    try:
+        t0 = time.monotonic()
+        while "[1/" not in log.read_text() and p.poll() is None and time.monotonic() - t0 < 240:
+            time.sleep(0.1)
+        assert p.poll() is None, log.read_text()
+        p.send_signal(signal.SIGINT)
+        t = time.monotonic()
+        rc = p.wait(timeout=120)
+        seconds = time.monotonic() - t
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    text = log.read_text()
+    print(f"SIGINT -> exit in {seconds:.2f} s")
+    assert rc == 130 and "Traceback" not in text, text
+    assert seconds < 5, f"took {seconds:.1f} s to stop"
+    m = re.search(r"interrupted: (\d+) finished trial\(s\) of this run saved to (\S+);", text)
+    assert m and m.group(2) == str(out), text
+    saved = pl.read_parquet(out)
+    assert saved.height == int(m.group(1)) >= 1 and saved["error"].is_null().all() and saved.height < 6
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["log.txt", "res.parquet"]  # no temp file
+    assert not list(Path(tempfile.gettempdir()).glob(f"micro-sweep-{p.pid}-*"))  # the shared features removed

@@ -206,6 +206,7 @@ def run_jobs(
 ) -> None:
     """``on_result(job, fn(arrays, meta, job))`` for every job as it finishes (see the module docstring);
     ``fn`` is a module-level function. A job whose worker died gives ``on_result(job, on_failure(job, exc))``."""
+    _remove_stale_dirs()  # left by a killed run (kill -9 skips the cleanup below), whatever the backend now
     if backend == "ray":
         return _run_ray(jobs, fn, arrays, meta, on_result, on_failure, n_jobs, threads, address)
     if n_jobs <= 1:
@@ -218,7 +219,6 @@ def run_jobs(
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    _remove_stale_dirs()
     with tempfile.TemporaryDirectory(prefix=f"micro-sweep-{os.getpid()}-") as tmp:
         names, aliases = _save_arrays(arrays, tmp)
         with temporary_environ({k: str(threads) for k in THREAD_ENV}):  # read by BLAS when a spawned worker imports it
@@ -240,9 +240,23 @@ def run_jobs(
                         except Exception as exc:  # noqa: BLE001 -- a worker died (e.g. out of memory)
                             out = on_failure(futs[f], exc)
                         on_result(futs[f], out)
-                except BaseException:
-                    ex.shutdown(wait=False, cancel_futures=True)
+                except BaseException:  # Ctrl-C, or on_result failed: stop now, not after the running jobs
+                    stop_workers(ex)
                     raise
+
+
+def stop_workers(ex) -> None:
+    """Cancel the pending jobs of a ProcessPoolExecutor and terminate its workers (running jobs are abandoned), so
+    Ctrl-C ends a command in about a second instead of after the running jobs."""
+    stop = getattr(ex, "terminate_workers", None)  # Python 3.14+
+    if stop is not None:
+        stop()
+        return
+    procs = list((getattr(ex, "_processes", None) or {}).values())  # before shutdown() forgets them
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
 
 
 def _run_ray(jobs, fn, arrays, meta, on_result, on_failure, n_jobs, threads, address) -> None:

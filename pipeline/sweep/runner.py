@@ -30,7 +30,7 @@ from typing import Callable
 from heads.defaults import HOLDOUT, SWEEP_SEEDS
 from pipeline import checks as C
 from pipeline.core.run import Run
-from pipeline.errors import InputError, OptionError, OutputError, first_line
+from pipeline.errors import InputError, Interrupted, OptionError, OutputError, first_line
 from pipeline.sweep.report import KSelection, select_k, swept
 from pipeline.sweep.space import (
     FIT_PARAMS,
@@ -216,6 +216,9 @@ def run_sweep(
         raise OptionError(f"--rank-by {rank_by!r}: no such column (e.g. test_acc_macro, test_loglik, val_loglik)")
     trials = plan(cfgs, seeds, stage, holdout, data.data_id)
     out = Path(out)
+    for tmp in out.parent.glob(f".{out.name}.*.tmp"):  # a write cut short by kill -9 (atomic_path's temp name)
+        tmp.unlink(missing_ok=True)
+        log(f"note: removed {tmp}, left by a sweep that was killed while saving")
     old = read_results(out)
     done = (
         set()
@@ -290,6 +293,12 @@ def run_sweep(
                 address=address,
                 start_method=start_method,
             )
+    except KeyboardInterrupt:
+        flush()
+        raise Interrupted(
+            f"interrupted: {state['done']} finished trial(s) of this run saved to {out}; rerun the same command "
+            "to resume (saved trials are skipped)"
+        ) from None
     finally:
         flush()
     frame = state["frame"]
