@@ -238,3 +238,31 @@ def test_sigint_stops_a_sweep_quickly_and_saves_finished_trials(run, tmp_path):
     assert saved.height == int(m.group(1)) >= 1 and saved["error"].is_null().all() and saved.height < 6
     assert sorted(q.name for q in tmp_path.iterdir()) == ["log.txt", "res.parquet"]  # no temp file
     assert not list(Path(tempfile.gettempdir()).glob(f"micro-sweep-{p.pid}-*"))  # the shared features removed
+
+
+def test_long_eval_steps_are_never_silent(tmp_path, monkeypatch):
+    import time
+
+    import pipeline.evaluate.evaluate as E
+    import pipeline.route.route as R
+    from _stage2 import make_bundle
+
+    rows = synthetic_rows(n_per_group=16, topic=True, seed=5)
+    bundle = make_bundle(tmp_path, rows, k=2, n_init=1, max_iter=20)
+    original = R.route_seeds
+
+    def slow(*a, **k):  # a step as slow as the routers of a many-group eval
+        time.sleep(1.2)
+        return original(*a, **k)
+
+    monkeypatch.setattr(R, "route_seeds", slow)
+    monkeypatch.setattr(E, "HEARTBEAT", 0.3)
+    lines = []
+    res = E.evaluate(bundle, tmp_path / "bundle_run", seeds=(0,), log=lines.append)
+    beats = [ln for ln in lines if "still running" in ln]
+    assert len(beats) >= 2 and all(ln.startswith("  ... micro (routers): still running") for ln in beats), lines
+    i = lines.index(beats[0])
+    assert lines[i - 1].startswith("  hyre + micro-hyre:") and res.rows  # during the step, after the one before
+    n = len(lines)
+    time.sleep(0.7)
+    assert len(lines) == n  # the heartbeat stops with the command

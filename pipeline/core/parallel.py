@@ -118,6 +118,34 @@ def watch_parent(pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="micro-watchdog").start()
 
 
+@contextlib.contextmanager
+def heartbeat(log: Callable[[str], None], every: float = 5.0) -> Iterator[Callable[[str | None], float]]:
+    """Yield ``begin(step) -> start time``; while the block runs, a line ``  ... STEP: still running, T s`` every
+    ``every`` seconds of a step that has not ended (long steps are never silent)."""
+    state = {"step": None, "t": time.perf_counter(), "last": 0.0}
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every / 4):
+            now = time.perf_counter()
+            if state["step"] is not None and now - state["t"] >= every and now - state["last"] >= every:
+                state["last"] = now
+                log(f"  ... {state['step']}: still running, {now - state['t']:.0f} s")
+
+    def begin(step: str | None) -> float:  # None: between steps
+        state["step"], state["t"] = step, time.perf_counter()
+        state["last"] = state["t"]
+        return state["t"]
+
+    thread = threading.Thread(target=beat, daemon=True, name="micro-heartbeat")
+    thread.start()
+    try:
+        yield begin
+    finally:
+        stop.set()
+        thread.join()
+
+
 def error_text(exc: BaseException) -> str:
     """'Type: first line' of an exception (what a failed job records)."""
     msg = str(exc).strip().splitlines()
