@@ -259,10 +259,11 @@ def test_long_eval_steps_are_never_silent(tmp_path, monkeypatch):
     monkeypatch.setattr(E, "HEARTBEAT", 0.3)
     lines = []
     res = E.evaluate(bundle, tmp_path / "bundle_run", seeds=(0,), log=lines.append)
-    beats = [ln for ln in lines if "still running" in ln]
-    assert len(beats) >= 2 and all(ln.startswith("  ... micro (routers): still running") for ln in beats), lines
-    i = lines.index(beats[0])
-    assert lines[i - 1].startswith("  hyre + micro-hyre:") and res.rows  # during the step, after the one before
+    beats = [i for i, ln in enumerate(lines) if ln.startswith("  ... micro (routers): still running, ")]
+    assert len(beats) >= 2, lines  # (other steps may beat too on a loaded machine: only ones over 0.3 s)
+    before = next(i for i, ln in enumerate(lines) if ln.startswith("  hyre + micro-hyre:"))
+    after = next(i for i, ln in enumerate(lines) if ln.startswith("  micro (B="))
+    assert before < beats[0] and beats[-1] < after and res.rows, lines  # while the step runs, not after it
     n = len(lines)
     time.sleep(0.7)
     assert len(lines) == n  # the heartbeat stops with the command
