@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.errors import OutputError, first_line
+from pipeline.errors import OutputError, first_line, no_space
 
 _UMASK_LOCK = threading.Lock()
 
@@ -87,6 +87,11 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
             raise  # a missing *input* while producing the output: not an output problem
         target = next((p for p, t in zip(paths, temps) if str(t) == str(exc.filename)), paths[0])
         raise OutputError(f"cannot write {target}: {exc.strerror or first_line(exc)}") from None
+    except Exception as exc:  # a writer library's own error type for a full disk (safetensors, polars)
+        if isinstance(exc, OutputError) or not no_space(exc, paths[0].parent):
+            raise
+        target = paths[0] if len(paths) == 1 else paths[0].parent
+        raise OutputError(f"cannot write {target}: No space left on device") from None
     finally:
         for tmp in temps:
             if tmp.exists():

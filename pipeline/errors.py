@@ -6,6 +6,7 @@ tell them apart (the CLI treats them all the same way).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 
@@ -36,6 +37,21 @@ class ModelLoadError(MicroError):
 
 class Interrupted(Exception):
     """Ctrl-C, with what was saved (the CLI prints the message and exits with code 130)."""
+
+
+def no_space(exc: BaseException, folder: str | os.PathLike | None = None) -> bool:
+    """True for a full disk, also where a library reports it as its own error type (safetensors, polars: some
+    polars errors do not say why, so a write error with under 1 MiB left on ``folder``'s disk counts too)."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    text = str(exc)
+    if "No space left on device" in text or "os error 28" in text or "StorageFull" in text:
+        return True
+    try:
+        st = os.statvfs(folder) if folder is not None else None
+    except OSError:
+        return False
+    return st is not None and st.f_bavail * st.f_frsize < 1 << 20
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

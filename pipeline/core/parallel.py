@@ -118,6 +118,34 @@ def watch_parent(pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="micro-watchdog").start()
 
 
+@contextlib.contextmanager
+def heartbeat(log: Callable[[str], None], every: float = 5.0) -> Iterator[Callable[[str | None], float]]:
+    """Yield ``begin(step) -> start time``; while the block runs, a line ``  ... STEP: still running, T s`` every
+    ``every`` seconds of a step that has not ended (long steps are never silent)."""
+    state = {"step": None, "t": time.perf_counter(), "last": 0.0}
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every / 4):
+            now = time.perf_counter()
+            if state["step"] is not None and now - state["t"] >= every and now - state["last"] >= every:
+                state["last"] = now
+                log(f"  ... {state['step']}: still running, {now - state['t']:.0f} s")
+
+    def begin(step: str | None) -> float:  # None: between steps
+        state["step"], state["t"] = step, time.perf_counter()
+        state["last"] = state["t"]
+        return state["t"]
+
+    thread = threading.Thread(target=beat, daemon=True, name="micro-heartbeat")
+    thread.start()
+    try:
+        yield begin
+    finally:
+        stop.set()
+        thread.join()
+
+
 def error_text(exc: BaseException) -> str:
     """'Type: first line' of an exception (what a failed job records)."""
     msg = str(exc).strip().splitlines()
@@ -206,6 +234,7 @@ def run_jobs(
 ) -> None:
     """``on_result(job, fn(arrays, meta, job))`` for every job as it finishes (see the module docstring);
     ``fn`` is a module-level function. A job whose worker died gives ``on_result(job, on_failure(job, exc))``."""
+    _remove_stale_dirs()  # left by a killed run (kill -9 skips the cleanup below), whatever the backend now
     if backend == "ray":
         return _run_ray(jobs, fn, arrays, meta, on_result, on_failure, n_jobs, threads, address)
     if n_jobs <= 1:
@@ -218,7 +247,6 @@ def run_jobs(
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    _remove_stale_dirs()
     with tempfile.TemporaryDirectory(prefix=f"micro-sweep-{os.getpid()}-") as tmp:
         names, aliases = _save_arrays(arrays, tmp)
         with temporary_environ({k: str(threads) for k in THREAD_ENV}):  # read by BLAS when a spawned worker imports it
@@ -240,9 +268,23 @@ def run_jobs(
                         except Exception as exc:  # noqa: BLE001 -- a worker died (e.g. out of memory)
                             out = on_failure(futs[f], exc)
                         on_result(futs[f], out)
-                except BaseException:
-                    ex.shutdown(wait=False, cancel_futures=True)
+                except BaseException:  # Ctrl-C, or on_result failed: stop now, not after the running jobs
+                    stop_workers(ex)
                     raise
+
+
+def stop_workers(ex) -> None:
+    """Cancel the pending jobs of a ProcessPoolExecutor and terminate its workers (running jobs are abandoned), so
+    Ctrl-C ends a command in about a second instead of after the running jobs."""
+    stop = getattr(ex, "terminate_workers", None)  # Python 3.14+
+    if stop is not None:
+        stop()
+        return
+    procs = list((getattr(ex, "_processes", None) or {}).values())  # before shutdown() forgets them
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
 
 
 def _run_ray(jobs, fn, arrays, meta, on_result, on_failure, n_jobs, threads, address) -> None:

@@ -84,6 +84,7 @@ class Run:
     info: dict = field(default_factory=dict)
     chosen: np.ndarray | None = None
     rejected: np.ndarray | None = None
+    keys_digest: str = ""  # hash of a run folder's cache keys (the texts' identity); "" for runs of arrays
 
     @property
     def n(self) -> int:
@@ -148,15 +149,18 @@ class Run:
     # --- identity and transport ---------------------------------------------------------------------------------
     @property
     def data_id(self) -> str:
-        """Hash of the embedder, shapes, split and pair ids (a sample of Δ without pair ids): sweep trials on other
-        data never count as done."""
+        """Hash of everything a trial reads: the embedder, the features (a run folder's cache keys, else the
+        arrays themselves), the split, groups, prompt ids and contexts: sweep trials on other data never count
+        as done (texts or labels changed under the same pair ids included)."""
         fid = self.fingerprint_id or "arrays"
-        h = hashlib.sha256(f"{fid}|{self.delta.shape}|{self.prompt.shape}".encode())
-        h.update(self.split.tobytes())
-        if self.pairs is not None:
-            h.update("\n".join(map(str, self.pairs.column("pair_id").to_pylist())).encode())
+        h = hashlib.sha256(f"{fid}|{self.delta.shape}|{self.prompt.shape}|{self.group_names}".encode())
+        for a in (self.split, self.group, self.prompt_id, self.has_context):
+            h.update(np.ascontiguousarray(a).tobytes())
+        if self.keys_digest:
+            h.update(self.keys_digest.encode())
         else:
-            h.update(np.ascontiguousarray(self.delta[:: max(1, len(self.delta) // 512)]).tobytes())
+            for a in (self.delta, self.prompt, self.context):
+                h.update(np.ascontiguousarray(a).tobytes())
         return f"{fid}:{h.hexdigest()[:12]}"
 
     def shared(self) -> tuple[dict, dict]:
@@ -300,8 +304,11 @@ def load_run(run_dir: str | Path, dtype=np.float32) -> Run:
         raise InputError(f"{run_dir}: keys.parquet and pairs.parquet disagree (different pair ids); {_rerun(run_dir)}")
     store = open_run_store(info)
     cols = {role: key_column(keys.column(role)) for role in ROLES}
-    for role in ROLES[:3]:
-        if not cols[role][1].all():
+    digest = hashlib.sha256()  # the texts' identity (a sweep trial's identity covers the features it reads)
+    for role in ROLES:
+        k, valid = cols[role]
+        digest.update(np.ascontiguousarray(k[valid]).tobytes() + valid.tobytes())
+        if role != "context" and not valid.all():
             raise InputError(f"{run_dir}/keys.parquet: column '{role}' has null keys; {_rerun(run_dir)}")
     wanted = [cols[r][0][cols[r][1]] for r in ROLES]
     # one pass over the cache for every role (an object store streams its shards once)
@@ -347,4 +354,5 @@ def load_run(run_dir: str | Path, dtype=np.float32) -> Run:
         info=info,
         chosen=chosen,
         rejected=rejected,
+        keys_digest=digest.hexdigest(),
     )

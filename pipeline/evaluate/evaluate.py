@@ -113,7 +113,19 @@ def evaluate(
     lr: float = ROUTER_LR,
     log: Callable[[str], None] = print,
 ) -> EvalResult:
-    """Evaluate every method of the module docstring on the test split of ``run_dir``; see the module docstring."""
+    """Evaluate every method of the module docstring on the test split of ``run_dir``; see the module docstring.
+    A step still running after :data:`HEARTBEAT` seconds says so every :data:`HEARTBEAT` seconds."""
+    from pipeline.core.parallel import heartbeat
+
+    options = dict(budget=budget, seeds=seeds, hyre_n=hyre_n, budgets=budgets, tau=tau, epochs=epochs, lr=lr)
+    with heartbeat(log, HEARTBEAT) as begin:
+        return _evaluate(bundle, run_dir, report=report, log=log, begin=begin, **options)
+
+
+HEARTBEAT = 5.0  # seconds between the lines of a long eval step
+
+
+def _evaluate(bundle, run_dir, *, report, budget, seeds, hyre_n, budgets, tau, epochs, lr, log, begin) -> EvalResult:
     from heads.baselines import OracleBT, SharedBase
     from heads.hyre import gate_prior_fn
     from heads.mixture import MixtureBT
@@ -175,16 +187,17 @@ def evaluate(
     def tick(name: str, t: float) -> None:
         timings[name] = time.perf_counter() - t
         log(f"  {name}: {timings[name]:.1f} s")
+        begin(None)
 
     log(f"eval: {train.n} train / {test.n} test pairs, {len(names)} group(s), K={K}, seeds {list(seeds)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence notes of the capped baseline fits
-        t = time.perf_counter()
+        t = begin("single")
         single = MixtureBT(n_components=1, gate="static", max_iter=SINGLE_MAX_ITER, random_state=0)
         single.fit(train.delta, groups=prompt_groups(train.prompt, train.n))
         per_seed["single"] = [_by_group(single.predict_proba(test.delta), g_test, names)]
         tick("single", t)
-        t = time.perf_counter()
+        t = begin("static")
         if K <= train.n:
             static = MixtureBT(
                 n_components=K,
@@ -200,7 +213,7 @@ def evaluate(
             per_seed["static"] = [{}]
             notes.append(f"static: K={K} is larger than the {train.n} train pairs, not fitted")
         tick("static", t)
-        t = time.perf_counter()
+        t = begin("shared-base")
         sb = SharedBase(
             n_components=min(K, train.n),
             prior_scale=SHARED_PRIOR_SCALE,
@@ -216,14 +229,14 @@ def evaluate(
     probs, pick_s1, hg_acc = _best_head(z_te, g_test, names)
     per_seed["stage1-best-head"] = [probs]
 
-    t = time.perf_counter()
+    t = begin("hyre + micro-hyre")
     per_seed["hyre"] = _hyre(z_te, g_test, int(hyre_n), seeds, None, "hyre", notes)
     per_seed["micro-hyre"] = _hyre(
         z_te, g_test, int(hyre_n), seeds, gate_prior_fn(bundle_model.gate_weights(test)), "micro-hyre", []
     )
     tick("hyre + micro-hyre", t)
 
-    t = time.perf_counter()
+    t = begin("micro (routers)")
     res = route_seeds(bundle_model, train, test, tau=tau, epochs=epochs, budget=int(budget), seeds=seeds, lr=lr)
     notes += [f"micro: {n}" for n in res.notes]
     ctx = None if model.gate_kind_ == "static" else test.context
@@ -236,7 +249,7 @@ def evaluate(
     per_seed["micro"] = micro_probs
     tick(f"micro (B={budget})", t)
 
-    t = time.perf_counter()
+    t = begin("oracle")
     oracle = OracleBT(l2=l2).fit(train.delta, g_train.astype(str))
     known = np.isin(g_test, np.asarray(train_names, dtype=object))
     p_or = np.full(test.n, np.nan)
@@ -281,7 +294,7 @@ def evaluate(
         from pipeline.evaluate import plots
 
         report = Path(report)
-        t = time.perf_counter()
+        t = begin("budget sweep")
         for b in budgets:
             if b not in result.budget_curve:
                 result.budget_curve[b] = route_seeds(
@@ -289,7 +302,7 @@ def evaluate(
                 ).after
         tick(f"budget sweep {list(budgets)}", t)
         curve = np.stack([result.budget_curve[b] for b in budgets])  # (nB, S, G)
-        t = time.perf_counter()
+        t = begin("plots")
         report.mkdir(parents=True, exist_ok=True)
         result.plots = [
             plots.plot_head_group_accuracy(hg_acc, names, report / "head_group_accuracy.png", counts=counts),

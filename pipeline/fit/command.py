@@ -124,6 +124,8 @@ def fit_command(
     C.choice(baseline, "--baseline", BASELINES, optional=True)
     if auto and optimizer != "em":
         raise MicroError("--k auto fits with --optimizer em")
+    if auto and params["holdout"] == 0:
+        raise MicroError("--k auto needs --holdout > 0: K is chosen on the held-out train prompts")
     if auto and baseline == "single":
         raise MicroError("--k auto: the single baseline has one head")
     read_run(run_dir)
@@ -151,6 +153,7 @@ def fit_command(
             run,
             k_range,
             dict(params, gate=gate_used, gate_input=gate_input),
+            holdout=params["holdout"],
             out_dir=out / "k_selection",
             log=console_log(console),
         )

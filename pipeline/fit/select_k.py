@@ -31,6 +31,8 @@ def auto_k(
     """``micro fit --k auto``: a K sweep (:func:`k_candidates`) with ``seeds`` seeds on the train split
     (validation = ``holdout`` of the train prompts), the one-SE rule, results + plot in ``out_dir``."""
     lo, hi = parse_k_range(k_range)
+    if not holdout > 0:
+        raise MicroError("--k auto needs --holdout > 0: K is chosen on the held-out train prompts")
     ks = k_candidates(lo, hi)
     space = {"k": ks, **{k: [v] for k, v in fit_params.items() if k in FIT_PARAMS and k != "k"}}
     out_dir = Path(out_dir)

@@ -30,9 +30,18 @@ from typing import Callable
 from heads.defaults import HOLDOUT, SWEEP_SEEDS
 from pipeline import checks as C
 from pipeline.core.run import Run
-from pipeline.errors import InputError, OptionError, first_line
+from pipeline.errors import InputError, Interrupted, OptionError, OutputError, first_line
 from pipeline.sweep.report import KSelection, select_k, swept
-from pipeline.sweep.space import FIT_PARAMS, PARAMS, ROUTE_PARAMS, STAGES, config_hash, resolve, search_space
+from pipeline.sweep.space import (
+    FIT_PARAMS,
+    PARAMS,
+    ROUTE_PARAMS,
+    STAGES,
+    config_hash,
+    resolve,
+    search_space,
+    unique_configs,
+)
 
 
 def _dtype(col: str):
@@ -191,13 +200,25 @@ def run_sweep(
     t0 = time.perf_counter()
     check_options(seeds=seeds, stage=stage, backend=backend, jobs=jobs, samples=samples, holdout=holdout)
     seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    space, cfgs = search_space(grid, stage, samples, sample_seed)
+    space, drawn = search_space(grid, stage, samples, sample_seed)
+    cfgs, given = unique_configs(drawn, stage), len(seeds)
+    seeds = list(dict.fromkeys(seeds))
+    if len(cfgs) < len(drawn):
+        log(
+            f"note: {len(drawn) - len(cfgs)} duplicate configuration(s) dropped (the same values): "
+            f"{len(cfgs)} distinct of {len(drawn)} {'drawn' if samples else 'given'}"
+        )
+    if len(seeds) < given:
+        log(f"note: {given - len(seeds)} repeated seed(s) dropped: seeds {seeds}")
     data = source if isinstance(source, Run) else Run.load(source)
     rank_by = rank_by or ("test_acc_macro" if stage == "fit" else "routed_acc_macro")
     if rank_by not in metric_columns(data.group_names, stage):  # before any trial, not after the whole sweep
         raise OptionError(f"--rank-by {rank_by!r}: no such column (e.g. test_acc_macro, test_loglik, val_loglik)")
     trials = plan(cfgs, seeds, stage, holdout, data.data_id)
     out = Path(out)
+    for tmp in out.parent.glob(f".{out.name}.*.tmp"):  # a write cut short by kill -9 (atomic_path's temp name)
+        tmp.unlink(missing_ok=True)
+        log(f"note: removed {tmp}, left by a sweep that was killed while saving")
     old = read_results(out)
     done = (
         set()
@@ -221,8 +242,16 @@ def run_sweep(
     def flush():
         if buffer:
             new = rows_frame(buffer)
-            state["frame"] = new if state["frame"] is None else pl.concat([state["frame"], new], how="diagonal_relaxed")
-            write_results(state["frame"], out)
+            frame = new if state["frame"] is None else pl.concat([state["frame"], new], how="diagonal_relaxed")
+            try:
+                write_results(frame, out)
+            except OutputError as exc:  # e.g. a full disk: the file keeps the trials saved before
+                saved = 0 if state["frame"] is None else state["frame"].height
+                raise OutputError(
+                    f"{exc}; {len(buffer)} finished trial(s) not saved ({out} keeps the {saved} saved before); "
+                    "free space and rerun the same command: saved trials are skipped"
+                ) from None
+            state["frame"] = frame
             buffer.clear()
         state["flushed"] = time.perf_counter()
 
@@ -264,6 +293,12 @@ def run_sweep(
                 address=address,
                 start_method=start_method,
             )
+    except KeyboardInterrupt:
+        flush()
+        raise Interrupted(
+            f"interrupted: {state['done']} finished trial(s) of this run saved to {out}; rerun the same command "
+            "to resume (saved trials are skipped)"
+        ) from None
     finally:
         flush()
     frame = state["frame"]
@@ -277,9 +312,10 @@ def run_sweep(
     res = SweepResult(frame, out, len(todo), skipped, time.perf_counter() - t0, rank_by)
     if frame is None or frame.height == 0:
         return res
-    if "k" in swept(frame) and holdout > 0 and frame.filter(pl.col("error").is_null()).height:
+    ok = frame.filter(pl.col("error").is_null()).height
+    if "k" in swept(frame) and holdout > 0 and ok:
         res.k_selection = select_k(frame)
-    if plots:
+    if plots and ok:  # nothing to draw when every trial failed
         from pipeline.sweep.report import plot_k, plot_params
 
         if res.k_selection is not None:

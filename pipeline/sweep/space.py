@@ -203,6 +203,15 @@ def resolve(cfg: dict, stage: str) -> dict:
     return {k: cfg.get(k, keys[k][1]) for k in keys}
 
 
+def unique_configs(cfgs: list[dict], stage: str) -> list[dict]:
+    """``cfgs`` without repeats (compared by value with the defaults filled in: ``k=2,2,02`` is one configuration,
+    ``--samples 5`` on a 2-value list at most two), first occurrence kept."""
+    seen: dict = {}
+    for c in cfgs:
+        seen.setdefault(json.dumps(resolve(c, stage), sort_keys=True, default=str), c)
+    return list(seen.values())
+
+
 def config_hash(params: dict, seed: int, stage: str, holdout: float, data_id: str) -> str:
     blob = json.dumps(
         {

@@ -57,6 +57,11 @@ def _fit(run: Run, fit: dict, seed: int, holdout: float):
     gi, _ = run.resolve_gate_input(fit["gate_input"], option="gate_input")
     train = run.mask("train")
     val = holdout_mask(run.prompt_id, train, holdout, seed)
+    if holdout > 0 and not val.any():  # a NaN validation score is no result: say so instead of ranking it
+        raise ValueError(
+            f"empty validation slice: holdout {holdout:g} of the {len(np.unique(run.prompt_id[train]))} train "
+            f"prompts drew none for seed {seed}; raise --holdout"
+        )
     rows = {"train": train & ~val, "val": val, "test": run.mask("test")}
     model = MixtureBT(n_components=fit["k"], gate=fit["gate"], random_state=seed, **{k: fit[k] for k in FIT_KEYS})
     needs_gate = model.gate == "context" and model.n_components > 1

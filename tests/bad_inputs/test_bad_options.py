@@ -134,6 +134,7 @@ FIT = [
     Case("fit-baseline-unknown", F + "--baseline oracle", r"--baseline must be one of single, static"),
     Case("fit-auto-adamw", F + "--k auto --optimizer adamw", r"--k auto fits with --optimizer em"),
     Case("fit-auto-single", F + "--k auto --baseline single", r"--k auto: the single baseline has one head"),
+    Case("fit-auto-holdout-0", F + "--k auto --holdout 0", r"--k auto needs --holdout > 0: K is chosen on the held"),
     Case("fit-run-missing", "fit {ws}/norun", r"norun: not a run folder \(no run\.json\)"),
     Case("fit-max-iter-text", F + "--max-iter many", r"'--max-iter'"),
     Case("fit-k-range-0", F + "--k auto --k-range 0..3", r"--k-range: need 1 <= low <= high, got 0..3"),

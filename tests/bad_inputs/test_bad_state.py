@@ -277,6 +277,16 @@ SWEEP_RESULTS = [
         r"damaged sweep results file",
         lambda ws: ws.write("m/k_selection/results.parquet", b"PAR1"),
     ),
+    Case(  # a NaN validation score is no success (issue 17)
+        "sweep-empty-validation",
+        "sweep {run} --grid k=1,2 --holdout 0.0001 --seeds 2 --jobs 1 --out {ws}/sw.parquet",
+        r"every trial failed \(ValueError: empty validation slice: holdout 0\.0001 of the \d+ train prompts",
+    ),
+    Case(
+        "k-auto-empty-validation",
+        "fit {run} --k auto --k-range 1..2 --holdout 0.0001 --out {ws}/m",
+        r"K selection failed: no successful trials \(ValueError: empty validation slice",
+    ),
 ]
 
 
@@ -483,6 +493,13 @@ CTRL_C = [
     ),
     Case("ctrl-c-fit", FIT, r"^interrupted$", interrupt("pipeline.fit.fit", "fit_run"), code=130),
     Case("ctrl-c-sweep", SWEEP, r"^interrupted$", interrupt("pipeline.sweep.command", "run_sweep"), code=130),
+    Case(
+        "ctrl-c-sweep-trials",
+        SWEEP,
+        r"interrupted: 0 finished trial\(s\) of this run saved to .*results\.parquet; rerun the same command",
+        interrupt("pipeline.core.parallel", "run_jobs"),
+        code=130,
+    ),
     Case("ctrl-c-eval", EVAL, r"^interrupted$", interrupt("pipeline.evaluate.evaluate", "evaluate"), code=130),
 ]
 
