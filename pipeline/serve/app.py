@@ -1,7 +1,6 @@
 """The FastAPI app of `micro serve`: OpenRLHF ``/get_reward``, ``/v1/rewards``, ``/health``, ``/info``,
 ``/users/reload``. Every bad request is a 4xx JSON ``{"error": "FIELD[ROW]: ...", "field": ..., "row": ...}``."""
 
-from __future__ import annotations
 
 import hmac
 import json
@@ -52,7 +51,7 @@ def create_app(rm, config: ServeConfig):
     batcher = MicroBatcher(
         lambda rows: score_items(rm, [r[0] for r in rows], [r[1] for r in rows]), config.max_batch, config.max_wait_ms
     )
-    rm.rewards([], [], context="warm-up")  # load the embedder before the first request
+    rm.rewards(["warm-up"], ["warm-up"], context="warm-up")  # load the embedder before the first request
     eos = tokenizer_eos(rm)
 
     @asynccontextmanager
