@@ -135,7 +135,8 @@ def test_load_profile(setup, built, tmp_path):
     res, data = built
     meta = read_meta(bundle)
     prof = load_profile(res.path, meta)
-    np.testing.assert_allclose(prof.weights_, res.weights)
+    np.testing.assert_allclose(prof.head_weights, res.weights)
+    assert prof.kind == "weights" and prof.gate_multiplier == 0 and prof.v is None
     other = copy.deepcopy(meta)
     other["fingerprint_id"] = "0123456789abcdef"
     with pytest.raises(MicroError, match="profile of an unknown model"):

@@ -73,11 +73,13 @@ def test_rewards_with_context(bundles, monkeypatch):
     np.testing.assert_allclose(plain["weights"], rm.model.gate_weights(xp), rtol=1e-6)
     assert not np.allclose(plain["weights"], out["weights"])
     np.testing.assert_allclose(plain["per_head"], out["per_head"])
-    # message-list prompts are the same prompts; everything is cached now, one backend was built
+    # message-list prompts are the same prompts; the gate features are in the in-memory LRU, the responses are
+    # embedded again (scoring writes no persistent cache by default), one backend was built
     msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
     again = rm.rewards(msgs, RESPONSES, context=CONTEXT)
     np.testing.assert_allclose(again["reward"], out["reward"])
-    assert len(built) == 1 and len(built[0].embedded) == 9  # 3 responses, 3 context+prompts, 3 prompts
+    assert len(built) == 1 and len(built[0].embedded) == 15  # 3 x 3 responses, 3 context+prompts, 3 prompts
+    assert len(built[0].calls) == 3  # one embedder pass per call
     rm.close()
     assert built[0].closed == 1
     with pytest.raises(MicroError, match="2 prompts but 3 responses"):
@@ -106,8 +108,10 @@ def test_static_gate_and_profile_weights(bundles, monkeypatch):
     np.testing.assert_allclose(out["per_head"], per_head_expected(static, responses=responses), rtol=1e-5, atol=1e-6)
     assert len(built[0].embedded) == 3  # the responses only: a static gate reads no prompt
 
-    prof = HedgeProfile(prior=[0.2, 0.3, 0.5])
-    res = RewardModel.load(gated).rewards(PROMPTS, RESPONSES, profile=prof)
+    from pipeline.route.users import UserModel
+
+    prof = UserModel.weights(HedgeProfile(prior=[0.2, 0.3, 0.5]).weights_)
+    res = RewardModel.load(gated).rewards(PROMPTS, RESPONSES, user=prof)
     np.testing.assert_allclose(res["weights"], np.tile([0.2, 0.3, 0.5], (3, 1)))
     np.testing.assert_allclose(res["reward"], res["per_head"] @ np.array([0.2, 0.3, 0.5]))
 
