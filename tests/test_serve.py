@@ -37,12 +37,8 @@ def rm_for(monkeypatch):
 
 
 def expected(rm, models, user=None, context=None, prompts=PROMPTS, responses=RESPONSES):
-    from pipeline.route.profiles import load_profile
-
-    profile = load_profile(models["users"] / f"{user}.json", rm.meta) if user else None
-    out = rm.rewards(prompts, responses, context=context, profile=profile)
-    out.setdefault("residual", np.zeros(len(prompts)))
-    return out
+    u = rm.load_user(models["users"] / f"{user}.json") if user else None
+    return rm.rewards(prompts, responses, context=context, user=u)
 
 
 def v1(url, items, **kw):
@@ -167,7 +163,7 @@ def test_64_concurrent_one_sample_clients_are_few_embedder_calls(models, rm_for)
         embed_calls = built[0].calls[before:]
     assert len(built) == 1
     assert scoring_calls <= 4, scoring_calls  # 64 requests coalesced into a few scoring calls
-    assert len(embed_calls) <= 2 * scoring_calls and sum(map(len, embed_calls)) == 2 * n  # each text embedded once
+    assert len(embed_calls) <= scoring_calls and sum(map(len, embed_calls)) == 2 * n  # each text embedded once
     np.testing.assert_allclose(got, expected(rm, models, context=CTX, prompts=prompts, responses=responses)["reward"], rtol=1e-6, atol=1e-6)
 
 

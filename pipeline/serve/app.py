@@ -36,7 +36,7 @@ class ServeConfig:
 
 def tokenizer_eos(rm) -> tuple:
     """The backend tokenizer's eos token, when it has one (stripped from OpenRLHF queries)."""
-    tok = getattr(getattr(rm, "_backend", None), "tokenizer", None)
+    tok = getattr(rm.featurizer.backend, "tokenizer", None)
     eos = getattr(tok, "eos_token", None)
     return (eos,) if isinstance(eos, str) and eos else ()
 
@@ -51,8 +51,7 @@ def create_app(rm, config: ServeConfig):
     batcher = MicroBatcher(
         lambda rows: score_items(rm, [r[0] for r in rows], [r[1] for r in rows]), config.max_batch, config.max_wait_ms
     )
-    rm.rewards(["warm-up"], ["warm-up"], context="warm-up")  # load the embedder before the first request
-    eos = tokenizer_eos(rm)
+    eos = tokenizer_eos(rm)  # loads the embedder before the first request
 
     @asynccontextmanager
     async def lifespan(app):
@@ -141,15 +140,12 @@ def create_app(rm, config: ServeConfig):
     async def info(request: Request):
         if not authorised(request):
             return error(RequestError("missing or wrong bearer token", "authorization", status=401))
-        return {
-            "n_heads": int(rm.model.coef_.shape[0]),
-            "fingerprint_id": rm.meta.get("fingerprint_id"),
-            "embedder": rm.meta.get("embedder", {}).get("fingerprint", rm.meta.get("embedder")),
-            "gate_input": rm.meta.get("gate_input"),
+        return rm.info() | {
             "users": sorted(state["users"]),
             "scores": config.scores,
             "scoring_calls": batcher.calls,
-            "version": VERSION,
+            "embedder_calls": rm.featurizer.calls,
+            "server_version": VERSION,
         }
 
     @app.post("/users/reload")
