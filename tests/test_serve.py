@@ -7,7 +7,6 @@ a context-gated bundle under a context, the routed bundle, an adapted profile wi
 from __future__ import annotations
 
 import asyncio
-import json
 
 import httpx
 import numpy as np
@@ -60,7 +59,10 @@ def test_v1_rewards_equal_reward_model_under_a_context(models, rm_for, which):
         assert r.status_code == 200, r.text
         check(r.json()["items"], expected(rm, models, context=CTX))
         # message-list prompts are the same prompts
-        msgs = [{"prompt": [{"role": "user", "content": p}], "response": a, "context": CTX} for p, a in zip(PROMPTS, RESPONSES)]
+        msgs = [
+            {"prompt": [{"role": "user", "content": p}], "response": a, "context": CTX}
+            for p, a in zip(PROMPTS, RESPONSES)
+        ]
         check(v1(url, msgs).json()["items"], expected(rm, models, context=CTX))
 
 
@@ -112,8 +114,9 @@ def test_openrlhf_payload_replay(models, rm_for):
 
         empty = post({"query": [], "prompts": [], "labels": []})
         assert empty.status_code == 200 and empty.json()["rewards"] == [] and empty.json()["scores"] == []
-        cases = [(CTX, {"context": CTX}), ({"user": "g1"}, {"user": "g1"}), ("", {"context": "criterion for g0"}),
-                 (None, {"context": "criterion for g0"}), ({"context": CTX, "user": "hedge"}, {"user": "hedge"})]  # fmt: skip
+        g0 = {"context": "criterion for g0"}
+        cases = [(CTX, {"context": CTX}), ({"user": "g1"}, {"user": "g1"}), ("", g0), (None, g0),
+                 ({"context": CTX, "user": "hedge"}, {"user": "hedge"})]  # fmt: skip
         for label, meaning in cases:
             for p, a, eos in zip(PROMPTS, RESPONSES, ("</s>", "<|eot_id|>", "<|im_end|><|endoftext|>")):
                 r = post({"query": [p + a + eos], "prompts": [p], "labels": [label]})
@@ -136,7 +139,9 @@ def test_openrlhf_payload_replay(models, rm_for):
 def test_empty_label_without_context_on_a_context_gate_is_422(models, rm_for):
     rm, _ = rm_for(models["bundle"])
     with running(rm) as (url, _):
-        r = httpx.post(f"{url}/get_reward", json={"query": ["question xanswer"], "prompts": ["question x"], "labels": [None]})
+        r = httpx.post(
+            f"{url}/get_reward", json={"query": ["question xanswer"], "prompts": ["question x"], "labels": [None]}
+        )
         assert r.status_code == 422 and r.json()["row"] == 0 and r.json()["field"] == "labels", r.text
         assert "context" in r.json()["error"]
 
@@ -152,7 +157,10 @@ def test_64_concurrent_one_sample_clients_are_few_embedder_calls(models, rm_for)
 
         async def client(i):
             async with httpx.AsyncClient(timeout=30) as c:
-                r = await c.post(f"{url}/get_reward", json={"query": [prompts[i] + responses[i]], "prompts": [prompts[i]], "labels": [CTX]})
+                r = await c.post(
+                    f"{url}/get_reward",
+                    json={"query": [prompts[i] + responses[i]], "prompts": [prompts[i]], "labels": [CTX]},
+                )
                 return r.json()["rewards"][0]
 
         async def main():
@@ -164,7 +172,9 @@ def test_64_concurrent_one_sample_clients_are_few_embedder_calls(models, rm_for)
     assert len(built) == 1
     assert scoring_calls <= 4, scoring_calls  # 64 requests coalesced into a few scoring calls
     assert len(embed_calls) <= scoring_calls and sum(map(len, embed_calls)) == 2 * n  # each text embedded once
-    np.testing.assert_allclose(got, expected(rm, models, context=CTX, prompts=prompts, responses=responses)["reward"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        got, expected(rm, models, context=CTX, prompts=prompts, responses=responses)["reward"], rtol=1e-6, atol=1e-6
+    )
 
 
 def test_api_key_and_reload(models, rm_for, tmp_path):
@@ -186,7 +196,10 @@ def test_api_key_and_reload(models, rm_for, tmp_path):
             shutil.copy(f, users / f.name)
         r = httpx.post(f"{url}/users/reload", headers=auth)
         assert r.status_code == 200 and r.json()["users"] == ["g1"], r.text
-        check(v1(url, item, headers=auth).json()["items"], expected(rm, models, user="g1", prompts=["question x"], responses=["answer attrs 1 0 0"]))
+        check(
+            v1(url, item, headers=auth).json()["items"],
+            expected(rm, models, user="g1", prompts=["question x"], responses=["answer attrs 1 0 0"]),
+        )
         (users / "bad.json").write_text("{not json")
         r = httpx.post(f"{url}/users/reload", headers=auth)
         assert r.status_code == 422 and "bad.json" in r.json()["error"]

@@ -58,7 +58,9 @@ def test_load_and_faults(bundle, tmp_path, monkeypatch, capsys):
 
     patch_backend(monkeypatch)
     data = rows(N_ROWS)
-    ref = RewardModel.load(bundle).rewards([p for p, _, _ in data], [a for _, a, _ in data], context=[c for *_, c in data])
+    ref = RewardModel.load(bundle).rewards(
+        [p for p, _, _ in data], [a for _, a, _ in data], context=[c for *_, c in data]
+    )
     rng = random.Random(0)
     plan = [(rng.random() < 0.05, rng.randrange(N_ROWS)) for _ in range(N_REQUESTS)]
     rm = RewardModel.load(bundle)
@@ -76,8 +78,12 @@ def test_load_and_faults(bundle, tmp_path, monkeypatch, capsys):
                             body = malformed(rng, k)
                         else:
                             p, a, c = data[j]
-                            body = httpx.Request("POST", url, json={"query": [p + a + "</s>"], "prompts": [p], "labels": [c]}).content
-                        r = await client.post(f"{url}/get_reward", content=body, headers={"content-type": "application/json"})
+                            body = httpx.Request(
+                                "POST", url, json={"query": [p + a + "</s>"], "prompts": [p], "labels": [c]}
+                            ).content
+                        r = await client.post(
+                            f"{url}/get_reward", content=body, headers={"content-type": "application/json"}
+                        )
                         return k, r.status_code, r.json()
 
                 return await asyncio.gather(*(one(k, bad, j) for k, (bad, j) in enumerate(plan)))
@@ -93,7 +99,9 @@ def test_load_and_faults(bundle, tmp_path, monkeypatch, capsys):
             else:
                 assert status == 200, body
                 np.testing.assert_allclose(body["rewards"], [ref["reward"][j]], rtol=1e-6, atol=1e-6)
-                np.testing.assert_allclose(body["extra_logs"]["weight_head_2"], [ref["weights"][j, 2]], rtol=1e-6, atol=1e-6)
+                np.testing.assert_allclose(
+                    body["extra_logs"]["weight_head_2"], [ref["weights"][j, 2]], rtol=1e-6, atol=1e-6
+                )
         assert 150 < n_bad < 350  # ~5 % malformed
         assert app.state.batcher.calls < N_REQUESTS - n_bad  # requests were coalesced
 
@@ -102,7 +110,10 @@ def test_load_and_faults(bundle, tmp_path, monkeypatch, capsys):
             for _ in range(20):
                 s = socket.create_connection(("127.0.0.1", port), timeout=5)
                 body = b'{"query": ["question load 1answer"], "prompts": ["question load 1"], "labels": ["c"]}'
-                head = f"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                head = (
+                    "POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                )
                 s.sendall(head.encode() + (body[:20] if partial else body))
                 s.close()
         over = httpx.post(f"{url}/v1/rewards", json={"items": [{"prompt": "q", "response": "x" * 4000}]}, timeout=30)

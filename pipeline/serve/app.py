@@ -1,7 +1,6 @@
 """The FastAPI app of `micro serve`: OpenRLHF ``/get_reward``, ``/v1/rewards``, ``/health``, ``/info``,
 ``/users/reload``. Every bad request is a 4xx JSON ``{"error": "FIELD[ROW]: ...", "field": ..., "row": ...}``."""
 
-
 import hmac
 import json
 import threading

@@ -52,7 +52,12 @@ def score_items(rm, items: list[Item], keys: list[tuple]) -> dict:
     (from :func:`resolve`); residual is 0 where the user has none."""
     if not items:
         K = rm.n_heads
-        return {"reward": np.zeros(0), "per_head": np.zeros((0, K)), "weights": np.zeros((0, K)), "residual": np.zeros(0)}
+        return {
+            "reward": np.zeros(0),
+            "per_head": np.zeros((0, K)),
+            "weights": np.zeros((0, K)),
+            "residual": np.zeros(0),
+        }
     return rm.rewards(
         [as_prompt(it.prompt) for it in items],
         [it.response for it in items],

@@ -83,7 +83,9 @@ def _label(label, row: int) -> tuple[str | None, str | None]:
         return _optional_str(label.get("context"), "labels.context", row), _optional_str(
             label.get("user"), "labels.user", row
         )
-    raise RequestError(f"must be a string, an object {{context, user}} or null, got {type(label).__name__}", "labels", row)
+    raise RequestError(
+        f"must be a string, an object {{context, user}} or null, got {type(label).__name__}", "labels", row
+    )
 
 
 def parse_openrlhf(body, max_rows: int, eos: tuple = ()) -> list[Item]:
@@ -126,9 +128,7 @@ def _prompt(value, row: int):
             if not (isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role", ""), str)):
                 raise RequestError("messages must be objects {role: str, content: str}", "items.prompt", row)
         return tuple((m.get("role", "user"), m["content"]) for m in value)
-    raise RequestError(
-        f"must be a string or a non-empty message list, got {type(value).__name__}", "items.prompt", row
-    )
+    raise RequestError(f"must be a string or a non-empty message list, got {type(value).__name__}", "items.prompt", row)
 
 
 def parse_items(body, max_rows: int) -> list[Item]:
