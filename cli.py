@@ -35,6 +35,7 @@ from heads.defaults import (
 from pipeline.boundary import DEBUG_HELP
 from pipeline.serve.command import serve
 
+CACHE_HELP = "Embedding cache (default: the bundle's if present here, else ~/.cache/micro/embeddings)."
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -224,6 +225,7 @@ def route(
         "with --online); auto also fits per-user residuals, kept where cross-validation on the "
         "user's pairs prefers them; residual always keeps them.",
     ),
+    cache_dir: Path | None = typer.Option(None, help=CACHE_HELP),
 ) -> None:
     """Stage 2: route mixture weights to user contexts from a few labelled pairs (paper Alg. 1), and adapt per user."""
     _call("pipeline.route.command:route_command", locals(), console=_console())
@@ -237,11 +239,9 @@ def score(
     ),
     out: Path = typer.Option(Path("rewards.parquet"), "--out", "-o", help="Output .parquet or .jsonl."),
     context: str | None = typer.Option(None, help="User criterion the gate reads (context+prompt)."),
-    user: Path | None = typer.Option(
-        None,
-        help="A profile JSON from `micro route --online` or `micro route` "
-        "(OUT/users/NAME.json): its weights, and its residual v·φ when adapted.",
-    ),
+    user: Path | None = typer.Option(None, help="A user: a profile JSON of `micro route` (or a routed bundle)."),
+    cache_dir: Path | None = typer.Option(None, help=CACHE_HELP),
+    cache_writes: bool = typer.Option(False, "--cache-writes", help="Store new embeddings in the cache (default: no)."),
 ) -> None:
     """Rewards per head and mixed (Σ_k f_k r_k, + v·φ with an adapted profile) for (prompt, response) rows."""
     path = _call("pipeline.route.command:score_command", locals())

@@ -7,6 +7,7 @@ bundle's safetensors arrays read directly, not through the model class.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -221,3 +222,90 @@ def test_score_input_columns_from_every_row(tmp_path):
     rows[120]["note"] = "keep me"
     _, _, table = read_score_input(write_jsonl(rows, tmp_path / "in.jsonl", drop=()))
     assert table.column("note").to_pylist()[120] == "keep me" and table.num_rows == 150
+
+
+def _fixture_copy(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    d = tmp_path / "v1"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "profiles_v1", d)
+    return d
+
+
+@pytest.mark.parametrize("user", ["adapted_g2.json", "hedge_g1.json", "routed", None])
+def test_score_cli_equals_old_behaviour_and_cache_flags(tmp_path, monkeypatch, capsys, user):
+    """`micro score` on the version-1 fixtures gives the rewards the code before UserModel gave (1e-6); it reads
+    the cache given by --cache-dir and writes it only with --cache-writes."""
+    d = _fixture_copy(tmp_path)
+    built = patch_backend(monkeypatch)
+    want = json.loads((d / "expected.json").read_text())[
+        {"adapted_g2.json": "adapted", "hedge_g1.json": "hedge", "routed": "routed", None: "gate"}[user]
+    ]
+    opts = ["--user", d / user] if user else []
+    if user == "routed":
+        opts += ["--context", "criterion for g0"]
+    cache = tmp_path / "cache"
+    code, _, err = score_cli(
+        monkeypatch, capsys, d / "bundle", d / "rows.jsonl", tmp_path / "r.parquet", "--cache-dir", cache, *opts
+    )
+    assert code == 0, err
+    df = pl.read_parquet(tmp_path / "r.parquet")
+    np.testing.assert_allclose(df["reward"].to_numpy(), want["reward"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.stack(df["weights"].to_list()), want["weights"], rtol=0, atol=1e-6)
+    assert ("residual" in df.columns) == (user == "adapted_g2.json")
+    if "residual" in df.columns:
+        np.testing.assert_allclose(df["residual"].to_numpy(), want["residual"], rtol=0, atol=1e-6)
+    assert not cache.exists()  # read only: nothing was created
+    meta = json.loads((d / "bundle" / "model.json").read_text())
+    assert not Path(meta["embedder"]["cache_dir"]).exists()  # the foreign recorded cache is never created
+    code, _, err = score_cli(
+        monkeypatch,
+        capsys,
+        d / "bundle",
+        d / "rows.jsonl",
+        tmp_path / "r2.parquet",
+        "--cache-dir",
+        cache,
+        "--cache-writes",
+        *opts,
+    )
+    assert code == 0, err and any(cache.rglob("*.parquet"))
+    n = len(built[-1].embedded)
+    code, _, err = score_cli(
+        monkeypatch, capsys, d / "bundle", d / "rows.jsonl", tmp_path / "r3.parquet", "--cache-dir", cache, *opts
+    )
+    assert code == 0 and built[-1].embedded == [] and n > 0  # every text came from the cache
+    np.testing.assert_array_equal(pl.read_parquet(tmp_path / "r3.parquet")["reward"], df["reward"])
+
+
+def test_route_cache_dir(tmp_path, monkeypatch, capsys):
+    """`micro route --cache-dir` embeds the user data there; without it a foreign recorded cache is not created."""
+    from _stage2 import route_cli
+
+    d = _fixture_copy(tmp_path)
+    patch_backend(monkeypatch)
+    home = tmp_path / "home"
+    monkeypatch.setattr("pipeline.embed.embed.DEFAULT_CACHE", home / "default")
+    ud = write_jsonl(synthetic_rows(n_per_group=8, seed=5, prefix="r"), tmp_path / "ud.jsonl")
+    code, _, err = route_cli(
+        monkeypatch,
+        capsys,
+        d / "bundle",
+        ud,
+        tmp_path / "p1",
+        "--online",
+        "--user",
+        "g0",
+        "--cache-dir",
+        tmp_path / "mine",
+    )
+    assert code == 0, err
+    assert any((tmp_path / "mine").rglob("*.parquet")) and not (home / "default").exists()
+    code, _, err = route_cli(monkeypatch, capsys, d / "bundle", ud, tmp_path / "p2", "--online", "--user", "g0")
+    assert code == 0, err
+    meta = json.loads((d / "bundle" / "model.json").read_text())
+    assert any((home / "default").rglob("*.parquet")) and not Path(meta["embedder"]["cache_dir"]).exists()
+    # the profile is bound to the bundle: it scores with it, without a warning
+    prof = json.loads((tmp_path / "p2" / "g0.json").read_text())
+    assert prof["version"] == 2 and prof["bundle_id"]

@@ -190,9 +190,15 @@ def test_nan_tensor_and_foreign_bundle_are_errors(fix, tmp_path):
     # a v2 profile made for bundle A, loaded by bundle B with the same K and embedder
     other = tmp_path / "other"
     shutil.copytree(d / "bundle", other)
+    t = load_file(str(other / "model.safetensors"))
+    t["coef"] = t["coef"] * 1.01  # a refit: same K, same embedder, other heads
+    save_file(t, str(other / "model.safetensors"))
     meta = json.loads((other / "model.json").read_text())
-    meta["note"] = "refit"
+    meta["trained_on"] = "/elsewhere"  # paths are not part of the identity
     (other / "model.json").write_text(json.dumps(meta))
+    moved = tmp_path / "moved"
+    shutil.copytree(d / "bundle", moved)
+    assert bundle_id(moved) == bundle_id(d / "bundle") != bundle_id(other)
     p = save_user(tmp_path / "w.json", UserModel.weights(np.ones(rm.n_heads) / rm.n_heads), rm.meta, d / "bundle")
     from pipeline.route.score import RewardModel
 
@@ -212,3 +218,30 @@ def test_per_row_argument_errors(fix, tmp_path):
         rm.rewards(["a", "b"], ["x", "y"], user=[None, "alice"])
     assert rm.info()["n_heads"] == rm.n_heads and rm.info()["version"] == 2
     assert isinstance(AttrBackend.vector("x"), np.ndarray)
+
+
+def test_empty_call(fix, tmp_path):
+    d, _, built = fix
+    rm = _rm(d, tmp_path)
+    out = rm.rewards([], [], user=[])
+    assert {k: v.shape for k, v in out.items()} == {
+        "per_head": (0, 3),
+        "weights": (0, 3),
+        "reward": (0,),
+        "residual": (0,),
+    }
+
+
+def test_concurrent_calls_equal_sequential(fix, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    d, rows, _ = fix
+    rm = _rm(d, tmp_path)
+    with pytest.warns(ForeignProfile):
+        users = [None, rm.load_user(d / "hedge_g1.json"), rm.load_user(d / "adapted_g2.json")]
+    P, R = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    want = [rm.rewards(P, R, context="criterion for g0", user=u)["reward"] for u in users]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda i: rm.rewards(P, R, context="criterion for g0", user=users[i % 3]), range(24)))
+    for i, out in enumerate(got):
+        np.testing.assert_allclose(out["reward"], want[i % 3], rtol=0, atol=1e-12)

@@ -16,11 +16,24 @@ from pipeline.core.run import Run
 from pipeline.errors import MicroError
 
 
+def usable_cache_root(recorded: str | Path | None, given: str | Path | None = None) -> Path:
+    """The cache root to use: ``given``; else the bundle's ``recorded`` root when it is a folder here; else the
+    default cache ~/.cache/micro/embeddings."""
+    from pipeline.embed.embed import DEFAULT_CACHE
+
+    if given is not None:
+        return Path(given).expanduser()
+    if recorded and Path(recorded).expanduser().is_dir():
+        return Path(recorded).expanduser()
+    return DEFAULT_CACHE.expanduser()
+
+
 class Model:
     """``estimator`` (a fitted :class:`heads.mixture.MixtureBT`) and ``meta`` (model.json without the arrays)."""
 
     def __init__(self, estimator, meta: dict, path: Path | None = None):
         self.estimator, self.meta, self.path = estimator, meta, path
+        self.cache_dir: Path | None = None  # --cache-dir: where new user data is embedded (see cache_root)
 
     @classmethod
     def load(cls, path: str | Path) -> "Model":
@@ -103,9 +116,16 @@ class Model:
         return backend
 
     @property
+    def recorded_cache_root(self) -> Path | None:
+        """The embedding cache root recorded in the bundle (where its features came from, maybe on another machine)."""
+        recorded = (self.meta.get("embedder") or {}).get("cache_dir")
+        return Path(recorded).parent if recorded else None
+
+    @property
     def cache_root(self) -> Path:
-        """The embedding cache root the bundle's features came from."""
-        return Path(self.meta["embedder"]["cache_dir"]).parent
+        """The cache root to embed with: ``cache_dir`` if set, else the recorded one if it exists here, else the
+        default cache (a bundle from another machine never creates its absolute path here)."""
+        return usable_cache_root(self.recorded_cache_root, self.cache_dir)
 
     def embed_user_data(
         self, user_data: str | Path, workdir: Path, test_size: float = 0.2, log=print, user: str | None = None

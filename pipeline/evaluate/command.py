@@ -26,16 +26,16 @@ def eval_command(
     jobs: int | None,
 ) -> None:
     """``micro eval`` (see the README): the table on stdout, notes and written files on stderr."""
-    from heads.user import ADAPT
     from pipeline.core.bundle import read_meta
     from pipeline.core.run import read_run
     from pipeline.evaluate.results import parse_budgets
     from pipeline.route.command import router_options
+    from pipeline.route.methods import METHODS
 
     lgo = C.choice(protocol, "--protocol", ("seen", "leave-group-out")) == "leave-group-out"
     seed_list = router_options(tau, epochs, budget, (LGO_SEEDS if lgo else SEEDS) if seeds is None else seeds, lr)
     C.integer(hyre_n, "--hyre-n", minimum=0)
-    C.choice(adapt, "--adapt", ADAPT)
+    C.choice(adapt, "--adapt", tuple(METHODS))
     C.integer(jobs, "--jobs", optional=True)
     budgets = budgets or ",".join(map(str, LGO_BUDGETS if lgo else BUDGETS))
     parse_budgets(budgets)

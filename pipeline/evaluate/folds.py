@@ -49,7 +49,9 @@ def _fold(run: Run, job: dict) -> list[dict]:
     from heads.hyre import hyre_predict_proba, hyre_weights
     from heads.laplace import moderated_proba
     from heads.mixture import MixtureBT
-    from heads.user import UserAdapter
+    from pipeline.route.methods import get
+
+    adaptation = get(job["adapt"])
 
     name, params = job["group"], job["params"]
     gi = run.group_names.index(name)
@@ -78,16 +80,8 @@ def _fold(run: Run, job: dict) -> list[dict]:
             rng = np.random.default_rng([int(seed), int(B), gi])
             idx = np.sort(rng.choice(user, size=min(B, user.size), replace=False))
             Du, gxu, rxu, pid = take(D, idx), take(gx, idx), take(rx, idx), run.prompt_id[idx]
-            ua = UserAdapter(adapt=job["adapt"], router=job["router"], random_state=int(seed))
-            ua.fit(Du, W, gate, gxu, rxu, pca=pca, fold_groups=pid)
-            router = (
-                ua.router_
-                if job["adapt"] != "residual"
-                else UserAdapter(adapt="mixture", router=job["router"], random_state=int(seed))
-                .fit(Du, W, gate, gxu, rxu)
-                .router_
-            )
-            f = router.gate_weights(rxt, n_rows=test.size)
+            ua = adaptation.fit(Du, W, gate, gxu, rxu, pca=pca, fold_groups=pid, router=job["router"], seed=int(seed))
+            f = ua.router.gate_weights(rxt, n_rows=test.size)
             head = ResidualBT(grid=USER_HEAD_GRID, combine="average", random_state=int(seed)).fit(
                 Du, {"none": np.zeros(len(idx))}, pca=pca, folds=kfold(len(idx), 5, int(seed), pid)
             )
@@ -105,7 +99,7 @@ def _fold(run: Run, job: dict) -> list[dict]:
                         "budget": int(B),
                         "seed": int(seed),
                         "n_adapt": int(idx.size),
-                        "residual": ua.choice_ == "residual",
+                        "residual": ua.choice == "residual",
                         **_metrics(p),
                     }
                 )

@@ -146,10 +146,9 @@ def aggregate(raw: list[dict], groups: list, budgets: list) -> list[dict]:
 
 
 def _validate(run: Run, budgets, seeds, adapt) -> tuple[list, list]:
-    from heads.user import ADAPT
+    from pipeline.route.methods import get
 
-    if adapt not in ADAPT:
-        raise MicroError(f"--adapt must be one of {', '.join(ADAPT)}, got {adapt!r}")
+    get(adapt)
     if not seeds:
         raise MicroError("--seeds must be >= 1")
     groups = list(run.group_names)

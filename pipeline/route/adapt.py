@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from heads.defaults import BUDGET, HEDGE_TAU, ROUTER_EPOCHS, ROUTER_LR, SEEDS, TAU
-from pipeline.core.model import Model
 from pipeline.core.run import Run
 from pipeline.errors import MicroError
-from pipeline.route.profiles import safe_name, save_profile
+from pipeline.route.profiles import as_model, safe_name
+from pipeline.route.users import UserModel, save_user
 
 ROUTER = {"tau": TAU, "epochs": ROUTER_EPOCHS, "lr": ROUTER_LR}  # the router of `micro route` (heads.defaults)
 
@@ -92,11 +92,10 @@ def adapt_users(
     Router keyword arguments (default :data:`ROUTER`). ``bundle``: a bundle folder or a loaded :class:`Model`;
     ``run``: the user data (``user``'s pairs if given) already embedded with it (default: embedded into
     ``out/work``)."""
-    from heads.user import ADAPT, UserAdapter
+    from pipeline.route.methods import get
 
-    if adapt not in ADAPT:
-        raise MicroError(f"--adapt must be one of {', '.join(ADAPT)}, got {adapt!r}")
-    bundle_model = bundle if isinstance(bundle, Model) else Model.load(bundle)
+    method = get(adapt)
+    bundle_model = as_model(bundle)
     model, meta = bundle_model.estimator, bundle_model.meta
     out = Path(out)
     if run is None:
@@ -124,7 +123,7 @@ def adapt_users(
         acc_r, acc_a, chose = [], [], []
         for s in seeds:
             idx = np.sort(np.random.default_rng([int(s), 7]).choice(tr, min(budget, tr.size), replace=False))
-            ua = UserAdapter(adapt=adapt, router=router or ROUTER, random_state=int(s)).fit(
+            fitted = method.fit(
                 D[idx],
                 W,
                 model.gate_params_,
@@ -132,39 +131,26 @@ def adapt_users(
                 take(rx, idx),
                 pca=pca,
                 fold_groups=pids[groups == name][idx],
+                router=router or ROUTER,
+                seed=int(s),
             )
-            routed = (
-                ua.router_
-                if adapt != "residual"
-                else UserAdapter(adapt="mixture", router=router or ROUTER, random_state=int(s))
-                .fit(D[idx], W, model.gate_params_, take(gx, idx), take(rx, idx))
-                .router_
-            )
-            acc_r.append(float(np.mean(routed.predict_proba(D[te] @ W.T, take(rx, te)) > 0.5)))
-            acc_a.append(float(np.mean(ua.predict_proba(D[te], W, take(gx, te), take(rx, te)) > 0.5)))
-            chose.append(ua.choice_ == "residual")
+            acc_r.append(float(np.mean(fitted.router.predict_proba(D[te] @ W.T, take(rx, te)) > 0.5)))
+            acc_a.append(float(np.mean(fitted.predict_proba(D[te], W, take(gx, te), take(rx, te)) > 0.5)))
+            chose.append(fitted.choice == "residual")
             if s == seeds[0]:
-                path = save_profile(
+                um = fitted.user_model(meta.get("gate_input", "prompt"), static, context=user_context(mine), user=name)
+                path = save_user(
                     out / f"{safe_name(name)}.json",
+                    um,
                     meta,
                     bundle_model.path,
-                    name,
-                    rule=ua.rule_,
-                    gate_params=ua.gate_params_ if ua.gate_multiplier_ else None,
-                    gate_input="none"
-                    if static
-                    else ("context" if ua.rule_ == "mixture" else meta.get("gate_input", "prompt")),
-                    gate_multiplier=ua.gate_multiplier_,
-                    head_weights=ua.head_weights_,
-                    v=ua.coef_ if ua.coef_.size else None,
-                    context=user_context(mine),
-                    extra={
+                    {
                         "source": "route --adapt",
                         "adapt": adapt,
-                        "choice": ua.choice_,
+                        "choice": fitted.choice,
                         "budget": int(idx.size),
                         "seed": int(s),
-                        "cv_loglik": {k: float(v.mean()) for k, v in ua.cv_.items()},
+                        "cv_loglik": {k: float(v.mean()) for k, v in fitted.adapter.cv_.items()},
                     },
                 )
         counts.append(int(te.size))
@@ -210,7 +196,7 @@ def build_online(
 
     if adapt == "mixture":
         raise MicroError("--online --adapt mixture is the Hedge profile: use `micro route --online` without --adapt")
-    bundle_model = Model.load(bundle)
+    bundle_model = as_model(bundle)
     model, meta = bundle_model.estimator, bundle_model.meta
     out_dir = Path(out_dir)
     run = bundle_model.embed_user_data(user_data, out_dir / "work" / safe_name(user), log=log, user=user)
@@ -235,19 +221,20 @@ def build_online(
         if t < stream.n:
             prof.update(stream.delta[t : t + 1], z_s[t : t + 1])
     served = prof.served_model()
-    path = save_profile(
-        out_dir / f"{safe_name(user)}.json",
-        meta,
-        bundle,
-        user,
-        rule=served["rule"],
-        gate_params=None,
-        gate_input="none",
-        gate_multiplier=0.0,
-        head_weights=served["head_weights"],
+    um = UserModel(
+        "adapted",
+        np.asarray(served["head_weights"], dtype=np.float64),
         v=served["v"],
         context=user_context(stream),
-        extra={
+        rule=served["rule"],
+        user=user,
+    )
+    path = save_user(
+        out_dir / f"{safe_name(user)}.json",
+        um,
+        meta,
+        bundle_model.path,
+        {
             "source": "route --online",
             "adapt": adapt,
             "online": prof.summary(),

@@ -66,7 +66,7 @@ def _print_adapt(console, res) -> None:
         console.print(f"profile saved: {p}", soft_wrap=True)
 
 
-def _print_online(console, res) -> None:
+def print_online(console, res) -> None:
     console.print(
         f"profile of '{res.user}' after {res.n_stream} pairs: serving '{res.served}' (prequential "
         "log-loss " + ", ".join(f"{k} {v:.2f}" for k, v in res.losses.items()) + ")",
@@ -82,7 +82,7 @@ def _print_online(console, res) -> None:
     console.print(f"profile saved: {res.path}", soft_wrap=True)
 
 
-def _print_profile(console, prof) -> None:
+def print_profile(console, prof) -> None:
     w = ", ".join(f"{v:.3f}" for v in prof.weights)
     console.print(f"profile of '{prof.user}' after {prof.n_stream} pairs (prior: {prof.prior}): weights [{w}]")
     if len(prof.curve):
@@ -109,37 +109,38 @@ def route_command(
     hedge_tau: float,
     adapt: str,
     console,
+    cache_dir: Path | None = None,
 ) -> None:
     """``micro route`` (see the README): routing, adapted users, or an online profile of one user."""
-    from heads.user import ADAPT
     from pipeline.core.bundle import read_meta
+    from pipeline.route.methods import METHODS, call
     from pipeline.route.route import route
 
     seed_list = router_options(tau, epochs, budget, seeds, lr)
     C.number(hedge_tau, "--hedge-tau", low=0, low_open=True)
-    C.choice(adapt, "--adapt", ADAPT)
+    C.choice(adapt, "--adapt", tuple(METHODS))
     if online and not user:
         raise MicroError("--online needs --user NAME (the group in the user data whose profile to build)")
     read_meta(model)
     C.existing_file(user_data, "--user-data")
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        raise MicroError(f"--cache-dir {cache_dir}: not a folder")
     out = out or (model.parent / "profiles" if user else model.parent / f"{model.name}-routed")
     C.out_dir(out, "--out")
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
+    from pipeline.core.model import Model
+
+    bundle = Model.load(model)
+    bundle.cache_dir = cache_dir
     if online:
-        if adapt == "mixture":
-            from pipeline.route.profiles import build_profile
-
-            _print_profile(console, build_profile(model, user_data, user, out, tau=hedge_tau, log=log))
-        else:
-            from pipeline.route.adapt import build_online
-
-            _print_online(console, build_online(model, user_data, user, out, adapt=adapt, tau=hedge_tau, log=log))
+        method = METHODS[adapt]
+        if method.online is None:
+            raise MicroError(f"--online: the method {adapt!r} has no online form")
+        res = call(method.online, bundle, user_data, user, out, adapt=adapt, tau=hedge_tau, log=log)
+        call(method.report, console, res)
         return
-    bundle, run = model, None
+    run = None
     if user is None:  # every group: the user data is embedded once, for the routers and the adapted users
-        from pipeline.core.model import Model
-
-        bundle = Model.load(model)
         run = bundle.embed_user_data(user_data, out / "work", log=log)
         res = route(
             bundle, user_data, out, tau=tau, epochs=epochs, budget=budget, seeds=seed_list, lr=lr, log=log, run=run
@@ -166,18 +167,31 @@ def route_command(
         )
 
 
-def score_command(model: Path, input: Path, out: Path, *, context: str | None, user: Path | None) -> Path:
+def score_command(
+    model: Path,
+    input: Path,
+    out: Path,
+    *,
+    context: str | None,
+    user: Path | None,
+    cache_dir: Path | None = None,
+    cache_writes: bool = False,
+) -> Path:
     """``micro score``: rewards of the rows of ``input`` written to ``out``; returns ``out``."""
     from pipeline.core.bundle import read_meta
     from pipeline.route.score import score_file
 
-    if context and user:
+    if context and user and not (user / "model.json").is_file():  # a routed bundle as --user reads a context
         raise MicroError("give either --context or --user, not both")
     if context is not None and not context.strip():
         raise MicroError("--context is empty")
     read_meta(model)
     C.existing_file(input, "--input")
-    if user is not None:
+    if user is not None and not (user / "model.json").is_file():  # a profile file, or a routed bundle folder
         C.existing_file(user, "--user")
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        raise MicroError(f"--cache-dir {cache_dir}: not a folder")
     C.out_file(out, "--out", suffixes=(".parquet", ".jsonl"))
-    return score_file(model, input, out, context=context, profile_path=user)
+    return score_file(
+        model, input, out, context=context, profile_path=user, cache_dir=cache_dir, cache_writes=cache_writes
+    )

@@ -18,19 +18,7 @@ import numpy as np
 
 from pipeline.errors import MicroError
 
-LRU_SIZE = 65536  # prompt/gate features kept in memory (rows of d floats)
-
-
-def usable_cache_root(recorded: str | Path | None, given: str | Path | None = None) -> Path:
-    """The cache root to use: ``given``; else the bundle's ``recorded`` root when it exists here; else the default
-    cache (a bundle from another machine never makes its absolute path here)."""
-    from pipeline.embed.embed import DEFAULT_CACHE
-
-    if given is not None:
-        return Path(given).expanduser()
-    if recorded and Path(recorded).expanduser().is_dir():
-        return Path(recorded).expanduser()
-    return DEFAULT_CACHE.expanduser()
+LRU_SIZE = 8192  # prompt/gate features kept in memory (rows of d float32: 134 MB at d = 4096)
 
 
 class Featurizer:

@@ -39,13 +39,19 @@ def safe_name(user: str) -> str:
     return f"{clean}-{hashlib.sha256(str(user).encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
+def as_model(bundle) -> Model:
+    """A bundle folder or an already loaded :class:`Model` as a Model."""
+    return bundle if isinstance(bundle, Model) else Model.load(bundle)
+
+
 def build_profile(
     bundle: str | Path, user_data: str | Path, user: str, out_dir: str | Path, *, tau: float = HEDGE_TAU, log=print
 ) -> ProfileResult:
     """Hedge profile of ``user`` from their 'train' pairs in stream order, scored on their 'test' pairs."""
     from heads.profile import HedgeProfile
 
-    model = Model.load(bundle)
+    model = as_model(bundle)
+    bundle = model.path
     out_dir = Path(out_dir)
     run = model.embed_user_data(user_data, out_dir / "work" / safe_name(user), log=log, user=user)  # user's pairs
     stream, heldout = run.part("train"), run.part("test")
@@ -86,37 +92,14 @@ def build_profile(
     )
 
 
+def build_online_hedge(
+    bundle, user_data, user: str, out_dir, *, adapt: str = "mixture", tau: float = HEDGE_TAU, log=print
+):
+    """``micro route --online --adapt mixture``: the Hedge profile (:func:`build_profile`)."""
+    return build_profile(bundle, user_data, user, out_dir, tau=tau, log=log)
+
+
 def load_profile(path: str | Path, meta: dict, bundle_path: str | Path | None = None):
     """The :class:`pipeline.route.users.UserModel` of a profile file (any version); error if it belongs to another
     model."""
     return load_user(path, meta, bundle_path)
-
-
-def save_profile(
-    path: Path,
-    meta: dict,
-    bundle,
-    user: str,
-    *,
-    rule: str,
-    gate_params: dict | None,
-    gate_input: str,
-    gate_multiplier: float,
-    head_weights: np.ndarray,
-    v: np.ndarray | None,
-    context: str | None,
-    extra: dict,
-) -> Path:
-    """Write an adapted profile (a UserModel of kind 'adapted') and its tensors atomically."""
-    um = UserModel(
-        "adapted",
-        np.asarray(head_weights, dtype=np.float64),
-        float(gate_multiplier),
-        gate_params,
-        gate_input,
-        v,
-        context,
-        rule,
-        user,
-    )
-    return save_user(path, um, meta, bundle, extra)

@@ -18,16 +18,17 @@ Scoring reads the persistent embedding cache but writes it only with ``cache_wri
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core.model import Model
+from pipeline.core.model import Model, usable_cache_root
 from pipeline.embed.backends.base import with_context
 from pipeline.errors import MicroError
-from pipeline.route.features import Featurizer, usable_cache_root
+from pipeline.route.features import Featurizer
 from pipeline.route.users import UserModel, load_user
 
 VERSION = 2  # of the scoring API (rm.info()["version"])
@@ -63,12 +64,10 @@ class RewardModel:
     def __init__(self, bundle: Model, cache_dir: str | Path | None = None, cache_writes: bool = False):
         self.bundle = bundle
         self.model, self.meta, self.path = bundle.estimator, bundle.meta, bundle.path
-        emb = self.meta["embedder"]
-        recorded = Path(emb["cache_dir"]).parent if emb.get("cache_dir") else None
-        self.featurizer = Featurizer(
-            bundle.embedder, usable_cache_root(recorded, cache_dir), emb["cache_dtype"], cache_writes
-        )
+        root = usable_cache_root(bundle.recorded_cache_root, cache_dir)
+        self.featurizer = Featurizer(bundle.embedder, root, self.meta["embedder"]["cache_dtype"], cache_writes)
         self._stage1 = UserModel.stage1(self.n_heads, bundle.gate_input)
+        self._lock = threading.Lock()  # one call at a time: the LRU and the embedder are shared state
 
     @classmethod
     def load(cls, path: str | Path, cache_dir: str | Path | None = None, cache_writes: bool = False) -> "RewardModel":
@@ -109,7 +108,7 @@ class RewardModel:
             return None
         if user.gate_params is None and self.model.gate_kind_ == "static":
             return None
-        ctx = context if user.kind == "gate" else (context or user.context if user.gate_input == "context" else None)
+        ctx = context if user.kind == "gate" else ((context or user.context) if user.gate_input == "context" else None)
         return self.featurizer.backend.render_prompt(with_context(msgs, ctx) if ctx else msgs)
 
     def _mix(self, user: UserModel, x: np.ndarray | None, n: int) -> np.ndarray:
@@ -127,10 +126,23 @@ class RewardModel:
 
     def rewards(self, prompts: Sequence, responses: Sequence[str], context=None, user=None) -> dict:
         """Per-head rewards (N, K), weights (N, K), residual (N,) and the user's reward (N,) per (prompt, response);
-        ``context`` / ``user``: one for all rows or one per row (None: the bundle's gate on the context)."""
+        ``context`` / ``user``: one for all rows or one per row (None: the bundle's gate on the context).
+        Thread-safe (calls are serialised)."""
+        with self._lock:
+            return self._rewards(prompts, responses, context, user)
+
+    def _rewards(self, prompts: Sequence, responses: Sequence[str], context, user) -> dict:
         n = len(prompts)
         if n != len(responses):
             raise MicroError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if n == 0:  # e.g. an OpenRLHF request split across servers
+            K = self.n_heads
+            return {
+                "per_head": np.zeros((0, K)),
+                "weights": np.zeros((0, K)),
+                "reward": np.zeros(0),
+                "residual": np.zeros(0),
+            }
         ctxs = _per_row(context, n, "context", (str,))
         users = _per_row(user, n, "user", (UserModel,))
         for i, (c, u) in enumerate(zip(ctxs, users)):

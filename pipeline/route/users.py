@@ -76,11 +76,21 @@ class UserModel:
 
 
 def bundle_id(path: str | Path) -> str:
-    """Identity of a bundle folder: sha256 of its model.json and model.safetensors bytes (first 16 hex digits)."""
+    """Identity of a bundle folder (16 hex digits): sha256 of its tensors (model.safetensors) and of what model.json
+    says about the fit (embedder fingerprint, parameters, fitted values, gate input), not of its paths, so a copied
+    or moved bundle keeps its identity and a refitted one does not."""
+    path = Path(path)
     h = hashlib.sha256()
-    for name in ("model.json", "model.safetensors"):
-        p = Path(path) / name
-        h.update(name.encode() + b"\0" + (p.read_bytes() if p.exists() else b""))
+    p = path / "model.safetensors"
+    h.update(p.read_bytes() if p.exists() else b"")
+    try:
+        meta = json.loads((path / "model.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    keep = (
+        {k: meta.get(k) for k in ("fingerprint_id", "params", "fitted", "gate_input")} if isinstance(meta, dict) else {}
+    )
+    h.update(json.dumps(keep, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 

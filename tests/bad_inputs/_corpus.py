@@ -86,7 +86,7 @@ def build_template(root: Path) -> None:
 
         patch_backend(mp)
         build_profile(root / "bundle", root / "user.parquet", "g1", root / "profiles", log=lambda m: None)
-        score_file(root / "bundle", root / "rows.jsonl", root / "rewards.parquet")
+        score_file(root / "bundle", root / "rows.jsonl", root / "rewards.parquet", cache_writes=True)
     shutil.rmtree(root / "profiles" / "work")  # keep the workspace small
     sweep = root / "sweep"
     sweep.mkdir()

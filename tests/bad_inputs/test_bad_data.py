@@ -385,6 +385,17 @@ def adapted(tensors: dict | bytes | bool | None = None, **fields):
     return setup
 
 
+def v1(fn):
+    """Setup: profiles/g1.json made a version-1 Hedge profile (no kind, version, bundle_id), then edited by ``fn``."""
+
+    def edit(d):
+        for k in ("kind", "version", "bundle_id", "head_weights", "gate_multiplier", "gate_input", "rule"):
+            d.pop(k, None)
+        fn(d)
+
+    return lambda ws: ws.edit_json("profiles/g1.json", edit)
+
+
 SU = "score {bundle} --input {rows} -o {ws}/r.parquet --user {profile}"
 PROFILES = [
     Case(
@@ -397,19 +408,19 @@ PROFILES = [
         "profile-hedge-missing",
         SU,
         r"g1\.json: damaged field 'profile' \(KeyError",
-        lambda ws: ws.edit_json("profiles/g1.json", lambda d: d.pop("profile") and None),
+        v1(lambda d: d.pop("profile")),
     ),
     Case(
         "profile-hedge-wrong-kind",
         SU,
         r"g1\.json: damaged field 'profile' .*not a Hedge profile",
-        lambda ws: ws.edit_json("profiles/g1.json", lambda d: d["profile"].update(kind="router")),
+        v1(lambda d: d["profile"].update(kind="router")),
     ),
     Case(
         "profile-hedge-too-few-weights",
         SU,
         r"g1\.json: field 'profile' has 2 head weights, the model has 3 heads",
-        lambda ws: ws.edit_json("profiles/g1.json", lambda d: d["profile"].update(log_weights=[0.0, 0.0], prior=None)),
+        v1(lambda d: d["profile"].update(log_weights=[0.0, 0.0], prior=None)),
     ),
     Case(
         "adapted-no-head-weights",
@@ -440,6 +451,67 @@ PROFILES = [
         SU,
         r"g1\.json: the profile mixes with a gate but its tensors have none",
         adapted(gate_multiplier=1.0, gate_input="context", tensors={"v": np.ones(15, np.float32)}),
+    ),
+    Case(
+        "profile-v1-hedge-nan",
+        SU,
+        r"g1\.json: damaged field 'profile'|g1\.json: field 'profile' has NaN",
+        v1(lambda d: d["profile"].update(log_weights=[float("nan")] * 3, prior=None)),
+    ),
+    Case(
+        "profile-weights-nan",
+        SU,
+        r"g1\.json: field 'head_weights' must be a list of 3 numbers",
+        lambda ws: ws.edit_json("profiles/g1.json", lambda d: d.update(head_weights=[float("nan"), 0.5, 0.5])),
+    ),
+    Case(
+        "profile-version-future",
+        SU,
+        r"g1\.json: field 'version' is 99; this micro reads versions 1 to 2",
+        lambda ws: ws.edit_json("profiles/g1.json", lambda d: d.update(version=99)),
+    ),
+    Case(
+        "profile-kind-unknown",
+        SU,
+        r"g1\.json: field 'kind' is 'magic', expected one of gate, routed, weights, adapted",
+        lambda ws: ws.edit_json("profiles/g1.json", lambda d: d.update(kind="magic")),
+    ),
+    Case(
+        "profile-other-bundle-id",
+        SU,
+        r"g1\.json: field 'bundle_id' is 0000000000000000, but .*bundle is bundle \w+ \(the profile was made for "
+        "another bundle",
+        lambda ws: ws.edit_json("profiles/g1.json", lambda d: d.update(bundle_id="0" * 16)),
+    ),
+    Case(
+        "profile-of-another-bundle-same-k",
+        "score {cbundle} --input {rows} -o {ws}/r.parquet --user {profile}",
+        r"g1\.json: field 'bundle_id' is \w+, but .*cbundle is bundle \w+ \(the profile was made for another bundle",
+    ),
+    Case(
+        "adapted-v-nan",
+        SU,
+        r"g1\.safetensors: tensor 'v' has 1 NaN or infinite values",
+        adapted(tensors={"v": np.r_[np.ones(14), np.nan].astype(np.float32)}),
+    ),
+    Case(
+        "adapted-gate-inf",
+        SU,
+        r"g1\.safetensors: tensor 'gate.coef' has 2 NaN or infinite values",
+        adapted(
+            gate_multiplier=1.0,
+            gate_input="prompt",
+            tensors={
+                "gate.coef": np.r_[np.full(2, np.inf), np.ones(43)].reshape(3, 15).astype(np.float32),
+                "gate.intercept": np.zeros(3, np.float32),
+            },
+        ),
+    ),
+    Case(
+        "adapted-context-not-text",
+        SU,
+        r"g1\.json: field 'context' must be a string or null, got int",
+        adapted(context=5),
     ),
     Case(
         "adapted-v-wrong-width",

@@ -298,7 +298,7 @@ CACHES = [
     ),
     Case(
         "cache-read-only-score-new",
-        "score {bundle} --input {ws}/new.jsonl -o {ws}/r.parquet",
+        "score {bundle} --input {ws}/new.jsonl -o {ws}/r.parquet --cache-writes",
         r"is read-only: \d+ texts are not cached yet",
         lambda ws: (
             ws.rows("new.jsonl", [{"prompt": "new q", "response": "new answer attrs 1 1 1"}]),
