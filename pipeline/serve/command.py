@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from pipeline import checks as C
 from pipeline.errors import MicroError, OptionError
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
@@ -49,8 +50,7 @@ def check_options(host: str, port: int, scores: str, max_batch: int, max_wait_ms
     if not 0 <= port <= 65535:
         raise OptionError(f"--port must be in 0..65535, got {port}")
     for name, value in (("--max-batch", max_batch), ("--max-body-bytes", max_body_bytes), ("--max-rows", max_rows)):
-        if value < 1:
-            raise OptionError(f"{name} must be at least 1, got {value}")
+        C.integer(value, name)
     if max_wait_ms < 0:
         raise OptionError(f"--max-wait-ms must be >= 0, got {max_wait_ms}")
     if context is not None and not context.strip():
