@@ -1,6 +1,6 @@
 """`micro serve` as a process: SIGTERM while a request is being scored → that request is answered, then the
-process ends (by the signal, re-raised by uvicorn after its graceful shutdown). The subprocess runs the real CLI with the fake AttrBackend (slowed down, so the request is in
-flight when the signal comes)."""
+process ends (by the signal, re-raised by uvicorn after its graceful shutdown). The subprocess runs the real CLI
+with the fake AttrBackend (slowed down, so the request is in flight when the signal comes)."""
 
 from __future__ import annotations
 
