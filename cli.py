@@ -33,6 +33,7 @@ from heads.defaults import (
     TOL,
 )
 from pipeline.boundary import DEBUG_HELP
+from pipeline.serve.command import serve
 
 CACHE_HELP = "Embedding cache, a folder or s3://bucket/prefix (default: the bundle's if here, else ~/.cache/micro)."
 app = typer.Typer(
@@ -43,10 +44,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Prepare preference data into the canonical pair table.")
 app.add_typer(data_app, name="data")
-
-
-def _csv(values) -> str:
-    return ",".join(map(str, values))
 
 
 def _console():
@@ -273,8 +270,8 @@ def eval_cmd(
     budgets: str | None = typer.Option(
         None,
         help="Budgets B: of the accuracy-vs-budget figure (seen, default "
-        f"{_csv(BUDGETS)}) / of the new users' adaptation (default "
-        f"{_csv(LGO_BUDGETS)}).",
+        f"{','.join(map(str, BUDGETS))}) / of the new users' adaptation (default "
+        f"{','.join(map(str, LGO_BUDGETS))}).",
     ),
     tau: float = typer.Option(TAU, help=f"Router soft-label temperature (paper: {TAU_PAPER:g})."),
     epochs: int = typer.Option(ROUTER_EPOCHS, help="Router epochs."),
@@ -331,6 +328,9 @@ def demo(
 ) -> None:
     """The whole pipeline on the bundled DSP sample (CPU, bundled model): prepare → embed → fit → route → eval."""
     _call("pipeline.demo:demo_command", locals(), console=_console())
+
+
+app.command()(serve)
 
 
 @app.callback()

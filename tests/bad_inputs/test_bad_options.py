@@ -329,7 +329,31 @@ DEMO = [
     Case("demo-out-is-file", "demo --out {raw}", r"--out .*raw\.jsonl: is a file, not a folder"),
 ]
 
-ALL = EMBED + FIT + ROUTE + EVAL + SCORE + SWEEP + PREPARE + DEMO
+
+def bad_users_folder(ws) -> None:
+    (ws.root / "users").mkdir()
+    (ws.root / "users" / "alice.json").write_text("{not json")
+
+
+V = "serve {bundle} --port 0 "
+SERVE = [
+    *zero("serve", V, "max-batch", "max-rows", "max-body-bytes"),
+    Case("serve-scores-unknown", V + "--scores logit", r"--scores must be raw or sigmoid, got 'logit'"),
+    Case("serve-port-out-of-range", "serve {bundle} --port 70000", r"--port must be in 0\.\.65535, got 70000"),
+    Case("serve-max-wait-negative", V + "--max-wait-ms -1", r"--max-wait-ms must be >= 0"),
+    Case("serve-context-empty", V + "--context ' '", r"--context is empty"),
+    Case("serve-api-key-empty", V + "--api-key ''", r"--api-key is empty"),
+    Case(
+        "serve-host-public-no-key", V + "--host 0.0.0.0", r"--host 0\.0\.0\.0 is not a loopback address: give --api-key"
+    ),
+    Case("serve-host-unknown", V + "--host 192.0.2.1 --api-key k", r"--host 192\.0\.2\.1 --port 0: cannot listen"),
+    Case("serve-users-missing", V + "--users {ws}/nobody", r"--users .*nobody: not a folder"),
+    Case("serve-users-file", V + "--users {raw}", r"--users .*raw\.jsonl: not a folder"),
+    Case("serve-users-bad-profile", V + "--users {ws}/users", r"alice\.json: ", setup=bad_users_folder),
+    Case("serve-bundle-missing", "serve {ws}/nob --port 0", r"nob: not a model bundle"),
+]
+
+ALL = EMBED + FIT + ROUTE + EVAL + SCORE + SWEEP + PREPARE + DEMO + SERVE
 
 
 @cases(*ALL)
