@@ -193,11 +193,11 @@ SCORE = [
     Case("score-user-missing", S + "--user {ws}/nobody.json", r"--user .*nobody\.json: no such file"),
     Case("score-user-folder", S + "--user {ws}/profiles", r"--user .*profiles: "),
     Case("score-user-bundle-not-routed", S + "--user {bundle}", r"bundle: a bundle folder but not a routed bundle"),
-    Case("score-cache-dir-file", S + "--cache-dir {raw}", r"--cache-dir .*raw\.jsonl: not a folder"),
+    Case("score-cache-dir-file", S + "--cache-dir {raw}", r"--cache-dir .*raw\.jsonl: .*is a file, not a folder"),
     Case(
         "route-cache-dir-file",
         "route {bundle} --user-data {user} --cache-dir {raw}",
-        r"--cache-dir .*raw\.jsonl: not a folder",
+        r"--cache-dir .*raw\.jsonl: .*is a file, not a folder",
     ),
     Case("score-bundle-missing", "score {ws}/nob --input {rows}", r"nob: not a model bundle"),
 ]
