@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.bundle import check_fingerprint, load_bundle, save_bundle
-from pipeline.core.run import Run, group_labels
+from pipeline.core.run import Run
+from pipeline.data.schema import group_labels
 from pipeline.errors import MicroError
 
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from cache.store import DTYPES, EmbeddingStore
 from cache.stores import open_store, parent
-from pipeline.data.schema import read_pairs
+from pipeline.data.schema import group_labels, read_pairs
 from pipeline.errors import InputError, MicroError, first_line
 
 #: the cache-key columns of keys.parquet, one per model input of a pair
@@ -29,24 +29,6 @@ RUN_FIELDS = {"fingerprint": dict, "fingerprint_id": str, "cache_dir": str, "cac
 #: split codes of :attr:`Run.split` (-1: any other split name)
 SPLITS = {"train": 0, "test": 1}
 ARRAYS = ("delta", "prompt", "context", "has_context", "split", "group", "prompt_id")
-#: the group name of pairs without a group (another name when the data has a real group of this name)
-UNGROUPED = "all"
-
-
-def group_labels(values) -> np.ndarray:
-    """(N,) str group names of ``values`` (None: no group): pairs without a group are 'all', or, when a real
-    group is named 'all' too, the first free name 'all (ungrouped)', 'all (ungrouped 2)', ... with a warning:
-    never merged silently with a real group."""
-    import warnings
-
-    values = list(values)
-    real = {str(v) for v in values if v is not None}
-    name, i = UNGROUPED, 1
-    if None in values and UNGROUPED in real:
-        while name in real or name == UNGROUPED:
-            i, name = i + 1, f"{UNGROUPED} (ungrouped{'' if i == 1 else f' {i}'})"
-        warnings.warn(f"pairs without a group are named '{name}' (the data has a real group named 'all')")
-    return np.array([name if v is None else str(v) for v in values], dtype=object).astype(str)
 
 
 def per_group_accuracy(values: np.ndarray, groups: np.ndarray, names, threshold: float = 0.5) -> np.ndarray:

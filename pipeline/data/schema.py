@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -178,3 +179,23 @@ class RowLog:
             print(f"skipped {loc}: {reason}", file=stream)
         if len(self.skipped) > show:
             print(f"... and {len(self.skipped) - show} more skipped rows", file=stream)
+
+
+#: the group name of pairs without a group (another name when the data has a real group of this name)
+UNGROUPED = "all"
+
+
+def group_labels(values) -> np.ndarray:
+    """(N,) str group names of ``values`` (None: no group): pairs without a group are 'all', or, when a real
+    group is named 'all' too, the first free name 'all (ungrouped)', 'all (ungrouped 2)', ... with a warning:
+    never merged silently with a real group."""
+    import warnings
+
+    values = list(values)
+    real = {str(v) for v in values if v is not None}
+    name, i = UNGROUPED, 1
+    if None in values and UNGROUPED in real:
+        while name in real or name == UNGROUPED:
+            i, name = i + 1, f"{UNGROUPED} (ungrouped{'' if i == 1 else f' {i}'})"
+        warnings.warn(f"pairs without a group are named '{name}' (the data has a real group named 'all')")
+    return np.array([name if v is None else str(v) for v in values], dtype=object).astype(str)
