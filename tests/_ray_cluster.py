@@ -40,6 +40,7 @@ class Cluster:
     env: dict  # the environment the nodes run in (PYTHONPATH, thread limits)
     temp_dirs: list[str] = field(default_factory=list)
     sessions: list[int] = field(default_factory=list)
+    home: str | None = None  # the private HOME of the nodes and drivers
 
     def pids(self, which: int | None = None) -> list[int]:
         """Live pids of all nodes (or node ``which``: 0 head, 1 worker): same session or naming its temp dir."""
@@ -81,8 +82,9 @@ class Cluster:
         while self.pids() and time.time() < deadline:
             time.sleep(0.2)
         self.kill()
-        for d in self.temp_dirs:
-            shutil.rmtree(d, ignore_errors=True)
+        for d in [*self.temp_dirs, self.home]:
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def _start(args: list[str], env: dict, cluster: Cluster, temp_dir: str) -> None:
@@ -119,7 +121,7 @@ def two_node_cluster(pythonpath: list[str]) -> Iterator[Cluster]:
     home = tempfile.mkdtemp(prefix="ray-home-")  # a private HOME: no ~/.ray/auth_token of other Ray users here
     env["HOME"] = home
     port = free_port()
-    cluster = Cluster(f"127.0.0.1:{port}", env, [home])
+    cluster = Cluster(f"127.0.0.1:{port}", env, home=home)
     try:
         head = tempfile.mkdtemp(prefix="ray-head-")
         _start(

@@ -92,33 +92,13 @@ def counts(text: str) -> tuple[int, int, int]:
     return tuple(map(int, m.groups()))
 
 
-def test_embed_across_both_nodes_equals_one_process(cluster, tmp_path, pairs_100, reference, monkeypatch):
-    import ray
-
-    from pipeline.embed.backends.planning import BackendSpec
-    from pipeline.embed.backends.st import SentenceTransformersBackend
-    from pipeline.embed.embed import embed_pairs
-    from pipeline.embed.workers import ParallelEmbedder
-
-    par = ParallelEmbedder(BackendSpec("sentence-transformers", None, {"batch_size": 8}), use_ray=True)
-    ticks: list[int] = []
-    monkeypatch.setenv("HOME", cluster.env["HOME"])
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        s = embed_pairs(
-            pairs_100,
-            tmp_path / "run",
-            SentenceTransformersBackend(batch_size=8),
-            cache_dir=tmp_path / "cache",
-            log=lambda m: None,
-            progress_factory=lambda total: ticks.append,
-            embed_fn=par,
-        )
-    finally:
-        ray.shutdown()
-    assert s.embedded == s.unique_texts == len(reference) and sum(ticks) == len(reference)
-    assert len(par.saved) == 2 and all(n > 0 for n in par.saved)  # one actor per node, both did work
+def test_embed_across_both_nodes_equals_one_process(cluster, tmp_path, pairs_100, reference):
+    code, out = run_embed(cluster, pairs_100, tmp_path / "run", tmp_path / "cache")
+    assert code == 0, out[-3000:]
+    assert counts(out) == (len(reference), 0, len(reference))
+    per_actor = re.findall(r"actor \d+ on node \S+ \(id ([0-9a-f]{12})\): (\d+)", out)
+    assert len({node for node, _ in per_actor}) == 2 and all(int(n) > 0 for _, n in per_actor), out[-3000:]
+    assert sum(int(n) for _, n in per_actor) == len(reference)  # one actor per node, both did work
     assert contents(tmp_path / "cache") == reference  # same keys, same bytes
 
 

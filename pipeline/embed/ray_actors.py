@@ -188,6 +188,9 @@ def embed_on_ray(
     finally:
         for a in actors:
             ray.kill(a)
+    if log:
+        parts = [f"actor {i} on {_node(where[i], ips)}: {n}" for i, n in enumerate(saved) if where.get(i)]
+        log(f"Ray: {len(parts)} embedding actor(s), texts embedded: " + "; ".join(parts))
     return saved
 
 
