@@ -174,5 +174,5 @@ def test_killed_worker_node_is_named_and_the_rerun_embeds_the_rest(cluster, tmp_
     u, hits, new = counts(out2)
     assert u == len(reference) and hits + new == u and new == len(reference) - before
     if proc.returncode == 0:
-        assert new == 0 and first == len(reference)
+        assert new == 0 and 0 < first <= len(reference)  # less if the lost actor saved its chunk, then died
     assert contents(cache) == reference
