@@ -4,11 +4,10 @@
 free ports, one CPU, the worker node with the custom resource ``node_b``), both on 127.0.0.1, each in a new session
 (``start_new_session``), and stops them itself, even on failure: every process of those two sessions or naming
 their temp dirs gets SIGTERM, then SIGKILL. Never ``ray stop`` (it would stop other users' Ray on this machine).
-The nodes and the test's drivers run with a private ``HOME`` (``cluster.env``), so that a
-``~/.ray/auth_token`` of another Ray user of this machine does not switch on token authentication. Note: Ray 2.60 resolves 127.0.0.1 to the host's
-address for the nodes it registers and binds its gRPC servers on all interfaces; every address the test uses is
-127.0.0.1. Health checks are
-shortened so that a killed node is declared dead within a few seconds.
+The nodes and the test's drivers run with a private ``HOME`` (``cluster.env``), so that a ``~/.ray/auth_token`` of
+another Ray user of this machine does not switch on token authentication. Health checks are shortened so that a
+killed node is declared dead within a few seconds. Every address the test passes is 127.0.0.1, but Ray 2.60 still
+registers the nodes under the host's address and binds its gRPC servers on all interfaces.
 """
 
 from __future__ import annotations
