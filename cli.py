@@ -111,9 +111,7 @@ def embed(
     ),
     max_length: int | None = typer.Option(None, help="Max tokens per text (default: the model's)."),
     dtype: str | None = typer.Option(None, help="Model compute dtype (default: fp32 on CPU, bf16 on GPU)."),
-    cache_dir: str | None = typer.Option(
-        None, help="Embedding cache root: a folder or s3://bucket/prefix (default ~/.cache/micro/embeddings)."
-    ),
+    cache_dir: str | None = typer.Option(None, help="Embedding cache root, a folder or s3://bucket/prefix."),
     cache_dtype: str = typer.Option("float32", help="Stored vector dtype: float32 | float16."),
     overlong: str = typer.Option("truncate", help="Texts over max length: truncate | skip (counted either way)."),
     truncation: str = typer.Option(
@@ -329,9 +327,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for every stage's output."),
     k: int = typer.Option(N_COMPONENTS, "--k", help="Number of reward heads."),
     seeds: int = typer.Option(DEMO_SEEDS, help="Router / HyRe seeds."),
-    cache_dir: str | None = typer.Option(
-        None, help="Embedding cache root: a folder or s3://bucket/prefix (default ~/.cache/micro/embeddings)."
-    ),
+    cache_dir: str | None = typer.Option(None, help="Embedding cache root, a folder or s3://bucket/prefix."),
 ) -> None:
     """The whole pipeline on the bundled DSP sample (CPU, bundled model): prepare → embed → fit → route → eval."""
     _call("pipeline.demo:demo_command", locals(), console=_console())

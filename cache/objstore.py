@@ -27,13 +27,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from cache.keys import KEY_BYTES, KeyIndex
+from cache.keys import KEY_BYTES, KeyIndex, key_prefix_u64
 from cache.remote import filesystem, join, move, put_create
 from cache.shards import read_shard, shard_bytes
 from cache.store import DTYPES, CacheDamaged
 from pipeline.errors import CacheError
 
 BATCH = 8  # shards fetched concurrently per request batch while streaming
+MINE_BYTES = 1 << 28  # vectors of the shards appended by this object kept in memory for compact() (no re-download)
 
 
 def _name(path: str) -> str:
@@ -60,6 +61,7 @@ class ObjectStore:
         self._read_only: bool | None = None
         self._index: KeyIndex | None = None
         self._added: list[tuple[np.ndarray, np.ndarray]] = []
+        self._mine: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # appended here (up to MINE_BYTES)
         self.manifest = self._recover()
 
     # --- the object store ---------------------------------------------------------------------------------------
@@ -207,6 +209,16 @@ class ObjectStore:
                 except Exception as exc:  # noqa: BLE001 - checksum or decode failure means damaged
                     self._quarantine(s["file"], f"unreadable data: {exc}")
 
+    def stored_rows(self) -> int | None:
+        """Rows named by the fragments now (other writers' shards included), None if they cannot be listed."""
+        try:
+            frags = self._fragments()
+        except (OSError, CacheError):
+            return None
+        gone = {name for f in frags for name in f.get("supersedes", [])}
+        files = {f["file"]: int(f.get("rows", 0)) for f in frags if f.get("file") and f["file"] not in gone}
+        return sum(files.values())
+
     def refresh(self) -> None:
         """Re-read the fragments (e.g. after other writers stored shards) and drop the in-memory key index."""
         self.manifest = self._recover()
@@ -239,14 +251,16 @@ class ObjectStore:
         return out
 
     def take(self, keys: np.ndarray, dtype=None) -> tuple[np.ndarray, np.ndarray]:
-        """((n, dim) vectors as ``dtype``, zero where absent; (n,) bool found) for ``keys``, streamed shard by
+        """((n, dim) vectors as ``dtype`` (absent: unspecified); (n,) bool found) for ``keys``, streamed shard by
         shard (at most ``BATCH`` shards in memory; stops once every key is found): no copy of the whole cache."""
         dtype = np.dtype(dtype or self.np_dtype)
-        if self._index is not None:
+        if self._index is not None and len(self.index().keys):  # built already (e.g. by missing()): use it
             idx = self.index()
             rows = idx.find(keys)
-            return idx.vecs[np.maximum(rows, 0)].astype(dtype, copy=False) * (rows >= 0)[:, None], rows >= 0
-        uniq, inv = np.unique(np.asarray(keys), return_inverse=True)
+            return idx.vecs[np.maximum(rows, 0)].astype(dtype, copy=False), rows >= 0
+        keys = np.asarray(keys)
+        _, first, inv = np.unique(key_prefix_u64(keys), return_index=True, return_inverse=True)  # int sort: fast
+        uniq = keys[first]
         want = KeyIndex(uniq, np.empty((len(uniq), 0)))
         out = np.zeros((len(uniq), self.dim or 0), dtype)
         got = np.zeros(len(uniq), bool)
@@ -254,8 +268,10 @@ class ObjectStore:
             for k, v in self._stream(self.manifest["shards"]):
                 rows = want.find(k)
                 hit = rows >= 0
-                out[rows[hit]] = v[hit]
-                got[rows[hit]] = True
+                if hit.all():  # no copy of the mask: the usual case (a run's shard holds only wanted keys)
+                    out[rows], got[rows] = v, True
+                else:
+                    out[rows[hit]], got[rows[hit]] = v[hit], True
                 if got.all():
                     break
             if got.all() or attempt or not self.damaged:
@@ -284,14 +300,23 @@ class ObjectStore:
         self.manifest["dim"] = int(vectors.shape[1])
         self.manifest["shards"].append(entry)
         self.manifest["rows"] += entry["rows"]
+        if sum(v.nbytes for _, v in self._mine.values()) + vectors.nbytes <= MINE_BYTES:
+            self._mine[entry["file"]] = (np.asarray(keys), np.asarray(vectors, dtype=self.np_dtype))
         if self._index is not None:
             self._added.append((np.asarray(keys), np.asarray(vectors, dtype=self.np_dtype)))
 
     def _store(self, keys: np.ndarray, vectors: np.ndarray, supersedes: list[str]) -> dict:
         data = shard_bytes(keys, vectors, self.dtype)
-        name = self._put_shard(data)
-        entry = {"file": name, "rows": len(keys), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        self._put_fragment({**entry, "dim": int(vectors.shape[1]), "supersedes": supersedes})
+        try:
+            name = self._put_shard(data)
+            entry = {"file": name, "rows": len(keys), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            self._put_fragment({**entry, "dim": int(vectors.shape[1]), "supersedes": supersedes})
+        except FileNotFoundError:
+            raise CacheError(f"{self.dir}: no such bucket (create it first)") from None
+        except OSError as exc:  # network, permissions revoked mid-run, ...: what was stored before stays valid
+            raise CacheError(
+                f"{self.dir}: cannot store a shard ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+            ) from None
         return entry
 
     def compact(self, min_shards: int = 2, only: Sequence[str] | None = None) -> int:
@@ -302,7 +327,8 @@ class ObjectStore:
         old = [s for s in self.manifest["shards"] if only is None or s["file"] in set(only)]
         if len(old) < min_shards:
             return 0
-        parts = list(self._stream(old))
+        kept = [s for s in old if s["file"] in self._mine]  # vectors still in memory: not downloaded again
+        parts = [self._mine.pop(s["file"]) for s in kept] + list(self._stream([s for s in old if s not in kept]))
         if not parts:
             return 0
         keys = np.concatenate([k for k, _ in parts])

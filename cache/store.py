@@ -4,21 +4,18 @@ Layout, one folder per embedder (fingerprint) and storage dtype::
 
     ROOT/<fingerprint_id>-<f16|f32>/
         manifest.json         fingerprint, dim, dtype, rows, shards [{file, rows, bytes}]
-        shards/part-*.parquet key: fixed_size_binary(16), vec: fixed_size_binary(dim * itemsize), the raw
-                              little-endian float16|float32 vector (field metadata dtype); shards written
-                              earlier with vec: fixed_size_list<float16|float32>[dim] are still read
+        shards/part-*.parquet key: fixed_size_binary(16), vec: the raw vector bytes (see cache/shards.py)
         quarantine/           damaged shards moved aside (reported, never read)
 
-Keys are sha256(fingerprint_id + NUL + exact model input)[:16]. Shards are append-only and written atomically
-(temp file + rename, page checksums on); the manifest is rewritten atomically under a file lock after each shard,
-so a kill loses at most the shard in flight. On open, shards missing from the manifest (a kill between the shard
-rename and the manifest write) are verified and adopted, leftover temp files are removed, and shards whose size
-or checksums do not match are moved to ``quarantine/`` and reported; their keys count as missing. A damaged
-(truncated, invalid) manifest is rebuilt from the verified shards on disk, and reported the same way.
+Keys are sha256(fingerprint_id + NUL + exact model input)[:16]. Shards are append-only, written atomically (temp
+file + rename, page checksums on); the manifest is rewritten atomically under a file lock after each shard, so a
+kill loses at most the shard in flight. On open, shards missing from the manifest (a kill between the shard rename
+and the manifest write) are verified and adopted, leftover temp files removed, shards whose size or checksums do
+not match moved to ``quarantine/`` and reported (their keys count as missing); a damaged manifest is rebuilt.
 
-A cache the process cannot write (permissions, read-only mount) is opened read-only: it serves every read
-without a lock or manifest write (damage is reported and ignored in memory, never repaired); storing new
-vectors in it is a one-line :class:`CacheError` raised before anything is embedded (``require_writable``).
+A cache the process cannot write (permissions, read-only mount) is opened read-only: it serves every read without
+a lock or manifest write (damage is reported and ignored in memory, never repaired); storing new vectors in it is a
+one-line :class:`CacheError` raised before anything is embedded (``require_writable``). Object stores: objstore.py.
 """
 
 from __future__ import annotations
@@ -86,8 +83,7 @@ class EmbeddingStore:
     # --- manifest and recovery ------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        """Exclusive inter-process lock on the manifest (re-entrant within this object); a read-only cache
-        takes a shared lock on an existing lock file (so it never reads half a compaction), else none."""
+        """Exclusive inter-process lock on the manifest (re-entrant); read-only: shared, on an existing lock file."""
         if self._lock_depth:
             self._lock_depth += 1
             try:
@@ -237,6 +233,11 @@ class EmbeddingStore:
                 self._write_manifest(manifest)
             return None
 
+    def stored_rows(self) -> int | None:
+        """Rows in manifest.json now (other processes' shards included; no lock), None if it is damaged."""
+        manifest, problem = self._load_manifest()
+        return None if problem else int(manifest.get("rows", 0))
+
     def refresh(self) -> None:
         """Re-read the manifest (e.g. after other processes stored shards) and drop the in-memory key index."""
         with self._lock():
@@ -280,11 +281,9 @@ class EmbeddingStore:
 
     def take(self, keys: np.ndarray, dtype=None) -> tuple[np.ndarray, np.ndarray]:
         """((n, dim) vectors as ``dtype``, rows of absent keys unspecified; (n,) bool found) for ``keys``."""
-        idx = self.index()
-        rows = idx.find(keys)
-        found = rows >= 0
-        out = idx.vecs[np.where(found, rows, 0)] if len(idx.keys) else np.zeros((len(keys), self.dim or 0))
-        return (out if dtype is None or out.dtype == dtype else out.astype(dtype)), found
+        idx, rows = self.index(), self.index().find(keys)
+        out = idx.vecs[np.maximum(rows, 0)] if len(idx.keys) else np.zeros((len(keys), self.dim or 0), self.np_dtype)
+        return (out if dtype is None or out.dtype == dtype else out.astype(dtype)), rows >= 0
 
     # --- writing --------------------------------------------------------------------------------
     def _write_shard(self, keys: np.ndarray, vectors: np.ndarray, hold: contextlib.ExitStack | None = None) -> dict:

@@ -137,10 +137,11 @@ def cache_dir(path, option: str = "--cache-dir"):
     """A cache root: a folder or absent (read-only is fine: a read-only cache serves reads)."""
     if path is None:
         return None
-    from cache.remote import is_remote, local_path
+    from cache.remote import filesystem, is_remote, local_path
 
     if is_remote(path):
-        return str(path)  # checked when opened (credentials, bucket)
+        filesystem(str(path))  # its driver is installed and credentials exist (the bucket is checked when opened)
+        return str(path)
     path = local_path(path)
     anc = _existing_ancestor(path)
     if not anc.is_dir():

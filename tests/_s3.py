@@ -1,8 +1,9 @@
 """A local S3 endpoint for the object-store tests: moto's ThreadedMotoServer on 127.0.0.1 and a free port.
 
-:func:`moto_s3` starts it, points the standard AWS environment at it (fake credentials, ``AWS_ENDPOINT_URL``, no
-instance-metadata lookups) and always stops it and restores the environment; :func:`new_bucket` makes a fresh
-bucket. The session fixture ``s3`` in conftest.py wraps it (other test modules, e.g. the Ray ones, use that).
+:func:`moto_server` starts and always stops it; :func:`s3_env` is the standard AWS environment pointing at it (fake
+credentials, ``AWS_ENDPOINT_URL``, no instance-metadata lookups); :func:`moto_s3` does both (scripts, benchmarks);
+:func:`new_bucket` makes a fresh bucket. conftest.py's ``s3_endpoint`` (session) and ``s3_bucket`` (per test,
+environment set with monkeypatch, so subprocesses inherit it) wrap them.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def moto_s3() -> Iterator[str]:
-    """Yield the endpoint URL of a moto S3 server on loopback, with the AWS environment pointed at it."""
+def moto_server() -> Iterator[str]:
+    """Yield the endpoint URL of a moto S3 server on 127.0.0.1 (a free port); always stopped afterwards."""
     import logging
 
     from moto.server import ThreadedMotoServer
@@ -39,21 +40,37 @@ def moto_s3() -> Iterator[str]:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log lines in the test output
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    url = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in (*ENV, "AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN")}
     server.start()
     try:
-        os.environ.update(ENV, AWS_ENDPOINT_URL=url)
-        os.environ.pop("AWS_PROFILE", None)
-        os.environ.pop("AWS_SESSION_TOKEN", None)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
-        for k, v in saved.items():
-            if v is None:
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """The AWS environment that points s3fs / botocore at ``endpoint`` with fake credentials."""
+    return {**ENV, "AWS_ENDPOINT_URL": endpoint}
+
+
+UNSET = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "FSSPEC_S3_ENDPOINT_URL")
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[str]:
+    """:func:`moto_server` with the AWS environment pointed at it for the duration (restored afterwards)."""
+    saved = {k: os.environ.get(k) for k in (*ENV, "AWS_ENDPOINT_URL", *UNSET)}
+    with moto_server() as url:
+        try:
+            for k in UNSET:
                 os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            os.environ.update(s3_env(url))
+            yield url
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def new_bucket(endpoint: str) -> str:

@@ -341,16 +341,21 @@ def read_only():
 # --- object-store caches (tests/test_objstore.py; the Ray tests reuse them) --------------------------------------
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """A moto S3 server on 127.0.0.1 for the whole session (stopped at its end), the AWS environment pointed at it."""
-    from _s3 import moto_s3
+    """The URL of a moto S3 server on 127.0.0.1 for the whole session (stopped at its end)."""
+    from _s3 import moto_server
 
-    with moto_s3() as url:
+    with moto_server() as url:
         yield url
 
 
 @pytest.fixture
-def s3_bucket(s3_endpoint):
-    """``s3://NAME`` of a fresh, empty bucket on the session's moto server."""
-    from _s3 import new_bucket
+def s3_bucket(s3_endpoint, monkeypatch):
+    """``s3://NAME`` of a fresh, empty bucket on the session's moto server; the AWS environment (fake credentials,
+    AWS_ENDPOINT_URL) points at it for this test only."""
+    from _s3 import UNSET, new_bucket, s3_env
 
+    for k in UNSET:
+        monkeypatch.delenv(k, raising=False)
+    for k, v in s3_env(s3_endpoint).items():
+        monkeypatch.setenv(k, v)
     return new_bucket(s3_endpoint)

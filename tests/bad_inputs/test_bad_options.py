@@ -92,6 +92,11 @@ EMBED = [
         r"micro data prepare",
     ),
     Case("embed-cache-dir-is-file", E + "--cache-dir {raw}", r"--cache-dir .*raw\.jsonl: .* is a file, not a folder"),
+    Case(
+        "embed-cache-dir-unknown-store",
+        E + "--cache-dir nosuch://bucket/c",
+        r"nosuch://bucket/c: cannot open this store",
+    ),
     Case("embed-unknown-option", E + "--batchsize 4", r"No such option: --batchsize"),
     Case("embed-missing-out", "embed {pairs}", r"Missing option '--out'"),
 ]
