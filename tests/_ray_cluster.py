@@ -114,9 +114,10 @@ def _ports() -> list[str]:
 
 
 @contextlib.contextmanager
-def two_node_cluster(pythonpath: list[str]) -> Iterator[Cluster]:
-    """Yield a started two-node cluster (head: 1 CPU; worker: 1 CPU and resource ``node_b``)."""
-    env = {**os.environ, **FAST_HEALTH, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+def two_node_cluster(pythonpath: list[str], extra_env: dict | None = None) -> Iterator[Cluster]:
+    """Yield a started two-node cluster (head: 1 CPU; worker: 1 CPU and resource ``node_b``), its nodes and
+    drivers in this environment plus ``extra_env`` (e.g. the AWS variables of a moto server)."""
+    env = {**os.environ, **FAST_HEALTH, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.pop("RAY_ADDRESS", None)
     home = tempfile.mkdtemp(prefix="ray-home-")  # a private HOME: no ~/.ray/auth_token of other Ray users here

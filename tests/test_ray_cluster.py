@@ -31,8 +31,9 @@ TIMEOUT = 150  # seconds one `micro embed` may take on the cluster
 def cluster(s3_endpoint):
     """A two-node cluster whose nodes see this checkout, the tests and the moto endpoint (started first)."""
     from _ray_cluster import two_node_cluster
+    from _s3 import s3_env
 
-    with two_node_cluster([str(REPO), str(TESTS)]) as c:
+    with two_node_cluster([str(REPO), str(TESTS)], s3_env(s3_endpoint)) as c:
         yield c
 
 
