@@ -1,4 +1,4 @@
-"""Data-parallel Stage 0: the texts missing from the cache are embedded by N worker processes (or Ray tasks).
+"""Data-parallel Stage 0: the texts missing from the cache are embedded by N worker processes (or Ray actors).
 
 ``micro embed PAIRS --out RUN --workers N`` (or ``--ray``) plans the run exactly as the single-process path does
 (:func:`pipeline.embed.embed.embed_pairs`: render, dedupe, look up the cache, count overlong texts) and then hands the
@@ -21,15 +21,16 @@ missing texts to :class:`ParallelEmbedder` instead of embedding them in-process:
   every GPU torch sees. vLLM needs ``workers x tensor_parallel_size`` GPUs (one engine per replica, data
   parallel); the transformers backend shares GPUs round-robin when there are more workers than GPUs.
 * **Progress.** Workers report each saved chunk over their own one-way pipe (a killed worker cannot wedge the
-  others); the parent feeds one progress bar. Ray tasks are followed by polling the manifest's row count.
+  others); the parent feeds one progress bar (Ray: one tick per finished chunk).
 * **Failure.** If a worker dies (killed, crashed, or an exception), the others finish their share, then the parent
   raises a one-line :class:`MicroError` naming the worker. Every finished chunk (also the dead worker's) stays in
   the cache, so rerunning the same command embeds only what is still missing.
-* **Ray** (``--ray``, extra ``pip install -e '.[ray]'``): one Ray task per shard (``num_cpus`` = threads per
-  worker, ``num_gpus`` = tensor_parallel_size for GPU backends, so Ray sets ``CUDA_VISIBLE_DEVICES``); joins
-  ``--address`` / ``RAY_ADDRESS`` when given, else starts a local Ray (and shuts it down afterwards). On a cluster
-  the cache folder must be on a filesystem shared by every node (same path everywhere, with working ``flock``,
-  e.g. NFSv4 / Lustre / CephFS), and the model path and this package must exist on every node.
+* **Ray** (``--ray``, extra ``pip install -e '.[ray]'``): long-lived Ray actors (one per GPU, per CPU node or per
+  ``--workers``), each loading the model once, pull chunks of the missing texts; a lost node's chunks go to the
+  surviving actors (see :mod:`pipeline.embed.ray_actors`). Joins ``--address`` / ``RAY_ADDRESS`` when given, else
+  starts a local Ray (and shuts it down afterwards). On a cluster the cache is an object-store URL
+  (``--cache-dir s3://bucket/prefix``) or a folder every node sees at the same path; the model path and this
+  package must exist on every node.
 
 After the workers finish, the parent re-reads the manifest and returns to ``embed_pairs``, which merges the run's
 new shards (``EmbeddingStore.compact(only=...)``) and writes the run folder exactly as the single-process path.
@@ -150,18 +151,6 @@ def _process_worker(job: _Job, texts: list[str], keys: np.ndarray, lengths, conn
     quick_exit(code)
 
 
-def _ray_worker(job: _Job, texts: list[str], keys: np.ndarray, lengths) -> int:
-    """Body of one Ray task (Ray sets CUDA_VISIBLE_DEVICES for ``num_gpus`` and OMP_NUM_THREADS for ``num_cpus``)."""
-    os.environ["MICRO_WORKER_INDEX"] = str(job.index)
-    os.environ["MICRO_WORKERS"] = str(job.workers)
-    try:
-        return _run_job(job, texts, keys, lengths, None)
-    except MicroError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - one line across the Ray boundary
-        raise MicroError(_one_line(exc)) from None
-
-
 # --- parent side --------------------------------------------------------------------------------------------------
 
 
@@ -179,7 +168,7 @@ def _worker_env(index: int, workers: int, threads: int, cuda: str | None) -> dic
 
 class ParallelEmbedder:
     """Drop-in for :func:`pipeline.embed.embed.embed_missing` (pass as ``embed_pairs(..., embed_fn=...)``) that embeds
-    the missing texts with ``workers`` processes (or Ray tasks), each building the backend from ``spec``."""
+    the missing texts with ``workers`` processes (or Ray actors), each building the backend from ``spec``."""
 
     def __init__(
         self,
@@ -199,12 +188,13 @@ class ParallelEmbedder:
         self.threads = threads_per_worker(self.workers)
         self.saved: list[int] = []  # texts saved per worker (last call)
 
-    def _jobs(self, store: EmbeddingStore, gpu: bool = False) -> list[_Job]:
+    def _jobs(self, store: EmbeddingStore, gpu: bool = False, n: int | None = None) -> list[_Job]:
         spec = self.spec
         if gpu and str(spec.kwargs.get("device", "")).startswith("cuda:"):  # each worker sees only its own GPU(s)
             spec = BackendSpec(spec.name, spec.model, {**spec.kwargs, "device": "cuda"}, spec.factory)
         common = (spec, str(store.root), store.fingerprint, store.fingerprint_id, store.dtype, self.threads)
-        return [_Job(i, self.workers, *common) for i in range(self.workers)]
+        n = self.workers if n is None else n
+        return [_Job(i, n, *common) for i in range(n)]
 
     def __call__(
         self,
@@ -222,10 +212,12 @@ class ParallelEmbedder:
         :func:`pipeline.embed.embed.embed_missing`'s signature: each worker reports to its own stderr."""
         if not texts:
             return 0
-        parts = shard_indices(keys, self.workers)
+        parts = shard_indices(keys, 1 if self.use_ray else self.workers)  # Ray: the actors pull chunks
         split = [([texts[i] for i in p], keys[p], None if lengths is None else np.asarray(lengths)[p]) for p in parts]
-        run = self._run_ray if self.use_ray else self._run_processes
-        done = run(store, split, progress)
+        if self.use_ray:
+            done = self._run_ray(store, split, progress, backend, log)
+        else:
+            done = self._run_processes(store, split, progress)
         store.refresh()  # the workers' shards, for embed_pairs' compaction and run.json
         return done
 
@@ -282,53 +274,26 @@ class ParallelEmbedder:
         return sum(self.saved)
 
     # --- Ray ---
-    def _run_ray(self, store, split, progress) -> int:
-        with ray_session(self.address, log_to_driver=True) as (ray, _):
-            return self._ray_tasks(ray, store, split, progress)
+    def _run_ray(self, store, split, progress, backend=None, log=None) -> int:
+        from pipeline.embed import ray_actors
 
-    def _ray_tasks(self, ray, store, split, progress) -> int:
-        kind = device_kind(self.spec.kwargs.get("device"))
-        gpu = kind == "cuda" if kind is not None else ray.cluster_resources().get("GPU", 0) > 0  # auto: the cluster's
-        work = list(zip(self._jobs(store, gpu), split))  # (job, (texts, keys, lengths))
-        gpus = self.gpus_per_worker if gpu else 0
-        task = ray.remote(_ray_worker).options(num_cpus=self.threads, num_gpus=gpus, max_retries=0)
-
-        def rows(default: int) -> int:  # progress: the rows stored now (a local manifest, or the S3 fragments)
-            got = store.stored_rows()
-            return default if got is None else got
-
-        start = rows(store.rows)
-        refs = {task.remote(job, *share): job.index for job, share in work if share[0]}
-        self.saved = [0] * self.workers
-        shown, total = 0, sum(len(share[0]) for _, share in work)
-        errors: dict[int, str] = {}
-        pending = list(refs)
-        try:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
-                for ref in ready:
-                    i = refs[ref]
-                    try:
-                        self.saved[i] = int(ray.get(ref))
-                    except Exception as exc:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, ...
-                        cause = getattr(exc, "cause", None) or exc
-                        errors[i] = (
-                            _one_line(cause) if isinstance(cause, MicroError) else " ".join(str(exc).split())[:300]
-                        )
-                now = min(total, max(shown, rows(start + shown) - start))
-                if progress and now > shown:
-                    progress(now - shown)
-                shown = now
-        except BaseException:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            raise
-        done = sum(self.saved)
-        if progress and done > shown and not errors:
-            progress(done - shown)
-        if errors:
-            raise self._failed(
-                store,
-                [f"embedding worker {i} of {self.workers} (Ray task) failed: {m}" for i, m in sorted(errors.items())],
+        texts = [t for share in split for t in share[0]]
+        keys = np.concatenate([share[1] for share in split])
+        lengths = None if split[0][2] is None else np.concatenate([share[2] for share in split])
+        with ray_session(self.address, log_to_driver=False) as (ray, _):  # errors come back as one line
+            kind = device_kind(self.spec.kwargs.get("device"))
+            gpu = kind == "cuda" if kind is not None else ray.cluster_resources().get("GPU", 0) > 0  # auto: cluster's
+            self.saved = ray_actors.run(
+                ray,
+                lambda on_gpu, n: self._jobs(store, on_gpu, n),
+                self.workers,
+                self.gpus_per_worker,
+                gpu,
+                backend,
+                texts,
+                keys,
+                lengths,
+                progress,
+                log,
             )
-        return done
+        return sum(self.saved)
