@@ -32,7 +32,18 @@ FAST_HEALTH = {
     "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # every Ray process takes 127.0.0.1 as its node address (Ray otherwise swaps a loopback --node-ip-address for
+    # the host's interface address and listens there): the cluster stays on loopback
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
+#: `ray start` for the second node: that variable also makes `ray start` refuse to join a cluster, so this one
+#: process lifts the refusal while keeping every address it hands the node on loopback
+JOIN = (
+    "import ray._private.ray_constants as c, ray._private.services as s; c.ENABLE_RAY_CLUSTER = True; "
+    "s.resolve_ip_for_localhost = lambda host: host; s.get_node_ip_address = lambda address=None: '127.0.0.1'; "
+    "s.node_ip_address_from_perspective = lambda address=None: '127.0.0.1'; "
+    "from ray.scripts.scripts import main; main()"
+)
 
 
 @dataclass
@@ -88,10 +99,11 @@ class Cluster:
                 shutil.rmtree(d, ignore_errors=True)
 
 
-def _start(args: list[str], env: dict, cluster: Cluster, temp_dir: str) -> None:
+def _start(args: list[str], env: dict, cluster: Cluster, temp_dir: str, join: bool = False) -> None:
     cluster.temp_dirs.append(temp_dir)
+    ray = [sys.executable, "-c", JOIN] if join else [RAY]
     proc = subprocess.Popen(
-        [RAY, "start", *args, "--temp-dir", temp_dir, "--disable-usage-stats"],
+        [*ray, "start", *args, "--temp-dir", temp_dir, "--disable-usage-stats"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -140,6 +152,7 @@ def two_node_cluster(pythonpath: list[str], extra_env: dict | None = None) -> It
             env,
             cluster,
             worker,
+            join=True,
         )
         yield cluster
     finally:

@@ -14,6 +14,10 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|> {% endif %}"
 )
 
+# Ray started by the tests (local ray.init, the two-node cluster) stays on loopback: with this variable every Ray
+# process takes 127.0.0.1 as its node address instead of the host's interface address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 _CORPUS = [
     "the quick brown fox jumps over the lazy dog",
     "what is the capital of france ? paris is the capital of france .",
