@@ -29,7 +29,7 @@ import numpy as np
 
 from cache.keys import KEY_BYTES, KeyIndex, key_prefix_u64
 from cache.remote import filesystem, join, move, put_create
-from cache.shards import read_shard, shard_bytes
+from cache.shards import check_vectors, read_shard, shard_bytes
 from cache.store import DTYPES, CacheDamaged
 from pipeline.errors import CacheError
 
@@ -282,17 +282,7 @@ class ObjectStore:
     # --- writing ------------------------------------------------------------------------------------------------
     def append(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Store one new shard (one create-only PUT) and then its manifest fragment."""
-        vectors = np.asarray(vectors)
-        if vectors.ndim != 2 or len(vectors) != len(keys):
-            raise ValueError(f"vectors must be (n, d) with n = {len(keys)}, got {vectors.shape}")
-        if self.dim is not None and vectors.shape[1] != self.dim:
-            raise CacheError(f"vector width {vectors.shape[1]} != cache width {self.dim} in {self.dir}")
-        if not np.isfinite(vectors).all():
-            bad = int((~np.isfinite(vectors)).any(1).sum())
-            raise CacheError(
-                f"the model returned non-finite embeddings (NaN/inf) for {bad}"
-                " texts; refusing to cache them (try --dtype float32)"
-            )
+        vectors = check_vectors(keys, vectors, self.dim, self.dir)
         if len(keys) == 0:
             return
         self.require_writable(len(keys))

@@ -11,6 +11,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache.keys import KEY_BYTES
+from pipeline.errors import CacheError
+
+
+def check_vectors(keys: np.ndarray, vectors, dim: int | None, where) -> np.ndarray:
+    """``vectors`` (n, d) as an array, checked before it is stored under ``keys`` (n,) in the cache ``where`` of
+    width ``dim`` (None: not fixed yet); CacheError for a wrong width or NaN/inf."""
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or len(vectors) != len(keys):
+        raise ValueError(f"vectors must be (n, d) with n = {len(keys)}, got {vectors.shape}")
+    if dim is not None and vectors.shape[1] != dim:
+        raise CacheError(f"vector width {vectors.shape[1]} != cache width {dim} in {where}")
+    if not np.isfinite(vectors).all():
+        bad = int((~np.isfinite(vectors)).any(1).sum())
+        raise CacheError(
+            f"the model returned non-finite embeddings (NaN/inf) for {bad} texts; refusing to cache them "
+            "(try --dtype float32)"
+        )
+    return vectors
 
 
 def vector_width(f, dtype: str) -> int | str:

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from cache.atomic import atomic_path, write_json_atomic
 from cache.files import check_manifest, held, idle, writable_folder
 from cache.keys import KEY_BYTES, KeyIndex, key_prefix_u64, text_keys  # noqa: F401 (re-exported)
-from cache.shards import check_shard, read_shard, vector_width, write_shard
+from cache.shards import check_shard, check_vectors, read_shard, vector_width, write_shard
 from pipeline.errors import CacheError
 
 DTYPES = {"float16": (np.float16, pa.float16(), "f16"), "float32": (np.float32, pa.float32(), "f32")}
@@ -296,17 +296,7 @@ class EmbeddingStore:
 
     def append(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Store one new shard (atomic) and record it in the manifest."""
-        vectors = np.asarray(vectors)
-        if vectors.ndim != 2 or len(vectors) != len(keys):
-            raise ValueError(f"vectors must be (n, d) with n = {len(keys)}, got {vectors.shape}")
-        if self.dim is not None and vectors.shape[1] != self.dim:
-            raise CacheError(f"vector width {vectors.shape[1]} != cache width {self.dim} in {self.dir}")
-        if not np.isfinite(vectors).all():
-            bad = int((~np.isfinite(vectors)).any(1).sum())
-            raise CacheError(
-                f"the model returned non-finite embeddings (NaN/inf) for {bad}"
-                " texts; refusing to cache them (try --dtype float32)"
-            )
+        vectors = check_vectors(keys, vectors, self.dim, self.dir)
         if len(keys) == 0:
             return
         self.require_writable(len(keys))

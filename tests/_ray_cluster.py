@@ -35,6 +35,9 @@ FAST_HEALTH = {
     # every Ray process takes 127.0.0.1 as its node address (Ray otherwise swaps a loopback --node-ip-address for
     # the host's interface address and listens there): the cluster stays on loopback
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # no token auth: a local ray.init earlier in the session may have set RAY_AUTH_MODE=token in os.environ after
+    # finding ~/.ray/auth_token, and the nodes run with a private HOME that has none
+    "RAY_AUTH_MODE": "disabled",
 }
 #: `ray start` for the second node: that variable also makes `ray start` refuse to join a cluster, so this one
 #: process lifts the refusal while keeping every address it hands the node on loopback

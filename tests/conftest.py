@@ -17,6 +17,7 @@ TINY_CHAT_TEMPLATE = (
 # Ray started by the tests (local ray.init, the two-node cluster) stays on loopback: with this variable every Ray
 # process takes 127.0.0.1 as its node address instead of the host's interface address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a token in ~/.ray of another Ray user is not ours
 
 _CORPUS = [
     "the quick brown fox jumps over the lazy dog",
