@@ -11,8 +11,12 @@ domain's context. Every mode embeds them anew (scoring writes no cache; each mod
 (b) server   `micro serve` (a subprocess) and 64 concurrent one-sample clients on POST /get_reward (OpenRLHF).
 (c) grpo     POST /v1/rewards requests of 8 prompts × 8 completions (TRL GRPO-shaped), 4 in flight.
 
-Prints rows/s of each, the ratios b/a and c/a (target b/a >= 0.8 on CPU MiniLM), p50/p99 request latency, and the
-cache folder's size before/after (unchanged: scoring does not write the cache). Wall clock on shared cores is noisy.
+Shared cores drift (the same call runs 1.5x faster or slower minutes apart), so the modes are measured in
+--rounds interleaved rounds (order a b c, then c b a, ...), each on its own fresh rows (disjoint prompts: no mode
+finds a prompt in its LRU from an earlier round). Both servers stay up across rounds; (a) loads a fresh
+RewardModel each round. Prints each round's rows/s and ratios b/a and c/a, their medians (target b/a >= 0.8 on
+CPU MiniLM), p50/p99 request latency, rows per server scoring call, and the cache folder's size before/after
+(unchanged: scoring does not write the cache). Every server reward is checked against (a)'s to 1e-4.
 """
 
 from __future__ import annotations
@@ -21,13 +25,16 @@ import argparse
 import asyncio
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import aiohttp
 import httpx
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -77,16 +84,18 @@ def build_model(out: Path, decoder: bool, device: str) -> Path:
     return out / "model"
 
 
-def fresh_rows(out: Path, n: int) -> tuple[list, list, list]:
-    """(prompts, responses, contexts): DSP prompts (text) with responses never seen, each under its context."""
+def fresh_rows(out: Path, n: int, round_: int = 0) -> tuple[list, list, list]:
+    """(prompts, responses, contexts): DSP prompts (text) with responses never seen, each under its context;
+    round ``round_`` takes the next n/8 prompts (8 responses per prompt: GRPO-shaped groups are consecutive)."""
     import pyarrow.parquet as pq
 
     t = pq.read_table(out / "run" / "pairs.parquet").to_pylist()
     prompts, responses, contexts = [], [], []
+    first = round_ * (-(-n // 8))
     for i in range(n):
-        r = t[(i // 8) % len(t)]  # 8 responses per prompt (GRPO-shaped groups are consecutive)
+        r = t[(first + i // 8) % len(t)]
         prompts.append(r["prompt"][-1]["content"])
-        responses.append(f"{(r['chosen'], r['rejected'])[i % 2]} (rollout {i} of the benchmark)")
+        responses.append(f"{(r['chosen'], r['rejected'])[i % 2]} (rollout {i} of benchmark round {round_})")
         contexts.append(r["context"])
     return prompts, responses, contexts
 
@@ -103,29 +112,34 @@ def percentile(values, q) -> float:
 
 
 async def clients(url, bodies, concurrency, path):
-    lat = []
+    """(seconds, latencies, answers in body order) of POSTing ``bodies`` with ``concurrency`` in flight, on one
+    aiohttp session (keep-alive): the load generator must not be what is measured, and on 2 shared cores an
+    ``httpx.AsyncClient`` with 64 connections tops out at ~100 requests/s, below the scorer's rate."""
+    lat, answers = [], [None] * len(bodies)
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency)) as c:
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), timeout=timeout) as c:
 
-        async def one(body):
+        async def one(i, body):
             async with sem:
                 t = time.perf_counter()
-                r = await c.post(url + path, json=body)
+                async with c.post(url + path, json=body) as r:
+                    assert r.status == 200, await r.text()
+                    answers[i] = await r.json()
                 lat.append(time.perf_counter() - t)
-                assert r.status_code == 200, r.text
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(b) for b in bodies))
-    return time.perf_counter() - t0, lat
+        await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+    return time.perf_counter() - t0, lat, answers
 
 
 @contextmanager
-def serving(model: Path, max_wait_ms: float):
+def serving(model: Path, max_wait_ms: float | None):
     """`micro serve MODEL` in a subprocess on a free port, warmed up (model loaded, 64 requests); yields its URL."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", "serve", str(model), "--port", str(port),
-           "--max-batch", "64", "--max-wait-ms", str(max_wait_ms)]  # fmt: skip
+    cmd = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", "serve", str(model), "--port", str(port)]
+    cmd += [] if max_wait_ms is None else ["--max-wait-ms", str(max_wait_ms)]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -143,53 +157,91 @@ def serving(model: Path, max_wait_ms: float):
         proc.wait(timeout=60)
 
 
+def direct(model: Path, rows: tuple) -> tuple[float, dict]:
+    """(seconds, result) of one ``RewardModel.rewards`` call of all ``rows`` on a fresh, warmed-up model."""
+    from pipeline.route.score import RewardModel
+
+    rm = RewardModel.load(model)
+    try:
+        rm.rewards(["warm up"], ["warm up the embedder"], context="warm up")
+        t = time.perf_counter()
+        res = rm.rewards(rows[0], rows[1], context=rows[2])
+        return time.perf_counter() - t, res
+    finally:
+        rm.close()
+
+
+def one_sample(url, rows) -> tuple[float, list, np.ndarray]:
+    """(b): every row its own /get_reward request (OpenRLHF), 64 in flight → (seconds, latencies, rewards)."""
+    bodies = [{"query": [p + r], "prompts": [p], "labels": [c]} for p, r, c in zip(*rows)]
+    t, lat, answers = asyncio.run(clients(url, bodies, 64, "/get_reward"))
+    return t, lat, np.array([a["rewards"][0] for a in answers])
+
+
+def grpo(url, rows) -> tuple[float, list, np.ndarray]:
+    """(c): /v1/rewards requests of 64 rows (8 prompts × 8 completions), 4 in flight → (seconds, latencies, rewards)."""
+    items = [{"prompt": p, "response": r, "context": c} for p, r, c in zip(*rows)]
+    bodies = [{"items": items[i : i + 64]} for i in range(0, len(items), 64)]
+    t, lat, answers = asyncio.run(clients(url, bodies, 4, "/v1/rewards"))
+    return t, lat, np.array([it["reward"] for a in answers for it in a["items"]])
+
+
+def counts(url) -> np.ndarray:
+    """(scoring calls, rows scored) of the server so far."""
+    info = httpx.get(url + "/info", timeout=10).json()
+    return np.array([info["scoring_calls"], info["rows_scored"]])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=1024, help="rows scored by each mode")
+    ap.add_argument("--n", type=int, default=1024, help="rows scored by each mode in each round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are printed)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_serve")
     ap.add_argument("--decoder", action="store_true", help="a small random Llama (transformers backend)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
-    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--max-wait-ms", type=float, default=None, help="the servers' --max-wait-ms (default: theirs)")
     args = ap.parse_args()
     out = args.out / ("llama" if args.decoder else "minilm")
     model = build_model(out, args.decoder, args.device)
     cache = out / "cache"
-    prompts, responses, contexts = fresh_rows(out, args.n)
     size0 = folder_bytes(cache)
-
-    from pipeline.route.score import RewardModel
-
-    rm = RewardModel.load(model)
-    rm.rewards(["warm up"], ["warm up the embedder"], context="warm up")
-    t = time.perf_counter()
-    direct = rm.rewards(prompts, responses, context=contexts)
-    ta = time.perf_counter() - t
-    rm.close()
-
-    one = [{"query": [p + r], "prompts": [p], "labels": [c]} for p, r, c in zip(prompts, responses, contexts)]
-    with serving(model, args.max_wait_ms) as url:
-        tb, lat_b = asyncio.run(clients(url, one, 64, "/get_reward"))
-        got = httpx.post(url + "/get_reward", json=one[0], timeout=60).json()["rewards"][0]
-        assert abs(got - direct["reward"][0]) < 1e-4, (got, direct["reward"][0])
-        info_b = httpx.get(url + "/info", timeout=10).json()
-    rows = [{"prompt": p, "response": r, "context": c} for p, r, c in zip(prompts, responses, contexts)]
-    groups = [{"items": rows[i : i + 64]} for i in range(0, len(rows), 64)]
-    with serving(model, args.max_wait_ms) as url:  # a fresh server: nothing in its prompt LRU
-        tc, lat_c = asyncio.run(clients(url, groups, 4, "/v1/rewards"))
-        info_c = httpx.get(url + "/info", timeout=10).json()
+    n, times, lat = args.n, {m: [] for m in "abc"}, {m: [] for m in "bc"}
+    with serving(model, args.max_wait_ms) as url_b, serving(model, args.max_wait_ms) as url_c:
+        urls = {"b": url_b, "c": url_c}
+        before = {m: counts(u) for m, u in urls.items()}
+        for j in range(args.rounds):
+            rows = fresh_rows(out, n, j + 1)  # round 0's prompts warmed nothing: the servers warm on other text
+            got = {}
+            for mode in "abc" if j % 2 == 0 else "cba":
+                if mode == "a":
+                    ta, ref = direct(model, rows)
+                    times["a"].append(ta)
+                    continue
+                t, lt, rewards = one_sample(urls["b"], rows) if mode == "b" else grpo(urls["c"], rows)
+                times[mode].append(t)
+                lat[mode] += lt
+                got[mode] = rewards
+            for mode, rewards in got.items():
+                np.testing.assert_allclose(rewards, ref["reward"], rtol=1e-4, atol=1e-4, err_msg=f"({mode}) round {j}")
+            print(f"round {j + 1}: (a) {n / ta:.1f} rows/s, b/a {ta / times['b'][-1]:.2f}, "
+                  f"c/a {ta / times['c'][-1]:.2f}", flush=True)  # fmt: skip
+        calls, scored = {}, {}
+        for m, u in urls.items():
+            calls[m], scored[m] = counts(u) - before[m]
     size1 = folder_bytes(cache)
-    n = args.n
+    ratio = {m: statistics.median(a / b for a, b in zip(times["a"], times[m])) for m in "bc"}
+    rate = {m: statistics.median(n / t for t in times[m]) for m in "abc"}
     print(f"backend: {'random Llama (transformers)' if args.decoder else 'MiniLM (sentence-transformers)'}, "
-          f"device {args.device}, N = {n} fresh rows, K = {direct['per_head'].shape[1]}")  # fmt: skip
-    print("| mode | rows/s | ratio to (a) | p50 ms | p99 ms |")
-    print("|---|---:|---:|---:|---:|")
-    print(f"| (a) one direct `RewardModel.rewards` call | {n / ta:.0f} | 1.00 | | |")
-    print(f"| (b) 64 one-sample clients, /get_reward | {n / tb:.0f} | {ta / tb:.2f} | "
-          f"{percentile(lat_b, 0.5):.0f} | {percentile(lat_b, 0.99):.0f} |")  # fmt: skip
-    print(f"| (c) 8 prompts × 8 completions, /v1/rewards | {n / tc:.0f} | {ta / tc:.2f} | "
-          f"{percentile(lat_c, 0.5):.0f} | {percentile(lat_c, 0.99):.0f} |")  # fmt: skip
-    for name, info in (("b", info_b), ("c", info_c)):
-        print(f"({name}) server scoring calls: {info['scoring_calls']}, embedder passes: {info['embedder_calls']}")
+          f"device {args.device}, N = {n} fresh rows per round, {args.rounds} rounds (medians)")  # fmt: skip
+    print("| mode | rows/s | ratio to (a) | p50 ms | p99 ms | rows per scoring call |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| (a) one direct `RewardModel.rewards` call | {rate['a']:.1f} | 1.00 | | | {n} |")
+    names = {"b": "(b) 64 one-sample clients, /get_reward", "c": "(c) 8 prompts × 8 completions, /v1/rewards"}
+    for m, name in names.items():
+        print(f"| {name} | {rate[m]:.1f} | {ratio[m]:.2f} | {percentile(lat[m], 0.5):.0f} | "
+              f"{percentile(lat[m], 0.99):.0f} | {scored[m] / max(1, calls[m]):.1f} |")  # fmt: skip
+    print(f"per-round b/a: {', '.join(f'{a / b:.2f}' for a, b in zip(times['a'], times['b']))}; "
+          f"c/a: {', '.join(f'{a / c:.2f}' for a, c in zip(times['a'], times['c']))}")  # fmt: skip
     print(f"cache folder: {size0} bytes before, {size1} bytes after")
 
 

@@ -57,7 +57,7 @@ def check_credentials(url: str) -> None:
     try:
         import botocore.session
     except ImportError:  # pragma: no cover - s3fs depends on botocore
-        raise CacheError(f"{url}: S3 needs s3fs: pip install 'micro[s3]'") from None
+        raise CacheError(f"{url}: S3 needs s3fs: pip install 'micro-rm[s3]'") from None
     if botocore.session.get_session().get_credentials() is None:
         raise CacheError(
             f"{url}: no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, "
@@ -72,7 +72,7 @@ def filesystem(url: str):
     try:
         from fsspec.core import url_to_fs
     except ImportError:
-        raise CacheError(f"{url}: object-store caches need fsspec and s3fs: pip install 'micro[s3]'") from None
+        raise CacheError(f"{url}: object-store caches need fsspec and s3fs: pip install 'micro-rm[s3]'") from None
     try:
         fs, path = url_to_fs(url)
     except (ImportError, ValueError) as exc:

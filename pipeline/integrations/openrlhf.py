@@ -39,14 +39,9 @@ def score(queries, prompts, labels) -> dict:
     url, bundle = os.environ.get("MICRO_REWARD_URL"), os.environ.get("MICRO_MODEL")
     body = {"query": list(queries), "prompts": list(prompts), "labels": list(labels) if labels is not None else None}
     if url:
-        import httpx
+        from pipeline.integrations.client import post_json
 
-        from pipeline.integrations.client import headers
-
-        r = httpx.post(url.rstrip("/") + "/get_reward", json=body, headers=headers(None), timeout=300)
-        if r.status_code != 200:
-            raise MicroError(f"{url}: HTTP {r.status_code}: {r.text[:300]}")
-        out = r.json()
+        out = post_json(url.rstrip("/") + "/get_reward", body, timeout=300)
         K = sum(1 for k in out["extra_logs"] if k.startswith("reward_head_"))
         per_head = np.asarray([out["extra_logs"][f"reward_head_{k}"] for k in range(K)]).T.reshape(len(queries), K)
         return {"reward": np.asarray(out["rewards"]), "per_head": per_head}

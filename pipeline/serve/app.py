@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.errors import MicroError, first_line
 from pipeline.serve.batch import load_users, resolve, score_items
-from pipeline.serve.batcher import MicroBatcher
+from pipeline.serve.batcher import MAX_BATCH, MAX_WAIT_MS, MicroBatcher
 from pipeline.serve.protocol import RequestError, parse_items, parse_openrlhf
 
 VERSION = "0.1.0"
@@ -25,8 +25,8 @@ class ServeConfig:
     users_dir: Path | None = None
     context: str | None = None
     scores: str = "raw"  # raw | sigmoid
-    max_batch: int = 64
-    max_wait_ms: float = 5.0
+    max_batch: int = MAX_BATCH
+    max_wait_ms: float = MAX_WAIT_MS
     api_key: str | None = None
     max_body_bytes: int = 8 * 1024 * 1024
     max_rows: int = 4096
@@ -143,6 +143,7 @@ def create_app(rm, config: ServeConfig):
             "users": sorted(state["users"]),
             "scores": config.scores,
             "scoring_calls": batcher.calls,
+            "rows_scored": batcher.rows,
             "embedder_calls": rm.featurizer.calls,
             "server_version": VERSION,
         }

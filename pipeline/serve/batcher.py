@@ -13,18 +13,21 @@ from typing import Callable
 
 import numpy as np
 
+MAX_BATCH = 64  # rows coalesced into one scoring call (`micro serve --max-batch`)
+MAX_WAIT_MS = 5.0  # how long the first request of a batch waits for others (`micro serve --max-wait-ms`)
+
 
 class MicroBatcher:
     """``await batcher.submit(rows)`` → the scoring function's dict of arrays for those rows.
 
     ``score(rows)`` takes a list of rows and returns a dict of arrays with one leading entry per row."""
 
-    def __init__(self, score: Callable[[list], dict], max_batch: int = 64, max_wait_ms: float = 5.0):
+    def __init__(self, score: Callable[[list], dict], max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS):
         self.score, self.max_batch, self.max_wait = score, max_batch, max_wait_ms / 1000.0
         self.queue: asyncio.Queue | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="micro-score")
         self.task: asyncio.Task | None = None
-        self.calls = 0  # scoring calls made (for /info and tests)
+        self.calls = self.rows = 0  # scoring calls made and rows they scored (for /info, tests, benches)
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -71,7 +74,7 @@ class MicroBatcher:
                 continue
             rows = [r for rs, _ in live for r in rs]
             try:
-                self.calls += 1
+                self.calls, self.rows = self.calls + 1, self.rows + len(rows)
                 res = await loop.run_in_executor(self.executor, self.score, rows)
             except Exception:  # noqa: BLE001 - one bad request must not fail the others: score each alone
                 await self._one_by_one(live)

@@ -15,6 +15,7 @@ import typer
 
 from pipeline import checks as C
 from pipeline.errors import MicroError, OptionError
+from pipeline.serve.batcher import MAX_BATCH, MAX_WAIT_MS
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
 
@@ -110,8 +111,8 @@ def serve(
     port: int = typer.Option(5000, help="Port (OpenRLHF's reward server default)."),
     context: str | None = typer.Option(None, help="Context of rows whose label/item gives none."),
     scores: str = typer.Option("raw", help="/get_reward 'scores': raw (= rewards) | sigmoid (in 0..1)."),
-    max_batch: int = typer.Option(64, help="Rows coalesced into one scoring call."),
-    max_wait_ms: float = typer.Option(5.0, help="How long a request waits for others to join its batch."),
+    max_batch: int = typer.Option(MAX_BATCH, help="Rows coalesced into one scoring call."),
+    max_wait_ms: float = typer.Option(MAX_WAIT_MS, help="How long a request waits for others to join its batch."),
     api_key: str | None = typer.Option(None, help="Bearer token clients must send (Authorization: Bearer KEY)."),
     max_body_bytes: int = typer.Option(8 * 1024 * 1024, help="Largest request body (bigger: 413)."),
     max_rows: int = typer.Option(4096, help="Most rows in one request (more: 413)."),
