@@ -10,6 +10,7 @@ domain's context. Every mode embeds them anew (scoring writes no cache; each mod
 (a) direct   one ``RewardModel.rewards(prompts, responses, context=[...])`` call of all N rows.
 (b) server   `micro serve` (a subprocess) and 64 concurrent one-sample clients on POST /get_reward (OpenRLHF).
 (c) grpo     POST /v1/rewards requests of 8 prompts × 8 completions (TRL GRPO-shaped), 4 in flight.
+(d) verl     the verl adapter's async ``compute_score``, one call per rollout, 64 in flight (the client users run).
 
 Shared cores drift (the same call runs 1.5x faster or slower minutes apart), so the modes are measured in
 --rounds interleaved rounds (order a b c, then c b a, ...), each on its own fresh rows (disjoint prompts: no mode
@@ -186,6 +187,30 @@ def grpo(url, rows) -> tuple[float, list, np.ndarray]:
     return t, lat, np.array([it["reward"] for a in answers for it in a["items"]])
 
 
+def verl(url, rows) -> tuple[float, list, np.ndarray]:
+    """(d): ``pipeline.integrations.verl.compute_score`` per row, 64 awaited at once (on server (b))."""
+    from pipeline.integrations.verl import compute_score
+
+    lat = []
+
+    async def run():
+        sem = asyncio.Semaphore(64)
+
+        async def one(p, r, c):
+            async with sem:
+                t = time.perf_counter()
+                out = await compute_score("dsp", r, None, {"prompt": p, "user_context": c}, url=url)
+                lat.append(time.perf_counter() - t)
+                return out["score"]
+
+        t0 = time.perf_counter()
+        got = await asyncio.gather(*(one(*row) for row in zip(*rows)))
+        return time.perf_counter() - t0, got
+
+    t, got = asyncio.run(run())
+    return t, lat, np.array(got)
+
+
 def counts(url) -> np.ndarray:
     """(scoring calls, rows scored) of the server so far."""
     info = httpx.get(url + "/info", timeout=10).json()
@@ -205,43 +230,48 @@ def main() -> None:
     model = build_model(out, args.decoder, args.device)
     cache = out / "cache"
     size0 = folder_bytes(cache)
-    n, times, lat = args.n, {m: [] for m in "abc"}, {m: [] for m in "bc"}
+    n, times, lat = args.n, {m: [] for m in "abcd"}, {m: [] for m in "bcd"}
     with serving(model, args.max_wait_ms) as url_b, serving(model, args.max_wait_ms) as url_c:
-        urls = {"b": url_b, "c": url_c}
+        urls = {"b": url_b, "c": url_c, "d": url_b}
         before = {m: counts(u) for m, u in urls.items()}
         for j in range(args.rounds):
             rows = fresh_rows(out, n, j + 1)  # round 0's prompts warmed nothing: the servers warm on other text
             got = {}
-            for mode in "abc" if j % 2 == 0 else "cba":
+            for mode in "abcd" if j % 2 == 0 else "dcba":
                 if mode == "a":
                     ta, ref = direct(model, rows)
                     times["a"].append(ta)
                     continue
-                t, lt, rewards = one_sample(urls["b"], rows) if mode == "b" else grpo(urls["c"], rows)
+                t, lt, rewards = {"b": one_sample, "c": grpo, "d": verl}[mode](urls[mode], rows)
                 times[mode].append(t)
                 lat[mode] += lt
                 got[mode] = rewards
             for mode, rewards in got.items():
                 np.testing.assert_allclose(rewards, ref["reward"], rtol=1e-4, atol=1e-4, err_msg=f"({mode}) round {j}")
-            print(f"round {j + 1}: (a) {n / ta:.1f} rows/s, b/a {ta / times['b'][-1]:.2f}, "
-                  f"c/a {ta / times['c'][-1]:.2f}", flush=True)  # fmt: skip
+            ratios = ", ".join(f"{m}/a {ta / times[m][-1]:.2f}" for m in "bcd")
+            print(f"round {j + 1}: (a) {n / ta:.1f} rows/s, {ratios}", flush=True)
         calls, scored = {}, {}
-        for m, u in urls.items():
-            calls[m], scored[m] = counts(u) - before[m]
+        for m in "bc":  # (d) shares (b)'s server: its counts are the two together
+            calls[m], scored[m] = counts(urls[m]) - before[m]
     size1 = folder_bytes(cache)
-    ratio = {m: statistics.median(a / b for a, b in zip(times["a"], times[m])) for m in "bc"}
-    rate = {m: statistics.median(n / t for t in times[m]) for m in "abc"}
+    ratio = {m: statistics.median(a / b for a, b in zip(times["a"], times[m])) for m in "bcd"}
+    rate = {m: statistics.median(n / t for t in times[m]) for m in "abcd"}
     print(f"backend: {'random Llama (transformers)' if args.decoder else 'MiniLM (sentence-transformers)'}, "
           f"device {args.device}, N = {n} fresh rows per round, {args.rounds} rounds (medians)")  # fmt: skip
     print("| mode | rows/s | ratio to (a) | p50 ms | p99 ms | rows per scoring call |")
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| (a) one direct `RewardModel.rewards` call | {rate['a']:.1f} | 1.00 | | | {n} |")
-    names = {"b": "(b) 64 one-sample clients, /get_reward", "c": "(c) 8 prompts × 8 completions, /v1/rewards"}
+    names = {
+        "b": "(b) 64 one-sample clients, /get_reward",
+        "c": "(c) 8 prompts × 8 completions, /v1/rewards",
+        "d": "(d) verl `compute_score` per rollout, 64 awaited",
+    }
     for m, name in names.items():
+        per_call = f"{scored[m] / max(1, calls[m]):.1f}" if m in calls else "(with b)"
         print(f"| {name} | {rate[m]:.1f} | {ratio[m]:.2f} | {percentile(lat[m], 0.5):.0f} | "
-              f"{percentile(lat[m], 0.99):.0f} | {scored[m] / max(1, calls[m]):.1f} |")  # fmt: skip
-    print(f"per-round b/a: {', '.join(f'{a / b:.2f}' for a, b in zip(times['a'], times['b']))}; "
-          f"c/a: {', '.join(f'{a / c:.2f}' for a, c in zip(times['a'], times['c']))}")  # fmt: skip
+              f"{percentile(lat[m], 0.99):.0f} | {per_call} |")  # fmt: skip
+    for m in "bcd":
+        print(f"per-round {m}/a: {', '.join(f'{a / b:.2f}' for a, b in zip(times['a'], times[m]))}")
     print(f"cache folder: {size0} bytes before, {size1} bytes after")
 
 
