@@ -158,6 +158,7 @@ def patch_backend(monkeypatch, tag: str = "v1") -> list:
 
     def get_backend(name, model=None, **kw):
         be = AttrBackend(tag)
+        be.options = kw  # what the caller asked for (device, truncation, ...)
         built.append(be)
         return be
 

@@ -89,6 +89,16 @@ def test_rewards_with_context(bundles, monkeypatch):
         rm.rewards([1, 2, 3], RESPONSES)
 
 
+def test_device_reaches_the_embedder_and_auto_is_the_default(bundles, monkeypatch):
+    from pipeline.route.score import RewardModel
+
+    _, gated, _ = bundles
+    built = patch_backend(monkeypatch)
+    assert "device" not in RewardModel.load(gated).featurizer.backend.options  # the backend's own default: auto
+    assert RewardModel.load(gated, device="cpu").featurizer.backend.options["device"] == "cpu"
+    assert len(built) == 2
+
+
 def test_static_gate_and_profile_weights(bundles, monkeypatch):
     from heads.profile import HedgeProfile
     from pipeline.route.score import RewardModel

@@ -138,6 +138,8 @@ def test_option_errors(tmp_path, monkeypatch, capsys):
     assert code == 2 and err == "error: --scores must be raw or sigmoid, got 'logit'\n", err
     code, _, err = run_cli(monkeypatch, capsys, "serve", bundle, "--max-batch", "0")
     assert code == 2 and err == "error: --max-batch must be >= 1, got 0\n", err
+    code, _, err = run_cli(monkeypatch, capsys, "serve", bundle, "--device", "tpu")
+    assert code == 2 and err == "error: --device must be one of auto | cpu | cuda | cuda:N, got 'tpu'\n", err
     code, _, err = run_cli(monkeypatch, capsys, "serve", bundle)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "missing" in err, err
 

@@ -96,8 +96,9 @@ class Model:
         check_fingerprint(self.meta, run.info if isinstance(run, Run) else run, where)
 
     # --- the embedder ----------------------------------------------------------------------------------------
-    def embedder(self):
-        """The bundle's embedder, rebuilt; error if it no longer gives the recorded fingerprint."""
+    def embedder(self, device: str | None = None):
+        """The bundle's embedder, rebuilt (on ``device``: auto | cpu | cuda[:N]; None: auto); error if it no longer
+        gives the recorded fingerprint."""
         from pipeline.embed.backends import get_backend
         from pipeline.embed.backends.base import fingerprint_id
 
@@ -105,6 +106,7 @@ class Model:
         try:
             fp = self.meta.get("fingerprint") or {}
             extra = {k: fp[k] for k in ("truncation", "dtype") if fp.get(k)}
+            extra |= {"device": device} if device is not None else {}
             backend = get_backend(
                 emb["backend"], emb.get("model_path") or None, max_length=emb.get("max_length"), **extra
             )

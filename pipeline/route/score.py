@@ -61,17 +61,28 @@ def _per_row(value, n: int, name: str, kinds) -> list:
 class RewardModel:
     """A Stage-1 or routed bundle plus its embedder, ready to score responses (module docstring)."""
 
-    def __init__(self, bundle: Model, cache_dir: str | Path | None = None, cache_writes: bool = False):
+    def __init__(
+        self, bundle: Model, cache_dir: str | Path | None = None, cache_writes: bool = False, device: str | None = None
+    ):
         self.bundle = bundle
         self.model, self.meta, self.path = bundle.estimator, bundle.meta, bundle.path
         root = usable_cache_root(bundle.recorded_cache_root, cache_dir)
-        self.featurizer = Featurizer(bundle.embedder, root, self.meta["embedder"]["cache_dtype"], cache_writes)
+        self.featurizer = Featurizer(
+            lambda: bundle.embedder(device), root, self.meta["embedder"]["cache_dtype"], cache_writes
+        )
         self._stage1 = UserModel.stage1(self.n_heads, bundle.gate_input)
         self._lock = threading.Lock()  # one call at a time: the LRU and the embedder are shared state
 
     @classmethod
-    def load(cls, path: str | Path, cache_dir: str | Path | None = None, cache_writes: bool = False) -> "RewardModel":
-        return cls(Model.load(path), cache_dir=cache_dir, cache_writes=cache_writes)
+    def load(
+        cls,
+        path: str | Path,
+        cache_dir: str | Path | None = None,
+        cache_writes: bool = False,
+        device: str | None = None,
+    ) -> "RewardModel":
+        """``device``: where the embedder runs (auto | cpu | cuda[:N]; None: auto, CUDA when torch sees a GPU)."""
+        return cls(Model.load(path), cache_dir=cache_dir, cache_writes=cache_writes, device=device)
 
     @property
     def n_heads(self) -> int:

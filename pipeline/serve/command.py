@@ -45,7 +45,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def check_options(host: str, port: int, scores: str, max_batch: int, max_wait_ms: float, api_key, max_body_bytes,
-                  max_rows, context) -> None:  # fmt: skip
+                  max_rows, context, device="auto") -> None:  # fmt: skip
+    from pipeline.embed.backends.device import check_device
+
+    check_device(device)
     if scores not in ("raw", "sigmoid"):
         raise OptionError(f"--scores must be raw or sigmoid, got {scores!r}")
     if not 0 <= port <= 65535:
@@ -74,6 +77,7 @@ def serve_command(
     api_key: str | None,
     max_body_bytes: int,
     max_rows: int,
+    device: str = "auto",
 ) -> None:
     """Check the options, bind the port, load the model and its users, serve until stopped."""
     import uvicorn
@@ -83,13 +87,14 @@ def serve_command(
     from pipeline.serve.app import ServeConfig, create_app
     from pipeline.serve.batch import load_users
 
-    check_options(host, port, scores, max_batch, max_wait_ms, api_key, max_body_bytes, max_rows, context)
+    check_options(host, port, scores, max_batch, max_wait_ms, api_key, max_body_bytes, max_rows, context, device)
     read_meta(model)
     if users is not None and not users.is_dir():
         raise OptionError(f"--users {users}: not a folder")
     sock = bind(host, port)
     try:
-        rm = RewardModel.load(model)
+        rm = RewardModel.load(model, device=device)
+        rm.featurizer.features(["micro serve: warm-up"])  # weights loaded, device found, before the first request
         cfg = ServeConfig(users, context, scores, max_batch, max_wait_ms, api_key, max_body_bytes, max_rows)
         cfg.users = load_users(rm, users)
         app = create_app(rm, cfg)
@@ -116,6 +121,9 @@ def serve(
     api_key: str | None = typer.Option(None, help="Bearer token clients must send (Authorization: Bearer KEY)."),
     max_body_bytes: int = typer.Option(8 * 1024 * 1024, help="Largest request body (bigger: 413)."),
     max_rows: int = typer.Option(4096, help="Most rows in one request (more: 413)."),
+    device: str = typer.Option("auto", help="Where the embedder runs: auto (CUDA when present) | cpu | cuda[:N]."),
 ) -> None:
     """Serve rewards over HTTP: OpenRLHF /get_reward, /v1/rewards, micro-batched (TRL/verl adapters: README)."""
-    serve_command(model, users, host, port, context, scores, max_batch, max_wait_ms, api_key, max_body_bytes, max_rows)
+    serve_command(
+        model, users, host, port, context, scores, max_batch, max_wait_ms, api_key, max_body_bytes, max_rows, device
+    )
