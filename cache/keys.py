@@ -49,3 +49,17 @@ class KeyIndex:
         rows = self.order[pos]
         ok = (self.sorted_u64[pos] == u) & (self.keys[rows] == keys)
         return np.where(ok, rows, -1)
+
+    @classmethod
+    def concat(cls, parts: list, dim: int, dtype) -> "KeyIndex":
+        """The index of ``parts`` [((m,) keys, (m, dim) vectors), ...] in order (empty parts skipped)."""
+        parts = [p for p in parts if len(p[0])]
+        if not parts:
+            return cls(np.empty(0, f"S{KEY_BYTES}"), np.empty((0, dim), dtype))
+        if len(parts) == 1:
+            return cls(*parts[0])
+        return cls(np.concatenate([k for k, _ in parts]), np.concatenate([v for _, v in parts]))
+
+    def extended(self, added: list) -> "KeyIndex":
+        """This index plus the ``added`` parts (one merge, not one copy of the whole index per part)."""
+        return KeyIndex.concat([(self.keys, self.vecs), *added], self.vecs.shape[1], self.vecs.dtype)

@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from cache.keys import KEY_BYTES, KeyIndex, key_prefix_u64
+from cache.keys import KeyIndex, key_prefix_u64
 from cache.remote import filesystem, join, move, put_create
 from cache.shards import check_vectors, read_shard, shard_bytes
 from cache.store import DTYPES, CacheDamaged
@@ -227,16 +227,11 @@ class ObjectStore:
     def index(self) -> KeyIndex:
         """The in-memory index of every stored key and vector (built on first use from every shard)."""
         if self._index is None:
-            parts = [p for p in self._stream(self.manifest["shards"]) if len(p[0])]
-            if parts:
-                keys, vecs = np.concatenate([k for k, _ in parts]), np.concatenate([v for _, v in parts])
-            else:
-                keys, vecs = np.empty(0, f"S{KEY_BYTES}"), np.empty((0, self.dim or 0), self.np_dtype)
-            self._index, self._added = KeyIndex(keys, vecs), []
+            parts = list(self._stream(self.manifest["shards"]))
+            self._index, self._added = KeyIndex.concat(parts, self.dim or 0, self.np_dtype), []
         elif self._added:
             added, self._added = self._added, []
-            parts = [p for p in [(self._index.keys, self._index.vecs), *added] if len(p[0])]
-            self._index = KeyIndex(np.concatenate([k for k, _ in parts]), np.concatenate([v for _, v in parts]))
+            self._index = self._index.extended(added)
         return self._index
 
     def missing(self, keys: np.ndarray) -> np.ndarray:

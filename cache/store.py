@@ -253,17 +253,10 @@ class EmbeddingStore:
                     bad = {name for name, _ in self.damaged}
                     self.manifest["shards"] = [s for s in self.manifest["shards"] if s["file"] not in bad]
                 parts = [p for p in (self._read_shard(s["file"]) for s in list(self.manifest["shards"])) if p]
-            dim = self.dim or 0
-            if parts:
-                keys = np.concatenate([k for k, _ in parts]) if len(parts) > 1 else parts[0][0]
-                vecs = np.concatenate([v for _, v in parts]) if len(parts) > 1 else parts[0][1]
-            else:
-                keys, vecs = np.empty(0, f"S{KEY_BYTES}"), np.empty((0, dim), self.np_dtype)
-            self._index, self._added = KeyIndex(keys, vecs), []
+            self._index, self._added = KeyIndex.concat(parts, self.dim or 0, self.np_dtype), []
         elif self._added:  # one merge for every shard appended since (not one copy of the whole cache per shard)
             added, self._added = self._added, []
-            parts = [p for p in [(self._index.keys, self._index.vecs), *added] if len(p[0])]
-            self._index = KeyIndex(np.concatenate([k for k, _ in parts]), np.concatenate([v for _, v in parts]))
+            self._index = self._index.extended(added)
         return self._index
 
     def missing(self, keys: np.ndarray) -> np.ndarray:

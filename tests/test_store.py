@@ -96,13 +96,14 @@ def test_missing_and_lookup_of_absent_keys(tmp_path):
 
 
 def test_appends_after_the_index_is_built_are_merged_once_on_use(tmp_path, monkeypatch):
-    import cache.store
+    import cache.keys
 
     s = store(tmp_path)
     _, k, v = data(30, seed=5)
     assert s.missing(k).all()  # the index of the empty cache (width unknown)
     built = []
-    monkeypatch.setattr(cache.store, "KeyIndex", lambda *a: built.append(a) or cache.keys.KeyIndex(*a))
+    concat = cache.keys.KeyIndex.concat.__func__
+    monkeypatch.setattr(cache.keys.KeyIndex, "concat", classmethod(lambda cls, *a: built.append(a) or concat(cls, *a)))
     for i in range(0, 30, 10):
         s.append(k[i : i + 10], v[i : i + 10])
     assert built == []  # appending never copies the cached vectors

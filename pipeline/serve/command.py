@@ -94,9 +94,9 @@ def serve_command(
     sock = bind(host, port)
     try:
         rm = RewardModel.load(model, device=device)
-        rm.featurizer.features(["micro serve: warm-up"])  # weights loaded, device found, before the first request
         cfg = ServeConfig(users, context, scores, max_batch, max_wait_ms, api_key, max_body_bytes, max_rows)
         cfg.users = load_users(rm, users)
+        rm.featurizer.features(["micro serve: warm-up"])  # weights loaded, device found, before the first request
         app = create_app(rm, cfg)
         print(
             f"serving {model} on http://{host}:{sock.getsockname()[1]} ({len(cfg.users)} users; POST /get_reward, "

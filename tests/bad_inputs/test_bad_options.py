@@ -342,6 +342,9 @@ SERVE = [
     Case("serve-port-out-of-range", "serve {bundle} --port 70000", r"--port must be in 0\.\.65535, got 70000"),
     Case("serve-max-wait-negative", V + "--max-wait-ms -1", r"--max-wait-ms must be >= 0"),
     Case("serve-context-empty", V + "--context ' '", r"--context is empty"),
+    Case(
+        "serve-device-unknown", V + "--device tpu", r"--device must be one of auto \| cpu \| cuda \| cuda:N, got 'tpu'"
+    ),
     Case("serve-api-key-empty", V + "--api-key ''", r"--api-key is empty"),
     Case(
         "serve-host-public-no-key", V + "--host 0.0.0.0", r"--host 0\.0\.0\.0 is not a loopback address: give --api-key"
