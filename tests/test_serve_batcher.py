@@ -86,3 +86,14 @@ def test_a_failing_row_fails_only_its_request():
     assert isinstance(bad, ValueError) and "row 7" in str(bad)
     assert good5["reward"].tolist() == [10.0] and good9["reward"].tolist() == [18.0]
     assert log[0] == [5, 7, 9] and sorted(map(tuple, log[1:])) == [(5,), (7,), (9,)]  # one call, then each alone
+
+
+def test_the_wait_follows_a_full_batch_not_one_huge_request():
+    b = MicroBatcher(lambda rows: {}, max_batch=64, max_wait_ms=5)
+    assert b.wait_s() == 0.005  # nothing scored yet
+    b.last_call, b.last_rows = 0.5, 16  # a part-full call: 10 % of its time
+    assert b.wait_s() == pytest.approx(0.05)
+    b.last_call, b.last_rows = 60.0, 4096  # one 4,096-row request: 10 % of a 64-row share of it, not 6 s
+    assert b.wait_s() == pytest.approx(0.1 * 60.0 * 64 / 4096)
+    b.last_call, b.last_rows = 0.01, 64  # a fast GPU call: the 5 ms floor
+    assert b.wait_s() == 0.005

@@ -2,7 +2,8 @@
 
 Requests wait in an asyncio queue; one worker takes the first, then whatever arrives within the wait up to
 ``max_batch`` rows, and scores them all in one call on one worker thread (the model runs on one thread at a
-time). The wait is ``max_wait_ms`` or, when longer, ``FOLLOW`` (10 %) of the last scoring call's time: clients
+time). The wait is ``max_wait_ms`` or, when longer, ``FOLLOW`` (10 %) of the last scoring call's time, scaled to
+a call of ``max_batch`` rows (one huge request never makes the next lone one wait long): clients
 that send one sample at a time (OpenRLHF) and were answered by that call have time to send their next one and
 join, instead of splitting into cohorts that alternate with half-full batches; the scorer idles at most ~10 %
 for it. 64 one-sample clients thus cost about one 64-row call (bench/bench_serve.py: 64 rows per call, 36-50
@@ -35,7 +36,7 @@ class MicroBatcher:
         follow: float = FOLLOW,
     ):
         self.score, self.max_batch, self.max_wait, self.follow = score, max_batch, max_wait_ms / 1000.0, follow
-        self.last_call = 0.0  # seconds the last scoring call took
+        self.last_call = self.last_rows = 0  # seconds the last scoring call took, and its rows
         self.queue: asyncio.Queue | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="micro-score")
         self.task: asyncio.Task | None = None
@@ -61,10 +62,16 @@ class MicroBatcher:
         await self.queue.put((rows, fut))
         return await fut
 
+    def wait_s(self) -> float:
+        """Seconds a batch's first request waits for others: max_wait, or FOLLOW of the last call's time for
+        ``max_batch`` rows when longer."""
+        per_batch = self.last_call * min(1.0, self.max_batch / max(1, self.last_rows))
+        return max(self.max_wait, self.follow * per_batch)
+
     async def _collect(self) -> list:
         batch = [await self.queue.get()]
         n = len(batch[0][0])
-        deadline = asyncio.get_running_loop().time() + max(self.max_wait, self.follow * self.last_call)
+        deadline = asyncio.get_running_loop().time() + self.wait_s()
         while n < self.max_batch:
             timeout = deadline - asyncio.get_running_loop().time()
             if timeout <= 0 and self.queue.empty():
@@ -89,7 +96,7 @@ class MicroBatcher:
                 self.calls, self.rows = self.calls + 1, self.rows + len(rows)
                 started = loop.time()
                 res = await loop.run_in_executor(self.executor, self.score, rows)
-                self.last_call = loop.time() - started
+                self.last_call, self.last_rows = loop.time() - started, len(rows)
             except Exception:  # noqa: BLE001 - one bad request must not fail the others: score each alone
                 await self._one_by_one(live)
                 continue
