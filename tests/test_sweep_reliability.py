@@ -204,9 +204,9 @@ def test_sigint_stops_a_sweep_quickly_and_saves_finished_trials(run, tmp_path):
         "sweep",
         str(run),
         "--grid",
-        "k=1,5; n_init=2; max_iter=1500; tol=0",
+        "k=5; n_init=1; max_iter=1000000; tol=1e-2,0",  # tol=1e-2: ~1 s; tol=0: a million EM steps (an hour)
         "--seeds",
-        "3",
+        "1",
         "--jobs",
         "2",
         "--out",
@@ -231,11 +231,14 @@ def test_sigint_stops_a_sweep_quickly_and_saves_finished_trials(run, tmp_path):
     text = log.read_text()
     print(f"SIGINT -> exit in {seconds:.2f} s")
     assert rc == 130 and "Traceback" not in text, text
-    assert seconds < 10, f"took {seconds:.1f} s to stop"  # ~2.3 s alone; 5.7 s seen on a loaded CI machine
+    # the other worker is inside a trial that needs an hour: stopping in a minute means it was abandoned, not awaited
+    # (~2 s alone, most of it the interpreter's exit with torch loaded; 11 s seen on a loaded CI machine)
+    assert seconds < 60, f"took {seconds:.1f} s to stop"
     m = re.search(r"interrupted: (\d+) finished trial\(s\) of this run saved to (\S+);", text)
     assert m and m.group(2) == str(out), text
     saved = pl.read_parquet(out)
-    assert saved.height == int(m.group(1)) >= 1 and saved["error"].is_null().all() and saved.height < 6
+    assert saved.height == int(m.group(1)) == 1 and saved["error"].is_null().all()
+    assert saved["tol"].to_list() == [1e-2]  # the quick trial, saved; the hour-long one abandoned
     assert sorted(q.name for q in tmp_path.iterdir()) == ["log.txt", "res.parquet"]  # no temp file
     assert not list(Path(tempfile.gettempdir()).glob(f"micro-sweep-{p.pid}-*"))  # the shared features removed
 

@@ -39,6 +39,10 @@ THREAD_ENV = (
     "NUMEXPR_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS",
 )
+#: the longest one blocking wait of the main thread lasts (s). A signal sent to the process may be delivered to one
+#: of its other threads (pyarrow's, polars', torch's); Python then runs the handler only when the main thread next
+#: wakes, so a wait with no timeout turns Ctrl-C / SIGTERM into "after the running job ends".
+WAKE_S = 0.5
 #: what the forkserver imports once before any job pool worker forks from it
 PRELOAD = [
     "numpy",
@@ -245,7 +249,7 @@ def run_jobs(
                 on_result(job, fn(arrays, meta, job))
         return
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     with tempfile.TemporaryDirectory(prefix=f"micro-sweep-{os.getpid()}-") as tmp:
         names, aliases = _save_arrays(arrays, tmp)
@@ -261,13 +265,16 @@ def run_jobs(
                 initargs=(tmp, names, aliases, meta, threads, os.getpid()),
             ) as ex:
                 futs = {ex.submit(_worker_job, fn, job): job for job in jobs}
+                pending = set(futs)
                 try:
-                    for f in as_completed(futs):
-                        try:
-                            out = f.result()
-                        except Exception as exc:  # noqa: BLE001 -- a worker died (e.g. out of memory)
-                            out = on_failure(futs[f], exc)
-                        on_result(futs[f], out)
+                    while pending:
+                        done, pending = wait(pending, timeout=WAKE_S, return_when=FIRST_COMPLETED)
+                        for f in done:
+                            try:
+                                out = f.result()
+                            except Exception as exc:  # noqa: BLE001 -- a worker died (e.g. out of memory)
+                                out = on_failure(futs[f], exc)
+                            on_result(futs[f], out)
                 except BaseException:  # Ctrl-C, or on_result failed: stop now, not after the running jobs
                     stop_workers(ex)
                     raise
@@ -295,7 +302,7 @@ def _run_ray(jobs, fn, arrays, meta, on_result, on_failure, n_jobs, threads, add
         task = ray.remote(num_cpus=1, max_retries=0)(_ray_job)
         pending = {task.remote(fn, ref, meta, job, threads): job for job in jobs}
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=WAKE_S)
             for r in done:
                 job = pending.pop(r)
                 try:

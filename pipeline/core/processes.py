@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Callable
 
-from pipeline.core.parallel import temporary_environ
+from pipeline.core.parallel import WAKE_S, temporary_environ
 
 
 def describe_exit(code: int | None) -> str:
@@ -53,7 +53,7 @@ def run_processes(
             send.close()
             procs[i], readers[recv], sentinels[p.sentinel] = p, i, i
         while sentinels:
-            for obj in wait([*readers, *sentinels]):
+            for obj in wait([*readers, *sentinels], timeout=WAKE_S):
                 if obj in readers:
                     try:
                         on_message(readers[obj], obj.recv())

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from pipeline.core.parallel import WAKE_S
 from pipeline.embed.stream import length_order
 from pipeline.errors import MicroError
 
@@ -163,7 +164,7 @@ def embed_on_ray(
                     f"every Ray embedding actor is lost ({names}); {left} texts are left missing: "
                     "rerun the same command to embed them"
                 )
-            done, _ = ray.wait(list(busy), num_returns=1)
+            done, _ = ray.wait(list(busy), num_returns=1, timeout=WAKE_S)
             for ref in done:
                 i, c = busy.pop(ref)
                 try:
