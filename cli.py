@@ -33,6 +33,7 @@ from heads.defaults import (
     TOL,
 )
 from pipeline.boundary import DEBUG_HELP
+from pipeline.embed.backends.device import DEVICE, DEVICE_HELP
 from pipeline.serve.command import serve
 
 CACHE_HELP = "Embedding cache, a folder or s3://bucket/prefix (default: the bundle's if here, else ~/.cache/micro)."
@@ -103,7 +104,7 @@ def embed(
         "what free GPU memory holds; 8192 on CPU); halved on "
         "out-of-memory.",
     ),
-    device: str = typer.Option("auto", help="auto (CUDA when present) | cpu | cuda | cuda:N, every backend."),
+    device: str = typer.Option(DEVICE, help=DEVICE_HELP),
     attn_implementation: str | None = typer.Option(
         None, help="transformers: sdpa (default) | eager | flash_attention_2 (packed batches without padding)."
     ),
@@ -234,14 +235,13 @@ def route(
 @app.command()
 def score(
     model: Path = typer.Argument(..., help="Model bundle (Stage-1 or routed)."),
-    input: Path = typer.Option(
-        ..., "--input", "-i", help="Rows with 'prompt' and 'response' (jsonl/json/csv/parquet)."
-    ),
+    input: Path = typer.Option(..., "--input", "-i", help="Rows with 'prompt', 'response' (jsonl/json/csv/parquet)."),
     out: Path = typer.Option(Path("rewards.parquet"), "--out", "-o", help="Output .parquet or .jsonl."),
     context: str | None = typer.Option(None, help="User criterion the gate reads (context+prompt)."),
     user: Path | None = typer.Option(None, help="A user: a profile JSON of `micro route` (or a routed bundle)."),
     cache_dir: str | None = typer.Option(None, help=CACHE_HELP),
     cache_writes: bool = typer.Option(False, "--cache-writes", help="Store new embeddings in the cache (default: no)."),
+    device: str = typer.Option(DEVICE, help=DEVICE_HELP),
 ) -> None:
     """Rewards per head and mixed (Σ_k f_k r_k, + v·φ with an adapted profile) for (prompt, response) rows."""
     path = _call("pipeline.route.command:score_command", locals())

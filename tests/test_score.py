@@ -89,14 +89,18 @@ def test_rewards_with_context(bundles, monkeypatch):
         rm.rewards([1, 2, 3], RESPONSES)
 
 
-def test_device_reaches_the_embedder_and_auto_is_the_default(bundles, monkeypatch):
+def test_device_reaches_the_embedder_and_auto_is_the_default(bundles, monkeypatch, capsys, tmp_path):
     from pipeline.route.score import RewardModel
 
     _, gated, _ = bundles
     built = patch_backend(monkeypatch)
     assert "device" not in RewardModel.load(gated).featurizer.backend.options  # the backend's own default: auto
     assert RewardModel.load(gated, device="cpu").featurizer.backend.options["device"] == "cpu"
-    assert len(built) == 2
+    rows = write_jsonl([{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES)], tmp_path / "rows.jsonl")
+    code, _, err = score_cli(monkeypatch, capsys, gated, rows, tmp_path / "r.parquet", "--context", CONTEXT,
+                             "--device", "CPU")  # fmt: skip
+    assert code in (0, None), err
+    assert len(built) == 3 and built[2].options["device"] == "cpu"  # micro score --device, spelled canonically
 
 
 def test_static_gate_and_profile_weights(bundles, monkeypatch):

@@ -181,15 +181,18 @@ def score_command(
     user: Path | None,
     cache_dir: str | Path | None = None,
     cache_writes: bool = False,
+    device: str | None = None,
 ) -> Path:
     """``micro score``: rewards of the rows of ``input`` written to ``out``; returns ``out``."""
     from pipeline.core.bundle import read_meta
+    from pipeline.embed.backends.device import check_device
     from pipeline.route.score import score_file
 
     if context and user and not (user / "model.json").is_file():  # a routed bundle as --user reads a context
         raise MicroError("give either --context or --user, not both")
     if context is not None and not context.strip():
         raise MicroError("--context is empty")
+    device = check_device(device)  # canonical: CPU -> cpu
     read_meta(model)
     C.existing_file(input, "--input")
     if user is not None and not (user / "model.json").is_file():  # a profile file, or a routed bundle folder
@@ -197,5 +200,12 @@ def score_command(
     cache_dir = C.cache_dir(cache_dir)
     C.out_file(out, "--out", suffixes=(".parquet", ".jsonl"))
     return score_file(
-        model, input, out, context=context, profile_path=user, cache_dir=cache_dir, cache_writes=cache_writes
+        model,
+        input,
+        out,
+        context=context,
+        profile_path=user,
+        cache_dir=cache_dir,
+        cache_writes=cache_writes,
+        device=device,
     )

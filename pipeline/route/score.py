@@ -236,8 +236,10 @@ def score_file(
     profile_path: str | Path | None = None,
     cache_dir: str | Path | None = None,
     cache_writes: bool = False,
+    device: str | None = None,
 ) -> Path:
-    """Write the input rows plus reward, per-head rewards and weights to ``out`` (.parquet or .jsonl)."""
+    """Write the input rows plus reward, per-head rewards and weights to ``out`` (.parquet or .jsonl); ``device``:
+    where the embedder runs (None: the backend's default, auto)."""
     import pyarrow.parquet as pq
 
     from cache.atomic import atomic_path
@@ -245,7 +247,7 @@ def score_file(
     out = Path(out)
     if out.suffix not in (".parquet", ".jsonl"):
         raise MicroError(f"{out}: the output must be a .parquet or .jsonl file")
-    rm = RewardModel.load(bundle, cache_dir=cache_dir, cache_writes=cache_writes)
+    rm = RewardModel.load(bundle, cache_dir=cache_dir, cache_writes=cache_writes, device=device)
     user = rm.load_user(profile_path) if profile_path else None
     rm.check_context(context, user)
     prompts, responses, table = read_score_input(input_path)

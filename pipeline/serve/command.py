@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from pipeline import checks as C
+from pipeline.embed.backends.device import DEVICE, DEVICE_HELP, check_device
 from pipeline.errors import MicroError, OptionError
 from pipeline.serve.batcher import MAX_BATCH, MAX_WAIT_MS
 
@@ -45,9 +46,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def check_options(host: str, port: int, scores: str, max_batch: int, max_wait_ms: float, api_key, max_body_bytes,
-                  max_rows, context, device="auto") -> None:  # fmt: skip
-    from pipeline.embed.backends.device import check_device
-
+                  max_rows, context, device=DEVICE) -> None:  # fmt: skip
     check_device(device)
     if scores not in ("raw", "sigmoid"):
         raise OptionError(f"--scores must be raw or sigmoid, got {scores!r}")
@@ -77,7 +76,7 @@ def serve_command(
     api_key: str | None,
     max_body_bytes: int,
     max_rows: int,
-    device: str = "auto",
+    device: str = DEVICE,
 ) -> None:
     """Check the options, bind the port, load the model and its users, serve until stopped."""
     import uvicorn
@@ -93,7 +92,7 @@ def serve_command(
         raise OptionError(f"--users {users}: not a folder")
     sock = bind(host, port)
     try:
-        rm = RewardModel.load(model, device=device)
+        rm = RewardModel.load(model, device=check_device(device))
         cfg = ServeConfig(users, context, scores, max_batch, max_wait_ms, api_key, max_body_bytes, max_rows)
         cfg.users = load_users(rm, users)
         rm.featurizer.features(["micro serve: warm-up"])  # weights loaded, device found, before the first request
@@ -121,7 +120,7 @@ def serve(
     api_key: str | None = typer.Option(None, help="Bearer token clients must send (Authorization: Bearer KEY)."),
     max_body_bytes: int = typer.Option(8 * 1024 * 1024, help="Largest request body (bigger: 413)."),
     max_rows: int = typer.Option(4096, help="Most rows in one request (more: 413)."),
-    device: str = typer.Option("auto", help="Where the embedder runs: auto (CUDA when present) | cpu | cuda[:N]."),
+    device: str = typer.Option(DEVICE, help=DEVICE_HELP),
 ) -> None:
     """Serve rewards over HTTP: OpenRLHF /get_reward, /v1/rewards, micro-batched (TRL/verl adapters: README)."""
     serve_command(

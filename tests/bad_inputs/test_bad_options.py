@@ -188,6 +188,9 @@ EVAL = [
 SCORE = [
     Case("score-context-and-user", S + "--context c --user {profile}", r"give either --context or --user, not both"),
     Case("score-context-empty", S + "--context ' '", r"--context is empty"),
+    Case(
+        "score-device-unknown", S + "--device gpu", r"--device must be one of auto \| cpu \| cuda \| cuda:N, got 'gpu'"
+    ),
     Case("score-input-missing", "score {bundle} --input {ws}/none.jsonl", r"--input .*none\.jsonl: no such file"),
     Case("score-out-csv", "score {bundle} --input {rows} --out {ws}/r.csv", r"--out .*r\.csv: .*\.parquet or \.jsonl"),
     Case("score-user-missing", S + "--user {ws}/nobody.json", r"--user .*nobody\.json: no such file"),

@@ -13,12 +13,14 @@ import re
 from pipeline.errors import MicroError
 
 DEVICE_CHOICES = "auto | cpu | cuda | cuda:N"
+DEVICE = "auto"  #: the default of every --device
+DEVICE_HELP = f"Where the embedder runs: {DEVICE_CHOICES} (auto: CUDA when present), every backend."
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def check_device(device: str | None) -> str:
     """The canonical spelling of a ``--device`` value (None -> 'auto'); a bad one is a :class:`MicroError`."""
-    name = "auto" if device is None else str(device).strip().lower()
+    name = DEVICE if device is None else str(device).strip().lower()
     if not _DEVICE.match(name):
         raise MicroError(f"--device must be one of {DEVICE_CHOICES}, got {device!r}")
     return name
