@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from pathlib import Path
@@ -92,8 +93,17 @@ def _sync_client():
         raise MicroError("the HTTP adapters need httpx: pip install 'micro-rm[serve]'") from None
     with _CLIENT_LOCK:
         if _CLIENT.get("pid") != os.getpid():
+            if "pid" not in _CLIENT:
+                atexit.register(_close_client)  # its keep-alive sockets closed, not left to the interpreter's exit
             _CLIENT.update(pid=os.getpid(), client=httpx.Client())
         return _CLIENT["client"]
+
+
+def _close_client() -> None:
+    with _CLIENT_LOCK:
+        if _CLIENT.get("pid") == os.getpid():
+            _CLIENT.pop("client").close()
+            _CLIENT.pop("pid")
 
 
 def post_items(url: str, items: list[dict], api_key: str | None = None, timeout: float = 120.0) -> dict:
