@@ -232,7 +232,7 @@ def test_sigint_stops_a_sweep_quickly_and_saves_finished_trials(run, tmp_path):
     print(f"SIGINT -> exit in {seconds:.2f} s")
     assert rc == 130 and "Traceback" not in text, text
     # the other worker is inside a trial that needs an hour: stopping in a minute means it was abandoned, not awaited
-    # (~2 s alone, most of it the interpreter's exit with torch loaded; 11 s seen on a loaded CI machine)
+    # (~1.1 s here, most of it the interpreter's exit with torch loaded; before WAKE_S it waited for that trial)
     assert seconds < 60, f"took {seconds:.1f} s to stop"
     m = re.search(r"interrupted: (\d+) finished trial\(s\) of this run saved to (\S+);", text)
     assert m and m.group(2) == str(out), text

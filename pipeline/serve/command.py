@@ -46,8 +46,9 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def check_options(host: str, port: int, scores: str, max_batch: int, max_wait_ms: float, api_key, max_body_bytes,
-                  max_rows, context, device=DEVICE) -> None:  # fmt: skip
-    check_device(device)
+                  max_rows, context, device=DEVICE) -> str:  # fmt: skip
+    """OptionError for a bad option; returns the canonical --device (CPU -> cpu)."""
+    device = check_device(device)
     if scores not in ("raw", "sigmoid"):
         raise OptionError(f"--scores must be raw or sigmoid, got {scores!r}")
     if not 0 <= port <= 65535:
@@ -62,6 +63,7 @@ def check_options(host: str, port: int, scores: str, max_batch: int, max_wait_ms
         raise OptionError("--api-key is empty")
     if not is_loopback(host) and not api_key:
         raise OptionError(f"--host {host} is not a loopback address: give --api-key KEY (clients send a bearer token)")
+    return device
 
 
 def serve_command(
@@ -86,13 +88,15 @@ def serve_command(
     from pipeline.serve.app import ServeConfig, create_app
     from pipeline.serve.batch import load_users
 
-    check_options(host, port, scores, max_batch, max_wait_ms, api_key, max_body_bytes, max_rows, context, device)
+    device = check_options(
+        host, port, scores, max_batch, max_wait_ms, api_key, max_body_bytes, max_rows, context, device
+    )
     read_meta(model)
     if users is not None and not users.is_dir():
         raise OptionError(f"--users {users}: not a folder")
     sock = bind(host, port)
     try:
-        rm = RewardModel.load(model, device=check_device(device))
+        rm = RewardModel.load(model, device=device)
         cfg = ServeConfig(users, context, scores, max_batch, max_wait_ms, api_key, max_body_bytes, max_rows)
         cfg.users = load_users(rm, users)
         rm.featurizer.features(["micro serve: warm-up"])  # weights loaded, device found, before the first request
