@@ -39,6 +39,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from pipeline.embed.backends.device import DEVICE, DEVICE_HELP, check_device  # noqa: E402
+from pipeline.errors import MicroError  # noqa: E402
+
+
+def device_arg(text: str) -> str:
+    try:
+        return check_device(text)
+    except MicroError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def folder_bytes(path: Path) -> int:
@@ -135,11 +144,12 @@ async def clients(url, bodies, concurrency, path):
 
 
 @contextmanager
-def serving(model: Path, max_wait_ms: float | None):
-    """`micro serve MODEL` in a subprocess on a free port, warmed up (model loaded, 64 requests); yields its URL."""
+def serving(model: Path, max_wait_ms: float | None, device: str):
+    """`micro serve MODEL --device DEVICE` in a subprocess on a free port, warmed up (64 requests); yields its URL."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())", "serve", str(model), "--port", str(port)]
+    cmd += ["--device", device]
     cmd += [] if max_wait_ms is None else ["--max-wait-ms", str(max_wait_ms)]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -158,11 +168,11 @@ def serving(model: Path, max_wait_ms: float | None):
         proc.wait(timeout=60)
 
 
-def direct(model: Path, rows: tuple) -> tuple[float, dict]:
+def direct(model: Path, rows: tuple, device: str) -> tuple[float, dict]:
     """(seconds, result) of one ``RewardModel.rewards`` call of all ``rows`` on a fresh, warmed-up model."""
     from pipeline.route.score import RewardModel
 
-    rm = RewardModel.load(model)
+    rm = RewardModel.load(model, device=device)
     try:
         rm.rewards(["warm up"], ["warm up the embedder"], context="warm up")
         t = time.perf_counter()
@@ -223,7 +233,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are printed)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_serve")
     ap.add_argument("--decoder", action="store_true", help="a small random Llama (transformers backend)")
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
+    ap.add_argument("--device", default=DEVICE, type=device_arg, help=DEVICE_HELP + " (bundle, direct, servers)")
     ap.add_argument("--max-wait-ms", type=float, default=None, help="the servers' --max-wait-ms (default: theirs)")
     args = ap.parse_args()
     out = args.out / ("llama" if args.decoder else "minilm")
@@ -231,7 +241,7 @@ def main() -> None:
     cache = out / "cache"
     size0 = folder_bytes(cache)
     n, times, lat = args.n, {m: [] for m in "abcd"}, {m: [] for m in "bcd"}
-    with serving(model, args.max_wait_ms) as url_b, serving(model, args.max_wait_ms) as url_c:
+    with serving(model, args.max_wait_ms, args.device) as url_b, serving(model, args.max_wait_ms, args.device) as url_c:
         urls = {"b": url_b, "c": url_c, "d": url_b}
         before = {m: counts(u) for m, u in urls.items()}
         for j in range(args.rounds):
@@ -239,7 +249,7 @@ def main() -> None:
             got = {}
             for mode in "abcd" if j % 2 == 0 else "dcba":
                 if mode == "a":
-                    ta, ref = direct(model, rows)
+                    ta, ref = direct(model, rows, args.device)
                     times["a"].append(ta)
                     continue
                 t, lt, rewards = {"b": one_sample, "c": grpo, "d": verl}[mode](urls[mode], rows)
