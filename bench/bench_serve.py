@@ -12,12 +12,15 @@ domain's context. Every mode embeds them anew (scoring writes no cache; each mod
 (c) grpo     POST /v1/rewards requests of 8 prompts × 8 completions (TRL GRPO-shaped), 4 in flight.
 (d) verl     the verl adapter's async ``compute_score``, one call per rollout, 64 in flight (the client users run).
 
+Each of (b), (c), (d) has its own server, so no mode finds another's prompts in its LRU.
+
 Shared cores drift (the same call runs 1.5x faster or slower minutes apart), so the modes are measured in
---rounds interleaved rounds (order a b c, then c b a, ...), each on its own fresh rows (disjoint prompts: no mode
-finds a prompt in its LRU from an earlier round). Both servers stay up across rounds; (a) loads a fresh
-RewardModel each round. Prints each round's rows/s and ratios b/a and c/a, their medians (target b/a >= 0.8 on
-CPU MiniLM), p50/p99 request latency, rows per server scoring call, and the cache folder's size before/after
-(unchanged: scoring does not write the cache). Every server reward is checked against (a)'s to 1e-4.
+--rounds interleaved rounds (order a b c d, then d c b a, ...), each on its own fresh rows (disjoint prompts: no
+mode finds a prompt in its LRU from an earlier round). The servers stay up across rounds; (a) loads a fresh
+RewardModel each round. Prints each round's rows/s and ratios b/a, c/a, d/a, their medians (target b/a >= 0.8 on
+CPU MiniLM), p50/p99 request latency, rows per server scoring call, the share of the wall time each server spent
+in scoring calls, and the cache folder's size before/after (unchanged: scoring does not write the cache). Every
+server reward is checked against (a)'s to 1e-4.
 """
 
 from __future__ import annotations
@@ -105,7 +108,8 @@ def fresh_rows(out: Path, n: int, round_: int = 0) -> tuple[list, list, list]:
     for i in range(n):
         r = t[(first + i // 8) % len(t)]
         prompts.append(r["prompt"][-1]["content"])
-        responses.append(f"{(r['chosen'], r['rejected'])[i % 2]} (rollout {i} of benchmark round {round_})")
+        # the marker leads: the embedder keeps a response's start when it truncates, so every row stays fresh
+        responses.append(f"(rollout {i} of benchmark round {round_}) {(r['chosen'], r['rejected'])[i % 2]}")
         contexts.append(r["context"])
     return prompts, responses, contexts
 
@@ -198,7 +202,7 @@ def grpo(url, rows) -> tuple[float, list, np.ndarray]:
 
 
 def verl(url, rows) -> tuple[float, list, np.ndarray]:
-    """(d): ``pipeline.integrations.verl.compute_score`` per row, 64 awaited at once (on server (b))."""
+    """(d): ``pipeline.integrations.verl.compute_score`` per row, 64 awaited at once (its own server)."""
     from pipeline.integrations.verl import compute_score
 
     lat = []
@@ -222,9 +226,9 @@ def verl(url, rows) -> tuple[float, list, np.ndarray]:
 
 
 def counts(url) -> np.ndarray:
-    """(scoring calls, rows scored) of the server so far."""
+    """(scoring calls, rows scored, seconds in scoring calls) of the server so far."""
     info = httpx.get(url + "/info", timeout=10).json()
-    return np.array([info["scoring_calls"], info["rows_scored"]])
+    return np.array([info["scoring_calls"], info["rows_scored"], info["scoring_seconds"]])
 
 
 def main() -> None:
@@ -241,8 +245,12 @@ def main() -> None:
     cache = out / "cache"
     size0 = folder_bytes(cache)
     n, times, lat = args.n, {m: [] for m in "abcd"}, {m: [] for m in "bcd"}
-    with serving(model, args.max_wait_ms, args.device) as url_b, serving(model, args.max_wait_ms, args.device) as url_c:
-        urls = {"b": url_b, "c": url_c, "d": url_b}
+    with (
+        serving(model, args.max_wait_ms, args.device) as url_b,
+        serving(model, args.max_wait_ms, args.device) as url_c,
+        serving(model, args.max_wait_ms, args.device) as url_d,
+    ):
+        urls = {"b": url_b, "c": url_c, "d": url_d}
         before = {m: counts(u) for m, u in urls.items()}
         for j in range(args.rounds):
             rows = fresh_rows(out, n, j + 1)  # round 0's prompts warmed nothing: the servers warm on other text
@@ -260,26 +268,26 @@ def main() -> None:
                 np.testing.assert_allclose(rewards, ref["reward"], rtol=1e-4, atol=1e-4, err_msg=f"({mode}) round {j}")
             ratios = ", ".join(f"{m}/a {ta / times[m][-1]:.2f}" for m in "bcd")
             print(f"round {j + 1}: (a) {n / ta:.1f} rows/s, {ratios}", flush=True)
-        calls, scored = {}, {}
-        for m in "bc":  # (d) shares (b)'s server: its counts are the two together
-            calls[m], scored[m] = counts(urls[m]) - before[m]
+        calls, scored, busy = {}, {}, {}
+        for m in "bcd":
+            calls[m], scored[m], busy[m] = counts(urls[m]) - before[m]
     size1 = folder_bytes(cache)
     ratio = {m: statistics.median(a / b for a, b in zip(times["a"], times[m])) for m in "bcd"}
     rate = {m: statistics.median(n / t for t in times[m]) for m in "abcd"}
     print(f"backend: {'random Llama (transformers)' if args.decoder else 'MiniLM (sentence-transformers)'}, "
           f"device {args.device}, N = {n} fresh rows per round, {args.rounds} rounds (medians)")  # fmt: skip
-    print("| mode | rows/s | ratio to (a) | p50 ms | p99 ms | rows per scoring call |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print(f"| (a) one direct `RewardModel.rewards` call | {rate['a']:.1f} | 1.00 | | | {n} |")
+    print("| mode | rows/s | ratio to (a) | p50 ms | p99 ms | rows per scoring call | server busy |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| (a) one direct `RewardModel.rewards` call | {rate['a']:.1f} | 1.00 | | | {n} | |")
     names = {
         "b": "(b) 64 one-sample clients, /get_reward",
         "c": "(c) 8 prompts × 8 completions, /v1/rewards",
         "d": "(d) verl `compute_score` per rollout, 64 awaited",
     }
     for m, name in names.items():
-        per_call = f"{scored[m] / max(1, calls[m]):.1f}" if m in calls else "(with b)"
         print(f"| {name} | {rate[m]:.1f} | {ratio[m]:.2f} | {percentile(lat[m], 0.5):.0f} | "
-              f"{percentile(lat[m], 0.99):.0f} | {per_call} |")  # fmt: skip
+              f"{percentile(lat[m], 0.99):.0f} | {scored[m] / max(1, calls[m]):.1f} | "
+              f"{busy[m] / sum(times[m]):.0%} |")  # fmt: skip
     for m in "bcd":
         print(f"per-round {m}/a: {', '.join(f'{a / b:.2f}' for a, b in zip(times['a'], times[m]))}")
     print(f"cache folder: {size0} bytes before, {size1} bytes after")

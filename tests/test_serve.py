@@ -79,6 +79,7 @@ def test_users_equal_reward_model_and_micro_score(models, rm_for, user, tmp_path
         info = httpx.get(f"{url}/info").json()
         assert info["users"] == ["g0", "g1", "g2", "hedge"] and info["n_heads"] == 2
         assert info["fingerprint_id"] == rm.meta["fingerprint_id"]
+        assert info["rows_scored"] == len(PROMPTS) and info["scoring_calls"] >= 1 and info["scoring_seconds"] > 0
         got = [it["reward"] for it in r.json()["items"]]
     rows = write_jsonl([{"prompt": p, "response": a} for p, a in zip(PROMPTS, RESPONSES)], tmp_path / "rows.jsonl")
     code, _, err = score_cli(

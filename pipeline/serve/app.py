@@ -144,6 +144,7 @@ def create_app(rm, config: ServeConfig):
             "scores": config.scores,
             "scoring_calls": batcher.calls,
             "rows_scored": batcher.rows,
+            "scoring_seconds": round(batcher.busy, 6),
             "embedder_calls": rm.featurizer.calls,
             "server_version": VERSION,
         }

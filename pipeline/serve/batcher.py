@@ -41,6 +41,7 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="micro-score")
         self.task: asyncio.Task | None = None
         self.calls = self.rows = 0  # scoring calls made and rows they scored (for /info, tests, benches)
+        self.busy = 0.0  # seconds spent in scoring calls (busy / wall time: the scorer's utilisation)
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -97,6 +98,7 @@ class MicroBatcher:
                 started = loop.time()
                 res = await loop.run_in_executor(self.executor, self.score, rows)
                 self.last_call, self.last_rows = loop.time() - started, len(rows)
+                self.busy += self.last_call
             except Exception:  # noqa: BLE001 - one bad request must not fail the others: score each alone
                 await self._one_by_one(live)
                 continue
