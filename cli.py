@@ -100,9 +100,9 @@ def embed(
     ),
     max_batch_tokens: int | None = typer.Option(
         None,
-        help="transformers: padded tokens per forward pass (default: "
-        "what free GPU memory holds; 8192 on CPU); halved on "
-        "out-of-memory.",
+        help="sentence-transformers, transformers: padded tokens per forward pass (default on CPU: 2048; on GPU: "
+        "transformers what free GPU memory holds, sentence-transformers --batch-size rows alone); halved on "
+        "out-of-memory (transformers).",
     ),
     device: str = typer.Option(DEVICE, help=DEVICE_HELP),
     attn_implementation: str | None = typer.Option(

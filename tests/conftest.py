@@ -296,6 +296,17 @@ def dsp_sample_pairs(tmp_path_factory):
     return write_pairs(read_pairs(d / "all.parquet").slice(0, 15), d / "pairs15.parquet")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test's forward passes on one thread (the 2 CI cores are shared; OpenMP spin-waits otherwise)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def st_backend():
     """The default sentence-transformers backend (bundled all-MiniLM-L6-v2), weights loaded once per session."""

@@ -10,6 +10,7 @@ import pytest
 from conftest import TINY_CHAT_TEMPLATE, build_tiny_llama
 from pipeline.embed.backends import get_backend
 from pipeline.embed.backends.base import render_plain
+from pipeline.embed.backends.batching import CPU_BATCH_TOKENS
 from pipeline.embed.backends.chat import ChatRenderer, fold_system
 from pipeline.embed.backends.hf import TransformersBackend
 from pipeline.errors import MicroError
@@ -250,7 +251,7 @@ def test_layouts_and_defaults(tiny_llama_dir):
 
     be = TransformersBackend(str(tiny_llama_dir), dtype="float32")
     assert (be.layout, be.packed, be.attn_implementation) == ("right", False, "sdpa")  # causal decoder
-    assert be.max_batch_tokens == 8192 and be.device.type == "cpu"  # the fixed CPU default
+    assert be.max_batch_tokens == CPU_BATCH_TOKENS == 2048 and be.device.type == "cpu"  # the fixed CPU default
     assert be.model.config._attn_implementation == "sdpa"
     batch = be.collate([[5, 6, 7], [8]])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, be.pad_id, be.pad_id]] and "attention_mask" not in batch
@@ -291,7 +292,7 @@ def test_bad_options_are_one_line_errors_before_loading(tiny_llama_dir):
     }
     bad = [
         ({"max_batch_tokens": 0}, "transformers", "--max-batch-tokens must be >= 1, got 0"),
-        ({"max_batch_tokens": 512}, "vllm", "applies to the transformers backend, not vllm.*--max-num-batched"),
+        ({"max_batch_tokens": 512}, "vllm", "transformers backends, not vllm.*--max-num-batched"),
         ({"attn_implementation": "sdpa"}, "sentence-transformers", "--attn-implementation applies to"),
         ({"gpu_memory_utilization": 1.5}, "vllm", "--gpu-memory-utilization must be > 0 and <= 1, got 1.5"),
         ({"gpu_memory_utilization": 0.8}, "transformers", "applies to the vllm backend"),

@@ -437,17 +437,6 @@ def test_bad_gpu_options_are_one_line_errors_before_any_model_loads(tmp_path, pa
 # --- the real default backend -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Run a test's forward passes on one thread (the 2 CI cores are shared; OpenMP spin-waits otherwise)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
 def test_cli_embed_on_the_bundled_sample_with_the_default_backend(tmp_path, dsp_sample_pairs):
     cache = tmp_path / "cache"

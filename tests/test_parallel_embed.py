@@ -101,16 +101,6 @@ def test_sharding_is_deterministic_and_complete():
 # --- the real default backend -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def dsp_pairs_60(tmp_path_factory):
     """60 pairs of the bundled DSP sample: 39 unique model inputs for the default backend."""

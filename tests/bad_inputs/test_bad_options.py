@@ -35,7 +35,7 @@ EMBED = [
     Case(
         "embed-max-batch-tokens-0", E + "--backend transformers --max-batch-tokens 0", r"--max-batch-tokens must be .*0"
     ),
-    Case("embed-max-batch-tokens-st", E + "--max-batch-tokens 4096", r"--max-batch-tokens applies to the"),
+    Case("embed-max-batch-tokens-st-0", E + "--max-batch-tokens 0", r"--max-batch-tokens must be >= 1, got 0"),
     Case("embed-device-unknown", E + "--device gpu", r"--device .*'gpu'"),
     Case(
         "embed-attn-unknown",
@@ -69,7 +69,7 @@ EMBED = [
     Case(
         "embed-max-batch-tokens-vllm",
         E + "--backend vllm --max-batch-tokens 4096",
-        r"--max-batch-tokens applies to the transformers backend.*--max-num-batched-tokens",
+        r"--max-batch-tokens applies to the sentence-transformers and transformers backends.*--max-num-batched-tokens",
     ),
     Case("embed-enforce-eager-st", E + "--enforce-eager", r"--enforce-eager applies to the vllm backend"),
     Case(

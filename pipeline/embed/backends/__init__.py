@@ -8,7 +8,7 @@ BACKENDS = ("sentence-transformers", "transformers", "vllm")
 
 # options that only some backends take: keyword -> (CLI spelling, backends)
 _ONLY_FOR = {
-    "max_batch_tokens": ("--max-batch-tokens", ("transformers",)),
+    "max_batch_tokens": ("--max-batch-tokens", ("sentence-transformers", "transformers")),
     "attn_implementation": ("--attn-implementation", ("transformers",)),
     "gpu_memory_utilization": ("--gpu-memory-utilization", ("vllm",)),
     "max_model_len": ("--max-model-len", ("vllm",)),

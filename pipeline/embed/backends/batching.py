@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-CPU_BATCH_TOKENS = 8192  # default --max-batch-tokens on the CPU
+# default --max-batch-tokens on the CPU (sentence-transformers and transformers): fewer slots per pass are faster
+# per slot there (the activations stay in cache): 2048 beat 8192 by ~20 % per slot on a 2,048-wide Llama layer and
+# by ~15 % on MiniLM at 256 tokens (2 EPYC cores); below ~1024 the matmuls get too small
+CPU_BATCH_TOKENS = 2048
 GPU_MIN_BATCH_TOKENS = 1024
 GPU_MAX_BATCH_TOKENS = 65536  # matmuls are at full speed well below this; larger only delays the first shard
 GPU_MEMORY_FRACTION = 0.5  # of the free GPU memory after the model is loaded

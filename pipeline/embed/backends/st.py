@@ -3,6 +3,12 @@
 Construction is cheap: the fingerprint comes from the model folder's config files and token counts from its
 ``tokenizer.json``, so a fully cached rerun never imports torch or loads weights. Weights load on first ``embed``,
 on ``device`` (auto: CUDA when torch sees a GPU, else the CPU; cpu | cuda | cuda:N).
+
+Batches: each ``embed`` call sorts its inputs longest first and cuts them into forward passes of at most
+``batch_size`` rows and, on the CPU (or wherever ``max_batch_tokens`` is given), at most ``max_batch_tokens``
+padded token slots (:func:`pipeline.embed.backends.batching.plan_batches`): long texts go 8 to a pass at the
+default, short ones up to ``batch_size``. On the CPU a pass of fewer slots is faster per slot (the activations
+stay in cache) and pads less, so small calls (a server's micro-batch) cost per row about what one large call does.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pipeline.embed.backends.base import (
     resolve_model_path,
     weights_hash,
 )
+from pipeline.embed.backends.batching import CPU_BATCH_TOKENS, plan_batches
 from pipeline.embed.backends.truncation import DEFAULT_TRUNCATION
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -74,6 +81,7 @@ class SentenceTransformersBackend:
         model: str | None = None,
         *,
         batch_size: int = 32,
+        max_batch_tokens: int | None = None,
         max_length: int | None = None,
         device: str | None = None,
         dtype: str = "float32",
@@ -98,6 +106,8 @@ class SentenceTransformersBackend:
         self.max_length = int(max_length if max_length is not None else cfg.get("max_seq_length") or 512)
         self.batch_size = C.integer(batch_size, "--batch-size")
         self.chunk_size = batch_size
+        # token slots per forward pass; None: CPU_BATCH_TOKENS on the CPU, rows only on CUDA (resolved at load)
+        self.max_batch_tokens = C.integer(max_batch_tokens, "--max-batch-tokens", optional=True)
         from pipeline.embed.backends.device import check_device
 
         self.device = check_device(device)  # resolved when the weights load: auto = CUDA when present
@@ -129,6 +139,8 @@ class SentenceTransformersBackend:
             from pipeline.embed.backends.device import resolve_device
 
             device = str(resolve_device(self.device))
+            if self.max_batch_tokens is None and not device.startswith("cuda"):
+                self.max_batch_tokens = CPU_BATCH_TOKENS
             try:
                 self._model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True)
             except Exception as exc:  # noqa: BLE001 - garbage / truncated weights, bad config: one line
@@ -196,15 +208,29 @@ class SentenceTransformersBackend:
             n = self._history.lengths(texts, n)
         return np.asarray(n, dtype=np.int64)
 
+    def batches(self, inputs: Sequence[str]) -> list[np.ndarray]:
+        """Positions of ``inputs`` per forward pass: longest first, at most ``batch_size`` rows and (when set)
+        ``max_batch_tokens`` padded token slots each (counts truncated at ``max_length``)."""
+        n = np.array([len(e.ids) for e in self.tokenizer.encode_batch(list(inputs), add_special_tokens=True)])
+        order = np.argsort(-np.minimum(n, self.max_length), kind="stable")
+        if self.max_batch_tokens is None:
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        lengths = np.minimum(n[order], self.max_length)
+        return [order[g] for g in plan_batches(lengths, self.max_batch_tokens, False, self.batch_size)]
+
     def embed(self, inputs: Sequence[str]) -> np.ndarray:
-        out = self.load().encode(
-            list(inputs),
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=self.normalize,
-            show_progress_bar=False,
-        )
-        return np.asarray(out, dtype=np.float32)
+        """(n, dim) float32 vectors of ``inputs`` in input order, in the forward passes of :meth:`batches`."""
+        texts, model = list(inputs), self.load()
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for pos in self.batches(texts) if texts else []:
+            out[pos] = model.encode(
+                [texts[i] for i in pos],
+                batch_size=len(pos),
+                convert_to_numpy=True,
+                normalize_embeddings=self.normalize,
+                show_progress_bar=False,
+            )
+        return out
 
     def close(self) -> None:
         self._model = None
