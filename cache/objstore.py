@@ -45,7 +45,9 @@ class ObjectStore:
     """The cache of one embedder (fingerprint) in one storage dtype on an object store; the interface of
     :class:`cache.store.EmbeddingStore` (``missing``, ``lookup``, ``take``, ``append``, ``compact``, ``refresh``)."""
 
-    def __init__(self, root: str, fingerprint: dict, fingerprint_id: str, dtype: str = "float32", fs=None):
+    def __init__(
+        self, root: str, fingerprint: dict, fingerprint_id: str, dtype: str = "float32", fs=None, read_only=False
+    ):
         if dtype not in DTYPES:
             raise CacheError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.fingerprint, self.fingerprint_id, self.dtype = fingerprint, fingerprint_id, dtype
@@ -58,7 +60,7 @@ class ObjectStore:
             base = self.root.split("://", 1)[-1]
         self.fs, self.base = fs, join(base, f"{fingerprint_id}-{tag}")
         self.damaged: list[tuple[str, str]] = []
-        self._read_only: bool | None = None
+        self._read_only: bool | None = True if read_only else None  # None: probed when first needed
         self._index: KeyIndex | None = None
         self._added: list[tuple[np.ndarray, np.ndarray]] = []
         self._mine: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # appended here (up to MINE_BYTES)

@@ -53,7 +53,14 @@ class EmbeddingStore:
     ``append(keys, vectors)`` stores a new shard atomically, ``compact()`` merges shards.
     """
 
-    def __init__(self, root: str | os.PathLike, fingerprint: dict, fingerprint_id: str, dtype: str = "float32"):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        fingerprint: dict,
+        fingerprint_id: str,
+        dtype: str = "float32",
+        read_only: bool = False,
+    ):
         if dtype not in DTYPES:
             raise CacheError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.fingerprint = fingerprint
@@ -64,7 +71,8 @@ class EmbeddingStore:
         self.dir = self.root / f"{fingerprint_id}-{tag}"
         self.shard_dir = self.dir / "shards"
         self.damaged: list[tuple[str, str]] = []  # (file, reason) found on open
-        self.read_only = not writable_folder(self.shard_dir, Path(root).expanduser())
+        # read_only: opened for reading alone (scoring): no folder made, no probe, nothing on disk touched
+        self.read_only = read_only or not writable_folder(self.shard_dir, Path(root).expanduser())
         self._index: KeyIndex | None = None
         self._added: list[tuple[np.ndarray, np.ndarray]] = []  # appended since the index was built: merged on use
         self._lock_depth = 0

@@ -9,9 +9,12 @@ from cache.store import EmbeddingStore
 __all__ = ["open_store", "parent"]
 
 
-def open_store(root, fingerprint: dict, fingerprint_id: str, dtype: str = "float32") -> EmbeddingStore | ObjectStore:
+def open_store(
+    root, fingerprint: dict, fingerprint_id: str, dtype: str = "float32", read_only: bool = False
+) -> EmbeddingStore | ObjectStore:
     """An :class:`EmbeddingStore` for a local path or ``file://`` (today's code path), an :class:`ObjectStore` for
-    ``s3://`` / ``gs://`` / any other fsspec URL."""
+    ``s3://`` / ``gs://`` / any other fsspec URL; ``read_only``: for reading alone (nothing is created, probed or
+    cleaned up there)."""
     if is_remote(root):
-        return ObjectStore(str(root), fingerprint, fingerprint_id, dtype)
-    return EmbeddingStore(local_path(root), fingerprint, fingerprint_id, dtype)
+        return ObjectStore(str(root), fingerprint, fingerprint_id, dtype, read_only=read_only)
+    return EmbeddingStore(local_path(root), fingerprint, fingerprint_id, dtype, read_only=read_only)

@@ -89,6 +89,73 @@ def test_rewards_with_context(bundles, monkeypatch):
         rm.rewards([1, 2, 3], RESPONSES)
 
 
+def test_ten_thousand_fresh_rows_leave_the_cache_unchanged(bundles, monkeypatch, tmp_path):
+    """A training loop's rollouts (10,000 fresh rows, GRPO groups of 8) are scored without touching the persistent
+    cache; each distinct prompt is embedded once; with cache_writes the same scoring does write."""
+    import shutil
+
+    from pipeline.route.score import RewardModel
+
+    root, gated, _ = bundles
+    cache = root / "cache"
+
+    def snapshot(folder):
+        return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+    before = snapshot(cache)
+    assert any(name.endswith(".parquet") for name in before)
+    built = patch_backend(monkeypatch)
+    rm = RewardModel.load(gated)
+    rng = np.random.default_rng(3)
+    for step in range(10):  # 10 loop steps of 1,000 rollouts
+        idx = range(step * 1000, (step + 1) * 1000)
+        prompts = [f"question fresh {i // 8}" for i in idx]
+        responses = [f"rollout {i} attrs {a:.3f} {b:.3f} 0" for i, (a, b) in zip(idx, rng.standard_normal((1000, 2)))]
+        out = rm.rewards(prompts, responses, context=CONTEXT)
+        assert out["reward"].shape == (1000,) and np.isfinite(out["reward"]).all()
+    assert rm.featurizer.calls == 10  # one embedder pass per call
+    rm.close()
+    assert snapshot(cache) == before  # not one file added, grown or rewritten (nor a probe made and removed)
+    assert len(built) == 1
+    assert len(built[0].embedded) == len(set(built[0].embedded)) == 10_000 + 1250  # rollouts + one per prompt
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    writer = RewardModel.load(gated, cache_dir=copy, cache_writes=True)
+    writer.rewards(prompts[:8], responses[:8], context=CONTEXT)
+    writer.close()
+    assert snapshot(copy) != snapshot(cache)  # the check above can see a write
+
+
+def test_scoring_reads_a_cache_on_s3_without_writing_it(bundles, s3_bucket, monkeypatch):
+    """`--cache-dir s3://...` at scoring: cached vectors come from the bucket (they were embedded there, as
+    `micro embed --cache-dir s3://...` does), nothing is written or probed there."""
+    from cache.remote import filesystem
+    from pipeline.embed.embed import embed_texts, open_store
+    from pipeline.route.score import RewardModel
+
+    _, gated, _ = bundles
+    url = f"{s3_bucket}/cache"
+    texts = [render_plain([{"role": "user", "content": p}, {"role": "assistant", "content": r}])
+             for p, r in zip(PROMPTS, RESPONSES)]  # fmt: skip
+    embed_texts(open_store(url, AttrBackend(), "float32"), AttrBackend(), texts)
+    fs = filesystem(url)[0]
+
+    def listing():
+        fs.invalidate_cache()
+        return sorted((p, i["size"]) for p, i in fs.find(s3_bucket, detail=True).items())
+
+    before = listing()
+    assert len(before) >= 2  # a shard and its manifest fragment
+    built = patch_backend(monkeypatch)
+    rm = RewardModel.load(gated, cache_dir=url)
+    out = rm.rewards(PROMPTS, RESPONSES, context=CONTEXT)
+    rm.close()
+    np.testing.assert_allclose(out["per_head"], per_head_expected(gated), rtol=1e-5, atol=1e-6)
+    assert not set(texts) & set(built[0].embedded)  # the responses came from the bucket
+    assert len(built[0].embedded) == 3  # the 3 context+prompt texts alone
+    assert listing() == before
+
+
 def test_device_reaches_the_embedder_and_auto_is_the_default(bundles, monkeypatch, capsys, tmp_path):
     from pipeline.route.score import RewardModel
 

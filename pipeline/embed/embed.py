@@ -77,10 +77,11 @@ def render_inputs(pairs: pa.Table, backend) -> dict[str, list]:
     return out
 
 
-def open_store(cache_dir: str | Path | None, backend, dtype: str) -> EmbeddingStore:
-    """The cache of this backend's fingerprint under ``cache_dir`` (a folder, or an object-store URL)."""
+def open_store(cache_dir: str | Path | None, backend, dtype: str, read_only: bool = False) -> EmbeddingStore:
+    """The cache of this backend's fingerprint under ``cache_dir`` (a folder, or an object-store URL);
+    ``read_only``: opened for reading alone (nothing on disk is touched)."""
     fp = backend.fingerprint()
-    return open_cache(cache_dir or DEFAULT_CACHE, fp, fingerprint_id(fp), dtype)
+    return open_cache(cache_dir or DEFAULT_CACHE, fp, fingerprint_id(fp), dtype, read_only=read_only)
 
 
 def embed_missing(

@@ -4,8 +4,9 @@ of prompt/gate features, the embedder loaded once.
 :class:`Featurizer` ``features(texts, remember=...)`` → (n, d) float32 vectors: texts in the LRU come from memory,
 then the persistent cache is read, and every remaining text is embedded in ONE pass of the embedder's stream
 (longest first, the backend's batching). With ``cache_writes`` the new vectors are stored in the persistent
-cache (as ``micro embed`` does); without, the cache folder is never created or written. New vectors are rounded
-to the cache dtype either way, so both modes give the same numbers.
+cache (as ``micro embed`` does); without, the cache is opened read-only: nothing in it is created, written, probed
+or cleaned up. New vectors are rounded to the cache dtype either way, so both modes give the same numbers.
+``cache_root`` is a folder or an object-store URL (``s3://...``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ class Featurizer:
     """Vectors of exact model inputs with ``backend_factory()`` (called once, lazily) and the cache under
     ``cache_root`` in ``dtype``; ``calls`` counts embedder passes (tests, benches)."""
 
-    def __init__(self, backend_factory, cache_root: Path, dtype: str, cache_writes: bool = False, lru: int = LRU_SIZE):
-        self._factory, self.cache_root, self.dtype = backend_factory, Path(cache_root), dtype
+    def __init__(
+        self, backend_factory, cache_root: Path | str, dtype: str, cache_writes: bool = False, lru: int = LRU_SIZE
+    ):
+        from cache.stores import is_remote
+
+        self._factory, self.dtype = backend_factory, dtype
+        self.cache_root = str(cache_root) if is_remote(str(cache_root)) else Path(cache_root)
         self.cache_writes, self.lru_size = bool(cache_writes), int(lru)
         self._backend = self._store = None
         self._store_opened = False
@@ -40,17 +46,19 @@ class Featurizer:
         return self._backend
 
     def store(self):
-        """The persistent cache (None when reading only and there is none here yet)."""
+        """The persistent cache (None when reading only and there is none here yet); read-only unless
+        ``cache_writes``."""
         from cache.store import DTYPES
         from pipeline.embed.backends.base import fingerprint_id
         from pipeline.embed.embed import open_store
 
         if not self._store_opened:
             self._store_opened = True
+            remote = isinstance(self.cache_root, str)
             fid = fingerprint_id(self.backend.fingerprint())
-            folder = self.cache_root.expanduser().resolve() / f"{fid}-{DTYPES[self.dtype][2]}"
-            if self.cache_writes or (folder / "manifest.json").is_file():
-                self._store = open_store(self.cache_root, self.backend, self.dtype)
+            folder = None if remote else self.cache_root.expanduser().resolve() / f"{fid}-{DTYPES[self.dtype][2]}"
+            if self.cache_writes or remote or (folder / "manifest.json").is_file():
+                self._store = open_store(self.cache_root, self.backend, self.dtype, read_only=not self.cache_writes)
         return self._store
 
     def features(self, texts: list[str], remember: np.ndarray | None = None) -> np.ndarray:
