@@ -166,9 +166,11 @@ class RewardModel:
         rows_user = [u if u is not None else self._stage1 for u in users]
         gate_texts = [self._gate_text(m, u, c) for m, u, c in zip(msgs, rows_user, ctxs)]
         gi = [i for i, t in enumerate(gate_texts) if t is not None]
+        # float64 from here: a row's heads and gate then do not depend on how many rows share the call (float32
+        # matmuls round differently for 1 row than for n; the vectors themselves are float32 either way)
         allv = self.featurizer.features(
             texts + [gate_texts[i] for i in gi], remember=np.r_[np.zeros(n, bool), np.ones(len(gi), bool)]
-        )
+        ).astype(np.float64)
         feats, gx = allv[:n], np.full(n, None, dtype=object)
         for j, i in enumerate(gi):
             gx[i] = allv[n + j]
