@@ -14,7 +14,7 @@ from typing import Sequence
 
 # default --max-batch-tokens on the CPU (sentence-transformers and transformers): fewer slots per pass are faster
 # per slot there (the activations stay in cache). bench/bench_batch_tokens.py on 2 EPYC cores: 8192 took 1.17-1.25x
-# the time per slot of 2048 on MiniLM (L = 48..256), 1.04-1.07x on a random 2,048-wide Llama; 1024 was no faster
+# the time per slot of 2048 on MiniLM (L = 48..256), 1.04-1.07x on a random 2,048-wide Llama; 1024 no faster on MiniLM
 CPU_BATCH_TOKENS = 2048
 GPU_MIN_BATCH_TOKENS = 1024
 GPU_MAX_BATCH_TOKENS = 65536  # matmuls are at full speed well below this; larger only delays the first shard

@@ -14,6 +14,7 @@ stay in cache) and pads less, so small calls (a server's micro-batch) cost per r
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -200,10 +201,14 @@ class SentenceTransformersBackend:
 
         return offsets_cut(self.tokenizer.encode(text, add_special_tokens=False).offsets, text, n, keep)
 
+    def _counts(self, texts: list[str]) -> list[int]:
+        """Token counts of ``texts`` as given (special tokens included, untruncated)."""
+        return [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=True)]
+
     def token_lengths(self, inputs: Sequence[str]) -> np.ndarray:
         """(n,) untruncated token counts (history mode: of the conversation before it was shortened)."""
         texts = list(inputs)
-        n = [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=True)]
+        n = self._counts(texts)
         if self._history:
             n = self._history.lengths(texts, n)
         return np.asarray(n, dtype=np.int64)
@@ -211,12 +216,12 @@ class SentenceTransformersBackend:
     def batches(self, inputs: Sequence[str]) -> list[np.ndarray]:
         """Positions of ``inputs`` per forward pass: longest first, at most ``batch_size`` rows and (when set)
         ``max_batch_tokens`` padded token slots each (counts truncated at ``max_length``)."""
-        n = np.array([len(e.ids) for e in self.tokenizer.encode_batch(list(inputs), add_special_tokens=True)])
-        order = np.argsort(-np.minimum(n, self.max_length), kind="stable")
-        if self.max_batch_tokens is None:
-            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        lengths = np.minimum(n[order], self.max_length)
-        return [order[g] for g in plan_batches(lengths, self.max_batch_tokens, False, self.batch_size)]
+        from pipeline.embed.stream import length_order
+
+        n = np.minimum(self._counts(list(inputs)), self.max_length)
+        order = length_order(n, self.max_length)
+        budget = self.max_batch_tokens or sys.maxsize  # None: rows alone
+        return [order[g] for g in plan_batches(n[order], budget, False, self.batch_size)]
 
     def embed(self, inputs: Sequence[str]) -> np.ndarray:
         """(n, dim) float32 vectors of ``inputs`` in input order, in the forward passes of :meth:`batches`."""
